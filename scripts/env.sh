@@ -1,0 +1,18 @@
+# Source this file (`. scripts/env.sh`) to use sando's own engine and the
+# embedded local backend from an interactive shell:
+#   - PATH gets .tools/bin (pulumi + language host built by `make setup`)
+#   - PULUMI_HOME is private to the checkout (.tools/pulumi-home)
+#   - the backend is the local file backend under .pulumi-state/ unless
+#     PULUMI_BACKEND_URL is already set (bring your own backend that way)
+#   - PULUMI_CONFIG_PASSPHRASE defaults to "sando-local" for local stacks;
+#     set your own before creating a stack you care about (prod!).
+_sando_repo=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
+export PATH="$_sando_repo/.tools/bin:$PATH"
+export PULUMI_HOME="${PULUMI_HOME:-$_sando_repo/.tools/pulumi-home}"
+export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$_sando_repo/.pulumi-state}"
+export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE-sando-local}"
+export PULUMI_SKIP_UPDATE_CHECK=true
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK="${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-false}"
+mkdir -p "$_sando_repo/.pulumi-state"
+unset _sando_repo

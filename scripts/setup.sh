@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# make setup: install everything sando needs on a new machine. Idempotent, no
+# prompts; a warm re-run only checks stamps and takes a second or two.
+#   - Debian packages the tests need (when root; otherwise says what is missing)
+#   - the Pulumi engine built from pinned Go modules into .tools/bin
+#   - .venv with the pinned Python packages (requirements.txt)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+start=$(date +%s)
+tools=.tools
+bin=$tools/bin
+mkdir -p "$bin" "$tools/pulumi-home" "$tools/stamps"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# Versions: the CLI is pinned in engine/cli/go.mod, the language host in
+# engine/python/go.mod. The -X stamps below must name the same versions.
+PULUMI_VERSION=v3.274.1
+PYHOST_SDK_VERSION=v3.68.0
+VERSION_PKG=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
+
+# --- 1. Debian packages -------------------------------------------------------
+apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    say "missing Debian packages (need root to install): ${missing[*]}"
+    say "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+  fi
+fi
+
+# --- 2. Go builds ---------------------------------------------------------------
+command -v go >/dev/null || { say "Go is required (https://go.dev) to build the engine"; exit 1; }
+stamp_of() { cat "$@" "$0" | sha256sum | cut -c1-16; }
+
+build() { # name dir pkg version-ldflags out
+  local name=$1 dir=$2 pkg=$3 ldx=$4 out=$5
+  local want; want=$(stamp_of "$dir/go.mod" "$dir/go.sum")
+  if [ -x "$out" ] && [ "$(cat "$tools/stamps/$name" 2>/dev/null)" = "$want" ]; then return; fi
+  say "go build $pkg (first build takes a few minutes)"
+  local t0; t0=$(date +%s)
+  (cd "$dir" && go build -trimpath -tags grpcnotrace -ldflags "-s -w -X $ldx" -o "$repo/$out.tmp" "$pkg")
+  mv "$repo/$out.tmp" "$out"
+  echo "$want" >"$tools/stamps/$name"
+  say "built $out in $(($(date +%s) - t0))s"
+}
+build pulumi engine/cli github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
+  "$VERSION_PKG=$PULUMI_VERSION" "$bin/pulumi"
+build pulumi-language-python engine/python github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python \
+  "$VERSION_PKG=$PYHOST_SDK_VERSION" "$bin/pulumi-language-python-host"
+
+# The host runs pulumi-language-python-exec from its own directory; it ships in
+# the sdk/v3 module tree (read-only in the module cache: copy it out).
+sdkdir=$(cd engine/python && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PYHOST_SDK_VERSION" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
+# Our two small launchers (virtualenv hand-off), see engine/bin/.
+install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"
+
+# --- 3. Python virtualenv --------------------------------------------------------
+want=$(stamp_of requirements.txt)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$tools/stamps/venv" 2>/dev/null)" != "$want" ]; then
+  say "creating .venv from requirements.txt"
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" >"$tools/stamps/venv"
+fi
+
+# --- 4. check ----------------------------------------------------------------------
+got=$("$bin/pulumi" version)
+[ "$got" = "$PULUMI_VERSION" ] || { say "pulumi version is '$got', expected $PULUMI_VERSION"; exit 1; }
+command -v cargo >/dev/null || say "warning: cargo not found; the stand-in app (examples/makenotwork) needs Rust"
+say "ready in $(($(date +%s) - start))s: $bin/pulumi $got, .venv ($(.venv/bin/python -c 'import importlib.metadata as m; print("pulumi", m.version("pulumi"))'))"
