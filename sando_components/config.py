@@ -1,0 +1,360 @@
+"""The stack configuration (namespace `sando:`), validated once before any resource exists.
+
+`load(raw, secret_keys)` takes the flat Pulumi config ({"sando:nodes": "[...]", ...})
+and returns a `StackConfig`, or raises `ConfigError` whose message names the
+offending key, e.g. `sando:nodes[1].hostKey: ...`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+NAMESPACE = "sando"
+
+# A release name becomes a directory name and a shell word: keep it boring.
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+BIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+HOSTKEY_TYPES = {
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+}
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+BOOTSTRAP_ITEMS = ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup")
+
+
+class ConfigError(ValueError):
+    """Bad stack configuration; the message names the config key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _abs_path(value: str) -> str:
+    if not value.startswith("/") or "/../" in value + "/" or "\n" in value:
+        raise ValueError("must be an absolute path without '..'")
+    return value.rstrip("/") or "/"
+
+
+class NodeConfig(_Model):
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    host_key: str | None = Field(None, alias="hostKey")
+    root: str = ""  # path prefix of a test node; "" on real hosts
+    app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it names resources)")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not HOSTNAME_RE.match(v):
+                raise ValueError("must be an IP address or a DNS name") from None
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", v):
+            raise ValueError("must be a POSIX user name")
+        return v
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split()
+        if len(parts) < 2 or parts[0] not in HOSTKEY_TYPES:
+            raise ValueError("must be an OpenSSH public key line, e.g. 'ssh-ed25519 AAAA...'")
+        try:
+            blob = base64.b64decode(parts[1], validate=True)
+        except ValueError:
+            raise ValueError("key data is not base64") from None
+        if not blob[4:].startswith(parts[0].encode()):
+            raise ValueError(f"key data does not hold a {parts[0]} key")
+        return f"{parts[0]} {parts[1]}"
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return "" if v in ("", "/") else _abs_path(v)
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+/?$", v):
+            raise ValueError("must be a base URL such as http://127.0.0.1:3000")
+        return v.rstrip("/") if v else v
+
+
+class SourceConfig(_Model):
+    repo: str  # path of the server's git repository (relative to the project dir or absolute)
+    build_command: str = Field("cargo build --release --manifest-path server/Cargo.toml", alias="buildCommand")
+    bin_dir: str = Field("server/target/release", alias="binDir")
+    error_pages_dir: str = Field("server/deploy/error-pages", alias="errorPagesDir")
+
+    @field_validator("bin_dir", "error_pages_dir")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not v.strip("/"):
+            raise ValueError("must be a path inside the repository")
+        return v.strip("/")
+
+    @field_validator("build_command")
+    @classmethod
+    def _cmd(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class HealthCheckConfig(_Model):
+    url: str = "http://127.0.0.1:3000/"
+    timeout_seconds: float = Field(30, alias="timeoutSeconds")
+    interval_seconds: float = Field(1, alias="intervalSeconds")
+    expect_version: bool = Field(False, alias="expectVersion")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @field_validator("timeout_seconds", "interval_seconds")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not 0 < v <= 3600:
+            raise ValueError("must be more than 0 and at most 3600")
+        return v
+
+
+class BootstrapConfig(_Model):
+    caddyfile: str = "server/deploy/Caddyfile"
+    unit: str = "server/deploy/makenotwork.service"
+    sshd_git: str = Field("server/deploy/sshd-git.conf", alias="sshdGit")
+    fail2ban: str = "server/deploy/fail2ban-sshd.conf"
+    firewall: str = "server/deploy/setup-firewall.sh"
+    backup_script: str = Field("server/deploy/backup-db.sh", alias="backupScript")
+    backup_schedule: str = Field("17 3 * * *", alias="backupSchedule")
+    backup_user: str = Field("root", alias="backupUser")
+    manage: tuple[str, ...] = BOOTSTRAP_ITEMS
+    owner: str | None = None  # chown of the release root, e.g. "makenotwork:makenotwork"
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5 or not all(CRON_FIELD_RE.match(f) for f in fields):
+            raise ValueError("must be a 5-field cron schedule such as '17 3 * * *'")
+        return " ".join(fields)
+
+    @field_validator("manage")
+    @classmethod
+    def _manage(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [x for x in v if x not in BOOTSTRAP_ITEMS]
+        if unknown:
+            raise ValueError(f"unknown item(s) {unknown}; known: {list(BOOTSTRAP_ITEMS)}")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z_][a-z0-9_.-]*(:[a-z_][a-z0-9_.-]*)?$", v):
+            raise ValueError("must be 'user' or 'user:group'")
+        return v
+
+
+class StackConfig(_Model):
+    nodes: tuple[NodeConfig, ...]
+    version: str
+    source: SourceConfig
+    ssh_private_key: SecretStr | None = Field(None, alias="sshPrivateKey")
+    ssh_agent: bool = Field(False, alias="sshAgent")
+    insecure_skip_host_key_check: bool = Field(False, alias="insecureSkipHostKeyCheck")
+    release_root: str = Field("/opt/makenotwork", alias="releaseRoot")
+    service: str = "makenotwork"
+    bin_names: tuple[str, ...] = Field(("server",), alias="binNames")
+    keep_releases: int = Field(5, alias="keepReleases")
+    restart_warning_seconds: int = Field(0, alias="restartWarningSeconds")
+    restart_warning_on_failure: Literal["warn", "abort"] = Field("warn", alias="restartWarningOnFailure")
+    cli_service_token: SecretStr | None = Field(None, alias="cliServiceToken")
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig, alias="healthCheck")
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if ".." in v or not VERSION_RE.match(v):
+            raise ValueError(
+                "must be a git ref usable as a directory name: letters, digits, '.', '_', '+', '-'; "
+                "no '/', '..', spaces or shell characters"
+            )
+        return v
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v: tuple[NodeConfig, ...]) -> tuple[NodeConfig, ...]:
+        if not v:
+            raise ValueError("needs at least one node")
+        names = [n.name for n in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"node names must be unique, repeated: {dupes}")
+        return v
+
+    @field_validator("release_root")
+    @classmethod
+    def _release_root(cls, v: str) -> str:
+        v = _abs_path(v)
+        if v == "/":
+            raise ValueError("must not be /")
+        return v
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be a plain unit name such as 'makenotwork'")
+        return v
+
+    @field_validator("bin_names")
+    @classmethod
+    def _bins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("must list at least one binary")
+        for b in v:
+            if not BIN_RE.match(b) or b in (".sando", "error-pages"):
+                raise ValueError(f"{b!r} is not a plain file name (no '/')")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a name")
+        return v
+
+    @field_validator("keep_releases")
+    @classmethod
+    def _keep(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("must be between 1 and 100")
+        return v
+
+    @field_validator("restart_warning_seconds")
+    @classmethod
+    def _warn(cls, v: int) -> int:
+        if not 0 <= v <= 3600:
+            raise ValueError("must be between 0 and 3600")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "StackConfig":
+        if self.ssh_private_key is None and not self.ssh_agent:
+            raise _KeyError("sshPrivateKey", "is required (set it with --secret) unless sando:sshAgent is true")
+        if not self.insecure_skip_host_key_check:
+            for i, n in enumerate(self.nodes):
+                if not n.host_key:
+                    raise _KeyError(
+                        f"nodes[{i}].hostKey",
+                        "is required: every connection pins the host key "
+                        "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
+                    )
+        if self.restart_warning_seconds > 0 and self.cli_service_token is None:
+            raise _KeyError("cliServiceToken", "is required (as a secret) when sando:restartWarningSeconds > 0")
+        return self
+
+    def app_url(self, node: NodeConfig) -> str:
+        """Base URL of the app on a node (node's appUrl, else the health-check URL's origin)."""
+        if node.app_url:
+            return node.app_url
+        m = re.match(r"^(https?://[^/]+)", self.health_check.url)
+        return m.group(1)
+
+    def health_url(self, node: NodeConfig) -> str:
+        if not node.app_url:
+            return self.health_check.url
+        path = re.sub(r"^https?://[^/]+", "", self.health_check.url) or "/"
+        return node.app_url + path
+
+    def restart_warning_url(self, node: NodeConfig) -> str:
+        return self.app_url(node) + "/api/internal/restart-warning"
+
+
+class _KeyError(ValueError):
+    def __init__(self, key: str, msg: str):
+        super().__init__(msg)
+        self.key = key
+
+
+SECRET_KEYS = {"sshPrivateKey", "cliServiceToken"}
+STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap"}
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
+    """Validate the flat Pulumi config of the `sando` namespace."""
+    data: dict[str, Any] = {}
+    for full_key, value in raw.items():
+        ns, _, key = full_key.partition(":")
+        if ns != NAMESPACE:
+            continue
+        if key in SECRET_KEYS and full_key not in secret_keys:
+            raise ConfigError(f"sando:{key}: must be set as a secret (pulumi config set --secret sando:{key} ...)")
+        if isinstance(value, str) and key not in SECRET_KEYS and key != "version":
+            stripped = value.strip()
+            if stripped[:1] in "[{" or stripped in ("true", "false") or re.match(r"^-?\d+(\.\d+)?$", stripped):
+                try:
+                    value = json.loads(stripped)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"sando:{key}: not valid JSON: {exc}") from None
+        data[key] = value
+    try:
+        return StackConfig.model_validate(data)
+    except _KeyError as exc:  # raised by cross-field checks
+        raise ConfigError(f"sando:{exc.key}: {exc}") from None
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = _loc(err["loc"])
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, _KeyError):
+                msgs.append(f"sando:{ctx_err.key}: {ctx_err}")
+                continue
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see README 'Configuration')"
+            elif err["type"] == "missing":
+                msg = "is required"
+            msgs.append(f"sando:{loc}: {msg}")
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(msgs)) from None

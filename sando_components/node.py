@@ -1,0 +1,101 @@
+"""Node: one-time bootstrap of a host (seed items 1, 4, 5, 6), diffed by Pulumi.
+
+Installs the Caddyfile, the systemd unit, the security configs, the backup
+script with its cron entry and the release root layout. Hooks run only when
+their file changed: `systemctl reload caddy` after the Caddyfile,
+`systemctl daemon-reload` after the unit. sshd-git.conf and the fail2ban jail
+are installed without reloading sshd/fail2ban: host hardening changes are
+applied by the operator (design doc item 5), sando only keeps the files right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+
+from . import commands, paths
+from .config import ConfigError, NodeConfig, StackConfig
+from .providers import RemoteCommand, RemoteFile
+
+# item -> (config attribute of the source file, logical destination, mode)
+FILES = {
+    "sshdGit": ("sshd_git", paths.SSHD_GIT, 0o644),
+    "fail2ban": ("fail2ban", paths.FAIL2BAN_JAIL, 0o644),
+    "firewall": ("firewall", paths.FIREWALL_SCRIPT, 0o755),
+    "backup": ("backup_script", paths.BACKUP_SCRIPT, 0o755),
+}
+
+
+@dataclass
+class NodeArgs:
+    cfg: StackConfig
+    node: NodeConfig
+    connection: dict
+    private_key: pulumi.Input[str] | None
+    repo: str  # server repo working tree the bootstrap sources are read from
+
+
+def read_source(repo: str, rel: str, key: str) -> str:
+    path = Path(repo) / rel
+    if not path.is_file():
+        raise ConfigError(f"sando:bootstrap.{key}: {rel!r} is not a file in {repo}")
+    return path.read_text()
+
+
+def cron_entry(cfg: StackConfig) -> str:
+    b = cfg.bootstrap
+    return (f"# managed by sando: nightly database backup of {cfg.service}\n"
+            "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            f"{b.backup_schedule} {b.backup_user} {paths.BACKUP_SCRIPT}\n")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Node(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sando:index:Node", name, None, opts)
+        cfg, np = args.cfg, paths.NodePaths(args.node.root, args.cfg.release_root)
+        manage = cfg.bootstrap.manage
+        conn = dict(connection=args.connection, private_key=args.private_key)
+        child = pulumi.ResourceOptions(parent=self)
+
+        layout = [commands.mkdir_p(np.releases)]
+        if cfg.bootstrap.owner:
+            layout.append(commands.chown_r(cfg.bootstrap.owner, np.at(cfg.release_root)))
+        self.layout = RemoteCommand(f"{name}-layout", **conn, create=" && ".join(layout), opts=child)
+
+        files: dict[str, pulumi.Output[str]] = {}
+        if "caddyfile" in manage:
+            text = read_source(args.repo, cfg.bootstrap.caddyfile, "caddyfile")
+            f = RemoteFile(f"{name}-caddyfile", **conn, path=np.at(paths.CADDYFILE), content=text, mode=0o644,
+                           opts=child)
+            RemoteCommand(f"{name}-caddy-reload", **conn, create=commands.systemctl("reload", "caddy"),
+                          triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
+            files["caddyfile"] = f.path
+        if "unit" in manage:
+            text = read_source(args.repo, cfg.bootstrap.unit, "unit")
+            expected = f"{cfg.release_root}/current/"
+            if expected not in text:
+                raise ConfigError(f"sando:bootstrap.unit: {cfg.bootstrap.unit} does not run a binary under "
+                                  f"{expected} (sando:releaseRoot)")
+            f = RemoteFile(f"{name}-unit", **conn, path=np.unit(cfg.service), content=text, mode=0o644, opts=child)
+            RemoteCommand(f"{name}-daemon-reload", **conn, create=commands.daemon_reload(),
+                          triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
+            files["unit"] = f.path
+        for item, (attr, dest, mode) in FILES.items():
+            if item in manage:
+                text = read_source(args.repo, getattr(cfg.bootstrap, attr), item)
+                files[item] = RemoteFile(f"{name}-{item}", **conn, path=np.at(dest), content=text, mode=mode,
+                                         opts=child).path
+        if "backup" in manage:
+            files["cron"] = RemoteFile(f"{name}-cron", **conn, path=np.cron(cfg.service), content=cron_entry(cfg),
+                                       mode=0o644, opts=child).path
+
+        self.host = pulumi.Output.from_input(args.node.host)
+        self.files = pulumi.Output.all(**files) if files else pulumi.Output.from_input({})
+        self.register_outputs({"host": self.host, "files": self.files})
