@@ -1,0 +1,270 @@
+"""Shared by tests/e2e, `make demo` and `make bench`: test nodes, the stand-in app as a
+git repo with real commits, and sando stacks driven through the real engine
+(Automation API with the pulumi built by `make setup`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pulumi import automation as auto
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / ".tools"
+EXAMPLE = REPO / "examples" / "makenotwork"
+PROJECT_FILES = ["Pulumi.yaml", "__main__.py", "sando_components"]
+PASSPHRASE = "sando-test"
+
+
+def engine_env(base: Path) -> dict[str, str]:
+    """Environment for the engine: our .tools, a private PULUMI_HOME and file backend."""
+    (base / "state").mkdir(parents=True, exist_ok=True)
+    (base / "home").mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": f"{TOOLS / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PULUMI_HOME": str(base / "home"),
+        "PULUMI_BACKEND_URL": f"file://{base / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "SANDO_CACHE_DIR": str(base / "cache"),
+    }
+
+
+# --- test nodes ------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    host: str
+    port: int
+    user: str
+    privateKeyPath: str
+    hostKey: str
+    root: str
+    appUrl: str
+    caddyUrl: str
+    serviceToken: str
+
+    def config(self) -> dict:
+        return {"name": self.name, "host": self.host, "port": self.port, "user": self.user,
+                "hostKey": self.hostKey, "root": self.root, "appUrl": self.appUrl.rstrip("/")}
+
+    def path(self, logical: str) -> Path:
+        return Path(self.root + logical)
+
+    @property
+    def release_root(self) -> Path:
+        return self.path("/opt/makenotwork")
+
+    def systemctl_log(self) -> list[tuple[str, str]]:
+        log = self.path("/var/log/systemctl.log")
+        if not log.exists():
+            return []
+        return [tuple(line.split()[1:3]) for line in log.read_text().splitlines() if line.strip()]
+
+    def served(self, url: str | None = None, timeout: float = 5) -> dict:
+        with urllib.request.urlopen(url or self.appUrl, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def fetch(self, url: str, timeout: float = 5) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+
+class TestNodes:
+    """`scripts/testnodes start N` in a private state dir; stop() removes everything."""
+
+    _next_offset = int(os.environ.get("SANDO_TESTNODES_OFFSET", "10"))
+
+    def __init__(self, count: int, state_dir: Path, token: str | None = None):
+        self.state_dir = state_dir
+        env = dict(os.environ)
+        if token:
+            env["SANDO_TESTNODES_SERVICE_TOKEN"] = token
+        last = None
+        for _ in range(5):  # addresses/users of another set may be busy: shift
+            offset = TestNodes._next_offset
+            TestNodes._next_offset += count
+            if TestNodes._next_offset > 90:
+                TestNodes._next_offset = 10
+            res = subprocess.run([str(REPO / "scripts" / "testnodes"), "start", str(count), "--state-dir",
+                                  str(state_dir), "--offset", str(offset)], capture_output=True, text=True, env=env)
+            if res.returncode == 0:
+                self.nodes = [Node(**n) for n in json.loads(res.stdout)]
+                return
+            last = res.stderr
+        raise RuntimeError(f"testnodes start failed: {last}")
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts" / "testnodes"), "stop", "--state-dir", str(self.state_dir)],
+                       capture_output=True, text=True)
+
+
+# --- the stand-in app as a git repository ------------------------------------------------
+
+
+class AppRepo:
+    """A copy of examples/makenotwork turned into a git repo; versions are tagged commits."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("target"))
+        self.git("init", "-q", "-b", "main")
+        self.commit_tag("v1")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=sando-test", "-c", "user.email=test@sando.local",
+                               "-C", str(self.path), *args], check=True, capture_output=True, text=True).stdout
+
+    def mutate(self, *args: str) -> None:
+        subprocess.run([str(self.path / "scripts" / "mutate"), *args], cwd=self.path, check=True,
+                       capture_output=True, text=True)
+
+    def commit_tag(self, tag: str) -> str:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", tag)
+        self.git("tag", "-f", tag)
+        return self.commit(tag)
+
+    def commit(self, ref: str) -> str:
+        return self.git("rev-parse", f"{ref}^{{commit}}").strip()
+
+    def version(self, tag: str, *mutations: tuple[str, ...]) -> str:
+        """Make a new tagged version: `bump <tag>` plus the given mutate commands."""
+        self.mutate("bump", tag)
+        for m in mutations:
+            self.mutate(*m)
+        return self.commit_tag(tag)
+
+
+# --- sando stacks through the Automation API ------------------------------------------------
+
+
+@dataclass
+class Deploy:
+    """One uuid-named stack of the sando project, against given nodes."""
+
+    work: Path
+    env: dict[str, str]
+    nodes: list[Node]
+    repo: AppRepo
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    def __post_init__(self):
+        self.project = self.work / f"project-{self.name}"
+        self.project.mkdir(parents=True)
+        for f in PROJECT_FILES:
+            src = REPO / f
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, self.project / f)
+        ws_opts = auto.LocalWorkspaceOptions(
+            work_dir=str(self.project), pulumi_home=self.env["PULUMI_HOME"], env_vars=self.env,
+            pulumi_command=auto.PulumiCommand(root=str(TOOLS)),
+        )
+        self.stack = auto.create_stack(self.name, work_dir=str(self.project), opts=ws_opts)
+        self.configure()
+
+    # config ------------------------------------------------------------------------
+    def configure(self, **overrides) -> None:
+        base = {
+            "nodes": [n.config() for n in self.nodes],
+            "version": "v1",
+            "source": {"repo": str(self.repo.path)},
+            "binNames": ["makenotwork", "mnw-admin"],
+            "healthCheck": {"timeoutSeconds": 10, "intervalSeconds": 0.2, "expectVersion": True},
+        }
+        base.update(overrides)
+        self.set(**base)
+        key = Path(self.nodes[0].privateKeyPath).read_text()
+        self.set_secret("sshPrivateKey", key)
+
+    def set(self, **values) -> None:
+        cfg = {f"sando:{k}": auto.ConfigValue(v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()}
+        self.stack.set_all_config(cfg)
+
+    def unset(self, *keys: str) -> None:
+        for k in keys:
+            self.stack.remove_config(f"sando:{k}")
+
+    def set_secret(self, key: str, value: str) -> None:
+        """Secrets go through stdin, never argv."""
+        self.cli(["config", "set", "--secret", f"sando:{key}"], input=value)
+
+    def set_raw_config(self, key: str, value: str) -> None:
+        self.cli(["config", "set", key, value])
+
+    # engine ------------------------------------------------------------------------
+    def cli(self, args: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.env}
+        res = subprocess.run([str(TOOLS / "bin" / "pulumi"), *args, "--stack", self.name, "--non-interactive"],
+                             cwd=self.project, env=env, input=input, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"pulumi {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def up_events(self):
+        self.steps: list[tuple[str, str]] = []
+        self.log = []
+
+        def on_event(ev):
+            if ev.resource_pre_event and ev.resource_pre_event.metadata:
+                md = ev.resource_pre_event.metadata
+                self.steps.append((md.urn, md.op.value if hasattr(md.op, "value") else str(md.op)))
+        return on_event
+
+    def outputs(self) -> dict:
+        return {k: v.value for k, v in self.stack.outputs().items()}
+
+    def node_out(self, node: Node) -> dict:
+        return self.outputs()["nodes"][node.name]
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stack.destroy(color="never")
+        with contextlib.suppress(Exception):
+            self.stack.workspace.remove_stack(self.name)
+
+
+def run_up(d: Deploy, **kw):
+    """up with step events; returns (result, {resource name: op} of changed steps)."""
+    on_event = d.up_events()
+    res = d.stack.up(on_output=d.log.append, on_event=on_event, color="never", **kw)
+    return res, {urn.split("::")[-1]: op for urn, op in d.steps if op not in ("same", "read")}
+
+
+def run_preview(d: Deploy, **kw):
+    on_event = d.up_events()
+    res = d.stack.preview(on_output=d.log.append, on_event=on_event, color="never", **kw)
+    return res, {urn.split("::")[-1]: op for urn, op in d.steps if op not in ("same", "read")}
+
+
+def wait_for(fn, timeout: float = 10, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return fn()
+        time.sleep(interval)
+
+
+def tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
