@@ -5,11 +5,12 @@ import sys
 import pulumi
 
 from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, Release,
-                              ReleaseArgs, retained_versions, stack)
+                              ReleaseArgs, bootstrap_sources, retained_versions, stack)
 
 try:
     cfg = stack.load_config()
     source = stack.resolve_source(cfg)
+    sources = bootstrap_sources(cfg, source.repo)
 except ConfigError as err:  # before any resource exists, so before any remote change
     print(f"sando: {err}", file=sys.stderr)
     sys.exit(32)  # "error already shown" to the language host
@@ -20,11 +21,7 @@ pinned = {"version": cfg.version, "commit": source.commit}
 nodes = {}
 for node in cfg.nodes:
     conn, before = stack.connection(cfg, node), last.get(node.name) or {}
-    try:
-        bootstrap = Node(node.name, NodeArgs(cfg, node, conn, key, source.repo))
-    except ConfigError as err:
-        print(f"sando: {err}", file=sys.stderr)
-        sys.exit(32)
+    bootstrap = Node(node.name, NodeArgs(cfg, node, conn, key, sources))
     keep = retained_versions(before.get("releases") or [], pinned, before.get("liveVersion"),
                              before.get("previousVersion"), cfg.keep_releases)
     releases = {r["version"]: Release(f"{node.name}-release-{r['version']}",

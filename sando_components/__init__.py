@@ -2,8 +2,8 @@
 
 from .config import ConfigError, StackConfig
 from .current_pointer import CurrentPointer, CurrentPointerArgs
-from .node import Node, NodeArgs
+from .node import Node, NodeArgs, bootstrap_sources
 from .release import Release, ReleaseArgs, retained_versions
 
-__all__ = ["ConfigError", "CurrentPointer", "CurrentPointerArgs", "Node", "NodeArgs", "Release", "ReleaseArgs",
+__all__ = ["ConfigError", "CurrentPointer", "CurrentPointerArgs", "Node", "NodeArgs", "Release", "bootstrap_sources", "ReleaseArgs",
            "StackConfig", "retained_versions"]

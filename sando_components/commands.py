@@ -37,9 +37,8 @@ def remove_files(*targets: str) -> str:
 
 def file_state(path: str) -> str:
     """sha256 and octal mode of a file, or nothing when it does not exist."""
-    return f"if [ -f {shlex.quote(path)} ]; then " + _and(
-        shlex.join(["sha256sum", path]), shlex.join(["stat", "-c", "%a", path])
-    ) + "; fi"
+    q = shlex.quote(path)  # sha256sum reads stdin: its output never escapes the file name
+    return f"if [ -f {q} ]; then " + _and(f"sha256sum < {q}", shlex.join(["stat", "-c", "%a", path])) + "; fi"
 
 
 def systemctl(verb: str, unit: str) -> str:

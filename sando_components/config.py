@@ -55,7 +55,7 @@ class NodeConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("must be letters, digits, '.', '_' or '-' (it names resources)")
         return v
 
@@ -65,7 +65,7 @@ class NodeConfig(_Model):
         try:
             ipaddress.ip_address(v)
         except ValueError:
-            if not HOSTNAME_RE.match(v):
+            if not HOSTNAME_RE.fullmatch(v):
                 raise ValueError("must be an IP address or a DNS name") from None
         return v
 
@@ -79,7 +79,7 @@ class NodeConfig(_Model):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", v):
+        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", v):
             raise ValueError("must be a POSIX user name")
         return v
 
@@ -107,7 +107,7 @@ class NodeConfig(_Model):
     @field_validator("app_url")
     @classmethod
     def _app_url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+/?$", v):
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+/?", v):
             raise ValueError("must be a base URL such as http://127.0.0.1:3000")
         return v.rstrip("/") if v else v
 
@@ -142,7 +142,7 @@ class HealthCheckConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
             raise ValueError("must be an http(s) URL")
         return v
 
@@ -170,7 +170,7 @@ class BootstrapConfig(_Model):
     @classmethod
     def _schedule(cls, v: str) -> str:
         fields = v.split()
-        if len(fields) != 5 or not all(CRON_FIELD_RE.match(f) for f in fields):
+        if len(fields) != 5 or not all(CRON_FIELD_RE.fullmatch(f) for f in fields):
             raise ValueError("must be a 5-field cron schedule such as '17 3 * * *'")
         return " ".join(fields)
 
@@ -185,7 +185,7 @@ class BootstrapConfig(_Model):
     @field_validator("owner")
     @classmethod
     def _owner(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[a-z_][a-z0-9_.-]*(:[a-z_][a-z0-9_.-]*)?$", v):
+        if v is not None and not re.fullmatch(r"[a-z_][a-z0-9_.-]*(:[a-z_][a-z0-9_.-]*)?", v):
             raise ValueError("must be 'user' or 'user:group'")
         return v
 
@@ -210,7 +210,7 @@ class StackConfig(_Model):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if ".." in v or not VERSION_RE.match(v):
+        if ".." in v or not VERSION_RE.fullmatch(v):
             raise ValueError(
                 "must be a git ref usable as a directory name: letters, digits, '.', '_', '+', '-'; "
                 "no '/', '..', spaces or shell characters"
@@ -239,7 +239,7 @@ class StackConfig(_Model):
     @field_validator("service")
     @classmethod
     def _service(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("must be a plain unit name such as 'makenotwork'")
         return v
 
@@ -249,7 +249,7 @@ class StackConfig(_Model):
         if not v:
             raise ValueError("must list at least one binary")
         for b in v:
-            if not BIN_RE.match(b) or b in (".sando", "error-pages"):
+            if not BIN_RE.fullmatch(b) or b in (".sando", "error-pages"):
                 raise ValueError(f"{b!r} is not a plain file name (no '/')")
         if len(set(v)) != len(v):
             raise ValueError("must not repeat a name")
@@ -331,13 +331,11 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
             continue
         if key in SECRET_KEYS and full_key not in secret_keys:
             raise ConfigError(f"sando:{key}: must be set as a secret (pulumi config set --secret sando:{key} ...)")
-        if isinstance(value, str) and key not in SECRET_KEYS and key != "version":
-            stripped = value.strip()
-            if stripped[:1] in "[{" or stripped in ("true", "false") or re.match(r"^-?\d+(\.\d+)?$", stripped):
-                try:
-                    value = json.loads(stripped)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"sando:{key}: not valid JSON: {exc}") from None
+        if isinstance(value, str) and key in STRUCTURED_KEYS:  # Pulumi passes objects/lists as JSON
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"sando:{key}: not valid JSON: {exc}") from None
         data[key] = value
     try:
         return StackConfig.model_validate(data)

@@ -35,14 +35,29 @@ class NodeArgs:
     node: NodeConfig
     connection: dict
     private_key: pulumi.Input[str] | None
-    repo: str  # server repo working tree the bootstrap sources are read from
+    sources: dict[str, str]  # managed item -> file content, from bootstrap_sources()
 
 
-def read_source(repo: str, rel: str, key: str) -> str:
+def _read(repo: str, rel: str, key: str) -> str:
     path = Path(repo) / rel
     if not path.is_file():
         raise ConfigError(f"sando:bootstrap.{key}: {rel!r} is not a file in {repo}")
     return path.read_text()
+
+
+SOURCE_ATTR = {"caddyfile": "caddyfile", "unit": "unit", **{item: attr for item, (attr, _, _) in FILES.items()}}
+
+
+def bootstrap_sources(cfg: StackConfig, repo: str) -> dict[str, str]:
+    """Read and check every managed bootstrap file (from the server repo's working tree)
+    before any resource is declared; ConfigError names the key."""
+    sources = {item: _read(repo, getattr(cfg.bootstrap, SOURCE_ATTR[item]), item)
+               for item in cfg.bootstrap.manage}
+    expected = f"{cfg.release_root}/current/"
+    if "unit" in sources and expected not in sources["unit"]:
+        raise ConfigError(f"sando:bootstrap.unit: {cfg.bootstrap.unit} does not run a binary under "
+                          f"{expected} (sando:releaseRoot)")
+    return sources
 
 
 def cron_entry(cfg: StackConfig) -> str:
@@ -71,27 +86,22 @@ class Node(pulumi.ComponentResource):
 
         files: dict[str, pulumi.Output[str]] = {}
         if "caddyfile" in manage:
-            text = read_source(args.repo, cfg.bootstrap.caddyfile, "caddyfile")
+            text = args.sources["caddyfile"]
             f = RemoteFile(f"{name}-caddyfile", **conn, path=np.at(paths.CADDYFILE), content=text, mode=0o644,
                            opts=child)
             RemoteCommand(f"{name}-caddy-reload", **conn, create=commands.systemctl("reload", "caddy"),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["caddyfile"] = f.path
         if "unit" in manage:
-            text = read_source(args.repo, cfg.bootstrap.unit, "unit")
-            expected = f"{cfg.release_root}/current/"
-            if expected not in text:
-                raise ConfigError(f"sando:bootstrap.unit: {cfg.bootstrap.unit} does not run a binary under "
-                                  f"{expected} (sando:releaseRoot)")
+            text = args.sources["unit"]
             f = RemoteFile(f"{name}-unit", **conn, path=np.unit(cfg.service), content=text, mode=0o644, opts=child)
             RemoteCommand(f"{name}-daemon-reload", **conn, create=commands.daemon_reload(),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["unit"] = f.path
-        for item, (attr, dest, mode) in FILES.items():
+        for item, (_, dest, mode) in FILES.items():
             if item in manage:
-                text = read_source(args.repo, getattr(cfg.bootstrap, attr), item)
-                files[item] = RemoteFile(f"{name}-{item}", **conn, path=np.at(dest), content=text, mode=mode,
-                                         opts=child).path
+                files[item] = RemoteFile(f"{name}-{item}", **conn, path=np.at(dest), content=args.sources[item],
+                                         mode=mode, opts=child).path
         if "backup" in manage:
             files["cron"] = RemoteFile(f"{name}-cron", **conn, path=np.cron(cfg.service), content=cron_entry(cfg),
                                        mode=0o644, opts=child).path

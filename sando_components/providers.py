@@ -315,12 +315,16 @@ class PointerProvider(ResourceProvider):
             time.sleep(float(props["healthInterval"]))
 
     def _switch(self, conn, np, service: str, version: str, previous: str | None) -> None:
+        """Point current (and previous) at their releases, then restart; a failed restart is
+        reported as HealthError so the caller switches back."""
         cmds = [commands.switch_link(np.current, np.link_target(version)),
                 commands.switch_link(np.error_pages, posixpath.join("current", paths.ERROR_PAGES))]
         if previous and previous != version:
             cmds.append(commands.switch_link(np.previous, np.link_target(previous)))
-        cmds.append(commands.systemctl("reload-or-restart", service))
         ssh.run(conn, " && ".join(cmds))
+        rc, out, err = ssh.run(conn, commands.systemctl("reload-or-restart", service), check=False, timeout=120)
+        if rc != 0:
+            raise HealthError(f"systemctl reload-or-restart {service} exited {rc}: {(err or out).strip()[:300]}")
 
     def _apply(self, props: dict) -> dict:
         conn, np, version = _conn(props), _node_paths(props), props["version"]
@@ -333,15 +337,15 @@ class PointerProvider(ResourceProvider):
         if sent_at and seconds:
             time.sleep(max(0.0, float(sent_at) + seconds - time.time()))
         switched_at = time.time()
-        self._switch(conn, np, props["service"], version, live)
         try:
+            self._switch(conn, np, props["service"], version, live)
             health = self._health(conn, props)
         except HealthError as exc:
             if not live:
                 raise Exception(f"{version} on {conn.label} is not healthy ({exc}); there is no earlier "
                                 "release to switch back to") from None
-            self._switch(conn, np, props["service"], live, previous)
             try:
+                self._switch(conn, np, props["service"], live, previous)
                 self._health(conn, props | {"version": live, "expectVersion": False})
                 again = f"previous version {live} is live again"
             except HealthError as exc2:

@@ -37,10 +37,9 @@ def resolve_source(cfg: StackConfig) -> Source:
 def previous_outputs() -> dict:
     """This stack's outputs from its last update ({} for a new stack), via the engine."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    try:
-        res = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
-    except Exception:  # a stack that never ran an update has no checkpoint to read
-        return {}
+    # No blanket except: a failed read must stop the program, not make it forget retained
+    # releases (which would prune them). A new stack reads as empty outputs.
+    res = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
     return dict((res.value or {}).get("outputs") or {})
 
 

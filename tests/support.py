@@ -110,6 +110,10 @@ class TestNodes:
         raise RuntimeError(f"testnodes start failed: {last}")
 
     def stop(self) -> None:
+        if os.environ.get("SANDO_TEST_KEEP_NODES"):  # debugging: leave them for a look
+            return
+        for log in self.state_dir.glob("node*/sshd.log"):  # keep the sshd logs beside the state dir
+            shutil.copy(log, self.state_dir.parent / f"{self.state_dir.name}-{log.parent.name}-sshd.log")
         subprocess.run([str(REPO / "scripts" / "testnodes"), "stop", "--state-dir", str(self.state_dir)],
                        capture_output=True, text=True)
 

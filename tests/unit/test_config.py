@@ -1,0 +1,410 @@
+"""sando_components/config.py `load(raw, secret_keys)`: values arrive as Pulumi passes them (strings,
+structured ones JSON-encoded); every bad input raises ConfigError naming the exact key path."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from sando_components.config import BOOTSTRAP_ITEMS, ConfigError, StackConfig, load
+
+SECRETS = frozenset({"sando:sshPrivateKey"})
+
+
+@pytest.fixture
+def host_key(ed25519_key) -> str:
+    return ed25519_key[0]
+
+
+@pytest.fixture
+def node(host_key) -> dict:
+    return {"name": "n1", "host": "127.0.0.2", "port": 2222, "user": "deploy", "hostKey": host_key}
+
+
+def raw_config(nodes: list[dict], **extra: str) -> dict[str, str]:
+    raw = {
+        "sando:nodes": json.dumps(nodes),
+        "sando:version": "v1",
+        "sando:source": '{"repo": "/x"}',
+        "sando:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-checked-here\n-----END OPENSSH PRIVATE KEY-----\n",
+    }
+    raw.update({f"sando:{k}": v for k, v in extra.items()})
+    return raw
+
+
+def error_of(raw: dict, secret_keys=SECRETS) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load(raw, secret_keys)
+    return str(exc.value)
+
+
+# --- valid config and defaults ---------------------------------------------------------------------
+
+
+def test_minimal_config_and_defaults(node, host_key):
+    cfg = load(raw_config([node]), SECRETS)
+    assert isinstance(cfg, StackConfig)
+    (n,) = cfg.nodes
+    assert (n.name, n.host, n.port, n.user, n.root, n.app_url) == ("n1", "127.0.0.2", 2222, "deploy", "", None)
+    assert n.host_key == host_key
+    assert cfg.version == "v1"
+    assert cfg.source.repo == "/x"
+    assert cfg.source.build_command == "cargo build --release --manifest-path server/Cargo.toml"
+    assert cfg.source.bin_dir == "server/target/release"
+    assert cfg.source.error_pages_dir == "server/deploy/error-pages"
+    assert cfg.release_root == "/opt/makenotwork"
+    assert cfg.service == "makenotwork"
+    assert cfg.bin_names == ("server",)
+    assert cfg.keep_releases == 5
+    assert cfg.health_check.url == "http://127.0.0.1:3000/"
+    assert cfg.health_check.timeout_seconds == 30
+    assert cfg.health_check.interval_seconds == 1
+    assert cfg.health_check.expect_version is False
+    assert cfg.restart_warning_seconds == 0
+    assert cfg.restart_warning_on_failure == "warn"
+    assert cfg.cli_service_token is None
+    assert cfg.ssh_agent is False and cfg.insecure_skip_host_key_check is False
+    assert cfg.bootstrap.manage == BOOTSTRAP_ITEMS
+    assert cfg.bootstrap.backup_schedule == "17 3 * * *"
+    assert cfg.bootstrap.owner is None
+
+
+def test_private_key_is_kept_secret(node):
+    raw = raw_config([node])
+    cfg = load(raw, SECRETS)
+    assert cfg.ssh_private_key.get_secret_value() == raw["sando:sshPrivateKey"]
+    assert "not-checked-here" not in repr(cfg) and "not-checked-here" not in str(cfg)
+
+
+def test_node_defaults(host_key):
+    cfg = load(raw_config([{"name": "prod", "host": "makenotwork.com", "hostKey": host_key}]), SECRETS)
+    assert (cfg.nodes[0].port, cfg.nodes[0].user, cfg.nodes[0].root) == (22, "root", "")
+
+
+def test_structured_and_scalar_values_as_pulumi_passes_them(node):
+    cfg = load(raw_config(
+        [node],
+        binNames='["makenotwork", "mnw-admin"]',
+        keepReleases="3",
+        restartWarningSeconds="30",
+        cliServiceToken="tok",
+        restartWarningOnFailure="abort",
+        healthCheck='{"url": "http://127.0.0.1:3000/health", "timeoutSeconds": 60, "expectVersion": true}',
+        bootstrap='{"manage": ["unit", "caddyfile", "unit"], "backupSchedule": "  5  4 * * 0 ",'
+                  ' "owner": "makenotwork:makenotwork"}',
+        releaseRoot="/srv/mnw/",
+        sshAgent="true",
+    ), SECRETS | {"sando:cliServiceToken"})
+    assert cfg.bin_names == ("makenotwork", "mnw-admin")
+    assert cfg.keep_releases == 3
+    assert cfg.restart_warning_seconds == 30
+    assert cfg.cli_service_token.get_secret_value() == "tok"
+    assert cfg.restart_warning_on_failure == "abort"
+    assert cfg.health_check.url == "http://127.0.0.1:3000/health"
+    assert cfg.health_check.timeout_seconds == 60 and cfg.health_check.expect_version is True
+    assert cfg.bootstrap.manage == ("unit", "caddyfile")  # de-duplicated, order kept
+    assert cfg.bootstrap.backup_schedule == "5 4 * * 0"
+    assert cfg.bootstrap.owner == "makenotwork:makenotwork"
+    assert cfg.release_root == "/srv/mnw"
+    assert cfg.ssh_agent is True
+
+
+@pytest.mark.parametrize("version", ["v1", "1.0", "2", "v1.2.3-rc.1+build.5", "release_2024-05"])
+def test_good_versions_stay_strings(node, version):
+    assert load(raw_config([node], version=version), SECRETS).version == version
+
+
+def test_host_key_comment_is_dropped(node, host_key):
+    node["hostKey"] = host_key + " root@testnot"
+    assert load(raw_config([node]), SECRETS).nodes[0].host_key == host_key
+
+
+def test_other_namespaces_are_ignored(node):
+    raw = {**raw_config([node]), "aws:region": "eu-west-1", "sandox:foo": "1"}
+    assert load(raw, SECRETS).version == "v1"
+
+
+def test_ssh_agent_instead_of_key(node):
+    raw = raw_config([node], sshAgent="true")
+    del raw["sando:sshPrivateKey"]
+    assert load(raw, frozenset()).ssh_private_key is None
+
+
+def test_insecure_allows_missing_host_key(node):
+    del node["hostKey"]
+    cfg = load(raw_config([node], insecureSkipHostKeyCheck="true"), SECRETS)
+    assert cfg.nodes[0].host_key is None
+
+
+# --- every bad input names its key --------------------------------------------------------------
+
+
+def test_node_without_host(node):
+    del node["host"]
+    assert "sando:nodes[0].host: " in error_of(raw_config([node]))
+
+
+def test_node_bad_host(node):
+    node["host"] = "not a host;rm"
+    assert "sando:nodes[0].host: " in error_of(raw_config([node]))
+
+
+def test_second_node_is_named_by_index(node, host_key):
+    second = {"name": "n2", "host": "127.0.0.3", "port": 0, "hostKey": host_key}
+    assert "sando:nodes[1].port: " in error_of(raw_config([node, second]))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "AAAAC3NzaC1lZDI1NTE5AAAAIJScOiO1X4SKKWrV5wfplqqNkTY6tsieHK8uh79+199Q",  # no type
+        "ssh-ed25519",  # no key data
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",  # not an accepted type
+        "ssh-ed25519 not*base64!",
+        "testnot.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJScOiO1X4SKKWrV5wfplqqNkTY6tsieHK8uh79+199Q",
+    ],
+)
+def test_host_key_not_an_openssh_key_line(node, bad):
+    node["hostKey"] = bad
+    assert "sando:nodes[0].hostKey: " in error_of(raw_config([node]))
+
+
+def test_host_key_type_must_match_key_data(node, host_key):
+    node["hostKey"] = "ssh-rsa " + host_key.split()[1]  # an ed25519 blob labelled ssh-rsa
+    msg = error_of(raw_config([node]))
+    assert "sando:nodes[0].hostKey: " in msg and "ssh-rsa" in msg
+
+
+def test_host_key_blob_of_another_type(node):
+    blob = base64.b64encode(b"\x00\x00\x00\x07ssh-rsa" + b"\x00" * 20).decode()
+    node["hostKey"] = "ssh-ed25519 " + blob
+    assert "sando:nodes[0].hostKey: " in error_of(raw_config([node]))
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_port_out_of_range(node, port):
+    node["port"] = port
+    assert "sando:nodes[0].port: " in error_of(raw_config([node]))
+
+
+def test_missing_host_key_without_insecure(node):
+    del node["hostKey"]
+    msg = error_of(raw_config([node]))
+    assert "sando:nodes[0].hostKey: " in msg and "insecureSkipHostKeyCheck" in msg
+
+
+def test_unknown_top_level_key(node):
+    assert "sando:bogus: unknown key" in error_of({**raw_config([node]), "sando:bogus": "1"})
+
+
+@pytest.mark.parametrize("key", ["hostkey", "privateKey", "bogus"])
+def test_unknown_nested_node_key(node, key):
+    node[key] = "x"
+    assert f"sando:nodes[0].{key}: unknown key" in error_of(raw_config([node]))
+
+
+def test_unknown_nested_source_key(node):
+    msg = error_of(raw_config([node], source='{"repo": "/x", "buildcommand": "make"}'))
+    assert "sando:source.buildcommand: unknown key" in msg
+
+
+@pytest.mark.parametrize("version", ["a/b", "..", "v 1", "v1;rm", "$(x)", "", "-v1", "v1..2", ".v1",
+                                     "`id`", "v1'", "v" * 129])
+def test_bad_versions(node, version):
+    assert "sando:version: " in error_of(raw_config([node], version=version))
+
+
+def test_empty_bin_names(node):
+    assert "sando:binNames: " in error_of(raw_config([node], binNames="[]"))
+
+
+@pytest.mark.parametrize("names", ['["a/b"]', '["ok", "../x"]', '[".sando"]', '["error-pages"]', '["a", "a"]'])
+def test_bad_bin_names(node, names):
+    assert "sando:binNames: " in error_of(raw_config([node], binNames=names))
+
+
+@pytest.mark.parametrize("keep", ["0", "-1", "101"])
+def test_keep_releases_out_of_range(node, keep):
+    assert "sando:keepReleases: " in error_of(raw_config([node], keepReleases=keep))
+
+
+def test_restart_warning_needs_token(node):
+    msg = error_of(raw_config([node], restartWarningSeconds="5"))
+    assert "sando:cliServiceToken: " in msg
+
+
+@pytest.mark.parametrize("key", ["sshPrivateKey", "cliServiceToken"])
+def test_secret_keys_must_be_secret(node, key):
+    raw = raw_config([node], cliServiceToken="tok-VALUE-42")
+    secret_keys = {"sando:sshPrivateKey", "sando:cliServiceToken"} - {f"sando:{key}"}
+    msg = error_of(raw, secret_keys=secret_keys)
+    assert f"sando:{key}: " in msg and "secret" in msg
+    assert "tok-VALUE-42" not in msg and "not-checked-here" not in msg  # the value itself is never echoed
+
+
+def test_key_or_agent_required(node):
+    raw = raw_config([node])
+    del raw["sando:sshPrivateKey"]
+    assert "sando:sshPrivateKey: " in error_of(raw, frozenset())
+
+
+@pytest.mark.parametrize("schedule", ["daily", "17 3 * *", "17 3 * * * rm -rf /", "17 3 * * ;", "$(x) 3 * * *"])
+def test_bad_backup_schedule(node, schedule):
+    raw = raw_config([node], bootstrap=json.dumps({"backupSchedule": schedule}))
+    assert "sando:bootstrap.backupSchedule: " in error_of(raw)
+
+
+def test_unknown_bootstrap_manage_item(node):
+    raw = raw_config([node], bootstrap='{"manage": ["caddyfile", "nginx"]}')
+    msg = error_of(raw)
+    assert "sando:bootstrap.manage: " in msg and "nginx" in msg
+
+
+def test_duplicate_node_names(node, host_key):
+    other = {**node, "host": "127.0.0.3"}
+    msg = error_of(raw_config([node, other]))
+    assert "sando:nodes: " in msg and "n1" in msg
+
+
+def test_no_nodes(node):
+    assert "sando:nodes: " in error_of(raw_config([]))
+
+
+@pytest.mark.parametrize("root", ["relative/dir", "/srv/../etc"])
+def test_bad_node_root(node, root):
+    node["root"] = root
+    assert "sando:nodes[0].root: " in error_of(raw_config([node]))
+
+
+@pytest.mark.parametrize("release_root", ["/", "opt/makenotwork", "/opt/../etc"])
+def test_bad_release_root(node, release_root):
+    assert "sando:releaseRoot: " in error_of(raw_config([node], releaseRoot=release_root))
+
+
+@pytest.mark.parametrize("name", ["n 1", "-n1", "n/1", ""])
+def test_bad_node_name(node, name):
+    node["name"] = name
+    assert "sando:nodes[0].name: " in error_of(raw_config([node]))
+
+
+def test_bad_json_names_key(node):
+    assert "sando:nodes: not valid JSON" in error_of({**raw_config([node]), "sando:nodes": "[{"})
+
+
+def test_several_errors_are_all_reported(node):
+    node["port"] = 0
+    msg = error_of(raw_config([node], keepReleases="0", version="a/b"))
+    for key in ("sando:nodes[0].port: ", "sando:keepReleases: ", "sando:version: "):
+        assert key in msg
+
+
+@pytest.mark.parametrize("where, key", [
+    ("top", "version"), ("top", "service"), ("node", "name"), ("node", "user"), ("node", "host"),
+    ("node", "appUrl"), ("top", "binNames"),
+])
+def test_trailing_newline_is_refused(node, where, key):
+    """The validators use re.fullmatch: 'value\\n' is not a valid value (a '$' anchor would let it through)."""
+    extra = {}
+    if where == "node":
+        node[key] = (node.get(key) or "http://127.0.0.1:3000") + "\n"
+    elif key == "binNames":
+        extra[key] = '["server\\n"]'
+    else:
+        extra[key] = {"version": "v1", "service": "makenotwork"}[key] + "\n"
+    assert f"sando:{'nodes[0].' if where == 'node' else ''}{key}: " in error_of(raw_config([node], **extra))
+
+
+@pytest.mark.parametrize("key, value, path", [
+    ("healthCheck", '{"url": "http://127.0.0.1:3000/\\n"}', "healthCheck.url"),
+    ("bootstrap", '{"owner": "makenotwork\\n"}', "bootstrap.owner"),
+])
+def test_trailing_newline_is_refused_in_structured_keys(node, key, value, path):
+    assert f"sando:{path}: " in error_of(raw_config([node], **{key: value}))
+
+
+# --- only the structured keys are JSON-decoded -----------------------------------------------------
+
+
+def test_numeric_service_name_is_a_string(node):
+    """sando:service "2048" is valid per NAME_RE and must stay the string "2048", not become 2048."""
+    assert load(raw_config([node], service="2048"), SECRETS).service == "2048"
+
+
+@pytest.mark.parametrize("key, value, attr", [
+    ("service", "true", "service"), ("service", "123", "service"),
+    ("releaseRoot", "/opt/123", "release_root"),
+])
+def test_scalar_string_keys_are_not_json_decoded(node, key, value, attr):
+    assert getattr(load(raw_config([node], **{key: value}), SECRETS), attr) == value
+
+
+def test_scalar_numbers_and_booleans_arrive_as_strings(node):
+    """Pulumi passes every scalar as a string; pydantic (lax) turns '5' into 5 and 'true' into True."""
+    cfg = load(raw_config([node], keepReleases="5", sshAgent="true", insecureSkipHostKeyCheck="false",
+                          restartWarningSeconds="0"), SECRETS)
+    assert cfg.keep_releases == 5 and isinstance(cfg.keep_releases, int)
+    assert cfg.ssh_agent is True and cfg.insecure_skip_host_key_check is False
+    assert cfg.restart_warning_seconds == 0
+
+
+@pytest.mark.parametrize("key", ["service", "version", "releaseRoot", "keepReleases", "sshAgent",
+                                 "restartWarningSeconds", "restartWarningOnFailure"])
+def test_empty_scalar_value_is_a_validation_error_naming_the_key(node, key):
+    msg = error_of(raw_config([node], **{key: ""}))
+    assert f"sando:{key}: " in msg
+    assert "not valid JSON" not in msg
+
+
+@pytest.mark.parametrize("key", ["nodes", "source", "binNames", "healthCheck", "bootstrap"])
+def test_empty_structured_value_is_not_valid_json(node, key):
+    assert f"sando:{key}: not valid JSON" in error_of({**raw_config([node]), f"sando:{key}": ""})
+
+
+# --- URLs of a node --------------------------------------------------------------------------------
+
+
+def test_urls_without_node_app_url(node):
+    cfg = load(raw_config([node]), SECRETS)
+    n = cfg.nodes[0]
+    assert cfg.app_url(n) == "http://127.0.0.1:3000"
+    assert cfg.health_url(n) == "http://127.0.0.1:3000/"
+    assert cfg.restart_warning_url(n) == "http://127.0.0.1:3000/api/internal/restart-warning"
+
+
+def test_urls_with_node_app_url(node):
+    node["appUrl"] = "http://127.0.0.1:41001/"
+    cfg = load(raw_config([node]), SECRETS)
+    n = cfg.nodes[0]
+    assert n.app_url == "http://127.0.0.1:41001"
+    assert cfg.app_url(n) == "http://127.0.0.1:41001"
+    assert cfg.health_url(n) == "http://127.0.0.1:41001/"
+    assert cfg.restart_warning_url(n) == "http://127.0.0.1:41001/api/internal/restart-warning"
+
+
+def test_health_path_and_query_follow_app_url(node):
+    node["appUrl"] = "https://10.0.0.5:8443"
+    cfg = load(raw_config([node], healthCheck='{"url": "http://127.0.0.1:3000/healthz?full=1"}'), SECRETS)
+    n = cfg.nodes[0]
+    assert cfg.health_url(n) == "https://10.0.0.5:8443/healthz?full=1"
+    assert cfg.restart_warning_url(n) == "https://10.0.0.5:8443/api/internal/restart-warning"
+
+
+def test_health_url_without_path(node, host_key):
+    other = {"name": "n2", "host": "127.0.0.3", "hostKey": host_key, "appUrl": "http://127.0.0.1:41002"}
+    cfg = load(raw_config([node, other], healthCheck='{"url": "http://127.0.0.1:3000"}'), SECRETS)
+    assert cfg.health_url(cfg.nodes[0]) == "http://127.0.0.1:3000"
+    assert cfg.app_url(cfg.nodes[0]) == "http://127.0.0.1:3000"
+    assert cfg.health_url(cfg.nodes[1]) == "http://127.0.0.1:41002/"
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:3000", "http://127.0.0.1:3000/x", "ftp://h", "http://a b"])
+def test_bad_app_url(node, url):
+    node["appUrl"] = url
+    assert "sando:nodes[0].appUrl: " in error_of(raw_config([node]))
+
+
+@pytest.mark.parametrize("hc", ['{"url": "localhost:3000"}', '{"timeoutSeconds": 0}', '{"intervalSeconds": 4000}'])
+def test_bad_health_check(node, hc):
+    assert "sando:healthCheck." in error_of(raw_config([node], healthCheck=hc))

@@ -1,0 +1,37 @@
+"""Helpers shared by sando's unit tests (git repos in tmp dirs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_AUTHOR_NAME": "sando-test",
+    "GIT_AUTHOR_EMAIL": "sando-test@example.invalid",
+    "GIT_COMMITTER_NAME": "sando-test",
+    "GIT_COMMITTER_EMAIL": "sando-test@example.invalid",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+def git(repo: Path | str, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {res.stderr}")
+    return res.stdout.strip()
+
+
+def init_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    return path
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
