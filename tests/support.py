@@ -242,17 +242,25 @@ class Deploy:
             self.stack.workspace.remove_stack(self.name)
 
 
+def _changed_steps(d: Deploy) -> dict[str, str]:
+    """{resource name: op} of the steps that change something. Provider registrations
+    (pulumi:providers:*, the engine's own bookkeeping of the dynamic provider, which it
+    re-registers when the stack config changes) are left out: they touch no node."""
+    return {urn.split("::")[-1]: op for urn, op in d.steps
+            if op not in ("same", "read", "refresh") and "::pulumi:providers:" not in urn}
+
+
 def run_up(d: Deploy, **kw):
     """up with step events; returns (result, {resource name: op} of changed steps)."""
     on_event = d.up_events()
     res = d.stack.up(on_output=d.log.append, on_event=on_event, color="never", **kw)
-    return res, {urn.split("::")[-1]: op for urn, op in d.steps if op not in ("same", "read")}
+    return res, _changed_steps(d)
 
 
 def run_preview(d: Deploy, **kw):
     on_event = d.up_events()
     res = d.stack.preview(on_output=d.log.append, on_event=on_event, color="never", **kw)
-    return res, {urn.split("::")[-1]: op for urn, op in d.steps if op not in ("same", "read")}
+    return res, _changed_steps(d)
 
 
 def wait_for(fn, timeout: float = 10, interval: float = 0.1):
