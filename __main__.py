@@ -28,9 +28,8 @@ for node in cfg.nodes:
                                       ReleaseArgs(cfg, node, conn, key, r["version"], r["commit"], source.repo))
                 for r in keep}
     live = releases[cfg.version]
-    pointer = CurrentPointer(f"{node.name}-current",
-                             CurrentPointerArgs(cfg, node, conn, key, cfg.version, source.commit, live.path, token),
-                             pulumi.ResourceOptions(depends_on=[bootstrap]))
+    pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(cfg, node, conn, key, cfg.version,
+                                                                        source.commit, live.path, token, bootstrap))
     nodes[node.name] = {
         "host": node.host, "releases": keep, "release": live.path, "sha256": live.sha256,
         "uploadedBytes": live.uploaded_bytes, "liveVersion": pointer.live_version,

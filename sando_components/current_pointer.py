@@ -26,6 +26,7 @@ class CurrentPointerArgs:
     commit: str
     release_path: pulumi.Input[str]  # the Release's path: the pointer waits for the upload
     token: pulumi.Input[str] | None = None
+    bootstrap: pulumi.Resource | None = None  # the Node: the unit must be installed before a restart
 
 
 class CurrentPointer(pulumi.ComponentResource):
@@ -51,7 +52,7 @@ class CurrentPointer(pulumi.ComponentResource):
              "healthUrl": cfg.health_url(node), "healthTimeout": hc.timeout_seconds,
              "healthInterval": hc.interval_seconds, "expectVersion": hc.expect_version,
              "warningSentAt": sent_at, "warningSeconds": cfg.restart_warning_seconds, "switchedAt": None},
-            pulumi.ResourceOptions(parent=self),
+            pulumi.ResourceOptions(parent=self, depends_on=[args.bootstrap] if args.bootstrap else None),
         )
         self.live_version = pointer.liveVersion
         self.previous_version = pointer.previousVersion

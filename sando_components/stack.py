@@ -4,6 +4,7 @@ source, and what this stack deployed last time (its own outputs)."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import pulumi
@@ -37,10 +38,18 @@ def resolve_source(cfg: StackConfig) -> Source:
 def previous_outputs() -> dict:
     """This stack's outputs from its last update ({} for a new stack), via the engine."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    # No blanket except: a failed read must stop the program, not make it forget retained
-    # releases (which would prune them). A new stack reads as empty outputs.
-    res = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
-    return dict((res.value or {}).get("outputs") or {})
+    # A failed read must stop the program, not make it forget retained releases (which
+    # would prune them); a new stack reads as empty outputs. The file backend can be caught
+    # rewriting the checkpoint (`preview --refresh`): "failed to load checkpoint" is retried.
+    for attempt in range(20):
+        try:
+            res = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
+            return dict((res.value or {}).get("outputs") or {})
+        except Exception as exc:
+            if "failed to load checkpoint" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def connection(cfg: StackConfig, node) -> dict:

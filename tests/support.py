@@ -96,10 +96,10 @@ class TestNodes:
         if token:
             env["SANDO_TESTNODES_SERVICE_TOKEN"] = token
         last = None
-        for _ in range(5):  # addresses/users of another set may be busy: shift
+        for _ in range(30):  # addresses/users of another set (a demo, a bench) may be busy: shift
             offset = TestNodes._next_offset
             TestNodes._next_offset += count
-            if TestNodes._next_offset > 90:
+            if TestNodes._next_offset + count > 99:
                 TestNodes._next_offset = 10
             res = subprocess.run([str(REPO / "scripts" / "testnodes"), "start", str(count), "--state-dir",
                                   str(state_dir), "--offset", str(offset)], capture_output=True, text=True, env=env)

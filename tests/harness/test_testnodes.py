@@ -164,7 +164,7 @@ def test_start_output(cluster):
         assert os.path.isabs(node["root"]) and os.path.isdir(node["root"])
         assert node["root"] == str(cluster.state / node["name"] / "root")
         assert node["appUrl"] == "http://127.0.0.1:%d/" % (3000 + n)
-        assert node["caddyUrl"] == "http://127.0.0.%d:8080/" % (n + 1)
+        assert node["caddyUrl"] == "http://127.0.0.%d:%d/" % (n + 1, 8080 + n)
         assert re.fullmatch(r"[0-9a-f]{32}", node["serviceToken"])
         tokens.add(node["serviceToken"])
     assert len(tokens) == 1, "one token per run"
@@ -194,7 +194,7 @@ def test_node_layout(cluster):
         ]
         unit = (root / "etc/systemd/system/caddy.service").read_text()
         for line in ["Environment=CADDY_ADMIN=127.0.0.1:%d" % (2100 + n),
-                     "Environment=MNW_HTTP_ADDR=127.0.0.%d:8080" % (n + 1),
+                     "Environment=MNW_HTTP_ADDR=127.0.0.%d:%d" % (n + 1, 8080 + n),
                      "Environment=MNW_UPSTREAM=127.0.0.1:%d" % (3000 + n),
                      "Environment=MNW_ROOT=%s" % root,
                      "ExecStart=/usr/bin/caddy run --adapter caddyfile --config /etc/caddy/Caddyfile",

@@ -300,7 +300,7 @@ def test_history_prunes_outside_window(config, server_repo):
 def test_pointer_waits_for_release_and_bootstrap(config):
     run = run_program(*config(nodes=("n1",)))
     urn = {urn_name(u): u for u in run.monitor.resources}
-    pointer_deps = set(run.regs["n1-current"].dependencies)
+    pointer_deps = set(run.regs["n1-current-switch"].dependencies)  # the child that restarts
     for role in ("unit", "daemon-reload", "layout"):
         assert urn[f"n1-{role}"] in pointer_deps, role
     release_deps = set(run.regs["n1-current-switch"].propertyDependencies["release"].urns)
