@@ -52,7 +52,8 @@ HEADER = """\
    All versions are built before anything is timed (the build cache is keyed by commit
    and shared by every stack), so no timed deploy compiles anything. Checks (not
    timings): nodes serve the deployed version; a new version created one Release per
-   node, a no-op changed nothing, a rollback changed only the `current` pointers."""
+   node, a no-op changed nothing, a rollback changed only the `current` pointers, and no
+   deploy rebuilt anything."""
 
 
 def say(msg: str = "") -> None:
@@ -221,6 +222,7 @@ def main() -> int:
             tree = Path(cache) / commit / "src"
             artifacts[v] = [tree / src.bin_dir / b for b in BIN_NAMES] + [tree / src.error_pages_dir]
         say(f"   built {', '.join(versions)} of the stand-in app in {time.monotonic() - t0:.1f}s")
+        built = {v: (Path(cache) / app.commit(v) / "artifacts.json").stat().st_mtime_ns for v in versions}
 
         t0 = time.monotonic()
         testnodes = TestNodes(7, work / "nodes")
@@ -279,6 +281,11 @@ def main() -> int:
             changed = t.timed(labels["rollback"], lambda: run_up(d_b)[1])
             check_steps("sando rollback", changed, set_b, "rollback", v)
             check_serving(set_b, v, "sando rollback")
+
+        rebuilt = [v for v in versions if (Path(cache) / app.commit(v) / "artifacts.json").stat().st_mtime_ns
+                   != built[v]]
+        if rebuilt:
+            raise RuntimeError(f"the deploys rebuilt {rebuilt}: the timings would include a build")
 
         m = {k: t.median(lab) for k, lab in labels.items()}
         say("\n== results (median of 3 runs, seconds)")
