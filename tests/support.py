@@ -109,6 +109,13 @@ class TestNodes:
             last = res.stderr
         raise RuntimeError(f"testnodes start failed: {last}")
 
+    def share_key(self) -> None:
+        """Let node1's client key into every node: a stack has one sando:sshPrivateKey."""
+        pub = (Path(self.nodes[0].privateKeyPath).parent / "id_ed25519.pub").read_text()
+        for n in self.nodes[1:]:
+            with open(Path(n.privateKeyPath).parent / "authorized_keys", "a") as fh:
+                fh.write(pub)
+
     def stop(self) -> None:
         if os.environ.get("SANDO_TEST_KEEP_NODES"):  # debugging: leave them for a look
             return

@@ -26,6 +26,7 @@ def make_nodes(tmp_path):
     def make(count: int = 1, token: str | None = None):
         nodes = TestNodes(count, tmp_path / f"nodes{len(started)}", token)
         started.append(nodes)
+        nodes.share_key()
         return nodes.nodes
 
     yield make

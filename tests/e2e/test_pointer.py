@@ -147,3 +147,18 @@ def test_restart_warning_precedes_restart_and_secrets_stay_secret(make_nodes, ma
         assert not any(secret in snap for snap in seen)
     assert token not in app_log
     assert len(seen) > 10  # the process list really was watched during the deploy
+
+
+def test_three_nodes_deploy_in_parallel_and_each_serves_the_pin(make_nodes, make_deploy, repo):
+    nodes = make_nodes(3)
+    d = make_deploy(nodes, repo=repo)
+    run_up(d)
+    d.set(version="v2")
+    res, changed = run_up(d)
+    for node in nodes:
+        assert node.served()["version"] == "v2" and current(node) == "releases/v2"
+        assert changed[f"{node.name}-current-switch"] == "update"
+        assert changed[f"{node.name}-release-v2-files"] == "create"
+        assert len(restarts(node)) == 2
+    spread = [restarts(n)[-1] for n in nodes]
+    print(f"\nrestarts of the 3 nodes within {max(spread) - min(spread):.2f}s (printed, not asserted)")
