@@ -45,6 +45,19 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class _NodeResource(Resource):
+    """A dynamic resource acting on a node: `outputs` start unknown; secrets stay secret outputs."""
+
+    _provider_class: type[ResourceProvider]
+    _output_names: tuple[str, ...] = ()
+
+    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            self._provider_class(), name, {**props, **dict.fromkeys(self._output_names)},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
+        )
+
+
 # --- files --------------------------------------------------------------------------
 
 
@@ -82,18 +95,15 @@ class RemoteFileProvider(ResourceProvider):
         return ReadResult(id_=id_, outs={**props, "sha256": digest, "mode": mode})
 
 
-class RemoteFile(Resource):
+class RemoteFile(_NodeResource):
+    _provider_class, _output_names = RemoteFileProvider, ("sha256",)
     sha256: pulumi.Output[str]
     path: pulumi.Output[str]
 
     def __init__(self, name: str, *, connection, private_key, path: str, content: str, mode: int,
                  opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            RemoteFileProvider(), name,
-            {"connection": connection, "privateKey": private_key, "path": path, "content": content,
-             "mode": mode, "sha256": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
-        )
+        super().__init__(name, {"connection": connection, "privateKey": private_key, "path": path,
+                                "content": content, "mode": mode}, opts)
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -123,17 +133,14 @@ class RemoteCommandProvider(ResourceProvider):
             ssh.run(_conn(props), props["delete"])
 
 
-class RemoteCommand(Resource):
+class RemoteCommand(_NodeResource):
+    _provider_class, _output_names = RemoteCommandProvider, ("stdout",)
     stdout: pulumi.Output[str]
 
     def __init__(self, name: str, *, connection, private_key, create: str, update: str | None = None,
                  delete: str | None = None, triggers: list | None = None, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            RemoteCommandProvider(), name,
-            {"connection": connection, "privateKey": private_key, "create": create, "update": update,
-             "delete": delete, "triggers": triggers or [], "stdout": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
-        )
+        super().__init__(name, {"connection": connection, "privateKey": private_key, "create": create,
+                                "update": update, "delete": delete, "triggers": triggers or []}, opts)
 
 
 # --- releases ---------------------------------------------------------------------------
@@ -222,18 +229,12 @@ class ReleaseProvider(ResourceProvider):
         return ReadResult(id_=id_, outs={**props, "commit": manifest.get("commit")})
 
 
-class ReleaseFiles(Resource):
+class ReleaseFiles(_NodeResource):
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "uploadedBytes", "createdAt")
     sha256: pulumi.Output[dict]
     path: pulumi.Output[str]
     uploadedBytes: pulumi.Output[int]
     commit: pulumi.Output[str]
-
-    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            ReleaseProvider(), name,
-            {**props, "sha256": None, "path": None, "uploadedBytes": None, "createdAt": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
-        )
 
 
 # --- restart warning -------------------------------------------------------------------------
@@ -270,15 +271,10 @@ class RestartWarningProvider(ResourceProvider):
         return UpdateResult(outs=self._send(news))
 
 
-class RestartWarning(Resource):
+class RestartWarning(_NodeResource):
+    _provider_class, _output_names = RestartWarningProvider, ("status", "sentAt")
     sentAt: pulumi.Output[float]
     status: pulumi.Output[str]
-
-    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            RestartWarningProvider(), name, {**props, "status": None, "sentAt": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
-        )
 
 
 # --- current pointer ---------------------------------------------------------------------
@@ -375,18 +371,12 @@ class PointerProvider(ResourceProvider):
         return ReadResult(id_=id_, outs={**props, "liveVersion": live, "previousVersion": previous})
 
 
-class Pointer(Resource):
+class Pointer(_NodeResource):
+    _provider_class, _output_names = PointerProvider, ("liveVersion", "previousVersion", "switchedAt", "health")
     liveVersion: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
     switchedAt: pulumi.Output[float]
     health: pulumi.Output[str]
-
-    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            PointerProvider(), name,
-            {**props, "liveVersion": None, "previousVersion": None, "switchedAt": None, "health": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
-        )
 
 
 def _public(props: dict) -> dict[str, Any]:

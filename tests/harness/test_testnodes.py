@@ -421,8 +421,12 @@ def test_makenotwork_app_on_node(cluster):
 
 def test_start_twice_restarts_and_refuses_foreign_dir(cluster, tmp_path):
     state = tmp_path / "state2"
-    off = str(cluster.offset + 10)
-    a = json.loads(run_testnodes("start", "1", "--offset", off, "--service-token", "tok123", state=state).stdout)
+    for off in (str(cluster.offset + k) for k in (10, 20, 30, 35)):  # skip addresses busy elsewhere
+        p = run_testnodes("start", "1", "--offset", off, "--service-token", "tok123", state=state, check=False)
+        if p.returncode == 0:
+            break
+        assert "already in use" in p.stderr, p.stderr
+    a = json.loads(p.stdout)
     pid_a = int((state / "node1" / "sshd.spawned.pid").read_text())
     p = run_testnodes("start", "1", "--offset", off, "--service-token", "tok123", state=state)
     assert "already started" in p.stderr
@@ -430,7 +434,7 @@ def test_start_twice_restarts_and_refuses_foreign_dir(cluster, tmp_path):
     assert a[0]["serviceToken"] == b[0]["serviceToken"] == "tok123"
     assert a[0]["hostKey"] != b[0]["hostKey"], "new host key per run"
     assert wait_gone(pid_a)
-    assert b[0]["host"] == "127.0.0.%d" % (cluster.offset + 12)
+    assert b[0]["host"] == "127.0.0.%d" % (int(off) + 2)
     run_testnodes("stop", state=state)
     assert not state.exists()
     assert run_testnodes("stop", state=state).returncode == 0
