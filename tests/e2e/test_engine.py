@@ -32,3 +32,31 @@ def test_up_then_no_changes_then_destroy(make_nodes, make_deploy):
     assert (node.release_root / "current").is_symlink()
     d.stack.workspace.remove_stack(d.name)
     assert d.name not in [s.name for s in d.stack.workspace.list_stacks()]
+
+
+def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path, engine):
+    import os
+    import subprocess
+    (node,) = make_nodes(1)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if sock.exists():
+                break
+            import time
+            time.sleep(0.05)
+        subprocess.run(["ssh-add", node.privateKeyPath], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
+                       check=True, capture_output=True)
+        engine_with_agent = {**engine, "SSH_AUTH_SOCK": str(sock)}
+        d = make_deploy([node])
+        d.stack.workspace.env_vars.update(engine_with_agent)
+        d.stack.remove_config("sando:sshPrivateKey")
+        d.set(sshAgent=True)
+        res, changed = run_up(d)
+        assert res.summary.result == "succeeded" and node.served()["version"] == "v1"
+        assert "sando:sshPrivateKey" not in d.cli(["config"]).stdout  # no key in config at all
+        key_body = open(node.privateKeyPath).read().splitlines()[1]
+        assert key_body not in d.cli(["stack", "export", "--show-secrets"]).stdout
+    finally:
+        agent.terminate()

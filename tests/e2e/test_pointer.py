@@ -162,3 +162,18 @@ def test_three_nodes_deploy_in_parallel_and_each_serves_the_pin(make_nodes, make
         assert len(restarts(node)) == 2
     spread = [restarts(n)[-1] for n in nodes]
     print(f"\nrestarts of the 3 nodes within {max(spread) - min(spread):.2f}s (printed, not asserted)")
+
+
+def test_restart_warning_abort_mode_stops_before_any_restart(make_nodes, make_deploy, repo):
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo)
+    run_up(d)  # v1 live, no warning configured
+    d.set(version="v2", restartWarningSeconds=2, restartWarningOnFailure="abort")
+    d.set_secret("cliServiceToken", "wrong-" + token)  # the app answers 401
+    with pytest.raises(auto.CommandError) as err:
+        d.stack.up(color="never")
+    assert "restartWarningOnFailure=abort" in str(err.value)
+    assert len(restarts(node)) == 1  # only v1's
+    assert current(node) == "releases/v1" and node.served()["version"] == "v1"
+    assert "wrong-" + token not in str(err.value)
