@@ -41,6 +41,15 @@ def _changed(olds: dict, news: dict, keys: list[str]) -> list[str]:
     return [k for k in keys if olds.get(k) != news.get(k)]
 
 
+# How a resource reaches its node. A change here (a rotated key, another user) is an update
+# that only refreshes the outputs, so that a later delete uses the new credentials.
+AUTH = ["connection", "privateKey"]
+
+
+def _refresh_auth(olds: dict, news: dict) -> dict:
+    return {**_public(olds), **{k: news.get(k) for k in AUTH}}
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -77,11 +86,13 @@ class RemoteFileProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         news = {**news, "sha256": sha256_text(news["content"])}
-        changes = _changed(olds, news, ["path", "sha256", "mode", "connection"])
+        changes = _changed(olds, news, ["path", "sha256", "mode", *AUTH])
         replaces = ["path"] if olds.get("path") != news["path"] or _target(olds) != _target(news) else []
         return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
 
-    def update(self, _id, _olds, news):
+    def update(self, _id, olds, news):
+        if olds.get("sha256") == sha256_text(news["content"]) and olds.get("mode") == news["mode"]:
+            return UpdateResult(outs=_refresh_auth(olds, news))
         return UpdateResult(outs=self._write(news))
 
     def delete(self, _id, props):
@@ -121,11 +132,13 @@ class RemoteCommandProvider(ResourceProvider):
                             outs=self._run(props, props["create"]))
 
     def diff(self, _id, olds, news):
-        changes = _changed(olds, news, ["create", "update", "delete", "triggers", "connection"])
+        changes = _changed(olds, news, ["create", "update", "delete", "triggers", *AUTH])
         replaces = ["connection"] if _target(olds) != _target(news) else []
         return DiffResult(changes=bool(changes), replaces=replaces)
 
-    def update(self, _id, _olds, news):
+    def update(self, _id, olds, news):
+        if not _changed(olds, news, ["create", "update", "delete", "triggers"]):
+            return UpdateResult(outs=_refresh_auth(olds, news))
         return UpdateResult(outs=self._run(news, news.get("update") or news["create"]))
 
     def delete(self, _id, props):
@@ -206,13 +219,13 @@ class ReleaseProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         # The build settings do not define a release; its commit does.
-        changes = _changed(olds, news, ["version", "commit", "binNames", "releaseRoot", "root", "connection"])
-        replaces = [k for k in changes if k != "connection"] + (
+        changes = _changed(olds, news, ["version", "commit", "binNames", "releaseRoot", "root", *AUTH])
+        replaces = [k for k in changes if k not in AUTH] + (
             ["connection"] if _target(olds) != _target(news) else [])
         return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
 
-    def update(self, _id, _olds, news):  # only connection details (user, key) changed
-        return UpdateResult(outs={**_olds, **_public(news)})
+    def update(self, _id, olds, news):  # only how to reach the node changed
+        return UpdateResult(outs=_refresh_auth(olds, news))
 
     def delete(self, _id, props):
         conn, np, version = _conn(props), _node_paths(props), props["version"]
@@ -264,10 +277,12 @@ class RestartWarningProvider(ResourceProvider):
         return CreateResult(id_=f"{props['connection']['host']}:warning", outs=self._send(props))
 
     def diff(self, _id, olds, news):
-        changes = _changed(olds, news, ["version", "url", "seconds"])
+        changes = _changed(olds, news, ["version", "url", "seconds", *AUTH])
         return DiffResult(changes=bool(changes), replaces=[])
 
-    def update(self, _id, _olds, news):
+    def update(self, _id, olds, news):
+        if not _changed(olds, news, ["version", "url", "seconds"]):
+            return UpdateResult(outs=_refresh_auth(olds, news))
         return UpdateResult(outs=self._send(news))
 
 
@@ -358,7 +373,7 @@ class PointerProvider(ResourceProvider):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props))
 
     def diff(self, _id, olds, news):
-        changes = _changed(olds, news, ["commit", "root", "releaseRoot", "service", "connection"])
+        changes = _changed(olds, news, ["commit", "root", "releaseRoot", "service", *AUTH])
         if olds.get("liveVersion") != news["version"]:
             changes.append("version")
         return DiffResult(changes=bool(changes), replaces=[])

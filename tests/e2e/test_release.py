@@ -164,3 +164,25 @@ def test_release_config_errors_fail_at_preview(make_nodes, make_deploy, versions
     assert key in str(err.value)
     assert not (node.release_root / "releases").exists()
     assert node.systemctl_log() == []
+
+
+def test_rotated_ssh_key_is_used_for_later_pruning(make_nodes, make_deploy, versions, tmp_path):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=versions, keepReleases=1)
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+    log_before = node.systemctl_log()
+    # rotate: a new key pair replaces the old one on the node and in the stack
+    new_key = tmp_path / "rotated"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_key)], check=True)
+    auth = Path(node.privateKeyPath).parent / "authorized_keys"
+    auth.write_text(new_key.with_suffix(".pub").read_text())
+    d.set_secret("sshPrivateKey", new_key.read_text())
+    res, changed = run_up(d)
+    assert res.summary.result == "succeeded"
+    assert node.systemctl_log() == log_before  # nothing re-ran: no reload, no restart
+    assert releases(node) == ["v1", "v2"]
+    d.set(version="v3")  # v1 falls out of the window: pruned with the new key
+    run_up(d)
+    assert releases(node) == ["v2", "v3"]
