@@ -21,7 +21,7 @@ PYHOST_SDK_VERSION=v3.68.0
 VERSION_PKG=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
 
 # --- 1. Debian packages -------------------------------------------------------
-apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git)
+apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
