@@ -18,6 +18,7 @@ import json
 import posixpath
 import secrets
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pulumi
@@ -347,7 +348,7 @@ class PointerProvider(ResourceProvider):
         sent_at, seconds = props.get("warningSentAt"), float(props.get("warningSeconds") or 0)
         if sent_at and seconds:
             time.sleep(max(0.0, float(sent_at) + seconds - time.time()))
-        switched_at = time.time()
+        switched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
             self._switch(conn, np, props["service"], version, live)
             health = self._health(conn, props)
@@ -390,7 +391,7 @@ class Pointer(_NodeResource):
     _provider_class, _output_names = PointerProvider, ("liveVersion", "previousVersion", "switchedAt", "health")
     liveVersion: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
-    switchedAt: pulumi.Output[float]
+    switchedAt: pulumi.Output[str]  # ISO 8601, UTC
     health: pulumi.Output[str]
 
 

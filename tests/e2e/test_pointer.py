@@ -7,6 +7,7 @@ import re
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ def test_switch_restart_once_and_error_pages_follow(make_nodes, make_deploy, rep
     assert status == 503 and "mnw-error-page version: v2" in body  # Caddy serves v2's pages
     out = d.node_out(node)
     assert (out["liveVersion"], out["previousVersion"], out["health"]) == ("v2", "v1", "ok")
+    switched = datetime.fromisoformat(out["switchedAt"])
+    assert switched.tzinfo is not None and abs(time.time() - switched.timestamp()) < 600
 
 
 def test_unhealthy_version_reverts_and_fails(make_nodes, make_deploy, repo):

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from tests.support import AppRepo, run_preview, run_up
+from tests.support import AppRepo, run_up
 
 
 def sha(path: Path) -> str:
