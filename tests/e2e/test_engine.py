@@ -1,5 +1,9 @@
 """Issue 2: the real engine (built by make setup) runs sando end to end against a real sshd."""
 
+import os
+import subprocess
+import time
+
 from tests.support import TOOLS, run_preview, run_up
 
 
@@ -35,8 +39,6 @@ def test_up_then_no_changes_then_destroy(make_nodes, make_deploy):
 
 
 def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path, engine):
-    import os
-    import subprocess
     (node,) = make_nodes(1)
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
@@ -44,7 +46,6 @@ def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path,
         for _ in range(50):
             if sock.exists():
                 break
-            import time
             time.sleep(0.05)
         subprocess.run(["ssh-add", node.privateKeyPath], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
                        check=True, capture_output=True)
