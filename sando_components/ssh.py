@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 
 import paramiko
@@ -64,10 +65,6 @@ def _host_key_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-_pool: dict[tuple, paramiko.SSHClient] = {}
-_pool_lock = threading.Lock()
-
-
 def _connect(conn: Conn) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     if conn.host_key:
@@ -98,54 +95,107 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     return client
 
 
+# sshd's default MaxSessions is 10 channels per connection; the resources of one node run
+# in parallel, so each pooled connection lets at most this many channels be open at once.
+MAX_CHANNELS = 6
+OPEN_RETRIES = 8  # a refused channel open (the server still counts a just-closed one) is retried
+
+
+@dataclass
+class _Pooled:
+    client: paramiko.SSHClient
+    slots: threading.BoundedSemaphore
+
+    @property
+    def alive(self) -> bool:
+        t = self.client.get_transport()
+        return bool(t and t.is_active())
+
+
+_pool: dict[tuple, _Pooled] = {}
+_pool_lock = threading.Lock()
+
+
+def _key(conn: Conn) -> tuple:
+    return (conn.host, conn.port, conn.user, conn.host_key, conn.private_key)
+
+
+def _pooled(conn: Conn) -> _Pooled:
+    with _pool_lock:
+        entry = _pool.get(_key(conn))
+        if entry is None or not entry.alive:
+            entry = _Pooled(_connect(conn), threading.BoundedSemaphore(MAX_CHANNELS))
+            _pool[_key(conn)] = entry
+        return entry
+
+
 def client_for(conn: Conn) -> paramiko.SSHClient:
-    key = (conn.host, conn.port, conn.user, conn.host_key, conn.private_key)
-    with _pool_lock:
-        client = _pool.get(key)
-        if client is not None and client.get_transport() and client.get_transport().is_active():
-            return client
-        client = _connect(conn)
-        _pool[key] = client
-        return client
+    return _pooled(conn).client
 
 
-def drop(conn: Conn) -> None:
-    """Forget a pooled connection (after a transport error), so the next call reconnects."""
-    key = (conn.host, conn.port, conn.user, conn.host_key, conn.private_key)
+def _forget_if_dead(conn: Conn) -> bool:
+    """After a failure: forget the pooled connection only when its transport is gone (other
+    threads may be using a healthy one). True when it was dead."""
     with _pool_lock:
-        client = _pool.pop(key, None)
-    if client is not None:
-        client.close()
+        entry = _pool.get(_key(conn))
+        if entry is None or entry.alive:
+            return False
+        del _pool[_key(conn)]
+    entry.client.close()
+    return True
+
+
+def _with_channel(conn: Conn, fn, *, retry: bool):
+    """Run fn(client) holding one of the connection's channel slots.
+
+    A refused channel open (nothing started yet) is retried with backoff. A dead connection
+    is reopened and, for idempotent work (retry=True), fn is tried once more."""
+    reconnected, refused = False, 0
+    while True:
+        entry = _pooled(conn)
+        with entry.slots:
+            try:
+                return fn(entry.client)
+            except paramiko.ChannelException:
+                refused += 1
+                if refused > OPEN_RETRIES:
+                    raise
+            except (paramiko.SSHException, OSError, EOFError):
+                if not (_forget_if_dead(conn) and retry and not reconnected):
+                    raise
+                reconnected = True
+                continue
+        time.sleep(0.02 * 2 ** refused)
 
 
 def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT,
         check: bool = True) -> tuple[int, str, str]:
-    """Run one shell command on the node; returns (exit code, stdout, stderr)."""
+    """Run one shell command on the node; returns (exit code, stdout, stderr).
+
+    Not retried once started: a connection lost mid-command is an error."""
+
+    def open_channel(client: paramiko.SSHClient) -> paramiko.Channel:
+        return client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+
+    def execute(client: paramiko.SSHClient) -> tuple[int, bytes, bytes]:
+        chan = open_channel(client)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out = b"".join(iter(lambda: chan.recv(65536), b""))
+            err = b"".join(iter(lambda: chan.recv_stderr(65536), b""))
+            return chan.recv_exit_status(), out, err
+        finally:
+            chan.close()
+
     try:
-        client = client_for(conn)
-        chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
-        chan.settimeout(timeout)
-        chan.exec_command(command)
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = io.BytesIO(), io.BytesIO()
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            out.write(data)
-        while True:
-            data = chan.recv_stderr(65536)
-            if not data:
-                break
-            err.write(data)
-        rc = chan.recv_exit_status()
-        chan.close()
+        rc, out, err = _with_channel(conn, execute, retry=False)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        drop(conn)
         raise RemoteError(f"{conn.label}: `{command}` failed: {exc or type(exc).__name__}") from None
-    o, e = out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
+    o, e = out.decode(errors="replace"), err.decode(errors="replace")
     if check and rc != 0:
         raise RemoteError(f"{conn.label}: `{command}` exited {rc}: {e.strip() or o.strip()}")
     return rc, o, e
@@ -154,38 +204,46 @@ def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float 
 def upload(conn: Conn, files: list[tuple[str, str, int]]) -> int:
     """Upload (local path, remote path, mode) triples over one SFTP session; returns bytes sent.
 
-    Remote parent directories are created as needed.
-    """
+    Remote parent directories are created as needed. Idempotent (a staging dir), so a
+    connection lost on the way is reopened and the upload starts over once."""
     sent = 0
-    try:
-        sftp = client_for(conn).open_sftp()
-        made: set[str] = set()
+
+    def put_all(client: paramiko.SSHClient) -> int:
+        nonlocal sent
+        sent = 0
+        sftp = client.open_sftp()
         try:
+            made: set[str] = set()
             for local, remote, mode in files:
-                parent = os.path.dirname(remote)
-                _makedirs(sftp, parent, made)
+                _makedirs(sftp, os.path.dirname(remote), made)
                 sftp.put(local, remote)
                 sftp.chmod(remote, mode)
                 sent += os.stat(local).st_size
         finally:
             sftp.close()
+        return sent
+
+    try:
+        return _with_channel(conn, put_all, retry=True)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        drop(conn)
         raise RemoteError(f"{conn.label}: upload failed after {sent} bytes: {exc or type(exc).__name__}") from None
-    return sent
 
 
 def put_bytes(conn: Conn, data: bytes, remote: str) -> None:
-    try:
-        sftp = client_for(conn).open_sftp()
+    """Write one (temp) file over SFTP; idempotent, so retried once on a fresh connection."""
+
+    def put(client: paramiko.SSHClient) -> None:
+        sftp = client.open_sftp()
         try:
             _makedirs(sftp, os.path.dirname(remote), set())
             with sftp.open(remote, "wb") as fh:
                 fh.write(data)
         finally:
             sftp.close()
+
+    try:
+        _with_channel(conn, put, retry=True)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        drop(conn)
         raise RemoteError(f"{conn.label}: writing {remote} failed: {exc or type(exc).__name__}") from None
 
 

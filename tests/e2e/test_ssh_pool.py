@@ -1,0 +1,32 @@
+"""The SSH transport keeps within sshd's default MaxSessions (10) while a node's
+resources work in parallel over one pooled connection (test nodes keep the default)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from sando_components import ssh
+
+
+def test_thirty_parallel_operations_share_one_connection_within_max_sessions(make_nodes):
+    (node,) = make_nodes(1)
+    conn = ssh.Conn(node.host, node.port, node.user, node.hostKey, False, Path(node.privateKeyPath).read_text())
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            ssh.put_bytes(conn, f"file {i}\n".encode(), f"{node.root}/var/tmp-{i}")
+            rc, out, _ = ssh.run(conn, f"sleep 0.1; cat {node.root}/var/tmp-{i}")
+            assert out == f"file {i}\n"
+        except Exception as exc:  # collected: a thread's assert would be lost
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(ssh._pool) >= 1
+    ssh._pool.clear()
