@@ -149,8 +149,9 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
     """Run fn(client) holding one of the connection's channel slots.
 
     A refused channel open (nothing started yet) is retried with backoff. A dead connection
-    is reopened and, for idempotent work (retry=True), fn is tried once more."""
-    reconnected, refused = False, 0
+    is forgotten (the next call reopens it); idempotent work (retry=True) is tried once more
+    after any transport failure."""
+    reconnected, refused = False, 0  # reconnected: the one extra try of idempotent work is used
     while True:
         entry = _pooled(conn)
         with entry.slots:
@@ -161,7 +162,8 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
                 if refused > OPEN_RETRIES:
                     raise
             except (paramiko.SSHException, OSError, EOFError):
-                if not (_forget_if_dead(conn) and retry and not reconnected):
+                _forget_if_dead(conn)
+                if not retry or reconnected:
                     raise
                 reconnected = True
                 continue
