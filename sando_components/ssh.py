@@ -145,6 +145,12 @@ def _forget_if_dead(conn: Conn) -> bool:
     return True
 
 
+def _refused_open(exc: Exception) -> bool:
+    """The server refused a channel open (paramiko reports it as ChannelException, or, when
+    several threads open at once, as a bare "Unable to open channel.")."""
+    return isinstance(exc, paramiko.ChannelException) or str(exc) == "Unable to open channel."
+
+
 def _with_channel(conn: Conn, fn, *, retry: bool):
     """Run fn(client) holding one of the connection's channel slots.
 
@@ -156,17 +162,20 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
         entry = _pooled(conn)
         with entry.slots:
             try:
+                if entry.client.get_transport() is None:  # closed by another thread meanwhile
+                    raise paramiko.SSHException("connection closed")
                 return fn(entry.client)
-            except paramiko.ChannelException:
-                refused += 1
-                if refused > OPEN_RETRIES:
-                    raise
-            except (paramiko.SSHException, OSError, EOFError):
-                _forget_if_dead(conn)
-                if not retry or reconnected:
-                    raise
-                reconnected = True
-                continue
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if _refused_open(exc) and entry.alive:
+                    refused += 1
+                    if refused > OPEN_RETRIES:
+                        raise
+                else:
+                    _forget_if_dead(conn)
+                    if not retry or reconnected:
+                        raise
+                    reconnected = True
+                    continue
         time.sleep(0.02 * 2 ** refused)
 
 
