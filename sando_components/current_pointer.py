@@ -12,16 +12,12 @@ from dataclasses import dataclass
 
 import pulumi
 
-from .config import NodeConfig, StackConfig
 from .providers import Pointer, RestartWarning
+from .target import NodeTarget
 
 
 @dataclass
-class CurrentPointerArgs:
-    cfg: StackConfig
-    node: NodeConfig
-    connection: dict
-    private_key: pulumi.Input[str] | None
+class CurrentPointerArgs(NodeTarget):
     version: str
     commit: str
     release_path: pulumi.Input[str]  # the Release's path: the pointer waits for the upload

@@ -17,8 +17,9 @@ from pathlib import Path
 import pulumi
 
 from . import commands, paths
-from .config import ConfigError, NodeConfig, StackConfig
+from .config import ConfigError, StackConfig
 from .providers import RemoteCommand, RemoteFile
+from .target import NodeTarget
 
 # item -> (config attribute of the source file, logical destination, mode)
 FILES = {
@@ -30,11 +31,7 @@ FILES = {
 
 
 @dataclass
-class NodeArgs:
-    cfg: StackConfig
-    node: NodeConfig
-    connection: dict
-    private_key: pulumi.Input[str] | None
+class NodeArgs(NodeTarget):
     sources: dict[str, str]  # managed item -> file content, from bootstrap_sources()
 
 

@@ -12,16 +12,12 @@ from dataclasses import dataclass
 
 import pulumi
 
-from .config import NodeConfig, StackConfig
 from .providers import ReleaseFiles
+from .target import NodeTarget
 
 
 @dataclass
-class ReleaseArgs:
-    cfg: StackConfig
-    node: NodeConfig
-    connection: dict
-    private_key: pulumi.Input[str] | None
+class ReleaseArgs(NodeTarget):
     version: str
     commit: str
     repo: str  # absolute path of the server repo (for the lazy build)
