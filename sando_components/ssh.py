@@ -193,9 +193,12 @@ def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float 
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
-            if stdin is not None:
+            if stdin is not None:  # the command reads stdin until EOF, so it cannot close first
                 chan.sendall(stdin)
-            chan.shutdown_write()
+                chan.shutdown_write()
+            # No EOF otherwise: paramiko sends it outside its channel lock, so for a command that
+            # exits at once it can reach the server after our CLOSE, and OpenSSH then drops the
+            # whole connection ("ieof packet referred to nonexistent channel").
             out = b"".join(iter(lambda: chan.recv(65536), b""))
             err = b"".join(iter(lambda: chan.recv_stderr(65536), b""))
             return chan.recv_exit_status(), out, err

@@ -17,8 +17,9 @@ def test_sixty_parallel_operations_share_one_connection_within_max_sessions(make
     def work(i: int) -> None:
         try:
             ssh.put_bytes(conn, f"file {i}\n".encode(), f"{node.root}/var/tmp-{i}")
-            rc, out, _ = ssh.run(conn, f"cat {node.root}/var/tmp-{i}")
-            assert out == f"file {i}\n"
+            rc, out, _ = ssh.run(conn, f"cat {node.root}/var/tmp-{i}")  # exits at once
+            assert (rc, out) == (0, f"file {i}\n")
+            ssh.run(conn, "true")
         except Exception as exc:  # collected: a thread's assert would be lost
             errors.append(repr(exc))
 
@@ -28,5 +29,8 @@ def test_sixty_parallel_operations_share_one_connection_within_max_sessions(make
     for t in threads:
         t.join()
     assert errors == []
+    # and sshd never dropped the connection (e.g. for a message on a channel it had freed)
+    sshd_log = (Path(node.privateKeyPath).parent / "sshd.log").read_text()
+    assert "Disconnecting" not in sshd_log and "bad id" not in sshd_log
     assert len(ssh._pool) >= 1
     ssh._pool.clear()
