@@ -77,7 +77,7 @@ class RemoteFileProvider(ResourceProvider):
     def _write(self, props: dict) -> dict:
         conn, path = _conn(props), props["path"]
         tmp = f"{path}.sando-tmp-{secrets.token_hex(4)}"
-        ssh.put_bytes(conn, props["content"].encode(), tmp)
+        ssh.upload(conn, [(props["content"].encode(), tmp, 0o600)])
         ssh.run(conn, commands.install_file(tmp, path, int(props["mode"])))
         return {**_public(props), "sha256": sha256_text(props["content"])}
 
@@ -164,6 +164,14 @@ def _node_paths(props: dict) -> paths.NodePaths:
     return paths.NodePaths(root=props.get("root", ""), release_root=props["releaseRoot"])
 
 
+def _live_links(conn: ssh.Conn, np: paths.NodePaths) -> tuple[str | None, str | None]:
+    """Versions `current` and `previous` point at (None where a link is missing), in one round trip."""
+    out = ssh.run(conn, " ; ".join([commands.read_link(np.current), "echo ---", commands.read_link(np.previous)]))[1]
+    cur, _, prev = (part.strip() for part in out.partition("---"))
+    return (paths.NodePaths.version_of_target(cur) if cur else None,
+            paths.NodePaths.version_of_target(prev) if prev else None)
+
+
 def _read_manifest(conn: ssh.Conn, np: paths.NodePaths, version: str) -> dict | None:
     rc, out, _ = ssh.run(conn, commands.cat(np.manifest(version)), check=False)
     if rc != 0:
@@ -195,14 +203,15 @@ class ReleaseProvider(ResourceProvider):
         art = build.ensure_built(b["repo"], props["commit"], b["command"], b["binDir"], b["errorPagesDir"],
                                  list(props["binNames"]), b.get("cacheDir"))
         staging = np.staging(version, secrets.token_hex(4))
-        sent = ssh.upload(conn, [(posixpath.join(art.root, rel), posixpath.join(staging, rel), mode)
-                                 for rel, _, mode in art.files])
         manifest = {
             "sando": 1, "version": version, "commit": props["commit"], "createdAt": time.time(),
             "files": {rel: digest for rel, digest, _ in art.files}, "bins": list(props["binNames"]),
         }
-        ssh.put_bytes(conn, art.sums().encode(), posixpath.join(staging, paths.SUMS))
-        ssh.put_bytes(conn, json.dumps(manifest, indent=1).encode(), posixpath.join(staging, paths.MANIFEST))
+        sent = ssh.upload(conn, [  # one SFTP session: the files, then their sums and the manifest
+            *[(posixpath.join(art.root, rel), posixpath.join(staging, rel), mode) for rel, _, mode in art.files],
+            (art.sums().encode(), posixpath.join(staging, paths.SUMS), 0o644),
+            (json.dumps(manifest, indent=1).encode(), posixpath.join(staging, paths.MANIFEST), 0o644),
+        ])
         ssh.run(conn, " && ".join([commands.verify_sums(staging),
                                    commands.finalize_release(staging, np.release(version))]))
         return CreateResult(id_=f"{conn.host}:{version}", outs=self._outs(props, manifest, sent))
@@ -230,9 +239,7 @@ class ReleaseProvider(ResourceProvider):
 
     def delete(self, _id, props):
         conn, np, version = _conn(props), _node_paths(props), props["version"]
-        live = {paths.NodePaths.version_of_target(ssh.run(conn, commands.read_link(link))[1].strip())
-                for link in (np.current, np.previous)}
-        if version in live:
+        if version in _live_links(conn, np):
             return  # never prune the live release or the rollback target
         ssh.run(conn, commands.remove_release(np.release(version)), check=False)
 
@@ -304,13 +311,6 @@ class PointerProvider(ResourceProvider):
     """Switches <releaseRoot>/current to releases/<version> atomically, restarts the service,
     health-checks it, and switches back (restart + check again) when it is not healthy."""
 
-    def _links(self, conn, np) -> tuple[str | None, str | None]:
-        out = ssh.run(conn, " ; ".join([commands.read_link(np.current), "echo ---",
-                                        commands.read_link(np.previous)]))[1]
-        cur, _, prev = out.partition("---")
-        return (paths.NodePaths.version_of_target(cur.strip()) if cur.strip() else None,
-                paths.NodePaths.version_of_target(prev.strip()) if prev.strip() else None)
-
     def _health(self, conn: ssh.Conn, props: dict) -> str:
         deadline = time.monotonic() + float(props["healthTimeout"])
         last = "no answer"
@@ -341,7 +341,7 @@ class PointerProvider(ResourceProvider):
     def _apply(self, props: dict) -> dict:
         conn, np, version = _conn(props), _node_paths(props), props["version"]
         ssh.run(conn, commands.verify_sums(np.release(version)))  # complete manifest or refuse
-        live, previous = self._links(conn, np)
+        live, previous = _live_links(conn, np)
         if live == version:
             health = self._health(conn, props)
             return self._outs(props, live, previous, props.get("switchedAt"), health)
@@ -383,7 +383,7 @@ class PointerProvider(ResourceProvider):
         return UpdateResult(outs=self._apply({**news, "switchedAt": olds.get("switchedAt")}))
 
     def read(self, id_, props):
-        live, previous = self._links(_conn(props), _node_paths(props))
+        live, previous = _live_links(_conn(props), _node_paths(props))
         return ReadResult(id_=id_, outs={**props, "liveVersion": live, "previousVersion": previous})
 
 

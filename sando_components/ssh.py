@@ -215,11 +215,12 @@ def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float 
     return rc, o, e
 
 
-def upload(conn: Conn, files: list[tuple[str, str, int]]) -> int:
-    """Upload (local path, remote path, mode) triples over one SFTP session; returns bytes sent.
+def upload(conn: Conn, files: list[tuple[str | bytes, str, int]]) -> int:
+    """Upload (source, remote path, mode) triples over one SFTP session; returns bytes sent.
 
-    Remote parent directories are created as needed. Idempotent (a staging dir), so a
-    connection lost on the way is reopened and the upload starts over once."""
+    A source is a local file path, or the content itself as bytes. Remote parent
+    directories are created as needed. Idempotent (fresh names), so a connection lost on
+    the way is reopened and the upload starts over once."""
     sent = 0
 
     def put_all(client: paramiko.SSHClient) -> int:
@@ -228,11 +229,16 @@ def upload(conn: Conn, files: list[tuple[str, str, int]]) -> int:
         sftp = client.open_sftp()
         try:
             made: set[str] = set()
-            for local, remote, mode in files:
+            for source, remote, mode in files:
                 _makedirs(sftp, os.path.dirname(remote), made)
-                sftp.put(local, remote)
+                if isinstance(source, bytes):
+                    with sftp.open(remote, "wb") as fh:
+                        fh.write(source)
+                    sent += len(source)
+                else:
+                    sftp.put(source, remote)
+                    sent += os.stat(source).st_size
                 sftp.chmod(remote, mode)
-                sent += os.stat(local).st_size
         finally:
             sftp.close()
         return sent
@@ -241,24 +247,6 @@ def upload(conn: Conn, files: list[tuple[str, str, int]]) -> int:
         return _with_channel(conn, put_all, retry=True)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise RemoteError(f"{conn.label}: upload failed after {sent} bytes: {exc or type(exc).__name__}") from None
-
-
-def put_bytes(conn: Conn, data: bytes, remote: str) -> None:
-    """Write one (temp) file over SFTP; idempotent, so retried once on a fresh connection."""
-
-    def put(client: paramiko.SSHClient) -> None:
-        sftp = client.open_sftp()
-        try:
-            _makedirs(sftp, os.path.dirname(remote), set())
-            with sftp.open(remote, "wb") as fh:
-                fh.write(data)
-        finally:
-            sftp.close()
-
-    try:
-        _with_channel(conn, put, retry=True)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise RemoteError(f"{conn.label}: writing {remote} failed: {exc or type(exc).__name__}") from None
 
 
 def _makedirs(sftp: paramiko.SFTPClient, path: str, made: set[str]) -> None:

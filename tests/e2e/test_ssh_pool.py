@@ -16,7 +16,7 @@ def test_sixty_parallel_operations_share_one_connection_within_max_sessions(make
 
     def work(i: int) -> None:
         try:
-            ssh.put_bytes(conn, f"file {i}\n".encode(), f"{node.root}/var/tmp-{i}")
+            ssh.upload(conn, [(f"file {i}\n".encode(), f"{node.root}/var/tmp-{i}", 0o600)])
             rc, out, _ = ssh.run(conn, f"cat {node.root}/var/tmp-{i}")  # exits at once
             assert (rc, out) == (0, f"file {i}\n")
             ssh.run(conn, "true")
