@@ -3,7 +3,8 @@
 from .config import ConfigError, StackConfig
 from .current_pointer import CurrentPointer, CurrentPointerArgs
 from .node import Node, NodeArgs, bootstrap_sources
-from .release import Release, ReleaseArgs, retained_versions
+from .release import Release, ReleaseArgs
+from .target import NodeTarget
 
-__all__ = ["ConfigError", "CurrentPointer", "CurrentPointerArgs", "Node", "NodeArgs", "Release", "bootstrap_sources", "ReleaseArgs",
-           "StackConfig", "retained_versions"]
+__all__ = ["ConfigError", "CurrentPointer", "CurrentPointerArgs", "Node", "NodeArgs", "NodeTarget", "Release",
+           "ReleaseArgs", "StackConfig", "bootstrap_sources"]

@@ -1,9 +1,17 @@
 """Local side of a release: resolve the pinned ref, build natively, collect artifacts.
 
-Builds happen in a clean git worktree of the pinned commit inside a cache keyed
-by commit (default ~/.cache/sando/builds, env SANDO_CACHE_DIR), so each commit
-is built once however many nodes or runs ask for it. They are lazy: only a
-release upload that actually has to send bytes triggers one.
+Builds are incremental: every commit of one source repo is built in the same git
+worktree (`<cache>/trees/<repo id>/src`), checked out at exactly the pinned commit and
+cleaned of everything untracked except the build's output directory (e.g.
+`server/target`), so consecutive versions reuse cargo's target directory (a one-line
+change rebuilds in seconds, not minutes). The tree is locked while it builds (flock):
+two stacks building at once take turns and each gets its own commit. Never the
+operator's working tree, never uncommitted changes.
+
+The artifacts of each commit are kept (`<cache>/builds/<commit>`), so a commit is
+built once however many nodes or runs ask for it, and every file is also filed by
+its sha256 (`<cache>/objects/`): the bytes a node already holds are found there when
+a delta is computed. Cache root: env SANDO_CACHE_DIR, else ~/.cache/sando.
 """
 
 from __future__ import annotations
@@ -20,20 +28,20 @@ from pathlib import Path
 
 from . import paths
 from .config import ConfigError
+from .errors import OperatorError
 
 BIN_MODE = 0o755
 FILE_MODE = 0o644
 
 
-def default_cache_dir() -> str:
+def cache_root() -> Path:
     base = os.environ.get("SANDO_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sando"
-    )
-    return os.path.join(base, "builds")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sando")
+    return Path(base)
 
 
-def _git(repo: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True)
+def _git(repo: str | Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
 
 def resolve_commit(repo: str, ref: str) -> str:
@@ -54,7 +62,15 @@ def check_tree(repo: str, commit: str, path: str, key: str) -> None:
         raise ConfigError(f"sando:{key}: {path!r} is not a directory at commit {commit[:12]}")
 
 
-def sha256_file(path: str) -> str:
+def read_tree(repo: str, commit: str, path: str) -> dict[str, str]:
+    """{file name: text} of the files directly in `path` at `commit` ({} when there is none)."""
+    res = _git(repo, "ls-tree", "--name-only", f"{commit}:{path}")
+    if res.returncode != 0:
+        return {}
+    return {name: _git(repo, "show", f"{commit}:{path}/{name}").stdout for name in res.stdout.split()}
+
+
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -70,67 +86,130 @@ class Artifacts:
     def sums(self) -> str:
         return "".join(f"{digest}  {rel}\n" for rel, digest, _ in self.files)
 
-    def bin_sha256(self, bin_names: list[str]) -> dict[str, str]:
-        by = {rel: digest for rel, digest, _ in self.files}
-        return {b: by[b] for b in bin_names}
+    def size(self, rel: str) -> int:
+        return os.stat(os.path.join(self.root, rel)).st_size
+
+
+def object_path(digest: str) -> Path:
+    """Where the bytes with this sha256 are kept locally (if they ever were built here)."""
+    return cache_root() / "objects" / digest[:2] / digest
 
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error_pages_dir: str,
-                 bin_names: list[str], cache_dir: str | None = None) -> Artifacts:
-    """Build `commit` once (cached by commit) and return the release's artifact layout."""
-    cache = Path(cache_dir or default_cache_dir())
-    cache.mkdir(parents=True, exist_ok=True)
+def _thread_lock(key: str) -> threading.Lock:
     with _locks_guard:
-        tlock = _locks.setdefault(commit, threading.Lock())
-    with tlock, open(cache / f"{commit}.lock", "w") as lockfile:
-        fcntl.flock(lockfile, fcntl.LOCK_EX)  # one build per commit across processes too
-        return _build_locked(Path(repo).resolve(), commit, build_command, bin_dir, error_pages_dir,
-                             bin_names, cache / commit)
+        return _locks.setdefault(key, threading.Lock())
 
 
-def _build_locked(repo: Path, commit: str, build_command: str, bin_dir: str, error_pages_dir: str,
-                  bin_names: list[str], work: Path) -> Artifacts:
-    src, out = work / "src", work / "artifacts"
-    index = work / "artifacts.json"
-    wanted = {"bins": bin_names, "binDir": bin_dir, "errorPagesDir": error_pages_dir, "command": build_command}
-    if index.exists():
-        recorded = json.loads(index.read_text())
-        if recorded.get("wanted") == wanted and out.is_dir():
-            return Artifacts(str(out), tuple(tuple(f) for f in recorded["files"]))
+class _Flock:
+    """An exclusive flock on a lock file, plus a lock for the threads of this process."""
+
+    def __init__(self, path: Path):
+        self.path, self.thread = path, _thread_lock(str(path))
+
+    def __enter__(self):
+        self.thread.acquire()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+        self.thread.release()
+
+
+def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error_pages_dir: str,
+                 bin_names: list[str]) -> Artifacts:
+    """The release artifacts of `commit` (built once, cached by commit)."""
+    work = cache_root() / "builds" / commit
+    wanted = {"bins": sorted(bin_names), "binDir": bin_dir, "errorPagesDir": error_pages_dir,
+              "command": build_command}
+    with _Flock(work.with_suffix(".lock")):
+        index = work / "artifacts.json"
+        if index.exists():
+            recorded = json.loads(index.read_text())
+            if recorded.get("wanted") == wanted and (work / "artifacts").is_dir():
+                return Artifacts(str(work / "artifacts"), tuple(tuple(f) for f in recorded["files"]))
+        repo_path = Path(repo).resolve()
+        tree = cache_root() / "trees" / hashlib.sha256(str(repo_path).encode()).hexdigest()[:16]
+        with _Flock(tree.with_suffix(".lock")):
+            src = _checkout(repo_path, tree / "src", commit, bin_dir)
+            _run_build(src, build_command, commit, work)
+            art = _collect(src, work / "artifacts", bin_dir, error_pages_dir, bin_names)
+        index.write_text(json.dumps({"wanted": wanted, "files": art.files}))
+        return art
+
+
+def _checkout(repo: Path, src: Path, commit: str, bin_dir: str) -> Path:
+    """The shared build tree at exactly `commit`: tracked files as committed, untracked files gone
+    except the build output directory (the parent of bin_dir, e.g. server/target)."""
     if not (src / ".git").exists():
         if src.exists():
             shutil.rmtree(src)
-        _git(str(repo), "worktree", "prune")
-        res = _git(str(repo), "worktree", "add", "--detach", "--force", str(src), commit)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        _git(repo, "worktree", "prune")
+        res = _git(repo, "worktree", "add", "--detach", "--force", str(src), commit)
         if res.returncode != 0:
-            raise RuntimeError(f"git worktree add of {commit[:12]} failed: {res.stderr.strip()}")
+            raise BuildError(f"sando:source.repo: cannot make a build tree of {commit[:12]}: {res.stderr.strip()}")
+    res = _git(src, "checkout", "--force", "--detach", commit)
+    if res.returncode != 0:
+        raise BuildError(f"sando:source.repo: cannot check out {commit[:12]}: {res.stderr.strip()}")
+    keep = os.path.dirname(bin_dir.rstrip("/"))
+    clean = ["clean", "-ffdxq"] + (["-e", f"/{keep}/"] if keep else [])
+    _git(src, *clean)
+    head = _git(src, "rev-parse", "HEAD").stdout.strip()
+    if head != commit or _git(src, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+        raise BuildError(f"the build tree {src} is not a clean checkout of {commit[:12]}")
+    return src
+
+
+class BuildError(OperatorError):
+    pass
+
+
+def _run_build(src: Path, build_command: str, commit: str, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
     with open(log, "w") as fh:
-        proc = subprocess.run(build_command, shell=True, cwd=src, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(build_command, shell=True, cwd=src, stdout=fh, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
-        raise RuntimeError(f"build of {commit[:12]} failed (sando:source.buildCommand exited "
-                           f"{proc.returncode}); last lines of {log}:\n{tail}")
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-3:]).strip()
+        raise BuildError(f"sando:source.buildCommand exited {proc.returncode} building {commit[:12]} "
+                         f"(full log: {log}); last lines:\n{tail}")
+
+
+def _collect(src: Path, out: Path, bin_dir: str, error_pages_dir: str, bin_names: list[str]) -> Artifacts:
+    missing = [b for b in bin_names if not (src / bin_dir / b).is_file()]
+    if missing:
+        raise BuildError(f"sando:binNames: {', '.join(missing)} not built: no such file in "
+                         f"{bin_dir}/ after sando:source.buildCommand (check the names)")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     files: list[tuple[str, str, int]] = []
+
+    def add(source: Path, rel: str, mode: int) -> None:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, out / rel)
+        os.chmod(out / rel, mode)
+        digest = sha256_file(out / rel)
+        files.append((rel, digest, mode))
+        obj = object_path(digest)
+        if not obj.exists():
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            tmp = obj.with_name(obj.name + f".tmp{os.getpid()}")
+            os.link(out / rel, tmp)
+            os.replace(tmp, obj)
+
     for b in bin_names:
-        built = src / bin_dir / b
-        if not built.is_file():
-            raise RuntimeError(f"sando:binNames: {b!r} was not built: {built} does not exist after the build")
-        shutil.copyfile(built, out / b)
-        files.append((b, sha256_file(str(out / b)), BIN_MODE))
+        add(src / bin_dir / b, b, BIN_MODE)
     pages = src / error_pages_dir
     for p in sorted(pages.rglob("*")):
         if p.is_file():
-            rel = os.path.join(paths.ERROR_PAGES, str(p.relative_to(pages)))
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p, out / rel)
-            files.append((rel, sha256_file(str(out / rel)), FILE_MODE))
-    index.write_text(json.dumps({"wanted": wanted, "files": files}))
+            add(p, os.path.join(paths.ERROR_PAGES, str(p.relative_to(pages))), FILE_MODE)
     return Artifacts(str(out), tuple(files))

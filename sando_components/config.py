@@ -11,9 +11,13 @@ import base64
 import ipaddress
 import json
 import re
+import shlex
+import string
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .errors import OperatorError
 
 NAMESPACE = "sando"
 
@@ -29,7 +33,7 @@ CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 BOOTSTRAP_ITEMS = ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup")
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """Bad stack configuration; the message names the config key."""
 
 
@@ -49,7 +53,6 @@ class NodeConfig(_Model):
     port: int = 22
     user: str = "root"
     host_key: str | None = Field(None, alias="hostKey")
-    root: str = ""  # path prefix of a test node; "" on real hosts
     app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
 
     @field_validator("name")
@@ -98,11 +101,6 @@ class NodeConfig(_Model):
         if not blob[4:].startswith(parts[0].encode()):
             raise ValueError(f"key data does not hold a {parts[0]} key")
         return f"{parts[0]} {parts[1]}"
-
-    @field_validator("root")
-    @classmethod
-    def _root(cls, v: str) -> str:
-        return "" if v in ("", "/") else _abs_path(v)
 
     @field_validator("app_url")
     @classmethod
@@ -190,6 +188,84 @@ class BootstrapConfig(_Model):
         return v
 
 
+PLACEHOLDERS = ("release", "scratch", "database")
+
+
+class MigrationsConfig(_Model):
+    """The migration gate (design doc item 9): a dry run of pending migrations on a copy of the
+    node's live database before `current` moves."""
+
+    gate: bool = True
+    dir: str = "server/migrations"  # sqlx migrations of the server repo, read at the pinned commit
+    dry_run_command: str = Field("{release}/mnw-admin migrate --dry-run --database {scratch}",
+                                 alias="dryRunCommand")
+    database: str | None = None  # default: DATABASE_PATH of the unit's env file, else /var/lib/<service>/<service>.db
+    backup_dir: str | None = Field(None, alias="backupDir")  # default /var/backups/<service>
+    refuse_destructive: bool = Field(False, alias="refuseDestructive")
+    allow_destructive: tuple[str, ...] = Field((), alias="allowDestructive")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not v.strip("/"):
+            raise ValueError("must be a path inside the repository")
+        return v.strip("/")
+
+    @field_validator("dry_run_command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"has a bad placeholder ({exc}); use {{release}}, {{scratch}}, {{database}}") from None
+        unknown = sorted(names - set(PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {unknown}; use {{release}}, {{scratch}}, {{database}}")
+        if "scratch" not in names:
+            raise ValueError("must run against {scratch} (the scratch copy), never the live database")
+        return v
+
+    @field_validator("database", "backup_dir")
+    @classmethod
+    def _abs(cls, v: str | None) -> str | None:
+        return None if v is None else _abs_path(v)
+
+    @field_validator("allow_destructive")
+    @classmethod
+    def _versions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for x in v:
+            if not VERSION_RE.fullmatch(x):
+                raise ValueError(f"{x!r} is not a version name")
+        return v
+
+    def command(self, release: str, scratch: str, database: str) -> str:
+        """The dry-run command with its placeholders filled in (each value shell-quoted)."""
+        return self.dry_run_command.format(release=shlex.quote(release), scratch=shlex.quote(scratch),
+                                           database=shlex.quote(database))
+
+
+class RolloutConfig(_Model):
+    """Nodes switch in batches of batchSize, in config order; each batch waits for the previous
+    one to pass its health checks, plus pauseSeconds. Default: every node at once."""
+
+    batch_size: int | None = Field(None, alias="batchSize")
+    pause_seconds: float = Field(0, alias="pauseSeconds")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be 1 or more")
+        return v
+
+    @field_validator("pause_seconds")
+    @classmethod
+    def _pause(cls, v: float) -> float:
+        if not 0 <= v <= 3600:
+            raise ValueError("must be between 0 and 3600")
+        return v
+
+
 class StackConfig(_Model):
     nodes: tuple[NodeConfig, ...]
     version: str
@@ -206,6 +282,8 @@ class StackConfig(_Model):
     cli_service_token: SecretStr | None = Field(None, alias="cliServiceToken")
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig, alias="healthCheck")
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @field_validator("version")
     @classmethod
@@ -250,7 +328,8 @@ class StackConfig(_Model):
             raise ValueError("must list at least one binary")
         for b in v:
             if not BIN_RE.fullmatch(b) or b in (".sando", "error-pages"):
-                raise ValueError(f"{b!r} is not a plain file name (no '/')")
+                raise ValueError(f"{b!r} is not a binary name: use letters, digits, '.', '_' and '-' "
+                                 "(no spaces, no '/')")
         if len(set(v)) != len(v):
             raise ValueError("must not repeat a name")
         return v
@@ -301,6 +380,11 @@ class StackConfig(_Model):
     def restart_warning_url(self, node: NodeConfig) -> str:
         return self.app_url(node) + "/api/internal/restart-warning"
 
+    def batches(self) -> list[tuple[NodeConfig, ...]]:
+        """The nodes in rollout batches, in config order."""
+        size = self.rollout.batch_size or len(self.nodes)
+        return [self.nodes[i:i + size] for i in range(0, len(self.nodes), size)]
+
 
 class _KeyError(ValueError):
     def __init__(self, key: str, msg: str):
@@ -309,7 +393,18 @@ class _KeyError(ValueError):
 
 
 SECRET_KEYS = {"sshPrivateKey", "cliServiceToken"}
-STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap"}
+STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout"}
+LIST_HINTS = {  # what a list-valued key holds, in an operator's words
+    "nodes": "a list of nodes ({name, host, hostKey, ...})",
+    "binNames": "a list of binary names, e.g. [makenotwork, mnw-admin]",
+    "bootstrap.manage": f"a list of bootstrap items, e.g. {list(BOOTSTRAP_ITEMS)}",
+    "migrations.allowDestructive": "a list of versions, e.g. [v43]",
+}
+TYPE_WORDS = {
+    "string_type": "must be text", "int_type": "must be a whole number", "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number", "float_type": "must be a number", "float_parsing": "must be a number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+}
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -320,6 +415,24 @@ def _loc(parts: tuple[Any, ...]) -> str:
         else:
             out += ("." if out else "") + str(p)
     return out
+
+
+def _in_operator_words(err: dict, loc: str) -> str:
+    """A pydantic error as an operator reads it: no library jargon."""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see README 'Configuration')"
+    if kind == "missing":
+        return "is required"
+    if kind in ("tuple_type", "list_type"):
+        return "must be " + LIST_HINTS.get(re.sub(r"\[\d+\]", "", loc), "a list")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be an object with named keys (see README 'Configuration')"
+    if kind in TYPE_WORDS:
+        return f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
+    if kind == "literal_error":
+        return "must be " + err["msg"].removeprefix("Input should be ")
+    return err["msg"].removeprefix("Value error, ")
 
 
 def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
@@ -334,8 +447,11 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
         if isinstance(value, str) and key in STRUCTURED_KEYS:  # Pulumi passes objects/lists as JSON
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"sando:{key}: not valid JSON: {exc}") from None
+            except json.JSONDecodeError:
+                what = LIST_HINTS.get(key, "an object")
+                raise ConfigError(
+                    f"sando:{key}: must be {what}, set in Pulumi.<stack>.yaml or with "
+                    f"`pulumi config set --path 'sando:{key}...'`; got the plain text {value[:60]!r}") from None
         data[key] = value
     try:
         return StackConfig.model_validate(data)
@@ -349,10 +465,7 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
             if isinstance(ctx_err, _KeyError):
                 msgs.append(f"sando:{ctx_err.key}: {ctx_err}")
                 continue
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see README 'Configuration')"
-            elif err["type"] == "missing":
-                msg = "is required"
-            msgs.append(f"sando:{loc}: {msg}")
-        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(msgs)) from None
+            msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
+        if len(msgs) == 1:
+            raise ConfigError(msgs[0]) from None
+        raise ConfigError(f"{len(msgs)} problems in the stack configuration:\n  " + "\n  ".join(msgs)) from None

@@ -1,18 +1,20 @@
 """CurrentPointer: the `current` symlink of a node, with the restart-warning hook.
 
-Children: an optional RestartWarning (prod: sando:restartWarningSeconds > 0),
-which does not depend on the release upload so the notice period runs while
-bytes are moving, and the Pointer that switches `current` atomically, restarts
-the service, health-checks it and switches back when it is not healthy.
+Its Pointer child moves `current` in one script on the node: the migration gate, the restart
+warning (prod: sando:restartWarningSeconds > 0) sent right before the restart it announces, the
+atomic switch, `systemctl reload-or-restart`, the health check, the switch back when it fails,
+then pruning old releases. In a rolling rollout (sando:rollout) it waits for the pointers of
+the previous batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
-from .providers import Pointer, RestartWarning
+from .migrations import Migration
+from .providers import Pointer
 from .target import NodeTarget
 
 
@@ -23,37 +25,39 @@ class CurrentPointerArgs(NodeTarget):
     release_path: pulumi.Input[str]  # the Release's path: the pointer waits for the upload
     token: pulumi.Input[str] | None = None
     bootstrap: pulumi.Resource | None = None  # the Node: the unit must be installed before a restart
+    migrations: list[Migration] = field(default_factory=list)
+    env_file: str | None = None  # the unit's EnvironmentFile (where DATABASE_PATH is)
+    batch: int = 0
+    later: list[str] = field(default_factory=list)  # nodes of later rollout batches
+    after: list[pulumi.Resource] = field(default_factory=list)  # pointers of the previous batch
 
 
 class CurrentPointer(pulumi.ComponentResource):
     def __init__(self, name: str, args: CurrentPointerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sando:index:CurrentPointer", name, None, opts)
-        cfg, node = args.cfg, args.node
-        conn = {"connection": args.connection, "privateKey": args.private_key}
-        sent_at: pulumi.Input[float | None] = None
-        self.warning_status: pulumi.Output[str] = pulumi.Output.from_input("disabled")
+        cfg, node, hc, mig = args.cfg, args.node, args.cfg.health_check, args.cfg.migrations
+        warning = None
         if cfg.restart_warning_seconds > 0:
-            warning = RestartWarning(
-                f"{name}-warning",
-                {**conn, "url": cfg.restart_warning_url(node), "seconds": cfg.restart_warning_seconds,
-                 "token": args.token, "onFailure": cfg.restart_warning_on_failure, "version": args.version},
-                pulumi.ResourceOptions(parent=self),
-            )
-            sent_at, self.warning_status = warning.sentAt, warning.status
-        hc = cfg.health_check
+            warning = {"url": cfg.restart_warning_url(node), "seconds": cfg.restart_warning_seconds,
+                       "onFailure": cfg.restart_warning_on_failure}
         pointer = Pointer(
             f"{name}-switch",
-            {**conn, "root": node.root, "releaseRoot": cfg.release_root, "service": cfg.service,
-             "version": args.version, "commit": args.commit, "release": args.release_path,
-             "healthUrl": cfg.health_url(node), "healthTimeout": hc.timeout_seconds,
-             "healthInterval": hc.interval_seconds, "expectVersion": hc.expect_version,
-             "warningSentAt": sent_at, "warningSeconds": cfg.restart_warning_seconds, "switchedAt": None},
-            pulumi.ResourceOptions(parent=self, depends_on=[args.bootstrap] if args.bootstrap else None),
+            {"node": node.name, "connection": args.connection, "privateKey": args.private_key,
+             "releaseRoot": cfg.release_root, "service": cfg.service, "version": args.version, "commit": args.commit,
+             "release": args.release_path, "keepReleases": cfg.keep_releases,
+             "healthCheck": {"url": cfg.health_url(node), "timeoutSeconds": hc.timeout_seconds,
+                        "intervalSeconds": hc.interval_seconds, "expectVersion": hc.expect_version},
+             "warning": warning, "token": args.token if warning else None,
+             "gate": {"enabled": mig.gate, "migrations": [m.version for m in args.migrations],
+                      "destructive": [m.version for m in args.migrations if m.destructive],
+                      "dryRunCommand": mig.dry_run_command, "database": mig.database, "envFile": args.env_file,
+                      "backupDir": mig.backup_dir,
+                      "allowDestructive": not mig.refuse_destructive or args.version in mig.allow_destructive},
+             "rollout": {"batch": args.batch, "pauseSeconds": cfg.rollout.pause_seconds, "later": args.later}},
+            pulumi.ResourceOptions(parent=self, depends_on=[*([args.bootstrap] if args.bootstrap else []), *args.after]),
         )
+        self.pointer = pointer
         self.live_version = pointer.liveVersion
-        self.previous_version = pointer.previousVersion
-        self.switched_at = pointer.switchedAt
-        self.health = pointer.health
-        self.register_outputs({"liveVersion": self.live_version, "previousVersion": self.previous_version,
-                               "switchedAt": self.switched_at, "health": self.health,
-                               "restartWarning": self.warning_status})
+        self.register_outputs({"liveVersion": pointer.liveVersion, "previousVersion": pointer.previousVersion,
+                               "switchedAt": pointer.switchedAt, "health": pointer.health,
+                               "restartWarning": pointer.restartWarning, "migrations": pointer.migrations})

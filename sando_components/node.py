@@ -71,36 +71,36 @@ def _sha(text: str) -> str:
 class Node(pulumi.ComponentResource):
     def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sando:index:Node", name, None, opts)
-        cfg, np = args.cfg, paths.NodePaths(args.node.root, args.cfg.release_root)
+        cfg, np = args.cfg, paths.NodePaths(args.cfg.release_root)
         manage = cfg.bootstrap.manage
-        conn = dict(connection=args.connection, private_key=args.private_key)
+        conn = dict(node=args.node.name, connection=args.connection, private_key=args.private_key)
         child = pulumi.ResourceOptions(parent=self)
 
         layout = [commands.mkdir_p(np.releases)]
         if cfg.bootstrap.owner:
-            layout.append(commands.chown_r(cfg.bootstrap.owner, np.at(cfg.release_root)))
+            layout.append(commands.chown_r(cfg.bootstrap.owner, cfg.release_root))
         self.layout = RemoteCommand(f"{name}-layout", **conn, create=" && ".join(layout), opts=child)
 
         files: dict[str, pulumi.Output[str]] = {}
         if "caddyfile" in manage:
             text = args.sources["caddyfile"]
-            f = RemoteFile(f"{name}-caddyfile", **conn, path=np.at(paths.CADDYFILE), content=text, mode=0o644,
+            f = RemoteFile(f"{name}-caddyfile", **conn, path=paths.CADDYFILE, content=text, mode=0o644,
                            opts=child)
             RemoteCommand(f"{name}-caddy-reload", **conn, create=commands.systemctl("reload", "caddy"),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["caddyfile"] = f.path
         if "unit" in manage:
             text = args.sources["unit"]
-            f = RemoteFile(f"{name}-unit", **conn, path=np.unit(cfg.service), content=text, mode=0o644, opts=child)
+            f = RemoteFile(f"{name}-unit", **conn, path=paths.unit(cfg.service), content=text, mode=0o644, opts=child)
             RemoteCommand(f"{name}-daemon-reload", **conn, create=commands.daemon_reload(),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["unit"] = f.path
         for item, (_, dest, mode) in FILES.items():
             if item in manage:
-                files[item] = RemoteFile(f"{name}-{item}", **conn, path=np.at(dest), content=args.sources[item],
+                files[item] = RemoteFile(f"{name}-{item}", **conn, path=dest, content=args.sources[item],
                                          mode=mode, opts=child).path
         if "backup" in manage:
-            files["cron"] = RemoteFile(f"{name}-cron", **conn, path=np.cron(cfg.service), content=cron_entry(cfg),
+            files["cron"] = RemoteFile(f"{name}-cron", **conn, path=paths.cron(cfg.service), content=cron_entry(cfg),
                                        mode=0o644, opts=child).path
 
         self.host = pulumi.Output.from_input(args.node.host)

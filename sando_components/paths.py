@@ -1,9 +1,7 @@
 """Every remote location sando touches, named once (like Capistrano's paths.rb).
 
-A node may carry a root prefix: test nodes keep their "/etc", "/opt", ... under
-a per-node directory; real hosts use root "" and so the real paths. Logical
-paths (what a unit file or Caddyfile refers to) never include the prefix;
-`NodePaths.at` adds it for the file operations sando performs.
+Nodes are real hosts (the test nodes too: real systemd machines in namespaces),
+so every path here is the real one on the node.
 """
 
 from __future__ import annotations
@@ -15,9 +13,10 @@ STAGING_PREFIX = ".staging-"
 MANIFEST_DIR = ".sando"
 MANIFEST = f"{MANIFEST_DIR}/manifest.json"
 SUMS = f"{MANIFEST_DIR}/SHA256SUMS"
+FAILED = f"{MANIFEST_DIR}/failed"  # written into a release that failed its start or health check
 ERROR_PAGES = "error-pages"
 
-# Bootstrap destinations (logical paths) of the design doc's node-bootstrap items.
+# Bootstrap destinations of the design doc's node-bootstrap items.
 CADDYFILE = "/etc/caddy/Caddyfile"
 UNIT_DIR = "/etc/systemd/system"
 SSHD_GIT = "/etc/ssh/sshd_config.d/sshd-git.conf"
@@ -26,19 +25,19 @@ FIREWALL_SCRIPT = "/usr/local/sbin/setup-firewall.sh"
 BACKUP_SCRIPT = "/usr/local/sbin/backup-db.sh"
 CRON_DIR = "/etc/cron.d"
 
+# Where the service keeps its data (defaults; the migration gate reads the unit's env file).
+DEFAULT_DATABASE = "/var/lib/{service}/{service}.db"
+DEFAULT_ENV_FILE = "/etc/{service}/{service}.env"
+DEFAULT_BACKUP_DIR = "/var/backups/{service}"
+
 
 @dataclass(frozen=True)
 class NodePaths:
-    root: str  # node's path prefix, "" on real hosts
-    release_root: str  # logical, e.g. /opt/makenotwork
-
-    def at(self, logical: str) -> str:
-        """The real path on the node of a logical absolute path."""
-        return self.root.rstrip("/") + logical if self.root else logical
+    release_root: str  # e.g. /opt/makenotwork
 
     @property
     def releases(self) -> str:
-        return self.at(posixpath.join(self.release_root, "releases"))
+        return posixpath.join(self.release_root, "releases")
 
     def release(self, version: str) -> str:
         return posixpath.join(self.releases, version)
@@ -51,21 +50,21 @@ class NodePaths:
 
     @property
     def current(self) -> str:
-        return self.at(posixpath.join(self.release_root, "current"))
+        return posixpath.join(self.release_root, "current")
 
     @property
     def previous(self) -> str:
         """Symlink to the release that was live before `current` (the rollback target)."""
-        return self.at(posixpath.join(self.release_root, "previous"))
+        return posixpath.join(self.release_root, "previous")
 
     @property
     def error_pages(self) -> str:
         """What Caddy serves: a link to current/error-pages."""
-        return self.at(posixpath.join(self.release_root, ERROR_PAGES))
+        return posixpath.join(self.release_root, ERROR_PAGES)
 
     @staticmethod
     def link_target(version: str) -> str:
-        """Relative target of `current`/`previous`, so a root prefix needs no rewriting."""
+        """Relative target of `current`/`previous` (releases/<v>)."""
         return posixpath.join("releases", version)
 
     @staticmethod
@@ -75,8 +74,14 @@ class NodePaths:
         parent, name = posixpath.split(target)
         return name if name and posixpath.basename(parent) == "releases" else None
 
-    def unit(self, service: str) -> str:
-        return self.at(posixpath.join(UNIT_DIR, f"{service}.service"))
 
-    def cron(self, service: str) -> str:
-        return self.at(posixpath.join(CRON_DIR, f"{service}-backup"))
+def unit(service: str) -> str:
+    return posixpath.join(UNIT_DIR, f"{service}.service")
+
+
+def cron(service: str) -> str:
+    return posixpath.join(CRON_DIR, f"{service}-backup")
+
+
+def for_service(template: str, service: str) -> str:
+    return template.format(service=service)

@@ -2,27 +2,31 @@
 
 One connection per (host, port, user) is kept open for the life of the provider
 process and shared by every resource on that node, so a deploy pays the SSH
-handshake once per node. The private key stays in memory: it is never written
-to disk or passed on a command line.
+handshake once per node. Everything sando does on a node is one `exec` channel
+(a command, its stdin streamed in, its output read back): no SFTP, so each step
+costs one round trip. The private key stays in memory: it is never written to
+disk or passed on a command line.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import stat
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import paramiko
 
+from .errors import OperatorError
+
 CONNECT_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 600.0
+CHUNK = 256 * 1024
 
 
-class RemoteError(Exception):
+class RemoteError(OperatorError):
     pass
 
 
@@ -51,6 +55,14 @@ class Conn:
         return f"{self.user}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    out: str
+    err: str
+    sent: int  # bytes of stdin sent (payload, before SSH framing)
+
+
 def _load_private_key(text: str) -> paramiko.PKey:
     errors = []
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
@@ -58,7 +70,8 @@ def _load_private_key(text: str) -> paramiko.PKey:
             return kind.from_private_key(io.StringIO(text))
         except (paramiko.SSHException, ValueError) as exc:
             errors.append(f"{kind.__name__}: {exc}")
-    raise RemoteError("sando:sshPrivateKey is not a private key paramiko can read (" + "; ".join(errors) + ")")
+    raise RemoteError("sando:sshPrivateKey is not a private key sando can read (ed25519, ECDSA or RSA in "
+                      "OpenSSH/PEM form without a passphrase)")
 
 
 def _host_key_name(host: str, port: int) -> str:
@@ -75,7 +88,7 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     elif conn.insecure:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     else:  # the config model refuses this; keep the provider safe on its own too
-        raise RemoteError(f"{conn.label}: no host key to verify against")
+        raise RemoteError(f"{conn.label}: no host key to verify against (sando:nodes[].hostKey)")
     kwargs = dict(
         hostname=conn.host, port=conn.port, username=conn.user, timeout=CONNECT_TIMEOUT,
         banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT, look_for_keys=False,
@@ -86,10 +99,13 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
         kwargs.update(allow_agent=True)
     try:
         client.connect(**kwargs)
-    except paramiko.BadHostKeyException as exc:
-        raise RemoteError(f"{conn.label}: host key mismatch (pinned key in sando:nodes[].hostKey): {exc}") from None
+    except paramiko.BadHostKeyException:
+        raise RemoteError(f"{conn.label}: the host key does not match the one pinned in sando:nodes[].hostKey "
+                          "(if the host was reinstalled, pin its new key: ssh-keyscan -t ed25519 HOST)") from None
+    except paramiko.AuthenticationException:
+        raise RemoteError(f"{conn.label}: the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)") from None
     except (paramiko.SSHException, OSError) as exc:
-        raise RemoteError(f"{conn.label}: cannot connect: {exc}") from None
+        raise RemoteError(f"{conn.label}: cannot connect: {exc or type(exc).__name__}") from None
     transport = client.get_transport()
     transport.set_keepalive(15)
     return client
@@ -114,6 +130,8 @@ class _Pooled:
 
 _pool: dict[tuple, _Pooled] = {}
 _pool_lock = threading.Lock()
+_connects: dict[tuple, int] = {}  # connections opened per node (tests and stats)
+_execs: dict[tuple, int] = {}  # exec channels run per node
 
 
 def _key(conn: Conn) -> tuple:
@@ -126,11 +144,8 @@ def _pooled(conn: Conn) -> _Pooled:
         if entry is None or not entry.alive:
             entry = _Pooled(_connect(conn), threading.BoundedSemaphore(MAX_CHANNELS))
             _pool[_key(conn)] = entry
+            _connects[(conn.host, conn.port)] = _connects.get((conn.host, conn.port), 0) + 1
         return entry
-
-
-def client_for(conn: Conn) -> paramiko.SSHClient:
-    return _pooled(conn).client
 
 
 def _forget_if_dead(conn: Conn) -> bool:
@@ -179,23 +194,41 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
         time.sleep(0.02 * 2 ** refused)
 
 
-def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT,
-        check: bool = True) -> tuple[int, str, str]:
-    """Run one shell command on the node; returns (exit code, stdout, stderr).
+Stdin = bytes | Callable[[], Iterable[bytes]] | None
 
-    Not retried once started: a connection lost mid-command is an error."""
 
-    def open_channel(client: paramiko.SSHClient) -> paramiko.Channel:
-        return client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
+        check: bool = True, retry: bool = False) -> Result:
+    """Run one shell command on the node: one exec channel, one round trip.
+
+    `stdin` is bytes, or a callable returning an iterable of chunks (streamed, so a release
+    never sits in memory whole; a callable can be replayed when `retry` is set). Only
+    idempotent work may set `retry`: it is then run once more on a fresh connection after a
+    transport failure. Otherwise a connection lost mid-command is an error."""
+    sent = 0
 
     def execute(client: paramiko.SSHClient) -> tuple[int, bytes, bytes]:
-        chan = open_channel(client)
+        nonlocal sent
+        sent = 0
+        chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+        with _pool_lock:
+            _execs[(conn.host, conn.port)] = _execs.get((conn.host, conn.port), 0) + 1
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
-            if stdin is not None:  # the command reads stdin until EOF, so it cannot close first
-                chan.sendall(stdin)
-                chan.shutdown_write()
+            if stdin is not None:  # the command reads stdin until EOF (or exits early: stop sending)
+                chunks = [stdin] if isinstance(stdin, bytes) else stdin()
+                try:
+                    for chunk in chunks:
+                        for i in range(0, len(chunk), CHUNK):
+                            if chan.exit_status_ready():
+                                raise EOFError("the remote command exited before reading all its input")
+                            chan.sendall(chunk[i:i + CHUNK])
+                            sent += len(chunk[i:i + CHUNK])
+                    chan.shutdown_write()
+                except (OSError, EOFError):
+                    if not chan.exit_status_ready() and not chan.closed:
+                        raise
             # No EOF otherwise: paramiko sends it outside its channel lock, so for a command that
             # exits at once it can reach the server after our CLOSE, and OpenSSH then drops the
             # whole connection ("ieof packet referred to nonexistent channel").
@@ -206,62 +239,18 @@ def run(conn: Conn, command: str, *, stdin: bytes | None = None, timeout: float 
             chan.close()
 
     try:
-        rc, out, err = _with_channel(conn, execute, retry=False)
+        rc, out, err = _with_channel(conn, execute, retry=retry)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise RemoteError(f"{conn.label}: `{command}` failed: {exc or type(exc).__name__}") from None
+        raise RemoteError(f"{conn.label}: the connection failed during a remote command "
+                          f"({exc or type(exc).__name__})") from None
     o, e = out.decode(errors="replace"), err.decode(errors="replace")
     if check and rc != 0:
-        raise RemoteError(f"{conn.label}: `{command}` exited {rc}: {e.strip() or o.strip()}")
-    return rc, o, e
+        raise RemoteError(f"{conn.label}: a remote command exited {rc}: {(e.strip() or o.strip())[-500:]}")
+    return Result(rc, o, e, sent)
 
 
-def upload(conn: Conn, files: list[tuple[str | bytes, str, int]]) -> int:
-    """Upload (source, remote path, mode) triples over one SFTP session; returns bytes sent.
-
-    A source is a local file path, or the content itself as bytes. Remote parent
-    directories are created as needed. Idempotent (fresh names), so a connection lost on
-    the way is reopened and the upload starts over once."""
-    sent = 0
-
-    def put_all(client: paramiko.SSHClient) -> int:
-        nonlocal sent
-        sent = 0
-        sftp = client.open_sftp()
-        try:
-            made: set[str] = set()
-            for source, remote, mode in files:
-                _makedirs(sftp, os.path.dirname(remote), made)
-                if isinstance(source, bytes):
-                    with sftp.open(remote, "wb") as fh:
-                        fh.write(source)
-                    sent += len(source)
-                else:
-                    sftp.put(source, remote)
-                    sent += os.stat(source).st_size
-                sftp.chmod(remote, mode)
-        finally:
-            sftp.close()
-        return sent
-
-    try:
-        return _with_channel(conn, put_all, retry=True)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise RemoteError(f"{conn.label}: upload failed after {sent} bytes: {exc or type(exc).__name__}") from None
-
-
-def _makedirs(sftp: paramiko.SFTPClient, path: str, made: set[str]) -> None:
-    if not path or path == "/" or path in made:
-        return
-    try:
-        if stat.S_ISDIR(sftp.stat(path).st_mode):
-            made.add(path)
-            return
-    except FileNotFoundError:
-        pass
-    _makedirs(sftp, os.path.dirname(path), made)
-    try:
-        sftp.mkdir(path)
-    except OSError:
-        if not stat.S_ISDIR(sftp.stat(path).st_mode):
-            raise
-    made.add(path)
+def stats() -> dict[str, dict[str, int]]:
+    """Connections and exec channels per node so far in this process."""
+    with _pool_lock:
+        return {f"{h}:{p}": {"connections": _connects.get((h, p), 0), "execs": _execs.get((h, p), 0)}
+                for h, p in set(_connects) | set(_execs)}

@@ -1,17 +1,17 @@
-"""What __main__ needs before it wires components: validated config, the resolved
-source, and what this stack deployed last time (its own outputs)."""
+"""What __main__ needs before it wires components: validated config, the resolved source and
+its migrations, and how to reach each node; and the stack outputs of a node."""
 
 from __future__ import annotations
 
 import os
-import time
+import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi.runtime.config as runtime_config
 
-from . import build
-from .config import ConfigError, StackConfig, load
+from . import build, migrations, paths
+from .config import ConfigError, NodeConfig, StackConfig, load
 
 
 def load_config() -> StackConfig:
@@ -35,23 +35,6 @@ def resolve_source(cfg: StackConfig) -> Source:
     return Source(repo, commit)
 
 
-def previous_outputs() -> dict:
-    """This stack's outputs from its last update ({} for a new stack), via the engine."""
-    name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    # A failed read must stop the program, not make it forget retained releases (which
-    # would prune them); a new stack reads as empty outputs. The file backend can be caught
-    # rewriting the checkpoint (`preview --refresh`): "failed to load checkpoint" is retried.
-    for attempt in range(20):
-        try:
-            res = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
-            return dict((res.value or {}).get("outputs") or {})
-        except Exception as exc:
-            if "failed to load checkpoint" not in str(exc) or attempt == 19:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def connection(cfg: StackConfig, node) -> dict:
     return {"host": node.host, "port": node.port, "user": node.user, "hostKey": node.host_key,
             "insecure": cfg.insecure_skip_host_key_check and not node.host_key}
@@ -69,5 +52,26 @@ def service_token(cfg: StackConfig) -> pulumi.Output[str] | None:
     return pulumi.Output.secret(cfg.cli_service_token.get_secret_value())
 
 
-__all__ = ["ConfigError", "Source", "connection", "load_config", "previous_outputs", "private_key",
-           "resolve_source", "service_token"]
+def release_migrations(cfg: StackConfig, source: Source) -> list[migrations.Migration]:
+    return migrations.of_release(source.repo, source.commit, cfg.migrations.dir) if cfg.migrations.gate else []
+
+
+def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
+    """The unit's EnvironmentFile (where the service reads DATABASE_PATH), else the default."""
+    m = re.search(r"^EnvironmentFile=-?(\S+)", sources.get("unit", ""), re.M)
+    return m.group(1) if m else paths.for_service(paths.DEFAULT_ENV_FILE, cfg.service)
+
+
+def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
+    """What `pulumi stack output nodes` says about a node after this run."""
+    p = pointer.pointer
+    return {
+        "host": node.host, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
+        "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
+        "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
+        "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
+    }
+
+
+__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key",
+           "release_migrations", "resolve_source", "service_token"]

@@ -1,0 +1,36 @@
+"""Warnings and notes for the operator's console from inside a provider.
+
+Dynamic providers cannot log through the SDK; sando's provider host (provider_host.py)
+keeps the engine's address it is started with and connects it here.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_engine = None
+_lock = threading.Lock()
+
+
+def connect(address: str) -> None:
+    global _engine
+    import grpc
+    from pulumi.runtime.proto import engine_pb2_grpc
+
+    _engine = engine_pb2_grpc.EngineStub(grpc.insecure_channel(address))
+
+
+def log(severity: str, message: str) -> bool:
+    """Show a diagnostic ('info' or 'warning'); False when there is no engine to tell (an upstream
+    provider host, or a unit test)."""
+    if _engine is None:
+        return False
+    from pulumi.runtime.proto import engine_pb2
+
+    level = {"info": engine_pb2.INFO, "warning": engine_pb2.WARNING}[severity]
+    try:
+        with _lock:
+            _engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn="", streamId=0, ephemeral=False))
+        return True
+    except Exception:  # a diagnostic must never fail a deploy
+        return False

@@ -1,0 +1,60 @@
+"""The release's database migrations, read from the server repo at the pinned commit.
+
+sqlx's layout: `<dir>/<VERSION>_<DESCRIPTION>.sql` (reversible ones as `.up.sql`), applied
+in version order and recorded in the `_sqlx_migrations` table. A migration is destructive
+when a statement drops a table or a column (`DROP TABLE`, `ALTER TABLE ... DROP [COLUMN]`);
+statements are parsed with sqlglot (SQLite dialect), and a statement it cannot parse is
+checked by its words, so nothing destructive slips through as "unparsed".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+
+from . import build
+
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+NAME_RE = re.compile(r"^(\d+)_(.+?)(\.up)?\.sql$")
+DROP_WORDS = re.compile(r"\bDROP\s+TABLE\b|\bALTER\s+TABLE\b.*\bDROP\b", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str  # as sqlx records it (the number, without leading zeros)
+    description: str
+    destructive: bool
+
+
+def _statement_drops(stmt: exp.Expression) -> bool:
+    if isinstance(stmt, exp.Drop):
+        return str(stmt.args.get("kind") or "").upper() == "TABLE"
+    if isinstance(stmt, exp.Alter):
+        return any(isinstance(a, exp.Drop) or (isinstance(a, exp.Command) and DROP_WORDS.search(f"ALTER TABLE {a}"))
+                   for a in stmt.args.get("actions") or [])
+    if isinstance(stmt, exp.Command):
+        return bool(DROP_WORDS.search(stmt.sql()))
+    return False
+
+
+def is_destructive(sql: str) -> bool:
+    """Whether the SQL drops a table or a column."""
+    try:
+        statements = sqlglot.parse(sql, read="sqlite")
+    except sqlglot.errors.SqlglotError:
+        return bool(DROP_WORDS.search(sql))
+    return any(s is not None and _statement_drops(s) for s in statements)
+
+
+def of_release(repo: str, commit: str, directory: str) -> list[Migration]:
+    """The migrations of the release at `commit`, in the order sqlx applies them."""
+    found = []
+    for name, sql in build.read_tree(repo, commit, directory).items():
+        m = NAME_RE.match(name)
+        if m:
+            found.append(Migration(str(int(m.group(1))), m.group(2), is_destructive(sql)))
+    return sorted(found, key=lambda x: int(x.version))

@@ -1,0 +1,131 @@
+"""What every sando provider shares: how a resource reaches its node, the secret outputs,
+and what the node holds (read once per node and process, then kept up to date by the
+providers' own changes, so a no-op `pulumi up` costs one round trip per node).
+
+Every resource takes `connection` (host, port, user, hostKey, insecure) and the secret
+`privateKey` (None = SSH agent); both are outputs too, because Pulumi hands a provider
+only the old outputs on delete. `privateKey` and `token` are declared secret outputs, so
+state holds them encrypted. `node` is the node's name, for messages.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource, ResourceProvider
+
+from .. import commands, paths, ssh
+from ..transfer import NodeRelease
+
+SECRET_OUTPUTS = ["privateKey", "token"]
+# How a resource reaches its node. A change here (a rotated key, another user) is an update
+# that only refreshes the outputs, so that a later delete uses the new credentials.
+AUTH = ["connection", "privateKey"]
+
+
+def conn_of(props: dict) -> ssh.Conn:
+    return ssh.Conn.from_props(props["connection"], props.get("privateKey"))
+
+
+def target_of(props: dict) -> tuple[str, int]:
+    c = props["connection"]
+    return (c["host"], int(c["port"]))
+
+
+def node_of(props: dict) -> str:
+    return props.get("node") or props["connection"]["host"]
+
+
+def changed(olds: dict, news: dict, keys: list[str]) -> list[str]:
+    return [k for k in keys if olds.get(k) != news.get(k)]
+
+
+def public(props: dict) -> dict[str, Any]:
+    """Props minus the dynamic-provider bookkeeping key."""
+    return {k: v for k, v in props.items() if k != "__provider"}
+
+
+def refresh_auth(olds: dict, news: dict) -> dict:
+    return {**public(olds), **{k: news.get(k) for k in AUTH}}
+
+
+class NodeResource(Resource):
+    """A dynamic resource acting on a node: `outputs` start unknown; secrets stay secret outputs."""
+
+    _provider_class: type[ResourceProvider]
+    _output_names: tuple[str, ...] = ()
+
+    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            self._provider_class(), name, {**props, **dict.fromkeys(self._output_names)},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)),
+        )
+
+
+# --- what a node holds ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeState:
+    live: str | None  # version `current` points at
+    previous: str | None
+    free_kib: int
+    zstd: bool
+    releases: dict[str, NodeRelease] = field(default_factory=dict)  # sando's, by version
+    foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
+
+    def held(self) -> list[NodeRelease]:
+        """The node's releases, best delta base first: live, previous, then newest."""
+        rank = {self.live: 0, self.previous: 1}
+        return sorted(self.releases.values(), key=lambda r: (rank.get(r.version, 2), -r.created_at))
+
+    def with_release(self, r: NodeRelease) -> "NodeState":
+        return replace(self, releases={**self.releases, r.version: r})
+
+
+def _version(target: str) -> str | None:
+    return paths.NodePaths.version_of_target(target) if target and target != "-" else None
+
+
+def releases_of(out: str, tag: str = "") -> tuple[dict[str, NodeRelease], tuple[str, ...]]:
+    manifests, foreign, failed = commands.parse_listing(out, tag)
+    return ({v: NodeRelease.from_manifest(v, text, v in failed) for v, text in manifests.items()},
+            tuple(sorted(foreign)))
+
+
+def parse_state(out: str) -> NodeState:
+    report = dict(commands.parse_report(out))
+    releases, foreign = releases_of(out)
+    free = report.get("free", "").strip()
+    return NodeState(live=_version(report.get("current", "")), previous=_version(report.get("previous", "")),
+                     free_kib=int(free) if free.isdigit() else 0, zstd=report.get("zstd") == "yes",
+                     releases=releases, foreign=foreign)
+
+
+_states: dict[tuple, NodeState] = {}
+_state_locks: dict[tuple, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def _state_key(conn: ssh.Conn, release_root: str) -> tuple:
+    return (conn.host, conn.port, release_root)
+
+
+def node_state(conn: ssh.Conn, release_root: str, *, fresh: bool = False) -> NodeState:
+    """What the node holds: read once per process (one round trip), then the cached copy."""
+    key = _state_key(conn, release_root)
+    with _guard:
+        lock = _state_locks.setdefault(key, threading.Lock())
+    with lock:
+        if fresh or key not in _states:
+            _states[key] = parse_state(ssh.run(conn, commands.probe(release_root)).out)
+        return _states[key]
+
+
+def remember(conn: ssh.Conn, release_root: str, state: NodeState) -> None:
+    """Record what a provider just changed on the node (so nobody reads it again)."""
+    with _guard:
+        _states[_state_key(conn, release_root)] = state

@@ -1,0 +1,187 @@
+"""The `current` symlink of a node: one script, one round trip (commands.pointer_script).
+
+It checks the pinned release against its SHA256SUMS, then, when `current` points elsewhere: the
+migration gate (gate.py), the backup, the restart warning (warning.py), the atomic switch,
+`systemctl reload-or-restart`, the health check; on failure it switches back, restarts and
+checks again, and `pulumi up` fails saying so. Old releases are pruned at the end, from what
+the node really holds (keepReleases newest, failed ones first to go, never the live release
+or the rollback target, never a directory sando did not make).
+
+A plain `pulumi up` / `pulumi preview` compares the node's `current` with the pin (diff reads
+what the node holds: one round trip per node), so a hand-moved `current` is put back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from .. import commands, diagnostics, paths, ssh
+from ..errors import OperatorError
+from ..transfer import NodeRelease
+from . import gate, warning
+from .base import AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
+
+INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
+
+
+def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str | None, keep: int) -> list[str]:
+    """Which releases go: all but the `keep` newest (failed ones ranked last), the live one and
+    the rollback target."""
+    ranked = sorted(releases.values(), key=lambda r: (r.failed, -r.created_at, r.version))
+    kept = {r.version for r in ranked[:keep]} | {live, previous}
+    return sorted(v for v in releases if v not in kept)
+
+
+def _iso(epoch: str | None) -> str | None:
+    return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds") if epoch else None
+
+
+class PointerProvider(ResourceProvider):
+    def diff(self, _id, olds, news):
+        changes = changed(olds, news, INPUTS)
+        if not changes and node_state(conn_of(news), news["releaseRoot"]).live != news["version"]:
+            changes.append("version")  # a new pin, or `current` moved by hand: put it back
+        return DiffResult(changes=bool(changes), replaces=[])
+
+    def create(self, props):
+        return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))
+
+    def update(self, _id, olds, news):
+        return UpdateResult(outs=self._apply(news, olds))
+
+    def read(self, id_, props):
+        state = node_state(conn_of(props), props["releaseRoot"], fresh=True)
+        return ReadResult(id_=id_, outs={**props, "liveVersion": state.live, "previousVersion": state.previous})
+
+    # ---------------------------------------------------------------------------------
+
+    def _apply(self, props: dict, olds: dict) -> dict:
+        conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
+        state = node_state(conn, root)
+        rollout = props.get("rollout") or {}
+        if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
+            time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
+        script, timeout = self._script(props, state)
+        token = props.get("token")
+        res = ssh.run(conn, script, stdin=warning.stdin(props.get("warning"), token), timeout=timeout, check=False)
+        report = commands.parse_report(res.out)
+        get = dict(report)
+        releases, foreign = releases_of(res.out, "final-")
+        before = get.get("before", "- -").split()
+        live_before = paths.NodePaths.version_of_target(before[0]) if before[0] != "-" else None
+        switched = "switched" in get
+        if res.rc != 0:
+            if releases:
+                remember(conn, root, replace(state, releases=releases, foreign=foreign))
+            raise self._failure(props, res, report, live_before)
+        live_now, previous_now = version, (live_before if switched else state.previous)
+        remember(conn, root, replace(state, live=live_now, previous=previous_now, releases=releases, foreign=foreign))
+        status = warning.status(props.get("warning"), get, switched)
+        if status.startswith("failed"):
+            diagnostics.log("warning", f"{node}: the restart warning was not delivered ({status}); "
+                                       "restarted anyway (sando:restartWarningOnFailure=warn)")
+        live_release = releases.get(version)
+        return {
+            **public(props),
+            "liveVersion": live_now, "liveCommit": live_release.commit if live_release else props["commit"],
+            "previousVersion": previous_now,
+            "switchedAt": _iso(get.get("switched")) or olds.get("switchedAt"),
+            "health": "ok",
+            "releases": [{"version": r.version, "commit": r.commit, "createdAt": r.created_at, "failed": r.failed}
+                         for r in sorted(releases.values(), key=lambda r: r.created_at)],
+            "foreign": list(foreign),
+            "pruned": [v for k, v in report if k == "pruned"],
+            "restartWarning": status,
+            "migrations": gate.verdict(report),
+        }
+
+    def _script(self, props: dict, state: NodeState) -> tuple[str, float]:
+        version, root, service = props["version"], props["releaseRoot"], props["service"]
+        hc, keep = props["healthCheck"], int(props["keepReleases"])
+        held = dict(state.releases)
+        mine = held.get(version) or NodeRelease(version, props["commit"], time.time(), {})
+        ok_live, ok_prev = version, (state.live if state.live != version else state.previous)
+        prune_ok = to_prune({**held, version: replace(mine, failed=False)}, ok_live, ok_prev, keep)
+        prune_failed = to_prune({**held, version: replace(mine, failed=True)}, state.live, state.previous, keep)
+        gate_step, backup_step = gate.steps(props.get("gate") or {}, root, service, version)
+        warning_step = warning.step(props.get("warning"), props.get("token"))
+        script = commands.pointer_script(
+            release_root=root, version=version, service=service, expect=version if hc.get("expectVersion") else "",
+            health=commands.health_function(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
+                                            props["commit"]),
+            gate_step=gate_step, backup_step=backup_step, warning_step=warning_step,
+            prune_ok=commands.prune(prune_ok), prune_failed=commands.prune(prune_failed))
+        notice = int((props.get("warning") or {}).get("seconds") or 0)
+        return script, 900 + notice + 2 * (120 + float(hc["timeoutSeconds"]))
+
+    def _failure(self, props: dict, res: ssh.Result, report: list[tuple[str, str]], live: str | None) -> OperatorError:
+        node, version, rc = node_of(props), props["version"], res.rc
+        get = dict(report)
+        stays = f"{live} stays live" if live else "nothing is live yet"
+        later = (props.get("rollout") or {}).get("later") or []
+        stopped = f" Rollout stopped: {', '.join(later)} not switched (they keep their version)." if later else ""
+        keys = [k for k, _ in report]
+        restart = next((v.split(" ", 1) for k, v in report if k == "restart"), ["0", ""])
+        failed_check = next((v.partition(" ")[2] for k, v in report if k == "health" and v.startswith("fail")), "")
+        why = f"restart failed: {restart[-1].strip()}" if restart[0] != "0" else failed_check
+        if rc == 21:
+            msg = (f"{node}: release {version} is not on the node; nothing was switched, {stays}. "
+                   "Run `pulumi up --refresh` to send it again")
+        elif rc == 22:
+            msg = (f"{node}: files of releases/{version} no longer match its SHA256SUMS ({get.get('error', '')[5:]}); "
+                   f"it was changed on the node, so sando will not point at it and {stays}. Remove "
+                   f"{props['releaseRoot']}/releases/{version} on the node and run `pulumi up --refresh`")
+        elif rc == 23:
+            msg = f"{node}: {version} is live but fails its health check ({why}) (sando:healthCheck)"
+        elif rc == 30:
+            msg = (f"{node}: {version}'s migrations fail on a copy of the live database "
+                   f"({gate.failure_line(report)}); nothing was restarted and {stays}. Fix the migration and "
+                   "deploy a new version (sando:migrations)")
+        elif rc == 31:
+            names = ", ".join(gate.verdict(report)["destructive"]) or "?"
+            msg = (f"{node}: {version} has destructive migrations pending ({names}), refused by "
+                   f"sando:migrations.refuseDestructive; nothing was restarted and {stays}. To deploy it, add "
+                   f"{version} to sando:migrations.allowDestructive")
+        elif rc in (32, 33):
+            msg = (f"{node}: the migration gate could not run ({gate.failure_line(report)}; {get.get('gate', '')}); "
+                   f"nothing was restarted and {stays} (sando:migrations.dryRunCommand, sando:migrations.database)")
+        elif rc == 40:
+            msg = (f"{node}: the restart warning failed ({get.get('warning', '?')}) and "
+                   f"sando:restartWarningOnFailure is abort; nothing was restarted and {stays}")
+        elif rc == 50:
+            msg = f"{node}: {version} is not healthy ({why}) and there is no earlier release to switch back to"
+        elif rc == 51:
+            after = report[keys.index("reverted"):] if "reverted" in keys else []
+            back_ok = any(k == "health" and v.startswith("ok") for k, v in after)
+            again = (f"{live} is live again" if back_ok else
+                     f"switched back to {live}, but it is not healthy either")
+            msg = f"{node}: {version} failed its health check ({why}); {again}"
+        else:
+            msg = f"{node}: the switch to {version} failed (exit {rc}: {(res.err or res.out).strip()[-300:]})"
+        backup = get.get("backup")
+        if backup and rc in (50, 51):
+            db = get.get("database", "<database>")
+            msg += (f". The database was backed up before {version}'s migrations: {backup}; to restore it: "
+                    f"systemctl stop {props['service']} && sqlite3 {db} \".restore '{backup}'\" && "
+                    f"systemctl start {props['service']}")
+        return OperatorError(msg + stopped)
+
+
+class Pointer(NodeResource):
+    _provider_class = PointerProvider
+    _output_names = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "foreign",
+                     "pruned", "restartWarning", "migrations")
+    liveVersion: pulumi.Output[str]
+    liveCommit: pulumi.Output[str]
+    previousVersion: pulumi.Output[str]
+    switchedAt: pulumi.Output[str]  # ISO 8601, UTC
+    health: pulumi.Output[str]
+    releases: pulumi.Output[list]
+    foreign: pulumi.Output[list]
+    restartWarning: pulumi.Output[str]
+    migrations: pulumi.Output[dict]

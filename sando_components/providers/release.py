@@ -1,0 +1,140 @@
+"""The pinned release on a node: releases/<version>/ (binaries + error-pages), built locally at the
+pinned commit, sent as a compressed delta against what the node holds, sha256-checked there,
+then renamed into place. Immutable: an existing release is reused, never rewritten.
+
+A release is defined by its version and commit; its manifest (.sando/manifest.json) says
+which files and binaries it holds. Changing how the node is reached, or binNames' order,
+never touches a release. Delete never removes anything: old releases are pruned by the
+pointer after a switch (pointer.py), from what the node really holds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from .. import build, commands, diagnostics, paths, ssh, transfer
+from ..errors import OperatorError
+from ..transfer import NodeRelease
+from .base import AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
+
+MB = 1024
+
+
+def _mb(kib: int) -> str:
+    return f"{max(kib, 0) / MB:.0f} MB" if kib >= MB else f"{max(kib, 0)} KB"
+
+
+class ReleaseProvider(ResourceProvider):
+    DEFINING = ["version", "commit", "releaseRoot"]
+
+    def diff(self, _id, olds, news):
+        changes = changed(olds, news, [*self.DEFINING, *AUTH])
+        if sorted(olds.get("binNames") or []) != sorted(news.get("binNames") or []):
+            changes.append("binNames")
+        if not changes:  # drift: the release dir is gone, or another commit sits there
+            held = node_state(conn_of(news), news["releaseRoot"]).releases.get(news["version"])
+            if held is None or held.commit != news["commit"]:
+                changes.append("version")
+        return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
+
+    def create(self, props):
+        return CreateResult(id_=f"{props['connection']['host']}:{props['releaseRoot']}", outs=self._ensure(props))
+
+    def update(self, _id, olds, news):
+        if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
+            held = node_state(conn_of(news), news["releaseRoot"]).releases.get(news["version"])
+            if held is not None and held.commit == news["commit"]:
+                return UpdateResult(outs=refresh_auth(olds, news))
+        return UpdateResult(outs=self._ensure(news))
+
+    def delete(self, _id, props):
+        diagnostics.log("info", f"{node_of(props)}: releases under {props['releaseRoot']}/releases left in place "
+                                "(sando never deletes a release on destroy)")
+
+    def read(self, id_, props):
+        state = node_state(conn_of(props), props["releaseRoot"], fresh=True)
+        held = state.releases.get(props["version"])
+        if held is None:
+            return ReadResult(id_=None, outs={})
+        return ReadResult(id_=id_, outs={**props, "commit": held.commit})
+
+    # ---------------------------------------------------------------------------------
+
+    def _ensure(self, props: dict) -> dict:
+        conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
+        state = node_state(conn, root)
+        held = state.releases.get(version)
+        if held is None and version in state.foreign:
+            raise OperatorError(
+                f"{node}: {root}/releases/{version} exists but sando did not make it (no {paths.MANIFEST}); "
+                "move it away on the node or pin another version name (sando:version)")
+        if held is not None:
+            return self._reuse(props, held)
+        art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
+                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
+        manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
+                    "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
+        plan = transfer.plan(art, manifest, state.held(), state.zstd)
+        if state.free_kib < plan.need_kib:
+            raise self._no_space(node, state.free_kib, version, plan.need_kib)
+        compression = "zstd" if state.zstd else "gzip"
+        script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)
+        res = ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False)
+        report = dict(commands.parse_report(res.out))
+        if res.rc == 75:
+            raise self._no_space(node, int(report.get("free") or 0), version, plan.need_kib)
+        if res.rc == 17:  # there now (e.g. a retried upload that had finished): reuse it if it is ours
+            held = node_state(conn, root, fresh=True).releases.get(version)
+            if held is not None:
+                return self._reuse(props, held)
+        if res.rc != 0:
+            raise OperatorError(f"{node}: the upload of {version} failed ({(res.err or res.out).strip()[-300:]}); "
+                                "nothing was switched and the node keeps its releases: run pulumi up again")
+        remember(conn, root, node_state(conn, root).with_release(
+            NodeRelease(version, props["commit"], manifest["createdAt"], manifest["files"])))
+        return self._outs(props, manifest["files"], manifest["createdAt"],
+                          {"version": version, "bytesSent": res.sent, **plan.counts, "at": _now()})
+
+    def _reuse(self, props: dict, held: NodeRelease) -> dict:
+        node, version = node_of(props), props["version"]
+        if held.commit != props["commit"]:
+            raise OperatorError(
+                f"{node}: release {version} on the node was built from commit {held.commit[:12]}, but "
+                f"sando:version {version} now names {props['commit'][:12]}; releases are immutable: "
+                "deploy the new commit under a new version name")
+        missing = sorted(set(props["binNames"]) - set(held.files))
+        if missing:
+            raise OperatorError(
+                f"{node}: release {version} on the node has no {', '.join(missing)} (sando:binNames asks for it); "
+                "releases are immutable: pin a new version to ship it")
+        return self._outs(props, held.files, held.created_at,
+                          {"version": version, "bytesSent": 0, "linked": len(held.files), "patched": 0, "full": 0,
+                           "at": _now()})
+
+    @staticmethod
+    def _no_space(node: str, free_kib: int, version: str, need_kib: int) -> OperatorError:
+        return OperatorError(f"{node}: releases/ has {_mb(free_kib)} free, {version} needs {_mb(need_kib)}; "
+                             "nothing was sent. Free space on the node (or lower sando:keepReleases) and run "
+                             "pulumi up again")
+
+    @staticmethod
+    def _outs(props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
+        return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
+                "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
+                "createdAt": created_at, "lastTransfer": transfer_}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ReleaseFiles(NodeResource):
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer")
+    sha256: pulumi.Output[dict]
+    path: pulumi.Output[str]
+    commit: pulumi.Output[str]
+    lastTransfer: pulumi.Output[dict]

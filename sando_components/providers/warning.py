@@ -1,0 +1,35 @@
+"""The restart warning (design doc item 7, option A), as a step of a node's switch script: POST
+/api/internal/restart-warning with the service token as bearer (read from stdin, never argv),
+then wait out the notice. It is sent only by a run that then restarts the service, right before
+the restart, after the migration gate passed; so users are warned if and only if a restart
+follows, and a re-run after an interrupted deploy warns them afresh."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .. import commands
+
+
+def step(warning: dict | None, token: str | None) -> str | None:
+    if not warning or int(warning.get("seconds") or 0) <= 0 or not token:
+        return None
+    return commands.restart_warning(warning["url"], int(warning["seconds"]), warning.get("onFailure") == "abort")
+
+
+def stdin(warning: dict | None, token: str | None) -> bytes | None:
+    """The bearer header line the step reads from stdin."""
+    return f"Authorization: Bearer {token}\n".encode() if step(warning, token) else None
+
+
+def status(warning: dict | None, report: dict[str, str], switched: bool) -> str:
+    """What the outputs say about the warning of this run."""
+    if not warning or int(warning.get("seconds") or 0) <= 0:
+        return "disabled"
+    value = report.get("warning")
+    if value is None:
+        return "not sent: nothing restarted" if not switched else "not sent"
+    if value.startswith("sent "):
+        at = datetime.fromtimestamp(int(value.split()[1]), timezone.utc).isoformat(timespec="seconds")
+        return f"sent at {at}, {warning['seconds']}s before the restart"
+    return value  # "failed HTTP 500 ..."

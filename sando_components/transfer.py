@@ -1,0 +1,145 @@
+"""What to send a node for a release, and the byte stream that carries it.
+
+For each file of the new release, the cheapest way to get it onto the node:
+  - `link`:  a release already on the node has the same bytes: hard-link it, send nothing;
+  - `patch`: the live (or other retained) release has a file of that name whose bytes are
+             in the local object store: send a zstd delta against it (`--patch-from`);
+  - `full`:  send the file.
+Everything travels as one tar, compressed as a whole (zstd, or gzip when the node has no
+zstd), in one SSH exec; the node rebuilds the files, checks every sha256, then renames the
+staging dir into place (commands.receive_release).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import build, commands, paths
+
+PATCH_LEVEL = 19  # deltas are small and computed once per (base, target) pair: compress hard
+STREAM_LEVEL = 3  # the outer stream is made per node: compress fast
+PATCH_MIN_BYTES = 64 * 1024  # below this a delta is not worth a zstd run
+MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class NodeRelease:
+    """A release a node holds, as its manifest says."""
+
+    version: str
+    commit: str
+    created_at: float
+    files: dict[str, str]  # relative path -> sha256
+    failed: bool = False
+
+    @classmethod
+    def from_manifest(cls, version: str, text: str, failed: bool) -> "NodeRelease":
+        try:
+            m = json.loads(text)
+        except json.JSONDecodeError:
+            m = {}
+        return cls(version, str(m.get("commit", "")), float(m.get("createdAt") or 0), dict(m.get("files") or {}),
+                   failed)
+
+
+@dataclass
+class Plan:
+    steps: list[str] = field(default_factory=list)  # shell steps run in the staging dir
+    members: list[tuple[str, str | bytes, int]] = field(default_factory=list)  # (name in the tar, source, mode)
+    need_bytes: int = 0  # space the new files take on the node
+    counts: dict[str, int] = field(default_factory=lambda: {"linked": 0, "patched": 0, "full": 0})
+
+    @property
+    def need_kib(self) -> int:
+        return int(self.need_bytes * MARGIN / 1024) + 1024
+
+
+def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bool) -> Plan:
+    """How to send `art` to a node holding `held` (most preferred base first: the live release)."""
+    p = Plan()
+    for i, (rel, digest, mode) in enumerate(art.files):
+        same = next((r for r in held if r.files.get(rel) == digest), None)
+        if same is not None:
+            p.steps.append(commands.link_from(same.version, rel))
+            p.counts["linked"] += 1
+            continue
+        size = art.size(rel)
+        base = next((r for r in held if rel in r.files and not r.failed), None)
+        if zstd and base is not None and size >= PATCH_MIN_BYTES and build.object_path(base.files[rel]).exists():
+            delta = patch_file(base.files[rel], digest, os.path.join(art.root, rel))
+            name = f"{paths.MANIFEST_DIR}/in/{i}.zst"
+            p.members.append((name, str(delta), 0o600))
+            p.steps.append(commands.unpatch(base.version, rel, name, mode))
+            p.counts["patched"] += 1
+            p.need_bytes += size + delta.stat().st_size
+            continue
+        p.members.append((rel, os.path.join(art.root, rel), mode))
+        p.counts["full"] += 1
+        p.need_bytes += size
+    p.members.append((paths.SUMS, art.sums().encode(), 0o644))
+    p.members.append((paths.MANIFEST, json.dumps(manifest, separators=(",", ":")).encode(), 0o644))
+    return p
+
+
+_patch_lock = threading.Lock()
+_patch_locks: dict[str, threading.Lock] = {}
+
+
+def patch_file(base_digest: str, target_digest: str, target: str) -> Path:
+    """zstd delta of target against the base bytes (from the object store), cached by the pair."""
+    out = build.cache_root() / "patches" / f"{base_digest}-{target_digest}.zst"
+    with _patch_lock:
+        lock = _patch_locks.setdefault(out.name, threading.Lock())
+    with lock:
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+            base = build.object_path(base_digest)
+            res = subprocess.run(["zstd", "-q", "-f", f"-{PATCH_LEVEL}", "--long=31", f"--patch-from={base}",
+                                  target, "-o", str(tmp)], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise build.BuildError(f"zstd --patch-from failed: {res.stderr.strip()}")
+            os.replace(tmp, out)
+    return out
+
+
+def stream(p: Plan, compression: str) -> Callable[[], Iterator[bytes]]:
+    """A replayable source of the compressed tar of the plan's members (for ssh.run's stdin)."""
+
+    def chunks() -> Iterator[bytes]:
+        with tempfile.TemporaryFile() as tar_file:
+            with tarfile.open(fileobj=tar_file, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name, source, mode in p.members:
+                    _add(tar, name, source, mode)
+            tar_file.seek(0)
+            cmd = ["zstd", "-q", "-c", f"-{STREAM_LEVEL}", "-T0"] if compression == "zstd" else ["gzip", "-c", "-6"]
+            proc = subprocess.Popen(cmd, stdin=tar_file, stdout=subprocess.PIPE)
+            try:
+                yield from iter(lambda: proc.stdout.read(256 * 1024), b"")
+            finally:
+                proc.stdout.close()
+                if proc.wait() != 0:
+                    raise build.BuildError(f"{cmd[0]} failed while packing the release")
+
+    return chunks
+
+
+def _add(tar: tarfile.TarFile, name: str, source: str | bytes, mode: int) -> None:
+    if isinstance(source, bytes):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(source), mode
+        tar.addfile(info, io.BytesIO(source))
+        return
+    info = tar.gettarinfo(source, arcname=name)
+    info.mode, info.uid, info.gid, info.uname, info.gname = mode, 0, 0, "root", "root"
+    with open(source, "rb") as fh:
+        tar.addfile(info, fh)
