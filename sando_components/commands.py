@@ -47,6 +47,11 @@ def daemon_reload() -> str:
     return shlex.join(["systemctl", "daemon-reload"])
 
 
+def install_unit(service: str) -> str:
+    """After the unit file changed: systemd reads it again, and the service starts at boot."""
+    return _and(daemon_reload(), shlex.join(["systemctl", "enable", "--quiet", f"{service}.service"]))
+
+
 def write_file(dest: str, mode: int, token: str) -> str:
     """Write stdin to dest atomically: a temp file beside it, its mode, then a rename."""
     tmp = f"{dest}.sando-tmp-{token}"
@@ -98,10 +103,12 @@ def _list_releases(tag: str) -> str:
     )
 
 
-def probe(release_root: str) -> str:
+def probe(release_root: str, service: str) -> str:
     """What the node holds, read-only: `current`/`previous` targets, every release (with its
-    manifest) and foreign directory, free KiB where releases go, and whether zstd is there."""
+    manifest) and foreign directory, free KiB where releases go, whether zstd is there, and
+    whether the service runs."""
     return _lines(
+        f"printf '@active %s\\n' \"$({systemctl('is-active', service)} 2>/dev/null)\"",
         f"cd {q(release_root)} 2>/dev/null || {{ echo '@missing'; cd /; }}",
         "printf '@current %s\\n' \"$(readlink current 2>/dev/null)\"",
         "printf '@previous %s\\n' \"$(readlink previous 2>/dev/null)\"",
@@ -204,7 +211,7 @@ def prune(versions: Iterable[str]) -> str:
     )
 
 
-def gate(migrations: list[str], destructive: list[str], database: str | None, env_file: str,
+def gate(version: str, migrations: list[str], destructive: list[str], database: str | None, env_file: str,
          default_database: str, dry_run: str, allow_destructive: bool) -> str:
     """The migration gate: which of the release's `migrations` (versions) the live database has
     not applied (sqlx's _sqlx_migrations); when some are pending, a consistent scratch copy of
@@ -236,7 +243,7 @@ def gate(migrations: list[str], destructive: list[str], database: str | None, en
         "  echo \"@dryrun-exit $rc\"",
         "  case $rc in",
         "    0) ;;",
-        "    3) exit 30;;",
+        "    3) " + mark_failed(version, "the migration dry run failed") + "; exit 30;;",
         "    4) " + (":" if allow_destructive else "exit 31") + ";;",
         "    *) exit 32;;",
         "  esac",
@@ -300,13 +307,18 @@ def switch_back() -> str:
 
 
 def restart(service: str) -> str:
-    """reload-or-restart the service; prints `@restart RC DETAIL`."""
-    return (f"out=$({systemctl('reload-or-restart', service)} 2>&1); rc=$?; "
+    """reload-or-restart the service; prints `@restart RC DETAIL`. Its failed state is reset first:
+    a release that crash-looped must not leave systemd's start limit ("Start request repeated too
+    quickly") in the way of the release switched back to."""
+    return (f"{systemctl('reset-failed', service)} 2>/dev/null; "
+            f"out=$({systemctl('reload-or-restart', service)} 2>&1); rc=$?; "
             "printf '@restart %s %s\\n' \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ' ' | head -c 300)\"")
 
 
-def mark_failed(version: str) -> str:
-    return (f"printf '%s\\n' \"$why\" > {q(posixpath.join('releases', version, paths.FAILED))} 2>/dev/null; "
+def mark_failed(version: str, why: str = "$why") -> str:
+    """Mark the release as failed (pruned first; the reason is kept in the file)."""
+    reason = '"$why"' if why == "$why" else q(why)
+    return (f"printf '%s\\n' {reason} > {q(posixpath.join('releases', version, paths.FAILED))} 2>/dev/null; "
             f"echo {q(f'@failed {version}')}")
 
 
@@ -342,6 +354,7 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         "printf '@before %s %s\\n' \"${live:--}\" \"${prev:--}\"",
         health,
         f"if [ \"$live\" = {q(target)} ]; then",
+        f"  if ! {systemctl('is-active', service)} >/dev/null 2>&1; then {restart(service)}; fi",
         f"  health {q(expect)} || exit 23",
         healthy,
         "fi",

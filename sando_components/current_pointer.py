@@ -50,6 +50,7 @@ class CurrentPointer(pulumi.ComponentResource):
              "warning": warning, "token": args.token if warning else None,
              "gate": {"enabled": mig.gate, "migrations": [m.version for m in args.migrations],
                       "destructive": [m.version for m in args.migrations if m.destructive],
+                      "names": {m.version: m.description for m in args.migrations},
                       "dryRunCommand": mig.dry_run_command, "database": mig.database, "envFile": args.env_file,
                       "backupDir": mig.backup_dir,
                       "allowDestructive": not mig.refuse_destructive or args.version in mig.allow_destructive},

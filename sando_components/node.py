@@ -92,7 +92,7 @@ class Node(pulumi.ComponentResource):
         if "unit" in manage:
             text = args.sources["unit"]
             f = RemoteFile(f"{name}-unit", **conn, path=paths.unit(cfg.service), content=text, mode=0o644, opts=child)
-            RemoteCommand(f"{name}-daemon-reload", **conn, create=commands.daemon_reload(),
+            RemoteCommand(f"{name}-daemon-reload", **conn, create=commands.install_unit(cfg.service),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["unit"] = f.path
         for item, (_, dest, mode) in FILES.items():

@@ -31,7 +31,7 @@ class Release(pulumi.ComponentResource):
             f"{name}-files",
             {
                 "node": args.node.name, "connection": args.connection, "privateKey": args.private_key,
-                "releaseRoot": args.cfg.release_root, "version": args.version, "commit": args.commit,
+                "releaseRoot": args.cfg.release_root, "service": args.cfg.service, "version": args.version, "commit": args.commit,
                 "binNames": list(args.cfg.bin_names),
                 "build": {"repo": args.repo, "command": src.build_command, "binDir": src.bin_dir,
                           "errorPagesDir": src.error_pages_dir},

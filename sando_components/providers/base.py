@@ -74,6 +74,7 @@ class NodeState:
     previous: str | None
     free_kib: int
     zstd: bool
+    active: bool  # the service runs
     releases: dict[str, NodeRelease] = field(default_factory=dict)  # sando's, by version
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
 
@@ -102,6 +103,7 @@ def parse_state(out: str) -> NodeState:
     free = report.get("free", "").strip()
     return NodeState(live=_version(report.get("current", "")), previous=_version(report.get("previous", "")),
                      free_kib=int(free) if free.isdigit() else 0, zstd=report.get("zstd") == "yes",
+                     active=report.get("active", "").strip() in ("active", "reloading", "activating"),
                      releases=releases, foreign=foreign)
 
 
@@ -110,22 +112,24 @@ _state_locks: dict[tuple, threading.Lock] = {}
 _guard = threading.Lock()
 
 
-def _state_key(conn: ssh.Conn, release_root: str) -> tuple:
-    return (conn.host, conn.port, release_root)
+def _state_key(props: dict) -> tuple:
+    host, port = target_of(props)
+    return (host, port, props["releaseRoot"], props["service"])
 
 
-def node_state(conn: ssh.Conn, release_root: str, *, fresh: bool = False) -> NodeState:
+def node_state(props: dict, *, fresh: bool = False) -> NodeState:
     """What the node holds: read once per process (one round trip), then the cached copy."""
-    key = _state_key(conn, release_root)
+    key = _state_key(props)
     with _guard:
         lock = _state_locks.setdefault(key, threading.Lock())
     with lock:
         if fresh or key not in _states:
-            _states[key] = parse_state(ssh.run(conn, commands.probe(release_root)).out)
+            _states[key] = parse_state(ssh.run(conn_of(props), commands.probe(props["releaseRoot"],
+                                                                                props["service"])).out)
         return _states[key]
 
 
-def remember(conn: ssh.Conn, release_root: str, state: NodeState) -> None:
+def remember(props: dict, state: NodeState) -> None:
     """Record what a provider just changed on the node (so nobody reads it again)."""
     with _guard:
-        _states[_state_key(conn, release_root)] = state
+        _states[_state_key(props)] = state

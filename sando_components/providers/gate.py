@@ -19,20 +19,22 @@ def steps(gate: dict, release_root: str, service: str, version: str) -> tuple[st
     dry_run = gate["dryRunCommand"].format(release=commands.q(release), scratch='"$SCRATCH"', database='"$DB"')
     env_file = gate.get("envFile") or paths.for_service(paths.DEFAULT_ENV_FILE, service)
     return (
-        commands.gate(list(gate["migrations"]), list(gate.get("destructive") or []), gate.get("database"), env_file,
+        commands.gate(version, list(gate["migrations"]), list(gate.get("destructive") or []), gate.get("database"), env_file,
                       paths.for_service(paths.DEFAULT_DATABASE, service), dry_run, bool(gate.get("allowDestructive"))),
         commands.backup(gate.get("backupDir") or paths.for_service(paths.DEFAULT_BACKUP_DIR, service), version),
     )
 
 
-def verdict(report: list[tuple[str, str]]) -> dict:
+def verdict(report: list[tuple[str, str]], names: dict[str, str] | None = None) -> dict:
     """The gate's findings for the stack outputs: pending and destructive migrations, the dry run's
     last line, the backup taken (None: none needed)."""
     get = dict(report)
     dry = [v for k, v in report if k == "dryrun"]
     pending = get.get("pending", "").split() if "pending" in get else []
     flagged = {line.split()[1] for line in dry if line.startswith("pending ") and line.endswith("[destructive]")}
-    destructive = sorted({v for k, v in report if k == "destructive"} | flagged, key=_num)
+    names = names or {}
+    destructive = [f"{v} {names[v]}" if v in names else v
+                   for v in sorted({v for k, v in report if k == "destructive"} | flagged, key=_num)]
     return {
         "database": get.get("database"),
         "pending": pending,

@@ -44,8 +44,12 @@ def _iso(epoch: str | None) -> str | None:
 class PointerProvider(ResourceProvider):
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
-        if not changes and node_state(conn_of(news), news["releaseRoot"]).live != news["version"]:
-            changes.append("version")  # a new pin, or `current` moved by hand: put it back
+        if not changes:
+            state = node_state(news)
+            if state.live != news["version"]:
+                changes.append("version")  # `current` moved by hand: put it back
+            elif not state.active:
+                changes.append("service")  # the service is down: start it
         return DiffResult(changes=bool(changes), replaces=[])
 
     def create(self, props):
@@ -55,14 +59,14 @@ class PointerProvider(ResourceProvider):
         return UpdateResult(outs=self._apply(news, olds))
 
     def read(self, id_, props):
-        state = node_state(conn_of(props), props["releaseRoot"], fresh=True)
+        state = node_state(props, fresh=True)
         return ReadResult(id_=id_, outs={**props, "liveVersion": state.live, "previousVersion": state.previous})
 
     # ---------------------------------------------------------------------------------
 
     def _apply(self, props: dict, olds: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
-        state = node_state(conn, root)
+        state = node_state(props)
         rollout = props.get("rollout") or {}
         if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
             time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
@@ -77,10 +81,11 @@ class PointerProvider(ResourceProvider):
         switched = "switched" in get
         if res.rc != 0:
             if releases:
-                remember(conn, root, replace(state, releases=releases, foreign=foreign))
+                remember(props, replace(state, releases=releases, foreign=foreign))
             raise self._failure(props, res, report, live_before)
         live_now, previous_now = version, (live_before if switched else state.previous)
-        remember(conn, root, replace(state, live=live_now, previous=previous_now, releases=releases, foreign=foreign))
+        remember(props, replace(state, live=live_now, previous=previous_now, releases=releases, foreign=foreign,
+                                active=True))
         status = warning.status(props.get("warning"), get, switched)
         if status.startswith("failed"):
             diagnostics.log("warning", f"{node}: the restart warning was not delivered ({status}); "
@@ -97,7 +102,7 @@ class PointerProvider(ResourceProvider):
             "foreign": list(foreign),
             "pruned": [v for k, v in report if k == "pruned"],
             "restartWarning": status,
-            "migrations": gate.verdict(report),
+            "migrations": gate.verdict(report, (props.get("gate") or {}).get("names")),
         }
 
     def _script(self, props: dict, state: NodeState) -> tuple[str, float]:
@@ -143,7 +148,7 @@ class PointerProvider(ResourceProvider):
                    f"({gate.failure_line(report)}); nothing was restarted and {stays}. Fix the migration and "
                    "deploy a new version (sando:migrations)")
         elif rc == 31:
-            names = ", ".join(gate.verdict(report)["destructive"]) or "?"
+            names = ", ".join(gate.verdict(report, (props.get("gate") or {}).get("names"))["destructive"]) or "?"
             msg = (f"{node}: {version} has destructive migrations pending ({names}), refused by "
                    f"sando:migrations.refuseDestructive; nothing was restarted and {stays}. To deploy it, add "
                    f"{version} to sando:migrations.allowDestructive")

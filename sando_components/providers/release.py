@@ -36,7 +36,7 @@ class ReleaseProvider(ResourceProvider):
         if sorted(olds.get("binNames") or []) != sorted(news.get("binNames") or []):
             changes.append("binNames")
         if not changes:  # drift: the release dir is gone, or another commit sits there
-            held = node_state(conn_of(news), news["releaseRoot"]).releases.get(news["version"])
+            held = node_state(news).releases.get(news["version"])
             if held is None or held.commit != news["commit"]:
                 changes.append("version")
         return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
@@ -46,7 +46,7 @@ class ReleaseProvider(ResourceProvider):
 
     def update(self, _id, olds, news):
         if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
-            held = node_state(conn_of(news), news["releaseRoot"]).releases.get(news["version"])
+            held = node_state(news).releases.get(news["version"])
             if held is not None and held.commit == news["commit"]:
                 return UpdateResult(outs=refresh_auth(olds, news))
         return UpdateResult(outs=self._ensure(news))
@@ -56,7 +56,7 @@ class ReleaseProvider(ResourceProvider):
                                 "(sando never deletes a release on destroy)")
 
     def read(self, id_, props):
-        state = node_state(conn_of(props), props["releaseRoot"], fresh=True)
+        state = node_state(props, fresh=True)
         held = state.releases.get(props["version"])
         if held is None:
             return ReadResult(id_=None, outs={})
@@ -66,7 +66,7 @@ class ReleaseProvider(ResourceProvider):
 
     def _ensure(self, props: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
-        state = node_state(conn, root)
+        state = node_state(props)
         held = state.releases.get(version)
         if held is None and version in state.foreign:
             raise OperatorError(
@@ -88,13 +88,13 @@ class ReleaseProvider(ResourceProvider):
         if res.rc == 75:
             raise self._no_space(node, int(report.get("free") or 0), version, plan.need_kib)
         if res.rc == 17:  # there now (e.g. a retried upload that had finished): reuse it if it is ours
-            held = node_state(conn, root, fresh=True).releases.get(version)
+            held = node_state(props, fresh=True).releases.get(version)
             if held is not None:
                 return self._reuse(props, held)
         if res.rc != 0:
             raise OperatorError(f"{node}: the upload of {version} failed ({(res.err or res.out).strip()[-300:]}); "
                                 "nothing was switched and the node keeps its releases: run pulumi up again")
-        remember(conn, root, node_state(conn, root).with_release(
+        remember(props, node_state(props).with_release(
             NodeRelease(version, props["commit"], manifest["createdAt"], manifest["files"])))
         return self._outs(props, manifest["files"], manifest["createdAt"],
                           {"version": version, "bytesSent": res.sent, **plan.counts, "at": _now()})
