@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make setup: install everything sando needs on a new machine. Idempotent, no
 # prompts; a warm re-run only checks stamps and takes a second or two.
-#   - Debian packages the tests need (when root; otherwise says what is missing)
+#   - Debian packages the tests need (when root; otherwise says what is missing),
+#     including PostgreSQL (server + client) for the team backend's tests
 #   - the Pulumi engine built from pinned Go modules into .tools/bin
 #   - .venv with the pinned Python packages (requirements.txt)
 set -euo pipefail
@@ -21,7 +22,10 @@ PYHOST_SDK_VERSION=v3.68.0
 VERSION_PKG=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
 
 # --- 1. Debian packages -------------------------------------------------------
-apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps)
+# postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
+# postgres:// state backend (README "Several operators"); Debian's own `main`
+# cluster on port 5432 is left alone.
+apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps postgresql postgresql-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
