@@ -5,7 +5,7 @@ import sys
 import pulumi
 
 from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget, Release,
-                              ReleaseArgs, bootstrap_sources, stack)
+                              ReleaseArgs, bootstrap_sources, stack, verdict)
 
 try:
     cfg = stack.load_config()
@@ -17,10 +17,8 @@ except ConfigError as err:  # before any resource exists, so before any remote c
     sys.exit(32)  # "error already shown" to the language host
 
 key, token = stack.private_key(cfg), stack.service_token(cfg)
-nodes, batches, earlier = {}, cfg.batches(), []
-for number, batch in enumerate(batches):
-    later = [n.name for b in batches[number + 1:] for n in b]
-    pointers = []
+nodes, earlier, pointers = {}, [], []
+for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), key)
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources))
@@ -29,10 +27,11 @@ for number, batch in enumerate(batches):
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources), batch=number,
-            later=later, after=earlier))
+            after=earlier))
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer)
-    earlier = pointers
+    earlier = pointers[-len(batch):]
+verdict(pointers)
 
 pulumi.export("version", cfg.version)
 pulumi.export("commit", source.commit)

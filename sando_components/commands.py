@@ -140,7 +140,8 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
     a staging dir, apply the per-file `steps` (links, patches), verify every file against
     SHA256SUMS, then rename it to releases/<version>. Leftover staging dirs are removed first;
     this upload's staging dir is removed on any failure. Exit 75 with `@free <KiB>` when the
-    free space under releases/ is less than need_kib; 17 when releases/<version> exists."""
+    free space under releases/ is less than need_kib; 17 when releases/<version> exists; 65
+    (`@sums-failed`) when a rebuilt file does not match its sha256."""
     staging = posixpath.join("releases", f"{paths.STAGING_PREFIX}{version}-{token}")
     final = posixpath.join("releases", version)
     decompress = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}[compression]
@@ -161,7 +162,7 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
         'cd "$S"',
         *steps,
         f"rm -rf {q(paths.MANIFEST_DIR + '/in')}",
-        shlex.join(["sha256sum", "--check", "--strict", "--quiet", paths.SUMS]),
+        shlex.join(["sha256sum", "--check", "--strict", "--quiet", paths.SUMS]) + " || { echo '@sums-failed'; exit 65; }",
         f"cd {q(release_root)}",
         f'mv -T "$S" {q(final)}',
         "trap - EXIT HUP INT TERM PIPE",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 
 from .migrations import Migration
-from .providers import Pointer
+from .providers import Pointer, Verdict
 from .target import NodeTarget
 
 
@@ -28,8 +28,7 @@ class CurrentPointerArgs(NodeTarget):
     migrations: list[Migration] = field(default_factory=list)
     env_file: str | None = None  # the unit's EnvironmentFile (where DATABASE_PATH is)
     batch: int = 0
-    later: list[str] = field(default_factory=list)  # nodes of later rollout batches
-    after: list[pulumi.Resource] = field(default_factory=list)  # pointers of the previous batch
+    after: list[Pointer] = field(default_factory=list)  # pointers of the previous batch
 
 
 class CurrentPointer(pulumi.ComponentResource):
@@ -54,11 +53,18 @@ class CurrentPointer(pulumi.ComponentResource):
                       "dryRunCommand": mig.dry_run_command, "database": mig.database, "envFile": args.env_file,
                       "backupDir": mig.backup_dir,
                       "allowDestructive": not mig.refuse_destructive or args.version in mig.allow_destructive},
-             "rollout": {"batch": args.batch, "pauseSeconds": cfg.rollout.pause_seconds, "later": args.later}},
-            pulumi.ResourceOptions(parent=self, depends_on=[*([args.bootstrap] if args.bootstrap else []), *args.after]),
+             "rollout": {"batch": args.batch, "pauseSeconds": cfg.rollout.pause_seconds},
+             "after": [p.outcome for p in args.after]},  # held back when an earlier batch failed
+            pulumi.ResourceOptions(parent=self, depends_on=[args.bootstrap] if args.bootstrap else None),
         )
         self.pointer = pointer
         self.live_version = pointer.liveVersion
         self.register_outputs({"liveVersion": pointer.liveVersion, "previousVersion": pointer.previousVersion,
                                "switchedAt": pointer.switchedAt, "health": pointer.health,
                                "restartWarning": pointer.restartWarning, "migrations": pointer.migrations})
+
+
+def verdict(pointers: list[Pointer]) -> Verdict:
+    """The run fails, naming each node whose switch failed and those a rollout held back, after every
+    pointer recorded where its node stands."""
+    return Verdict("verdict", [p.outcome for p in pointers], pulumi.ResourceOptions(depends_on=pointers))

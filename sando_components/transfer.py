@@ -56,6 +56,7 @@ class Plan:
     steps: list[str] = field(default_factory=list)  # shell steps run in the staging dir
     members: list[tuple[str, str | bytes, int]] = field(default_factory=list)  # (name in the tar, source, mode)
     need_bytes: int = 0  # space the new files take on the node
+    deltas: list[Path] = field(default_factory=list)  # cached patch files used
     counts: dict[str, int] = field(default_factory=lambda: {"linked": 0, "patched": 0, "full": 0})
 
     @property
@@ -63,8 +64,9 @@ class Plan:
         return int(self.need_bytes * MARGIN / 1024) + 1024
 
 
-def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bool) -> Plan:
-    """How to send `art` to a node holding `held` (most preferred base first: the live release)."""
+def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bool, patches: bool = True) -> Plan:
+    """How to send `art` to a node holding `held` (most preferred base first: the live release).
+    `patches=False` sends changed files whole (after a delta did not rebuild the right bytes)."""
     p = Plan()
     for i, (rel, digest, mode) in enumerate(art.files):
         same = next((r for r in held if r.files.get(rel) == digest), None)
@@ -74,11 +76,12 @@ def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bo
             continue
         size = art.size(rel)
         base = next((r for r in held if rel in r.files and not r.failed), None)
-        if zstd and base is not None and size >= PATCH_MIN_BYTES and build.object_path(base.files[rel]).exists():
+        if patches and zstd and base is not None and size >= PATCH_MIN_BYTES and build.object_path(base.files[rel]).exists():
             delta = patch_file(base.files[rel], digest, os.path.join(art.root, rel))
             name = f"{paths.MANIFEST_DIR}/in/{i}.zst"
             p.members.append((name, str(delta), 0o600))
             p.steps.append(commands.unpatch(base.version, rel, name, mode))
+            p.deltas.append(delta)
             p.counts["patched"] += 1
             p.need_bytes += size + delta.stat().st_size
             continue

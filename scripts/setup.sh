@@ -44,11 +44,13 @@ fi
 
 # --- 2. Go builds ---------------------------------------------------------------
 command -v go >/dev/null || { say "Go is required (https://go.dev) to build the engine"; exit 1; }
-stamp_of() { cat "$@" "$0" | sha256sum | cut -c1-16; }
+# A build is redone when its inputs change: the pinned module files and the recipe (package,
+# flags), not any edit of this script.
+stamp_of() { { cat "$@"; printf '%s\n' "$RECIPE"; } | sha256sum | cut -c1-16; }
 
 build() { # name dir pkg version-ldflags out
   local name=$1 dir=$2 pkg=$3 ldx=$4 out=$5
-  local want; want=$(stamp_of "$dir/go.mod" "$dir/go.sum")
+  local want; want=$(RECIPE="$pkg -trimpath -tags grpcnotrace -s -w -X $ldx" stamp_of "$dir/go.mod" "$dir/go.sum")
   if [ -x "$out" ] && [ "$(cat "$tools/stamps/$name" 2>/dev/null)" = "$want" ]; then return; fi
   say "go build $pkg (first build takes a few minutes)"
   local t0; t0=$(date +%s)
@@ -71,7 +73,7 @@ install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-la
 install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"
 
 # --- 3. Python virtualenv --------------------------------------------------------
-want=$(stamp_of requirements.txt)
+want=$(RECIPE=venv stamp_of requirements.txt)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$tools/stamps/venv" 2>/dev/null)" != "$want" ]; then
   say "creating .venv from requirements.txt"
   python3 -m venv .venv

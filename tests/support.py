@@ -242,11 +242,27 @@ class Deploy:
     def node_out(self, node: Node) -> dict:
         return self.outputs()["nodes"][node.name]
 
+    def up_fails(self, **kw) -> str:
+        """A `pulumi up` that must fail: returns what the operator saw (the CLI's output)."""
+        self.log = []
+        try:
+            self.stack.up(on_output=self.log.append, color="never", **kw)
+        except auto.CommandError as err:
+            return "".join(self.log) + str(err)
+        raise AssertionError("pulumi up succeeded but was expected to fail:\n" + "".join(self.log))
+
+    def errors(self, text: str) -> list[str]:
+        """The `error:` lines of the Diagnostics an operator reads, without Pulumi's own framing."""
+        diag = text.split("Diagnostics:", 1)[-1].split("Resources:", 1)[0]
+        return [line.strip()[len("error: "):] for line in diag.splitlines()
+                if line.strip().startswith("error: ")
+                and line.strip() not in ("error: update failed", "error: preview failed",
+                                         "error: Resource monitor has terminated, shutting down")]
+
     def destroy(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stack.destroy(color="never")
-        with contextlib.suppress(Exception):
-            self.stack.workspace.remove_stack(self.name)
+        """Destroy and remove the stack; a failure is raised (a leaked stack must fail loudly)."""
+        self.stack.destroy(color="never")
+        self.stack.workspace.remove_stack(self.name)
 
 
 def _changed_steps(d: Deploy) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pulumi.dynamic import ResourceProvider
 from . import base
 from .commands import RemoteCommand, RemoteCommandProvider
 from .files import RemoteFile, RemoteFileProvider
-from .pointer import Pointer, PointerProvider
+from .pointer import Pointer, PointerProvider, Verdict, VerdictProvider
 from .release import ReleaseFiles, ReleaseProvider
 
 
@@ -27,4 +27,4 @@ class RestartWarningProvider(ResourceProvider):
 
 
 __all__ = ["Pointer", "PointerProvider", "ReleaseFiles", "ReleaseProvider", "RemoteCommand", "RemoteCommandProvider",
-           "RemoteFile", "RemoteFileProvider", "RestartWarningProvider", "base"]
+           "RemoteFile", "RemoteFileProvider", "RestartWarningProvider", "Verdict", "VerdictProvider", "base"]

@@ -27,6 +27,8 @@ from . import gate, warning
 from .base import AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
+# exit codes of the switch script that are a node's outcome (reported by the Verdict), not a crash
+OUTCOMES = {21, 22, 23, 30, 31, 32, 33, 40, 50, 51}
 
 
 def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str | None, keep: int) -> list[str]:
@@ -67,42 +69,63 @@ class PointerProvider(ResourceProvider):
     def _apply(self, props: dict, olds: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
         state = node_state(props)
+        if any(not o.get("ok") for o in props.get("after") or [] if o):
+            return self._outs(props, olds, state, health="held back: an earlier rollout batch failed",
+                              outcome={"ok": False, "node": node, "heldBack": True})
         rollout = props.get("rollout") or {}
         if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
             time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
         script, timeout = self._script(props, state)
-        token = props.get("token")
-        res = ssh.run(conn, script, stdin=warning.stdin(props.get("warning"), token), timeout=timeout, check=False)
+        res = ssh.run(conn, script, stdin=warning.stdin(props.get("warning"), props.get("token")), timeout=timeout,
+                      check=False)
         report = commands.parse_report(res.out)
         get = dict(report)
         releases, foreign = releases_of(res.out, "final-")
         before = get.get("before", "- -").split()
         live_before = paths.NodePaths.version_of_target(before[0]) if before[0] != "-" else None
         switched = "switched" in get
-        if res.rc != 0:
-            if releases:
-                remember(props, replace(state, releases=releases, foreign=foreign))
-            raise self._failure(props, res, report, live_before)
-        live_now, previous_now = version, (live_before if switched else state.previous)
-        remember(props, replace(state, live=live_now, previous=previous_now, releases=releases, foreign=foreign,
-                                active=True))
+        if res.rc != 0 and res.rc not in OUTCOMES:  # the script itself broke: where the node stands is unknown
+            raise OperatorError(self._failure(props, res, report, live_before))
+        if res.rc == 0:
+            state = replace(state, live=version, previous=live_before if switched else state.previous)
+        elif "reverted" in get or not switched:  # back where it was, or never moved
+            state = replace(state, live=live_before, previous=state.previous)
+        else:  # unhealthy with nothing to switch back to
+            state = replace(state, live=version)
+        state = replace(state, releases=releases or state.releases, foreign=foreign if releases else state.foreign,
+                        active=res.rc == 0 or state.active)
+        remember(props, state)
         status = warning.status(props.get("warning"), get, switched)
-        if status.startswith("failed"):
+        if status.startswith("failed") and res.rc != 40:
             diagnostics.log("warning", f"{node}: the restart warning was not delivered ({status}); "
                                        "restarted anyway (sando:restartWarningOnFailure=warn)")
-        live_release = releases.get(version)
+        checks = [v.split()[0] for k, v in report if k == "health" and v]
+        health = {"ok": "ok", "fail": "failed"}.get(checks[-1] if checks else "", "not checked")
+        if res.rc != 0:
+            return self._outs(props, olds, state, health=health,
+                              outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
+                                                                                          live_before)},
+                              report=report, status=status)
+        return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
+                          status=status, switched_at=_iso(get.get("switched")))
+
+    @staticmethod
+    def _outs(props: dict, olds: dict, state: NodeState, *, health: str, outcome: dict,
+              report: list | None = None, status: str | None = None, switched_at: str | None = None) -> dict:
+        live = state.releases.get(state.live) if state.live else None
         return {
             **public(props),
-            "liveVersion": live_now, "liveCommit": live_release.commit if live_release else props["commit"],
-            "previousVersion": previous_now,
-            "switchedAt": _iso(get.get("switched")) or olds.get("switchedAt"),
-            "health": "ok",
+            "liveVersion": state.live, "liveCommit": live.commit if live else None,
+            "previousVersion": state.previous,
+            "switchedAt": switched_at or olds.get("switchedAt"),
+            "health": health,
             "releases": [{"version": r.version, "commit": r.commit, "createdAt": r.created_at, "failed": r.failed}
-                         for r in sorted(releases.values(), key=lambda r: r.created_at)],
-            "foreign": list(foreign),
-            "pruned": [v for k, v in report if k == "pruned"],
-            "restartWarning": status,
-            "migrations": gate.verdict(report, (props.get("gate") or {}).get("names")),
+                         for r in sorted(state.releases.values(), key=lambda r: r.created_at)],
+            "foreign": list(state.foreign),
+            "pruned": [v for k, v in report or [] if k == "pruned"],
+            "restartWarning": status or olds.get("restartWarning") or "not sent: nothing restarted",
+            "migrations": gate.verdict(report or [], (props.get("gate") or {}).get("names")),
+            "outcome": outcome,
         }
 
     def _script(self, props: dict, state: NodeState) -> tuple[str, float]:
@@ -124,12 +147,12 @@ class PointerProvider(ResourceProvider):
         notice = int((props.get("warning") or {}).get("seconds") or 0)
         return script, 900 + notice + 2 * (120 + float(hc["timeoutSeconds"]))
 
-    def _failure(self, props: dict, res: ssh.Result, report: list[tuple[str, str]], live: str | None) -> OperatorError:
+    @staticmethod
+    def _failure(props: dict, res: ssh.Result, report: list[tuple[str, str]], live: str | None) -> str:
+        """What an operator reads when this node's switch did not happen or did not hold."""
         node, version, rc = node_of(props), props["version"], res.rc
         get = dict(report)
         stays = f"{live} stays live" if live else "nothing is live yet"
-        later = (props.get("rollout") or {}).get("later") or []
-        stopped = f" Rollout stopped: {', '.join(later)} not switched (they keep their version)." if later else ""
         keys = [k for k, _ in report]
         restart = next((v.split(" ", 1) for k, v in report if k == "restart"), ["0", ""])
         failed_check = next((v.partition(" ")[2] for k, v in report if k == "health" and v.startswith("fail")), "")
@@ -174,13 +197,13 @@ class PointerProvider(ResourceProvider):
             msg += (f". The database was backed up before {version}'s migrations: {backup}; to restore it: "
                     f"systemctl stop {props['service']} && sqlite3 {db} \".restore '{backup}'\" && "
                     f"systemctl start {props['service']}")
-        return OperatorError(msg + stopped)
+        return msg
 
 
 class Pointer(NodeResource):
     _provider_class = PointerProvider
     _output_names = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "foreign",
-                     "pruned", "restartWarning", "migrations")
+                     "pruned", "restartWarning", "migrations", "outcome")
     liveVersion: pulumi.Output[str]
     liveCommit: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
@@ -190,3 +213,39 @@ class Pointer(NodeResource):
     foreign: pulumi.Output[list]
     restartWarning: pulumi.Output[str]
     migrations: pulumi.Output[dict]
+    outcome: pulumi.Output[dict]  # {ok, node, message | heldBack}: the Verdict fails the run on a bad one
+
+
+class VerdictProvider(ResourceProvider):
+    """Fails `pulumi up` when a node's switch failed or a rollout stopped, naming every such node
+    and the nodes left on their version. The pointers record what really happened on each node
+    instead of failing their own step, so the stack outputs say, after any run, which version
+    each node serves (a half-finished rollout is plain in `pulumi stack output`)."""
+
+    def create(self, props):
+        self._check(props)
+        return CreateResult(id_="verdict", outs=public(props))
+
+    def diff(self, _id, olds, news):
+        failing = any(not (o or {}).get("ok", True) for o in news.get("outcomes") or [])
+        return DiffResult(changes=failing or olds.get("outcomes") != news.get("outcomes"), replaces=[])
+
+    def update(self, _id, olds, news):
+        self._check(news)
+        return UpdateResult(outs=public(news))
+
+    @staticmethod
+    def _check(props: dict) -> None:
+        outcomes = [o for o in props.get("outcomes") or [] if o]
+        failed = [o["message"] for o in outcomes if not o.get("ok") and not o.get("heldBack")]
+        held = [o["node"] for o in outcomes if o.get("heldBack")]
+        if failed or held:
+            stopped = f" Rollout stopped: {', '.join(held)} not switched (they keep their version)." if held else ""
+            raise OperatorError("\n".join(failed) + stopped)
+
+
+class Verdict(NodeResource):
+    _provider_class = VerdictProvider
+
+    def __init__(self, name: str, outcomes: list, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(name, {"outcomes": outcomes}, opts)

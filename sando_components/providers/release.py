@@ -81,9 +81,13 @@ class ReleaseProvider(ResourceProvider):
         plan = transfer.plan(art, manifest, state.held(), state.zstd)
         if state.free_kib < plan.need_kib:
             raise self._no_space(node, state.free_kib, version, plan.need_kib)
-        compression = "zstd" if state.zstd else "gzip"
-        script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)
-        res = ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False)
+        res = self._send(conn, root, version, plan, state.zstd)
+        if res.rc == 65 and plan.deltas:  # a delta did not rebuild the right bytes (e.g. a bad local
+            for delta in plan.deltas:      # cache): drop those deltas and send the changed files whole
+                delta.unlink(missing_ok=True)
+            diagnostics.log("warning", f"{node}: a delta of {version} did not match its sha256; sent whole files")
+            plan = transfer.plan(art, manifest, state.held(), state.zstd, patches=False)
+            res = self._send(conn, root, version, plan, state.zstd)
         report = dict(commands.parse_report(res.out))
         if res.rc == 75:
             raise self._no_space(node, int(report.get("free") or 0), version, plan.need_kib)
@@ -91,6 +95,9 @@ class ReleaseProvider(ResourceProvider):
             held = node_state(props, fresh=True).releases.get(version)
             if held is not None:
                 return self._reuse(props, held)
+        if res.rc == 65:
+            raise OperatorError(f"{node}: {version} arrived with files that do not match their sha256 (the upload "
+                                "was damaged on the way); nothing was kept or switched: run pulumi up again")
         if res.rc != 0:
             raise OperatorError(f"{node}: the upload of {version} failed ({(res.err or res.out).strip()[-300:]}); "
                                 "nothing was switched and the node keeps its releases: run pulumi up again")
@@ -114,6 +121,12 @@ class ReleaseProvider(ResourceProvider):
         return self._outs(props, held.files, held.created_at,
                           {"version": version, "bytesSent": 0, "linked": len(held.files), "patched": 0, "full": 0,
                            "at": _now()})
+
+    @staticmethod
+    def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool) -> ssh.Result:
+        compression = "zstd" if zstd else "gzip"
+        script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)
+        return ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False)
 
     @staticmethod
     def _no_space(node: str, free_kib: int, version: str, need_kib: int) -> OperatorError:

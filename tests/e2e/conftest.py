@@ -46,5 +46,11 @@ def make_deploy(tmp_path, engine, app):
         return d
 
     yield make
+    failures = []
     for d in made:
-        d.destroy()
+        try:
+            d.destroy()
+        except Exception as exc:  # every stack is tried; then the test fails loudly
+            failures.append(f"{d.name}: {exc}")
+    if failures:
+        pytest.fail("stack teardown failed (a stack or its state leaked):\n" + "\n".join(failures))

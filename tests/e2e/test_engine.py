@@ -1,4 +1,7 @@
-"""Issue 2: the real engine (built by make setup) runs sando end to end against a real sshd."""
+"""The real engine (built by make setup) runs sando end to end against a real-systemd node;
+destroy stops managing the node without taking anything the live service needs."""
+
+from __future__ import annotations
 
 import os
 import subprocess
@@ -7,38 +10,49 @@ import time
 from tests.support import TOOLS, run_preview, run_up
 
 
-def test_up_then_no_changes_then_destroy(make_nodes, make_deploy):
+def test_up_no_change_then_destroy_leaves_the_service_running(make_nodes, make_deploy):
     (node,) = make_nodes(1)
     d = make_deploy([node])
-
     version = d.stack.workspace.pulumi_command.version
     assert str(version) == "3.274.1"  # our stamped CLI, not some other pulumi on PATH
     assert d.stack.workspace.pulumi_command.command.startswith(str(TOOLS))
 
     _, planned = run_preview(d)
     assert planned.get("node1-caddyfile") == "create"
-    assert not node.path("/etc/caddy/Caddyfile").exists()  # preview changes nothing
+    assert not (node.release_root / "releases").exists()  # preview changes nothing
 
     res, changed = run_up(d)
-    assert res.summary.result == "succeeded"
-    assert changed["node1-caddyfile"] == "create"
-    assert node.path("/etc/caddy/Caddyfile").is_file()
+    assert res.summary.result == "succeeded" and changed["node1-current-switch"] == "create"
     assert node.served()["version"] == "v1"
-
     res, changed = run_up(d)
-    assert res.summary.resource_changes.get("same", 0) > 0
-    assert set(res.summary.resource_changes) == {"same"}, res.summary.resource_changes
-    assert changed == {}
+    assert set(res.summary.resource_changes) == {"same"} and changed == {}
 
-    d.stack.destroy(color="never")
-    assert not node.path("/etc/caddy/Caddyfile").exists()  # bootstrap files are uninstalled
-    # releases and the live pointer are kept on destroy: nothing is ever lost
-    assert (node.release_root / "current").is_symlink()
+    log = []
+    d.stack.destroy(color="never", on_output=log.append)
+    said = "".join(log)
+    # nothing the live service needs is removed, and sando says what it left
+    for path in ("/etc/caddy/Caddyfile", "/etc/systemd/system/makenotwork.service", "/etc/cron.d/makenotwork-backup"):
+        assert node.path(path).exists(), path
+        assert f"node1: left {path} in place" in said
+    assert "releases under /opt/makenotwork/releases left in place" in said
+    assert os.readlink(node.release_root / "current") == "releases/v1"
+    assert node.served()["version"] == "v1"
+    node.exec("systemctl", "restart", "makenotwork")
+    assert node.exec("systemctl", "is-enabled", "makenotwork").stdout.strip() == "enabled"  # survives a reboot
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert node.served()["version"] == "v1"
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     d.stack.workspace.remove_stack(d.name)
     assert d.name not in [s.name for s in d.stack.workspace.list_stacks()]
 
 
-def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path, engine):
+def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path):
     (node,) = make_nodes(1)
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
@@ -49,15 +63,26 @@ def test_ssh_agent_instead_of_a_key_in_config(make_nodes, make_deploy, tmp_path,
             time.sleep(0.05)
         subprocess.run(["ssh-add", node.privateKeyPath], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
                        check=True, capture_output=True)
-        engine_with_agent = {**engine, "SSH_AUTH_SOCK": str(sock)}
         d = make_deploy([node])
-        d.stack.workspace.env_vars.update(engine_with_agent)
+        d.stack.workspace.env_vars["SSH_AUTH_SOCK"] = str(sock)
         d.stack.remove_config("sando:sshPrivateKey")
         d.set(sshAgent=True)
-        res, changed = run_up(d)
+        res, _ = run_up(d)
         assert res.summary.result == "succeeded" and node.served()["version"] == "v1"
         assert "sando:sshPrivateKey" not in d.cli(["config"]).stdout  # no key in config at all
         key_body = open(node.privateKeyPath).read().splitlines()[1]
         assert key_body not in d.cli(["stack", "export", "--show-secrets"]).stdout
     finally:
         agent.terminate()
+        agent.wait()
+
+
+def test_insecure_skip_host_key_check_end_to_end(make_nodes, make_deploy):
+    (node,) = make_nodes(1)
+    d = make_deploy([node])
+    d.set(nodes=[{k: v for k, v in node.config().items() if k != "hostKey"}])
+    (error,) = d.errors(d.up_fails())
+    assert error.startswith("sando:nodes[0].hostKey: is required")
+    d.set(insecureSkipHostKeyCheck=True)
+    run_up(d)
+    assert node.served()["version"] == "v1"

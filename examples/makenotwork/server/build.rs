@@ -3,7 +3,8 @@
 //! Compiles in:
 //! * `MNW_BUILD_VERSION`: env `MNW_VERSION` if set and non-empty, else
 //!   `git describe --tags --always` of the source tree, else "unknown";
-//! * `MNW_BUILD_COMMIT`: `git rev-parse HEAD`, else "unknown";
+//! * `MNW_BUILD_COMMIT`: env `MNW_COMMIT` if set and non-empty (tests use it to build a
+//!   binary that reports another version and commit), else `git rev-parse HEAD`, else "unknown";
 //! * `MNW_CRASH_AT_START`: "1" if the file `CRASH_AT_START` exists next to
 //!   Cargo.toml (made by `scripts/mutate crash-at-start`), else "0";
 //! * `$OUT_DIR/migrations.rs`: the SQL migrations in `migrations/*.sql`,
@@ -62,7 +63,11 @@ fn main() {
         _ => git(&manifest_dir, &["describe", "--tags", "--always"])
             .unwrap_or_else(|| "unknown".to_string()),
     };
-    let commit = git(&manifest_dir, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rerun-if-env-changed=MNW_COMMIT");
+    let commit = match env::var("MNW_COMMIT") {
+        Ok(c) if !c.trim().is_empty() => c.trim().to_string(),
+        _ => git(&manifest_dir, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string()),
+    };
     println!("cargo:rustc-env=MNW_BUILD_VERSION={version}");
     println!("cargo:rustc-env=MNW_BUILD_COMMIT={commit}");
 

@@ -4,7 +4,9 @@
 //! ./makenotwork.db), CLI_SERVICE_TOKEN (bearer token of
 //! POST /api/internal/restart-warning), MNW_STRICT_MIGRATIONS=1 (refuse to
 //! start if the database has migrations this build does not know, like
-//! sqlx's default), MNW_SQLITE3 (sqlite3 CLI, default "sqlite3").
+//! sqlx's default), MNW_SQLITE3 (sqlite3 CLI, default "sqlite3"); fault knobs for
+//! tests: MNW_RESTART_WARNING_DELAY_MS (answer the restart warning that late) and
+//! MNW_RESTART_WARNING_STATUS (answer it with that HTTP status).
 
 use std::env;
 use std::io::{BufReader, Write};
@@ -55,6 +57,14 @@ fn bearer(req: &Request) -> Option<&str> {
 }
 
 fn restart_warning(cfg: &Config, req: &Request) -> (u16, String) {
+    // Fault knobs for tests: answer late, or with another status.
+    if let Some(ms) = env::var("MNW_RESTART_WARNING_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    if let Some(status) = env::var("MNW_RESTART_WARNING_STATUS").ok().and_then(|v| v.parse::<u16>().ok()) {
+        say(&format!("restart-warning: answering {status} (MNW_RESTART_WARNING_STATUS)"));
+        return (status, "{\"error\":\"forced by MNW_RESTART_WARNING_STATUS\"}\n".to_string());
+    }
     let authorized = match (&cfg.token, bearer(req)) {
         (Some(expected), Some(given)) => mnw::constant_time_eq(expected.as_bytes(), given.as_bytes()),
         _ => false,

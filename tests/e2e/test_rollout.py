@@ -1,0 +1,64 @@
+"""Issue 12's rolling rollouts on real-systemd nodes: batches in config order, each waiting for the
+previous one's health checks; a failed node stops the rollout with the later nodes untouched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import AppRepo, run_up
+
+REFUSE_V2 = ("mkdir -p /etc/systemd/system/makenotwork.service.d && printf '[Service]\\nExecStartPre=/bin/sh -c "
+             "\"readlink /opt/makenotwork/current | grep -qvx releases/v2\"\\n' > "
+             "/etc/systemd/system/makenotwork.service.d/refuse-v2.conf && systemctl daemon-reload")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    r = AppRepo(tmp_path_factory.mktemp("rollapp") / "makenotwork")
+    r.version("v2")
+    return r
+
+
+def test_a_failed_node_stops_the_rollout(make_nodes, make_deploy, repo):
+    token = "tok-" + os.urandom(8).hex()
+    nodes = make_nodes(4, token=token)
+    d = make_deploy(nodes, repo=repo, rollout={"batchSize": 1}, restartWarningSeconds=1)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)
+    node1, node2, node3, node4 = nodes
+    node2.exec("sh", "-c", REFUSE_V2)  # on node2, v2 cannot start (v1 can)
+    starts = {n.name: len(n.restart_times("makenotwork")) for n in nodes}
+    d.set(version="v2")
+    (error,) = d.errors(d.up_fails())
+    assert error.startswith("node2: v2 failed its health check (restart failed: ")
+    assert "v1 is live again. Rollout stopped: node3, node4 not switched (they keep their version)." in error
+    assert node1.served()["version"] == "v2"
+    for n in (node2, node3, node4):
+        assert n.served()["version"] == "v1"
+    for n in (node3, node4):  # untouched: no restart, no warning
+        assert len(n.restart_times("makenotwork")) == starts[n.name]
+        assert "restart-warning: received" not in n.journal("makenotwork").split("listening")[-1]
+        assert os.readlink(n.release_root / "current") == "releases/v1"
+    # batch order: node1 was healthy before node2 began
+    assert node2.restart_times("makenotwork")[starts["node2"]] > node1.restart_times("makenotwork")[-1]
+    out = d.outputs()["nodes"]  # the outputs say where each node stands (the last successful run)
+    assert {n: out[n]["batch"] for n in out} == {"node1": 0, "node2": 1, "node3": 2, "node4": 3}
+
+    node2.exec("sh", "-c", "rm -rf /etc/systemd/system/makenotwork.service.d && systemctl daemon-reload")
+    run_up(d)  # the fix: a re-run converges
+    for n in nodes:
+        assert n.served()["version"] == "v2"
+    out = d.outputs()["nodes"]
+    assert {out[n]["liveVersion"] for n in out} == {"v2"}
+
+
+def test_pause_between_batches(make_nodes, make_deploy, repo):
+    nodes = make_nodes(2)
+    d = make_deploy(nodes, repo=repo, rollout={"batchSize": 1, "pauseSeconds": 3})
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+    first, second = (n.restart_times("makenotwork")[-1] for n in nodes)
+    assert second - first >= 3.0

@@ -1,0 +1,167 @@
+"""sando's SSH transport against a real node's sshd: pinned host keys, one connection per node per
+run, few round trips, within sshd's MaxSessions, refused channel opens retried, an idempotent
+transfer retried once on a fresh connection."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sando_components import ssh
+from tests.support import AppRepo, run_up
+
+
+def conn(node, **change) -> ssh.Conn:
+    c = dict(host=node.host, port=node.port, user=node.user, host_key=node.hostKey, insecure=False,
+             private_key=Path(node.privateKeyPath).read_text())
+    c.update(change)
+    return ssh.Conn(**c)
+
+
+def sshd_verbose(node) -> None:
+    """Log every session sshd starts (LogLevel VERBOSE: "Starting session: command ...")."""
+    node.exec("sh", "-c", "echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/verbose.conf && systemctl reload ssh")
+
+
+def sshd_since(node, since: float) -> str:
+    return node.exec("journalctl", "-u", "ssh", "--no-pager", "-o", "cat", f"--since=@{since:.0f}").stdout
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    ssh._pool.clear()
+    ssh._connects.clear()
+    ssh._execs.clear()
+    yield
+    for entry in list(ssh._pool.values()):
+        entry.client.close()
+    ssh._pool.clear()
+
+
+def test_a_wrong_host_key_is_refused(make_nodes, tmp_path):
+    (node,) = make_nodes(1)
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPcGKl1j3m9c0bq1pvS8Kq0jXaLm9j6sVn0x0ZB2vZyT"
+    with pytest.raises(ssh.RemoteError, match="does not match the one pinned in sando:nodes"):
+        ssh.run(conn(node, host_key=other), "true")
+    assert ssh.run(conn(node), "hostname").out.strip() == node.name
+
+
+def test_a_wrong_host_key_fails_the_deploy_before_any_change(make_nodes, make_deploy):
+    (node,) = make_nodes(1)
+    d = make_deploy([node])
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPcGKl1j3m9c0bq1pvS8Kq0jXaLm9j6sVn0x0ZB2vZyT"
+    d.set(nodes=[node.config() | {"hostKey": other}])
+    errors = d.errors(d.up_fails())
+    assert errors and all("host key does not match the one pinned in sando:nodes[].hostKey" in e for e in errors)
+    assert not (node.release_root / "releases").exists()
+    assert not node.path("/etc/systemd/system/makenotwork.service").exists()
+
+
+def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_nodes):
+    (node,) = make_nodes(1)
+    sshd_verbose(node)
+    since = time.time() - 1
+    c = conn(node)
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            ssh.run(c, f"cat > /tmp/sando-{i}", stdin=f"file {i}\n".encode())
+            assert ssh.run(c, f"cat /tmp/sando-{i}").out == f"file {i}\n"
+        except Exception as exc:  # collected: a thread's assert would be lost
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    log = sshd_since(node, since)
+    assert len(re.findall(r"Accepted publickey", log)) == 1  # one connection for all 120 commands
+    assert "Disconnecting" not in log and "bad id" not in log
+    assert ssh.stats()[f"{node.host}:{node.port}"] == {"connections": 1, "execs": 120}
+
+
+def test_refused_channel_opens_are_retried(make_nodes):
+    """sshd allows only 2 sessions per connection here; sando opens up to 6 at once: the refused
+    opens are retried until a channel frees up."""
+    (node,) = make_nodes(1)
+    node.exec("sh", "-c", "echo 'MaxSessions 2' > /etc/ssh/sshd_config.d/max.conf && systemctl reload ssh")
+    c = conn(node)
+    errors: list[str] = []
+
+    def work() -> None:
+        try:
+            ssh.run(c, "sleep 0.3")
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_an_idempotent_transfer_is_retried_once_on_a_fresh_connection(make_nodes):
+    (node,) = make_nodes(1)
+    c = conn(node)
+    ssh.run(c, "true")  # the pooled connection is up
+    attempts = []
+
+    def stream():
+        attempts.append(1)
+        yield b"a" * 100_000
+        if len(attempts) == 1:  # the first attempt loses its connection mid-transfer
+            node.exec("pkill", "-KILL", "-f", "sshd: root@notty")
+            time.sleep(0.5)
+        yield b"b" * 100_000
+
+    res = ssh.run(c, "wc -c", stdin=stream, retry=True)
+    assert res.out.strip() == "200000" and len(attempts) == 2
+    assert ssh.stats()[f"{node.host}:{node.port}"]["connections"] == 2
+
+    def broken():
+        yield b"x" * 100_000
+        node.exec("pkill", "-KILL", "-f", "sshd: root@notty")
+        time.sleep(0.5)
+        yield b"y" * 100_000
+
+    with pytest.raises(ssh.RemoteError, match="the connection failed"):  # not idempotent: not retried
+        ssh.run(c, "cat > /dev/null", stdin=broken)
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory):
+    r = AppRepo(tmp_path_factory.mktemp("sshapp") / "makenotwork")
+    r.version("v2")
+    return r
+
+
+def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, two_versions):
+    """A bump opens one connection and at most 4 sessions per node; a no-op makes one (the read of
+    what the node holds, which drift detection needs)."""
+    (node,) = make_nodes(1)
+    sshd_verbose(node)
+    d = make_deploy([node], repo=two_versions)
+    run_up(d)
+    d.set(version="v2")
+    since = time.time()
+    time.sleep(1.1)
+    run_up(d)
+    log = sshd_since(node, since)
+    assert len(re.findall(r"Accepted publickey", log)) == 1, log
+    assert len(re.findall(r"Starting session: command", log)) <= 4, log
+    time.sleep(1.1)
+    since = time.time()
+    time.sleep(1.1)
+    _, changed = run_up(d)
+    assert changed == {}
+    log = sshd_since(node, since)
+    assert len(re.findall(r"Starting session: command", log)) == 1, log
