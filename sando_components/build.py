@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .config import ConfigError
-from .errors import OperatorError
+from .errors import ConfigError, OperatorError
 
 BIN_MODE = 0o755
 FILE_MODE = 0o644

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from .errors import OperatorError
+from .errors import ConfigError
 
 NAMESPACE = "sando"
 
@@ -31,10 +31,6 @@ HOSTKEY_TYPES = {
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 BOOTSTRAP_ITEMS = ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup")
-
-
-class ConfigError(OperatorError, ValueError):
-    """Bad stack configuration; the message names the config key."""
 
 
 class _Model(BaseModel):

@@ -8,3 +8,7 @@ without a Python traceback, unless SANDO_DEBUG=1 asks for one.
 
 class OperatorError(Exception):
     pass
+
+
+class ConfigError(OperatorError, ValueError):
+    """Bad stack configuration; the message names the config key."""

@@ -13,9 +13,6 @@ import logging
 import re
 from dataclasses import dataclass
 
-import sqlglot
-from sqlglot import exp
-
 from . import build
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -30,7 +27,9 @@ class Migration:
     destructive: bool
 
 
-def _statement_drops(stmt: exp.Expression) -> bool:
+def _statement_drops(stmt) -> bool:
+    from sqlglot import exp
+
     if isinstance(stmt, exp.Drop):
         return str(stmt.args.get("kind") or "").upper() == "TABLE"
     if isinstance(stmt, exp.Alter):
@@ -43,6 +42,8 @@ def _statement_drops(stmt: exp.Expression) -> bool:
 
 def is_destructive(sql: str) -> bool:
     """Whether the SQL drops a table or a column."""
+    import sqlglot  # only programs whose release has migrations pay for the parser
+
     try:
         statements = sqlglot.parse(sql, read="sqlite")
     except sqlglot.errors.SqlglotError:

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import paramiko
-
 from .errors import OperatorError
+
+# paramiko is imported where it is used: the program process only declares resources and
+# never connects, so it does not pay for loading it.
 
 CONNECT_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 600.0
@@ -64,6 +65,8 @@ class Result:
 
 
 def _load_private_key(text: str) -> paramiko.PKey:
+    import paramiko
+
     errors = []
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
@@ -79,6 +82,8 @@ def _host_key_name(host: str, port: int) -> str:
 
 
 def _connect(conn: Conn) -> paramiko.SSHClient:
+    import paramiko
+
     client = paramiko.SSHClient()
     if conn.host_key:
         kind, data = conn.host_key.split()[:2]
@@ -163,6 +168,8 @@ def _forget_if_dead(conn: Conn) -> bool:
 def _refused_open(exc: Exception) -> bool:
     """The server refused a channel open (paramiko reports it as ChannelException, or, when
     several threads open at once, as a bare "Unable to open channel.")."""
+    import paramiko
+
     return isinstance(exc, paramiko.ChannelException) or str(exc) == "Unable to open channel."
 
 
@@ -172,6 +179,8 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
     A refused channel open (nothing started yet) is retried with backoff. A dead connection
     is forgotten (the next call reopens it); idempotent work (retry=True) is tried once more
     after any transport failure."""
+    import paramiko
+
     reconnected, refused = False, 0  # reconnected: the one extra try of idempotent work is used
     while True:
         entry = _pooled(conn)
@@ -205,6 +214,8 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     never sits in memory whole; a callable can be replayed when `retry` is set). Only
     idempotent work may set `retry`: it is then run once more on a fresh connection after a
     transport failure. Otherwise a connection lost mid-command is an error."""
+    import paramiko
+
     sent = 0
 
     def execute(client: paramiko.SSHClient) -> tuple[int, bytes, bytes]:
