@@ -22,10 +22,15 @@ PYHOST_SDK_VERSION=v3.68.0
 VERSION_PKG=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
 
 # --- 1. Debian packages -------------------------------------------------------
+# The test nodes (scripts/testnodes) boot this machine's own root file system with
+# systemd, so what runs on a node is installed here: sshd, caddy, cron, plus the
+# tools to build the nodes (iproute2 for veths and netns; util-linux's unshare,
+# nsenter, setpriv are essential packages) and what deploys use on a node (zstd).
 # postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
 # postgres:// state backend (README "Several operators"); Debian's own `main`
 # cluster on port 5432 is left alone.
-apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps postgresql postgresql-client)
+apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps
+  systemd dbus libpam-systemd cron iproute2 rsync zstd postgresql postgresql-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

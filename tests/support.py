@@ -42,6 +42,15 @@ def engine_env(base: Path) -> dict[str, str]:
 
 # --- test nodes ------------------------------------------------------------------
 
+TESTNODES = REPO / "scripts" / "testnodes"
+# systemd's catalog ids (sd-messages.h) of the job messages PID 1 logs for a unit
+UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"    # "Started X." / "Finished X."
+UNIT_STOPPED = "9d1aaa27d60140bd96365438aad20286"    # "Stopped X." (JOB_TYPE stop or restart)
+UNIT_RELOADING = "d34d037fff1847e6ae669a370e694725"  # "Reloading X..."
+READY_TAG = "sando-testnodes"  # `scripts/testnodes start` logs "<node> ready" under it once the node is up
+# units whose jobs unit_events() leaves out: the login machinery every ssh session starts/stops
+LOGIN_UNITS = ("user@", "user-runtime-dir@")
+
 
 @dataclass
 class Node:
@@ -55,24 +64,85 @@ class Node:
     appUrl: str
     caddyUrl: str
     serviceToken: str
+    fsPath: str
+    pid: int
+    state_dir: str = ""  # set by TestNodes: `scripts/testnodes exec` needs it
 
     def config(self) -> dict:
+        """The node as a sando stack lists it (root and appUrl: sando's prod defaults are right)."""
         return {"name": self.name, "host": self.host, "port": self.port, "user": self.user,
-                "hostKey": self.hostKey, "root": self.root, "appUrl": self.appUrl.rstrip("/")}
+                "hostKey": self.hostKey}
 
     def path(self, logical: str) -> Path:
-        return Path(self.root + logical)
+        """A node path as the host sees it (through the node's overlay)."""
+        return Path(self.fsPath) / logical.lstrip("/")
 
     @property
     def release_root(self) -> Path:
         return self.path("/opt/makenotwork")
 
-    def systemctl_log(self) -> list[tuple[str, str]]:
-        log = self.path("/var/log/systemctl.log")
-        if not log.exists():
-            return []
-        return [tuple(line.split()[1:3]) for line in log.read_text().splitlines() if line.strip()]
+    # inside the node -----------------------------------------------------------------
+    def exec(self, *cmd: str, input: str | None = None, timeout: float = 60,
+             check: bool = False) -> subprocess.CompletedProcess:
+        """Run cmd as root inside the node (scripts/testnodes exec)."""
+        res = subprocess.run([str(TESTNODES), "exec", self.name, "--state-dir", self.state_dir, "--", *cmd],
+                             input=input, capture_output=True, text=True, timeout=timeout,
+                             stdin=None if input is not None else subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{self.name}: {' '.join(cmd)} exited {res.returncode}: {res.stderr.strip()}")
+        return res
 
+    def journal(self, unit: str | None = None) -> str:
+        """The node's journal (of one unit, or all of it) as text."""
+        args = ["journalctl", "--no-pager", "-o", "short-precise"] + (["-u", unit] if unit else [])
+        return self.exec(*args, check=True).stdout
+
+    def _pid1_entries(self) -> list[dict]:
+        """PID 1's journal entries since the node was ready (everything before is the boot)."""
+        out = self.exec("sh", "-c", "journalctl --sync && journalctl -o json --no-pager "
+                        f"_PID=1 + SYSLOG_IDENTIFIER={READY_TAG}", check=True).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        ready = [k for k, e in enumerate(entries) if e.get("SYSLOG_IDENTIFIER") == READY_TAG]
+        return [e for e in entries[ready[-1] + 1 if ready else 0:] if e.get("_PID") == "1"]
+
+    def unit_events(self) -> list[tuple[str, str]]:
+        """What systemd did since the node was ready, in order, from PID 1's journal:
+        ("daemon-reload", "-") per "Reloading."; ("reload", u) per "Reloading u.service...";
+        ("restart", u) per "Stopped u.service." of a restart job (its "Started" is not
+        counted again); ("start", u) per other "Started u.service."; ("stop", u) per
+        "Stopped u.service." of a stop job. Service units only, named without ".service";
+        the login machinery (user@0, user-runtime-dir@0) is left out."""
+        events: list[tuple[str, str]] = []
+        restarting: set[str] = set()
+        for e in self._pid1_entries():
+            if e.get("MESSAGE") == "Reloading.":
+                events.append(("daemon-reload", "-"))
+                continue
+            unit = e.get("UNIT", "")
+            if not unit.endswith(".service") or unit.startswith(LOGIN_UNITS):
+                continue
+            name, msg, job = unit[: -len(".service")], e.get("MESSAGE_ID"), e.get("JOB_TYPE")
+            if msg == UNIT_RELOADING:
+                events.append(("reload", name))
+            elif msg == UNIT_STOPPED and job == "restart":
+                events.append(("restart", name))
+                restarting.add(name)
+            elif msg == UNIT_STOPPED:
+                events.append(("stop", name))
+            elif msg == UNIT_STARTED and e.get("JOB_RESULT") == "done":
+                if name in restarting:
+                    restarting.discard(name)
+                else:
+                    events.append(("start", name))
+        return events
+
+    def restart_times(self, unit: str = "makenotwork") -> list[float]:
+        """Epoch seconds of every start of the unit since the node was ready ("Started ...")."""
+        return [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in self._pid1_entries()
+                if e.get("UNIT") == f"{unit}.service" and e.get("MESSAGE_ID") == UNIT_STARTED
+                and e.get("JOB_RESULT") == "done"]
+
+    # from the host ---------------------------------------------------------------------
     def served(self, url: str | None = None, timeout: float = 5) -> dict:
         with urllib.request.urlopen(url or self.appUrl, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -89,6 +159,7 @@ class TestNodes:
     """`scripts/testnodes start N` in a private state dir; stop() removes everything."""
 
     _next_offset = int(os.environ.get("SANDO_TESTNODES_OFFSET", "10"))
+    MAX_N = 250  # scripts/testnodes: node number offset+i <= 250
 
     def __init__(self, count: int, state_dir: Path, token: str | None = None):
         self.state_dir = state_dir
@@ -96,33 +167,38 @@ class TestNodes:
         if token:
             env["SANDO_TESTNODES_SERVICE_TOKEN"] = token
         last = None
-        for _ in range(30):  # addresses/users of another set (a demo, a bench) may be busy: shift
+        for _ in range(30):  # subnets of another set (a demo, a bench, another test) may be busy: shift
+            if TestNodes._next_offset + count > self.MAX_N:
+                TestNodes._next_offset = 10
             offset = TestNodes._next_offset
             TestNodes._next_offset += count
-            if TestNodes._next_offset + count > 99:
-                TestNodes._next_offset = 10
-            res = subprocess.run([str(REPO / "scripts" / "testnodes"), "start", str(count), "--state-dir",
-                                  str(state_dir), "--offset", str(offset)], capture_output=True, text=True, env=env)
+            res = subprocess.run([str(TESTNODES), "start", str(count), "--state-dir", str(state_dir),
+                                  "--offset", str(offset)], capture_output=True, text=True, env=env)
             if res.returncode == 0:
-                self.nodes = [Node(**n) for n in json.loads(res.stdout)]
+                self.nodes = [Node(**n, state_dir=str(state_dir)) for n in json.loads(res.stdout)]
                 return
             last = res.stderr
+            if "already in use" not in res.stderr:
+                break
         raise RuntimeError(f"testnodes start failed: {last}")
 
     def share_key(self) -> None:
         """Let node1's client key into every node: a stack has one sando:sshPrivateKey."""
-        pub = (Path(self.nodes[0].privateKeyPath).parent / "id_ed25519.pub").read_text()
+        pub = Path(self.nodes[0].privateKeyPath + ".pub").read_text()
         for n in self.nodes[1:]:
-            with open(Path(n.privateKeyPath).parent / "authorized_keys", "a") as fh:
+            with open(n.path("/root/.ssh/authorized_keys"), "a") as fh:
                 fh.write(pub)
 
     def stop(self) -> None:
         if os.environ.get("SANDO_TEST_KEEP_NODES"):  # debugging: leave them for a look
             return
-        for log in self.state_dir.glob("node*/sshd.log"):  # keep the sshd logs beside the state dir
-            shutil.copy(log, self.state_dir.parent / f"{self.state_dir.name}-{log.parent.name}-sshd.log")
-        subprocess.run([str(REPO / "scripts" / "testnodes"), "stop", "--state-dir", str(self.state_dir)],
-                       capture_output=True, text=True)
+        for n in self.nodes:  # keep each node's journal beside the state dir
+            with contextlib.suppress(Exception):
+                (self.state_dir.parent / f"{self.state_dir.name}-{n.name}-journal.log").write_text(n.journal())
+        res = subprocess.run([str(TESTNODES), "stop", "--state-dir", str(self.state_dir)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"testnodes stop failed (exit {res.returncode}): {res.stderr.strip()}")
 
 
 # --- the stand-in app as a git repository ------------------------------------------------
