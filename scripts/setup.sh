@@ -4,6 +4,7 @@
 #   - Debian packages the tests need (when root; otherwise says what is missing),
 #     including PostgreSQL (server + client) for the team backend's tests
 #   - the Pulumi engine built from pinned Go modules into .tools/bin
+#   - toxiproxy (WAN emulation for make bench) built the same way into .tools/bin
 #   - .venv with the pinned Python packages (requirements.txt)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,12 +21,14 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 PULUMI_VERSION=v3.274.1
 PYHOST_SDK_VERSION=v3.68.0
 VERSION_PKG=github.com/pulumi/pulumi/sdk/v3/go/common/version.Version
+# toxiproxy is pinned in engine/toxiproxy/go.mod; the -X stamp names the same version.
+TOXIPROXY_VERSION=v2.5.0
 
 # --- 1. Debian packages -------------------------------------------------------
 # The test nodes (scripts/testnodes) boot this machine's own root file system with
 # systemd, so what runs on a node is installed here: sshd, caddy, cron, plus the
 # tools to build the nodes (iproute2 for veths and netns; util-linux's unshare,
-# nsenter, setpriv are essential packages) and what deploys use on a node (zstd).
+# nsenter, setpriv are essential packages) and what deploys use on a node (zstd; rsync for make bench's baseline).
 # postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
 # postgres:// state backend (README "Several operators"); Debian's own `main`
 # cluster on port 5432 is left alone.
@@ -77,6 +80,14 @@ install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-la
 # Our two small launchers (virtualenv hand-off), see engine/bin/.
 install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"
 
+# --- 2b. toxiproxy (bench only: a TCP proxy adding latency/bandwidth/faults) ------------
+# Same scheme as the engine: a wrapper module (engine/toxiproxy) pins the version, the
+# stamp skips a warm re-run. tests/toxiproxy.py starts the server on loopback.
+build toxiproxy-server engine/toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server \
+  "github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION" "$bin/toxiproxy-server"
+build toxiproxy-cli engine/toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli \
+  "github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION" "$bin/toxiproxy-cli"
+
 # --- 3. Python virtualenv --------------------------------------------------------
 want=$(RECIPE=venv stamp_of requirements.txt)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$tools/stamps/venv" 2>/dev/null)" != "$want" ]; then
@@ -89,5 +100,7 @@ fi
 # --- 4. check ----------------------------------------------------------------------
 got=$("$bin/pulumi" version)
 [ "$got" = "$PULUMI_VERSION" ] || { say "pulumi version is '$got', expected $PULUMI_VERSION"; exit 1; }
+tp=$("$bin/toxiproxy-server" -version)
+[ "$tp" = "toxiproxy-server version $TOXIPROXY_VERSION" ] || { say "toxiproxy-server says '$tp', expected $TOXIPROXY_VERSION"; exit 1; }
 command -v cargo >/dev/null || say "warning: cargo not found; the stand-in app (examples/makenotwork) needs Rust"
 say "ready in $(($(date +%s) - start))s: $bin/pulumi $got, .venv ($(.venv/bin/python -c 'import importlib.metadata as m; print("pulumi", m.version("pulumi"))'))"
