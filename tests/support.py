@@ -324,7 +324,7 @@ class Deploy:
         try:
             self.stack.up(on_output=self.log.append, color="never", **kw)
         except auto.CommandError as err:
-            return "".join(self.log) + str(err)
+            return "\n".join(self.log) + "\n" + str(err)
         raise AssertionError("pulumi up succeeded but was expected to fail:\n" + "".join(self.log))
 
     def errors(self, text: str) -> list[str]:
@@ -363,6 +363,7 @@ def run_preview(d: Deploy, **kw):
 
 
 def wait_for(fn, timeout: float = 10, interval: float = 0.1):
+    """fn()'s first truthy value; raises (fn's error, or AssertionError) once `timeout` passed."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -373,7 +374,7 @@ def wait_for(fn, timeout: float = 10, interval: float = 0.1):
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:
-            return fn()
+            raise AssertionError(f"not true within {timeout}s: {getattr(fn, '__name__', fn)}")
         time.sleep(interval)
 
 

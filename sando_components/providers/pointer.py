@@ -227,8 +227,11 @@ class VerdictProvider(ResourceProvider):
         return CreateResult(id_="verdict", outs=public(props))
 
     def diff(self, _id, olds, news):
-        failing = any(not (o or {}).get("ok", True) for o in news.get("outcomes") or [])
-        return DiffResult(changes=failing or olds.get("outcomes") != news.get("outcomes"), replaces=[])
+        outcomes = news.get("outcomes")
+        known = isinstance(outcomes, list) and all(isinstance(o, dict) for o in outcomes)  # preview: unknowns
+        failing = known and any(not o.get("ok", True) for o in outcomes)
+        # unknown in a preview: nothing to say yet (in an update the pointers' outcomes are known by now)
+        return DiffResult(changes=known and (failing or olds.get("outcomes") != outcomes), replaces=[])
 
     def update(self, _id, olds, news):
         self._check(news)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.support import AppRepo, run_preview, run_up
+from tests.support import AppRepo, run_preview, run_up, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_plain_up_puts_back_a_hand_moved_current(make_nodes, make_deploy, repo):
     os.symlink("releases/v1", tmp)
     os.replace(tmp, link)  # someone switched back by hand
     node.exec("systemctl", "restart", "makenotwork")
-    assert node.served()["version"] == "v1"
+    wait_for(lambda: node.served()["version"] == "v1")
     _, planned = run_preview(d)  # no --refresh: a plain preview sees it
     assert planned == {"node1-current-switch": "update"}
     _, changed = run_up(d)
