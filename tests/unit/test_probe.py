@@ -38,7 +38,7 @@ def test_empty_root(node):
     assert (state.live, state.previous, state.releases, state.foreign) == (None, None, {}, ())
     assert state.zstd is True
     assert state.active is False and res.get("active") == "inactive"
-    assert abs(state.free_kib - free_kib(node.root)) <= max(1024, free_kib(node.root) // 100)
+    assert abs(state.free_kib - free_kib(node.root)) <= max(64 * 1024, free_kib(node.root) // 20)
 
 
 def test_missing_root(node):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import time
 from types import SimpleNamespace
-from dataclasses import replace
 
 import pytest
 

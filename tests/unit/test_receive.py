@@ -5,13 +5,13 @@ Then ReleaseProvider end to end against that node (ssh.run runs the scripts loca
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import stat
-import tarfile
 import io
+import json
+import random
+import shutil
+import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -300,6 +300,5 @@ def test_release_provider_diff_sees_a_release_removed_on_the_node(provider_node,
     outs = ReleaseProvider().create(props).outs
     assert ReleaseProvider().diff("id", outs, props).changes is False
     base._states.clear()
-    import shutil
     shutil.rmtree(node.root / "releases" / "v1")
     assert ReleaseProvider().diff("id", outs, props).changes is True
