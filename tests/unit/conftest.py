@@ -41,3 +41,18 @@ def ed25519_key():
     public = key.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH).decode()
     private = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()).decode()
     return public, private
+
+
+@pytest.fixture
+def provider_node(tmp_path, monkeypatch):
+    """A FakeNode that sando's providers reach through ssh.run, run locally (no SSH); the
+    providers' per-process cache of what nodes hold starts empty."""
+    from fakenode import FakeNode
+
+    from sando_components import ssh
+    from sando_components.providers import base
+
+    node = FakeNode(tmp_path / "node")
+    monkeypatch.setattr(ssh, "run", node.ssh_run)
+    monkeypatch.setattr(base, "_states", {})
+    return node

@@ -1,35 +1,45 @@
-"""sando_components/build.py with a tiny local git repo: ref resolution, tree checks, the cached build."""
+"""sando_components/build.py with small local git repos: ref resolution, tree checks, and the
+incremental build in one shared worktree per repo, at exactly the pinned commit, cached per commit,
+every artifact filed in the object store by sha256. The cache root is SANDO_CACHE_DIR (conftest
+points it into tmp_path)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 from sando_components import build
+from sando_components.build import BuildError
 from sando_components.config import ConfigError
+from sando_components.errors import OperatorError
 
+from fakenode import sha
 from unit_helpers import commit_all, git, init_repo
 
-BUILD = "mkdir -p out && printf a > out/makenotwork && printf b > out/mnw-admin && echo run >> {counter}"
 BINS = ["makenotwork", "mnw-admin"]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# Builds into out/bin (binDir; out/ is the build output dir kept between builds). Logs one line per
+# build to $LOG: the build tree, whether out/ still held the previous build's state file, whether
+# the stray file a build leaves outside out/ was still there, and the README it saw.
+BUILD = ("mkdir -p out/bin && "
+         "{ printf '%s ' \"$PWD\"; [ -f out/state ] && printf 'incremental ' || printf 'clean '; "
+         "[ -f stray ] && printf 'stray ' || printf 'no-stray '; cat README; } >> {log} && "
+         "echo built > out/state && touch stray && echo scribble >> README && "
+         "cp README out/bin/makenotwork && printf b > out/bin/mnw-admin")
 
 
 @pytest.fixture
 def repo(tmp_path) -> dict:
-    """A repo with two commits: tag v1 (lightweight), tag v1-annotated, branch main ahead at v2."""
+    """Commits c1 (tag v1, annotated tag v1-annotated) and c2 (main) of a server repo."""
     path = init_repo(tmp_path / "server repo")  # a space in the path on purpose
     pages = path / "deploy" / "error-pages"
-    pages.mkdir(parents=True)
+    (pages / "sub").mkdir(parents=True)
     (pages / "404.html").write_text("<h1>404</h1>")
-    (pages / "502.html").write_text("<h1>502</h1>")
-    (path / "README").write_text("server\n")
+    (pages / "sub" / "502.html").write_text("<h1>502</h1>")
+    (path / "README").write_text("server 1\n")
     c1 = commit_all(path, "one")
     git(path, "tag", "v1")
     git(path, "tag", "-a", "-m", "annotated", "v1-annotated")
@@ -39,20 +49,20 @@ def repo(tmp_path) -> dict:
 
 
 @pytest.fixture
-def counter(tmp_path) -> Path:
-    return tmp_path / "build-runs"
+def log(tmp_path) -> Path:
+    return tmp_path / "build-log"
 
 
-def runs(counter: Path) -> int:
-    return len(counter.read_text().splitlines()) if counter.exists() else 0
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
 
 
-def built(repo, commit, counter, tmp_path, bins=BINS, command=None, cache="cache"):
-    return build.ensure_built(str(repo["path"]), commit, command or BUILD.format(counter=counter), "out",
-                              "deploy/error-pages", list(bins), str(tmp_path / cache))
+def built(repo, commit, log, bins=BINS, command=None, bin_dir="out/bin"):
+    return build.ensure_built(str(repo["path"]), commit, command or BUILD.replace("{log}", str(log)), bin_dir,
+                              "deploy/error-pages", list(bins))
 
 
-# --- resolve_commit / check_tree ----------------------------------------------------------------
+# --- resolve_commit / check_tree / read_tree -----------------------------------------------------
 
 
 def test_resolve_commit_tag_branch_sha(repo):
@@ -68,8 +78,7 @@ def test_resolve_commit_tag_branch_sha(repo):
 def test_resolve_commit_unknown_ref(repo, ref):
     with pytest.raises(ConfigError) as exc:
         build.resolve_commit(str(repo["path"]), ref)
-    assert str(exc.value).startswith("sando:version: ")
-    assert ref in str(exc.value)
+    assert str(exc.value) == f"sando:version: {ref!r} is not a branch, tag or commit of {repo['path']}"
 
 
 def test_resolve_commit_tree_object_is_not_a_commit(repo):
@@ -78,14 +87,11 @@ def test_resolve_commit_tree_object_is_not_a_commit(repo):
         build.resolve_commit(str(repo["path"]), tree)
 
 
-def test_resolve_commit_not_a_repo(tmp_path):
+def test_resolve_commit_not_a_repo_or_missing(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(ConfigError, match=r"^sando:source\.repo: .*not a git repository"):
         build.resolve_commit(str(plain), "v1")
-
-
-def test_resolve_commit_missing_dir(tmp_path):
     with pytest.raises(ConfigError, match=r"^sando:source\.repo: .*not a directory"):
         build.resolve_commit(str(tmp_path / "nowhere"), "v1")
 
@@ -93,7 +99,8 @@ def test_resolve_commit_missing_dir(tmp_path):
 def test_check_tree(repo):
     p = str(repo["path"])
     build.check_tree(p, repo["c1"], "deploy/error-pages", "source.errorPagesDir")  # no error
-    with pytest.raises(ConfigError, match=r"^sando:source\.errorPagesDir: 'missing' is not a directory"):
+    with pytest.raises(ConfigError, match=r"^sando:source\.errorPagesDir: 'missing' is not a directory at commit "
+                                          + repo["c1"][:12] + "$"):
         build.check_tree(p, repo["c1"], "missing", "source.errorPagesDir")
     with pytest.raises(ConfigError, match=r"^sando:source\.errorPagesDir: 'README'"):
         build.check_tree(p, repo["c1"], "README", "source.errorPagesDir")  # a file, not a dir
@@ -108,88 +115,132 @@ def test_check_tree_is_per_commit(repo):
         build.check_tree(str(repo["path"]), repo["c1"], "later", "k")
 
 
-# --- ensure_built ------------------------------------------------------------------------------
+def test_read_tree(repo):
+    files = build.read_tree(str(repo["path"]), repo["c1"], "deploy/error-pages")
+    assert set(files) == {"404.html", "sub"} and files["404.html"] == "<h1>404</h1>"
+    (repo["path"] / "deploy" / "error-pages" / "404.html").write_text("not committed")
+    assert build.read_tree(str(repo["path"]), repo["c2"], "deploy/error-pages")["404.html"] == "<h1>404</h1>"
+    assert build.read_tree(str(repo["path"]), repo["c1"], "nope") == {}
 
 
-def test_ensure_built_files_digests_and_modes(repo, counter, tmp_path):
-    art = built(repo, repo["c1"], counter, tmp_path)
-    assert runs(counter) == 1
+# --- ensure_built ----------------------------------------------------------------------------------
+
+
+def test_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("SANDO_CACHE_DIR", str(tmp_path / "env"))
+    assert build.cache_root() == tmp_path / "env"
+    monkeypatch.delenv("SANDO_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build.cache_root() == tmp_path / "xdg" / "sando"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert build.cache_root() == tmp_path / "home" / ".cache" / "sando"
+
+
+def test_files_digests_modes_and_object_store(repo, log):
+    art = built(repo, repo["c1"], log)
+    made = b"server 1\nscribble\n"
     assert art.files == (
-        ("makenotwork", sha(b"a"), 0o755),
+        ("makenotwork", sha(made), 0o755),
         ("mnw-admin", sha(b"b"), 0o755),
         ("error-pages/404.html", sha(b"<h1>404</h1>"), 0o644),
-        ("error-pages/502.html", sha(b"<h1>502</h1>"), 0o644),
+        ("error-pages/sub/502.html", sha(b"<h1>502</h1>"), 0o644),
     )
     root = Path(art.root)
-    assert (root / "makenotwork").read_bytes() == b"a"
-    assert (root / "mnw-admin").read_bytes() == b"b"
-    assert (root / "error-pages" / "502.html").read_text() == "<h1>502</h1>"
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(
-        rel for rel, _, _ in art.files)
+    assert root == build.cache_root() / "builds" / repo["c1"] / "artifacts"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(r for r, _, _ in art.files)
+    for rel, digest, mode in art.files:
+        data = (root / rel).read_bytes()
+        assert sha(data) == digest and (root / rel).stat().st_mode & 0o777 == mode, rel
+        assert build.object_path(digest).read_bytes() == data, rel  # filed by sha256
     assert art.sums() == "".join(f"{d}  {rel}\n" for rel, d, _ in art.files)
-    assert art.bin_sha256(BINS) == {"makenotwork": sha(b"a"), "mnw-admin": sha(b"b")}
+    assert art.size("makenotwork") == len(made)
 
 
-def test_build_runs_in_a_worktree_of_the_commit(repo, counter, tmp_path):
-    cmd = BUILD.format(counter=counter) + " && cp README out/makenotwork"
-    art = built(repo, repo["c1"], counter, tmp_path, command=cmd)
-    assert Path(art.root, "makenotwork").read_text() == "server\n"  # v1's README, not the working tree's
-    assert not (repo["path"] / "out").exists()  # the developer's working tree is untouched
+def test_builds_are_incremental_in_one_shared_tree(repo, log):
+    built(repo, repo["c1"], log)
+    built(repo, repo["c2"], log)
+    (first, second) = lines(log)
+    tree1, tree2 = first.split()[0], second.split()[0]
+    assert tree1 == tree2 and tree1.startswith(str(build.cache_root() / "trees"))
+    assert first.split()[1:] == ["clean", "no-stray", "server", "1"]
+    # out/ (the output dir, parent of binDir) survived; the stray file outside it and the
+    # scribble on a tracked file did not: the tree is exactly commit c2
+    assert second.split()[1:] == ["incremental", "no-stray", "server", "2"]
 
 
-def test_second_call_reuses_the_cache(repo, counter, tmp_path):
-    first = built(repo, repo["c1"], counter, tmp_path)
-    second = built(repo, repo["c1"], counter, tmp_path)
-    assert runs(counter) == 1
-    assert second == first
+def test_build_is_of_the_pinned_commit_never_the_working_tree(repo, log):
+    (repo["path"] / "README").write_text("uncommitted edit\n")
+    (repo["path"] / "untracked.txt").write_text("operator's file")
+    art = built(repo, repo["c1"], log)
+    assert Path(art.root, "makenotwork").read_text() == "server 1\nscribble\n"
+    assert not (repo["path"] / "out").exists()  # the operator's working tree is untouched
+    assert (repo["path"] / "README").read_text() == "uncommitted edit\n"
+    assert (repo["path"] / "untracked.txt").exists()
 
 
-def test_each_commit_is_built_once(repo, counter, tmp_path):
-    built(repo, repo["c1"], counter, tmp_path)
-    built(repo, repo["c2"], counter, tmp_path)
-    built(repo, repo["c1"], counter, tmp_path)
-    built(repo, repo["c2"], counter, tmp_path)
-    assert runs(counter) == 2
+def test_each_commit_is_built_once(repo, log):
+    first = built(repo, repo["c1"], log)
+    assert built(repo, repo["c1"], log) == first
+    built(repo, repo["c2"], log)
+    built(repo, repo["c1"], log)
+    built(repo, repo["c2"], log)
+    assert len(lines(log)) == 2
 
 
-def test_cache_dir_from_env(repo, counter, tmp_path, monkeypatch):
-    monkeypatch.setenv("SANDO_CACHE_DIR", str(tmp_path / "envcache"))
-    assert build.default_cache_dir() == str(tmp_path / "envcache" / "builds")
-    art = build.ensure_built(str(repo["path"]), repo["c1"], BUILD.format(counter=counter), "out",
-                             "deploy/error-pages", BINS)
-    assert art.root.startswith(str(tmp_path / "envcache" / "builds" / repo["c1"]))
+def test_changed_build_settings_rebuild(repo, log):
+    built(repo, repo["c1"], log)
+    art = built(repo, repo["c1"], log, bins=["makenotwork"])
+    assert len(lines(log)) == 2
+    assert [rel for rel, _, _ in art.files] == ["makenotwork", "error-pages/404.html", "error-pages/sub/502.html"]
 
 
-def test_missing_binary_names_bin_names(repo, counter, tmp_path):
-    with pytest.raises(RuntimeError) as exc:
-        built(repo, repo["c1"], counter, tmp_path, bins=["makenotwork", "nope"])
-    assert "sando:binNames" in str(exc.value) and "'nope'" in str(exc.value)
-
-
-def test_failing_build_reports_log_tail(repo, counter, tmp_path):
-    cmd = "for i in $(seq 1 30); do echo line-$i; done; echo boom-on-stderr >&2; exit 3"
-    with pytest.raises(RuntimeError) as exc:
-        built(repo, repo["c1"], counter, tmp_path, command=cmd)
-    msg = str(exc.value)
-    assert "exited 3" in msg and "sando:source.buildCommand" in msg
-    assert "boom-on-stderr" in msg and "line-30" in msg
-    assert "line-5\n" not in msg  # only the tail
-    # nothing was cached: a fixed command builds now
-    art = built(repo, repo["c1"], counter, tmp_path)
-    assert runs(counter) == 1 and art.files[0][0] == "makenotwork"
-
-
-def test_changed_build_settings_rebuild(repo, counter, tmp_path):
-    built(repo, repo["c1"], counter, tmp_path)
-    art = built(repo, repo["c1"], counter, tmp_path, bins=["makenotwork"])
-    assert runs(counter) == 2
-    assert [rel for rel, _, _ in art.files] == ["makenotwork", "error-pages/404.html", "error-pages/502.html"]
-
-
-def test_lost_artifacts_are_rebuilt(repo, counter, tmp_path):
-    import shutil
-
-    art = built(repo, repo["c1"], counter, tmp_path)
+def test_lost_artifacts_are_rebuilt(repo, log):
+    art = built(repo, repo["c1"], log)
     shutil.rmtree(art.root)
-    again = built(repo, repo["c1"], counter, tmp_path)
-    assert runs(counter) == 2 and os.path.isfile(os.path.join(again.root, "makenotwork"))
+    again = built(repo, repo["c1"], log)
+    assert len(lines(log)) == 2 and os.path.isfile(os.path.join(again.root, "makenotwork"))
+
+
+def test_two_threads_build_two_commits_of_one_repo(repo, log):
+    """They take turns in the shared tree; each gets its own commit's bytes."""
+    cmd = BUILD.replace("{log}", str(log)).replace("cp README", "sleep 0.3 && cp README")
+    results, errors = {}, []
+
+    def one(commit):
+        try:
+            results[commit] = build.ensure_built(str(repo["path"]), commit, cmd, "out/bin", "deploy/error-pages", BINS)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in (repo["c1"], repo["c2"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Path(results[repo["c1"]].root, "makenotwork").read_text() == "server 1\nscribble\n"
+    assert Path(results[repo["c2"]].root, "makenotwork").read_text() == "server 2\nscribble\n"
+    assert len(lines(log)) == 2
+
+
+def test_failing_build_names_the_key_and_shows_the_log_tail(repo, log):
+    cmd = "for i in $(seq 1 30); do echo line-$i; done; echo boom-on-stderr >&2; exit 3"
+    with pytest.raises(BuildError) as exc:
+        built(repo, repo["c1"], log, command=cmd)
+    msg = str(exc.value)
+    assert isinstance(exc.value, OperatorError)
+    assert msg.startswith(f"sando:source.buildCommand exited 3 building {repo['c1'][:12]} (full log: ")
+    assert msg.endswith("last lines:\nline-29\nline-30\nboom-on-stderr")
+    log_path = build.cache_root() / "builds" / repo["c1"] / "build.log"
+    assert str(log_path) in msg and "line-1\n" in log_path.read_text()
+    # nothing was cached: a fixed command builds now
+    art = built(repo, repo["c1"], log)
+    assert len(lines(log)) == 1 and art.files[0][0] == "makenotwork"
+
+
+def test_missing_binary_names_bin_names(repo, log):
+    with pytest.raises(BuildError) as exc:
+        built(repo, repo["c1"], log, bins=["makenotwork", "nope", "nada"])
+    assert str(exc.value) == ("sando:binNames: nope, nada not built: no such file in out/bin/ after "
+                              "sando:source.buildCommand (check the names)")

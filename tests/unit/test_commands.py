@@ -1,12 +1,15 @@
-"""sando_components/commands.py: every builder pinned by its exact string (like Kamal's
-test/commands/*), shell-injection checks by running the commands under /bin/sh with
-recording stand-ins for every external tool, and the local-safe ones run for real.
+"""sando_components/commands.py, the small builders: each pinned by its exact string (like Kamal's
+test/commands/*), then run under /bin/sh with recording stand-ins for every external tool and
+hostile values in every argument (nothing may reach a shell unquoted), then the ones that are
+safe to run locally run for real. Also `parse_report` and `parse_listing`.
+
+The composed node scripts run for real in test_probe.py, test_receive.py, test_switch.py and
+test_gate.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import subprocess
 import threading
@@ -16,45 +19,48 @@ import pytest
 
 from sando_components import commands as c
 from sando_components import paths
-from sando_components.paths import NodePaths
 
 # shlex.quote's spelling of a single quote inside a quoted word: close, "'", reopen
 Q = "'\"'\"'"
-WEIRD_ROOT = "/tmp/a b/it's"
-PROD = NodePaths("", "/opt/makenotwork")
-WEIRD = NodePaths(WEIRD_ROOT, "/opt/makenotwork")
+W = "/tmp/a b/it's"  # a weird path
+WQ = f"'/tmp/a b/it{Q}s'"
 
 
 # --- exact strings ------------------------------------------------------------------------------
 
 
 def test_mkdir_p():
-    assert c.mkdir_p(PROD.releases) == "mkdir -p /opt/makenotwork/releases"
-    assert c.mkdir_p(WEIRD.releases, "/x") == f"mkdir -p '/tmp/a b/it{Q}s/opt/makenotwork/releases' /x"
+    assert c.mkdir_p("/opt/makenotwork/releases") == "mkdir -p /opt/makenotwork/releases"
+    assert c.mkdir_p(W, "/x") == f"mkdir -p {WQ} /x"
 
 
 def test_chown_r():
     assert c.chown_r("makenotwork:makenotwork", "/opt/makenotwork") == \
         "chown -R makenotwork:makenotwork /opt/makenotwork"
-    assert c.chown_r("mnw", WEIRD.at("/opt/makenotwork")) == f"chown -R mnw '/tmp/a b/it{Q}s/opt/makenotwork'"
+    assert c.chown_r("mnw", W) == f"chown -R mnw {WQ}"
 
 
-def test_install_file():
-    assert c.install_file("/etc/caddy/Caddyfile.sando-tmp-0a1b2c3d", "/etc/caddy/Caddyfile", 0o644) == (
+def test_systemctl_daemon_reload_install_unit():
+    assert c.systemctl("reload", "caddy") == "systemctl reload caddy"
+    assert c.systemctl("is-active", "makenotwork") == "systemctl is-active makenotwork"
+    assert c.systemctl("restart", "a b") == "systemctl restart 'a b'"
+    assert c.daemon_reload() == "systemctl daemon-reload"
+    assert c.install_unit("makenotwork") == \
+        "systemctl daemon-reload && systemctl enable --quiet makenotwork.service"
+    assert c.install_unit("it's") == f"systemctl daemon-reload && systemctl enable --quiet 'it{Q}s.service'"
+
+
+def test_write_file():
+    assert c.write_file("/etc/caddy/Caddyfile", 0o644, "0a1b2c3d") == (
+        "mkdir -p /etc/caddy && cat > /etc/caddy/Caddyfile.sando-tmp-0a1b2c3d && "
         "chmod 0644 /etc/caddy/Caddyfile.sando-tmp-0a1b2c3d && "
         "mv -f /etc/caddy/Caddyfile.sando-tmp-0a1b2c3d /etc/caddy/Caddyfile"
     )
-    dest = WEIRD.at(paths.FIREWALL_SCRIPT)
-    assert c.install_file(dest + ".sando-tmp-1", dest, 0o755) == (
-        f"chmod 0755 '/tmp/a b/it{Q}s/usr/local/sbin/setup-firewall.sh.sando-tmp-1' && "
-        f"mv -f '/tmp/a b/it{Q}s/usr/local/sbin/setup-firewall.sh.sando-tmp-1' "
-        f"'/tmp/a b/it{Q}s/usr/local/sbin/setup-firewall.sh'"
+    assert c.write_file(W + "/fw.sh", 0o755, "ff") == (
+        f"mkdir -p {WQ} && cat > '/tmp/a b/it{Q}s/fw.sh.sando-tmp-ff' && "
+        f"chmod 0755 '/tmp/a b/it{Q}s/fw.sh.sando-tmp-ff' && "
+        f"mv -f '/tmp/a b/it{Q}s/fw.sh.sando-tmp-ff' '/tmp/a b/it{Q}s/fw.sh'"
     )
-
-
-def test_remove_files():
-    assert c.remove_files("/etc/cron.d/makenotwork-backup") == "rm -f /etc/cron.d/makenotwork-backup"
-    assert c.remove_files(WEIRD.at(paths.CADDYFILE), "/b") == f"rm -f '/tmp/a b/it{Q}s/etc/caddy/Caddyfile' /b"
 
 
 def test_file_state():
@@ -63,102 +69,120 @@ def test_file_state():
         "if [ -f /etc/caddy/Caddyfile ]; then "
         "sha256sum < /etc/caddy/Caddyfile && stat -c %a /etc/caddy/Caddyfile; fi"
     )
-    w = f"'/tmp/a b/it{Q}s/etc/caddy/Caddyfile'"
-    assert c.file_state(WEIRD.at(paths.CADDYFILE)) == f"if [ -f {w} ]; then sha256sum < {w} && stat -c %a {w}; fi"
-
-
-def test_systemctl_and_daemon_reload():
-    assert c.systemctl("reload", "caddy") == "systemctl reload caddy"
-    assert c.systemctl("reload-or-restart", "makenotwork") == "systemctl reload-or-restart makenotwork"
-    assert c.systemctl("restart", "a b") == "systemctl restart 'a b'"
-    assert c.daemon_reload() == "systemctl daemon-reload"
+    assert c.file_state(W) == f"if [ -f {WQ} ]; then sha256sum < {WQ} && stat -c %a {WQ}; fi"
 
 
 def test_verify_sums():
-    assert c.verify_sums(PROD.release("v1")) == (
+    assert c.verify_sums("/opt/makenotwork/releases/v1") == (
         "cd /opt/makenotwork/releases/v1 && sha256sum --check --strict --quiet .sando/SHA256SUMS"
     )
-    assert c.verify_sums(WEIRD.release("v1")) == (
-        f"cd '/tmp/a b/it{Q}s/opt/makenotwork/releases/v1' && sha256sum --check --strict --quiet .sando/SHA256SUMS"
+    assert c.verify_sums(W) == f"cd {WQ} && sha256sum --check --strict --quiet .sando/SHA256SUMS"
+
+
+def test_switch_link_and_switch_link_to():
+    assert c.switch_link("current", "releases/v1") == (
+        "ln -sfn releases/v1 current.sando-tmp && mv -T current.sando-tmp current"
     )
-
-
-def test_finalize_release():
-    assert c.finalize_release(PROD.staging("v1", "0a1b2c3d"), PROD.release("v1")) == (
-        "test ! -e /opt/makenotwork/releases/v1 && "
-        "mv -T /opt/makenotwork/releases/.staging-v1-0a1b2c3d /opt/makenotwork/releases/v1"
+    assert c.switch_link(W, "releases/v 2") == (
+        f"ln -sfn 'releases/v 2' '/tmp/a b/it{Q}s.sando-tmp' && mv -T '/tmp/a b/it{Q}s.sando-tmp' {WQ}"
     )
-    assert c.finalize_release(WEIRD.staging("v1", "ff"), WEIRD.release("v1")) == (
-        f"test ! -e '/tmp/a b/it{Q}s/opt/makenotwork/releases/v1' && "
-        f"mv -T '/tmp/a b/it{Q}s/opt/makenotwork/releases/.staging-v1-ff' "
-        f"'/tmp/a b/it{Q}s/opt/makenotwork/releases/v1'"
-    )
-
-
-def test_clean_staging():
-    assert c.clean_staging(PROD.releases) == (
-        "find /opt/makenotwork/releases -mindepth 1 -maxdepth 1 -type d -name '.staging-*' -exec rm -rf '{}' +"
-    )
-    assert c.clean_staging(WEIRD.releases) == (
-        f"find '/tmp/a b/it{Q}s/opt/makenotwork/releases' -mindepth 1 -maxdepth 1 -type d "
-        "-name '.staging-*' -exec rm -rf '{}' +"
-    )
-
-
-def test_cat():
-    assert c.cat(PROD.manifest("v1")) == "cat /opt/makenotwork/releases/v1/.sando/manifest.json"
-    assert c.cat(WEIRD.manifest("v1")) == f"cat '/tmp/a b/it{Q}s/opt/makenotwork/releases/v1/.sando/manifest.json'"
-
-
-def test_read_link():
-    assert c.read_link(PROD.current) == "readlink /opt/makenotwork/current || true"
-    assert c.read_link(WEIRD.previous) == f"readlink '/tmp/a b/it{Q}s/opt/makenotwork/previous' || true"
-
-
-def test_switch_link():
-    assert c.switch_link(PROD.current, PROD.link_target("v1")) == (
-        "ln -sfn releases/v1 /opt/makenotwork/current.sando-tmp && "
-        "mv -T /opt/makenotwork/current.sando-tmp /opt/makenotwork/current"
-    )
-    assert c.switch_link(PROD.error_pages, "current/error-pages") == (
-        "ln -sfn current/error-pages /opt/makenotwork/error-pages.sando-tmp && "
-        "mv -T /opt/makenotwork/error-pages.sando-tmp /opt/makenotwork/error-pages"
-    )
-    assert c.switch_link(WEIRD.current, WEIRD.link_target("v2")) == (
-        f"ln -sfn releases/v2 '/tmp/a b/it{Q}s/opt/makenotwork/current.sando-tmp' && "
-        f"mv -T '/tmp/a b/it{Q}s/opt/makenotwork/current.sando-tmp' '/tmp/a b/it{Q}s/opt/makenotwork/current'"
-    )
-
-
-def test_remove_release():
-    assert c.remove_release(PROD.release("v0")) == (
-        "test -f /opt/makenotwork/releases/v0/.sando/manifest.json && rm -rf -- /opt/makenotwork/releases/v0"
-    )
-    assert c.remove_release(WEIRD.release("v0")) == (
-        f"test -f '/tmp/a b/it{Q}s/opt/makenotwork/releases/v0/.sando/manifest.json' && "
-        f"rm -rf -- '/tmp/a b/it{Q}s/opt/makenotwork/releases/v0'"
+    assert c.switch_link_to("previous", "live") == (
+        'ln -sfn "$live" previous.sando-tmp && mv -T previous.sando-tmp previous'
     )
 
 
 def test_http_probe():
-    assert c.http_probe("http://127.0.0.1:3000/", timeout=3) == "curl -fsS --max-time 3 http://127.0.0.1:3000/"
-    assert c.http_probe("http://127.0.0.1:3000/health?a=1&b=2", timeout=2.5) == (
+    assert c.http_probe("http://127.0.0.1:3000/", 3) == "curl -fsS --max-time 3 http://127.0.0.1:3000/"
+    assert c.http_probe("http://127.0.0.1:3000/health?a=1&b=2", 2.5) == (
         "curl -fsS --max-time 2.5 'http://127.0.0.1:3000/health?a=1&b=2'"
     )
 
 
-def test_restart_warning():
-    assert c.restart_warning("http://127.0.0.1:3000/api/internal/restart-warning", 30, timeout=10) == (
-        "curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H @- "
-        "-H 'Content-Type: application/json' --data '{\"seconds\": 30}' "
-        "http://127.0.0.1:3000/api/internal/restart-warning"
+def test_link_from():
+    assert c.link_from("v1", "makenotwork") == "mkdir -p . && ln -- ../v1/makenotwork makenotwork"
+    assert c.link_from("v1", "error-pages/404.html") == (
+        "mkdir -p error-pages && ln -- ../v1/error-pages/404.html error-pages/404.html"
     )
 
 
-def test_restart_warning_takes_no_token():
-    """The bearer token must never reach argv: the builder cannot even be given one."""
-    assert list(inspect.signature(c.restart_warning).parameters) == ["url", "seconds", "timeout"]
-    assert "@-" in c.restart_warning("http://h/", 1, 1).split()
+def test_unpatch():
+    assert c.unpatch("v1", "makenotwork", ".sando/in/0.zst", 0o755) == (
+        "mkdir -p . && zstd -q -d --long=31 --patch-from=../v1/makenotwork .sando/in/0.zst -o makenotwork "
+        "&& chmod 0755 makenotwork"
+    )
+    assert c.unpatch("v1", "error-pages/a b.html", ".sando/in/3.zst", 0o644) == (
+        "mkdir -p error-pages && zstd -q -d --long=31 '--patch-from=../v1/error-pages/a b.html' .sando/in/3.zst "
+        "-o 'error-pages/a b.html' && chmod 0644 'error-pages/a b.html'"
+    )
+
+
+def test_prune():
+    assert c.prune([]) == ":"
+    assert c.prune(["v1", "v 2"]) == (
+        "for n in v1 'v 2'; do "
+        'case "$(readlink current)" in "releases/$n") continue;; esac; '
+        'case "$(readlink previous)" in "releases/$n") continue;; esac; '
+        '[ -f "releases/$n/.sando/manifest.json" ] || continue; '
+        "rm -rf -- \"releases/$n\" && printf '@pruned %s\\n' \"$n\"; done"
+    )
+
+
+def test_restart():
+    assert c.restart("makenotwork") == (
+        "systemctl reset-failed makenotwork 2>/dev/null; "
+        "out=$(systemctl reload-or-restart makenotwork 2>&1); rc=$?; "
+        "printf '@restart %s %s\\n' \"$rc\" \"$(printf '%s' \"$out\" | tr '\\n' ' ' | head -c 300)\""
+    )
+
+
+def test_mark_failed():
+    assert c.mark_failed("v2") == (
+        "printf '%s\\n' \"$why\" > releases/v2/.sando/failed 2>/dev/null; echo '@failed v2'"
+    )
+    assert c.mark_failed("v2", "the dry run's failure") == (
+        f"printf '%s\\n' 'the dry run{Q}s failure' > releases/v2/.sando/failed 2>/dev/null; echo '@failed v2'"
+    )
+
+
+def test_switch_and_switch_back():
+    assert c.switch("v2") == "\n".join([
+        "ln -sfn releases/v2 current.sando-tmp && mv -T current.sando-tmp current",
+        "ln -sfn current/error-pages error-pages.sando-tmp && mv -T error-pages.sando-tmp error-pages",
+        'if [ -n "$live" ]; then ln -sfn "$live" previous.sando-tmp && mv -T previous.sando-tmp previous; fi',
+        'echo "@switched $(date +%s)"',
+    ])
+    assert c.switch_back() == "\n".join([
+        'ln -sfn "$live" current.sando-tmp && mv -T current.sando-tmp current',
+        'if [ -n "$prev" ]; then ln -sfn "$prev" previous.sando-tmp && mv -T previous.sando-tmp previous; '
+        "else rm -f previous; fi",
+        'echo "@reverted $(date +%s)"',
+    ])
+
+
+CURL_WARN = ("curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H @- "
+             "-H 'Content-Type: application/json' --data '{\"seconds\": 30}' "
+             "http://127.0.0.1:3000/api/internal/restart-warning")
+
+
+def test_restart_warning_warn_mode():
+    assert c.restart_warning("http://127.0.0.1:3000/api/internal/restart-warning", 30, False) == "\n".join([
+        f"code=$(printf '%s\\n' \"$AUTH\" | {CURL_WARN} 2>/tmp/.sando-warn.$$); AUTH=''",
+        "case $code in",
+        '  2??) echo "@warning sent $(date +%s)"; sleep 30;;',
+        "  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 /tmp/.sando-warn.$$ | tr '\\n' ' ')\";",
+        "esac",
+        "rm -f /tmp/.sando-warn.$$",
+    ])
+
+
+def test_restart_warning_abort_mode_exits_40():
+    lines = c.restart_warning("http://127.0.0.1:3000/api/internal/restart-warning", 30, True).splitlines()
+    assert lines[3] == ("  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 /tmp/.sando-warn.$$ | "
+                        "tr '\\n' ' ')\"; rm -f /tmp/.sando-warn.$$; exit 40;;")
+
+
+def test_read_token():
+    assert c.READ_TOKEN == "IFS= read -r AUTH || AUTH=''"
 
 
 # --- injection: run under /bin/sh with recording stand-ins for every tool ---------------------------
@@ -177,10 +201,11 @@ EVIL = [
     "~",
     "it's a b",
     "-rf",
+    "--help",
 ]
 
 TOOLS = ["mkdir", "chown", "chmod", "mv", "rm", "sha256sum", "stat", "systemctl", "find", "cat", "readlink",
-         "ln", "curl", "touch"]
+         "ln", "curl", "touch", "zstd", "date", "sleep"]  # not head/tr: a pipeline's order is not fixed
 
 RECORDER = r"""#!/bin/sh
 { printf '%s' "${0##*/}"; for a in "$@"; do printf '\037%s' "$a"; done; printf '\036'; } >> "$ARGV_LOG"
@@ -198,11 +223,11 @@ def recorder(tmp_path):
         p.chmod(0o755)
     log = tmp_path / "argv.log"
 
-    def run(cmd: str, cwd: Path) -> list[list[str]]:
+    def run(cmd: str, cwd: Path, expect_rc: int = 0) -> list[list[str]]:
         log.write_bytes(b"")
         env = {"PATH": str(fakebin), "ARGV_LOG": str(log), "HOME": "/nonexistent-home"}
         res = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True)
-        assert res.returncode == 0, (cmd, res.stderr)
+        assert res.returncode == expect_rc, (cmd, res.stderr)
         records = log.read_text().split("\036")
         assert records[-1] == ""
         return [r.split("\037") for r in records[:-1]]
@@ -216,37 +241,48 @@ def test_no_argument_can_inject_shell(recorder, tmp_path, evil):
     work.mkdir()
     base = str(work / evil)  # a path whose last component is hostile
     os.makedirs(base)
-    os.makedirs(os.path.join(base, paths.MANIFEST_DIR))
-    Path(base, paths.MANIFEST).write_text("{}")
     f = os.path.join(base, "file")
     Path(f).write_text("x")
     url = f"http://127.0.0.1:3000/{evil}"
-    link = os.path.join(base, "current")
     cases = [
         (c.mkdir_p(base, f), [["mkdir", "-p", base, f]]),
         (c.chown_r(evil, base), [["chown", "-R", evil, base]]),
-        (c.install_file(f, base + "/dest", 0o644), [["chmod", "0644", f], ["mv", "-f", f, base + "/dest"]]),
-        (c.remove_files(f, base), [["rm", "-f", f, base]]),
-        (c.file_state(f), [["sha256sum"], ["stat", "-c", "%a", f]]),  # sha256sum reads f on stdin
-        (c.systemctl("restart", evil), [["systemctl", "restart", evil]]),
+        (c.systemctl(evil, evil), [["systemctl", evil, evil]]),
         (c.daemon_reload(), [["systemctl", "daemon-reload"]]),
+        (c.install_unit(evil), [["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", f"{evil}.service"]]),
+        (c.write_file(f, 0o640, evil), [["mkdir", "-p", base], ["cat"], ["chmod", "0640", f"{f}.sando-tmp-{evil}"],
+                                        ["mv", "-f", f"{f}.sando-tmp-{evil}", f]]),
+        (c.file_state(f), [["sha256sum"], ["stat", "-c", "%a", f]]),  # sha256sum reads f on stdin
         (c.verify_sums(base), [["sha256sum", "--check", "--strict", "--quiet", paths.SUMS]]),
-        (c.finalize_release(base, base + "-final"), [["mv", "-T", base, base + "-final"]]),
-        (c.clean_staging(base), [["find", base, "-mindepth", "1", "-maxdepth", "1", "-type", "d", "-name",
-                                  ".staging-*", "-exec", "rm", "-rf", "{}", "+"]]),
-        (c.cat(f), [["cat", f]]),
-        (c.read_link(link), [["readlink", link]]),
-        (c.switch_link(link, evil), [["ln", "-sfn", evil, link + ".sando-tmp"],
-                                     ["mv", "-T", link + ".sando-tmp", link]]),
-        (c.remove_release(base), [["rm", "-rf", "--", base]]),
+        (c.switch_link(f, evil), [["ln", "-sfn", evil, f + ".sando-tmp"], ["mv", "-T", f + ".sando-tmp", f]]),
+        (f"live={c.q(evil)}; " + c.switch_link_to(f, "live"),
+         [["ln", "-sfn", evil, f + ".sando-tmp"], ["mv", "-T", f + ".sando-tmp", f]]),
         (c.http_probe(url, 3), [["curl", "-fsS", "--max-time", "3", url]]),
-        (c.restart_warning(url, 7, 10), [["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
-                                          "10", "-X", "POST", "-H", "@-", "-H", "Content-Type: application/json",
-                                          "--data", '{"seconds": 7}', url]]),
+        (c.unpatch(evil, f"d/{evil}", evil, 0o755),
+         [["mkdir", "-p", "d"], ["zstd", "-q", "-d", "--long=31", f"--patch-from=../{evil}/d/{evil}", evil, "-o",
+                                 f"d/{evil}"], ["chmod", "0755", f"d/{evil}"]]),
+        (c.link_from(evil, f"d/{evil}"), [["mkdir", "-p", "d"], ["ln", "--", f"../{evil}/d/{evil}", f"d/{evil}"]]),
+        (c.restart(evil), [["systemctl", "reset-failed", evil], ["systemctl", "reload-or-restart", evil]]),
+        (c.switch(evil), [["ln", "-sfn", f"releases/{evil}", "current.sando-tmp"],
+                          ["mv", "-T", "current.sando-tmp", "current"],
+                          ["ln", "-sfn", "current/error-pages", "error-pages.sando-tmp"],
+                          ["mv", "-T", "error-pages.sando-tmp", "error-pages"], ["date", "+%s"]]),
     ]
     for cmd, expected in cases:
         assert recorder(cmd, work) == expected, cmd
-    assert not (work / "PWNED").exists()
+    # the restart warning: the URL is one argument, the notice a number
+    warned = recorder(f"AUTH={c.q(evil)}\n" + c.restart_warning(url, 7, False), work)
+    assert warned[0] == ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", "POST",
+                         "-H", "@-", "-H", "Content-Type: application/json", "--data", '{"seconds": 7}', url]
+    assert evil not in sum(warned, [])  # the token goes on stdin, never argv
+    # prune and mark_failed: the version is one word (rm/printf of a release named like the value)
+    rel = work / "releases" / evil
+    (rel / paths.MANIFEST_DIR).mkdir(parents=True)
+    (rel / paths.MANIFEST).write_text("{}")
+    assert recorder(c.prune([evil]), work) == [["readlink", "current"], ["readlink", "previous"],
+                                                ["rm", "-rf", "--", f"releases/{evil}"]]
+    recorder(c.mark_failed(evil, evil), work)
+    assert (rel / paths.FAILED).read_text() == evil + "\n"
     assert not list(tmp_path.rglob("PWNED"))
 
 
@@ -258,36 +294,34 @@ def sh(cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def node(tmp_path) -> NodePaths:
-    """A node root with a space and a quote in it, releases v1 and v2 laid out."""
-    np = NodePaths(str(tmp_path / "a b" / "it's"), "/opt/makenotwork")
+def root(tmp_path) -> Path:
+    """A release root with a space and a quote in it, releases v1 and v2 laid out."""
+    r = tmp_path / "a b" / "it's"
     for v in ("v1", "v2"):
-        pages = Path(np.release(v), paths.ERROR_PAGES)
+        pages = r / "releases" / v / paths.ERROR_PAGES
         pages.mkdir(parents=True)
         (pages / "404.html").write_text(f"404 of {v}")
-    return np
+    return r
 
 
-def test_switch_link_creates_then_replaces_symlink(node):
-    assert sh(c.switch_link(node.current, node.link_target("v1"))).returncode == 0
-    assert os.readlink(node.current) == "releases/v1"
-    assert sh(c.switch_link(node.error_pages, "current/error-pages")).returncode == 0
-    assert Path(node.error_pages, "404.html").read_text() == "404 of v1"
-
-    res = sh(c.switch_link(node.current, node.link_target("v2")))
+def test_switch_link_creates_then_replaces_symlink(root):
+    assert sh(c.switch_link("current", "releases/v1"), root).returncode == 0
+    assert os.readlink(root / "current") == "releases/v1"
+    assert sh(c.switch_link("error-pages", "current/error-pages"), root).returncode == 0
+    assert (root / "error-pages" / "404.html").read_text() == "404 of v1"
+    res = sh(c.switch_link("current", "releases/v2"), root)
     assert res.returncode == 0, res.stderr
-    assert os.path.islink(node.current) and os.readlink(node.current) == "releases/v2"
-    assert Path(node.error_pages, "404.html").read_text() == "404 of v2"
+    assert os.readlink(root / "current") == "releases/v2"
+    assert (root / "error-pages" / "404.html").read_text() == "404 of v2"
     # mv -T: the new link replaced the old one instead of being moved *into* releases/v1
-    assert sorted(os.listdir(node.release("v1"))) == [paths.ERROR_PAGES]
-    assert not os.path.lexists(node.current + ".sando-tmp")
+    assert sorted(os.listdir(root / "releases" / "v1")) == [paths.ERROR_PAGES]
+    assert not os.path.lexists(root / "current.sando-tmp")
 
 
-def test_switch_link_is_atomic_for_readers(node):
+def test_switch_link_is_atomic_for_readers(root):
     """A reader polling `current` while it flips 100 times never sees it missing or dangling."""
-    sh(c.switch_link(node.current, node.link_target("v1")))
-    flip = " && ".join([c.switch_link(node.current, node.link_target("v2")),
-                        c.switch_link(node.current, node.link_target("v1"))])
+    sh(c.switch_link("current", "releases/v1"), root)
+    flip = " && ".join([c.switch_link("current", "releases/v2"), c.switch_link("current", "releases/v1")])
     loop = f"i=0; while [ $i -lt 50 ]; do {flip} || exit 1; i=$((i+1)); done"
     bad, reads, done = [], [0], threading.Event()
 
@@ -295,7 +329,7 @@ def test_switch_link_is_atomic_for_readers(node):
         while not done.is_set():
             reads[0] += 1
             try:
-                target = os.readlink(node.current)
+                target = os.readlink(root / "current")
             except OSError as exc:
                 bad.append(repr(exc))
                 continue
@@ -305,158 +339,128 @@ def test_switch_link_is_atomic_for_readers(node):
     t = threading.Thread(target=reader)
     t.start()
     try:
-        res = sh(loop)
+        res = sh(loop, root)
     finally:
         done.set()
         t.join()
     assert res.returncode == 0, res.stderr
-    assert reads[0] > 0
-    assert bad == []
-    assert os.readlink(node.current) == "releases/v1"
+    assert reads[0] > 0 and bad == []
+    assert os.readlink(root / "current") == "releases/v1"
 
 
-def test_finalize_release_moves_staging_into_place(node):
-    staging = node.staging("v3", "abcd")
-    os.makedirs(staging)
-    Path(staging, "makenotwork").write_text("bin")
-    assert sh(c.finalize_release(staging, node.release("v3"))).returncode == 0
-    assert Path(node.release("v3"), "makenotwork").read_text() == "bin"
-    assert not os.path.exists(staging)
+def test_write_file_for_real(tmp_path):
+    dest = tmp_path / "it's a b" / "new dir" / "setup-firewall.sh"
+    res = subprocess.run(["/bin/sh", "-c", c.write_file(str(dest), 0o750, "0a1b")], input=b"#!/bin/sh\necho hi\n",
+                         capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert dest.read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert dest.stat().st_mode & 0o7777 == 0o750
+    assert os.listdir(dest.parent) == ["setup-firewall.sh"]  # no temp file left
+    # again, over the existing file
+    res = subprocess.run(["/bin/sh", "-c", c.write_file(str(dest), 0o644, "ff")], input=b"v2", capture_output=True)
+    assert res.returncode == 0 and dest.read_bytes() == b"v2" and dest.stat().st_mode & 0o7777 == 0o644
 
 
-@pytest.mark.parametrize("final_is_empty", [False, True])
-def test_finalize_release_refuses_existing_final(node, final_is_empty):
-    staging = node.staging("v1", "abcd")
-    os.makedirs(staging)
-    Path(staging, "makenotwork").write_text("new")
-    final = node.release("v1")
-    if final_is_empty:  # `mv -T` alone would happily replace an empty dir
-        os.rename(final, final + ".old")
-        os.makedirs(final)
-    before = sorted(os.listdir(final))
-    res = sh(c.finalize_release(staging, final))
-    assert res.returncode != 0
-    assert sorted(os.listdir(final)) == before
-    assert Path(staging, "makenotwork").read_text() == "new"
-
-
-def test_clean_staging_removes_only_staging_dirs(node):
-    rel = node.releases
-    for d in (".staging-v3-0a1b", ".staging-v4-ffff", "v1/.staging-nested", "staging-v5", ".stagingX"):
-        os.makedirs(os.path.join(rel, d), exist_ok=True)
-    Path(rel, ".staging-a-file").write_text("not a dir")
-    assert sh(c.clean_staging(rel)).returncode == 0
-    assert sorted(os.listdir(rel)) == [".staging-a-file", ".stagingX", "staging-v5", "v1", "v2"]
-    assert os.path.isdir(os.path.join(rel, "v1", ".staging-nested"))
-
-
-def test_clean_staging_on_empty_dir_succeeds(tmp_path):
-    assert sh(c.clean_staging(str(tmp_path))).returncode == 0
-
-
-def test_remove_release_refuses_dir_without_manifest(node):
-    res = sh(c.remove_release(node.release("v1")))
-    assert res.returncode != 0
-    assert os.path.isdir(node.release("v1"))
-    # a directory named like the manifest is not a manifest either
-    os.makedirs(node.manifest("v1"))
-    assert sh(c.remove_release(node.release("v1"))).returncode != 0
-    assert os.path.isdir(node.release("v1"))
-
-
-def test_remove_release_removes_sando_release(node):
-    os.makedirs(os.path.dirname(node.manifest("v2")))
-    Path(node.manifest("v2")).write_text("{}")
-    assert sh(c.remove_release(node.release("v2"))).returncode == 0
-    assert not os.path.exists(node.release("v2"))
-    assert os.path.isdir(node.release("v1"))
-
-
-def _write_sums(release: str, files: dict[str, bytes]) -> None:
+def _write_sums(release: Path, files: dict[str, bytes]) -> None:
     lines = []
     for rel, data in files.items():
-        p = Path(release, rel)
+        p = release / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
         lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}\n")
-    Path(release, paths.SUMS).parent.mkdir(parents=True, exist_ok=True)
-    Path(release, paths.SUMS).write_text("".join(lines))
+    (release / paths.SUMS).parent.mkdir(parents=True, exist_ok=True)
+    (release / paths.SUMS).write_text("".join(lines))
 
 
-def test_verify_sums_for_real(node):
-    rel = node.release("v1")
+def test_verify_sums_for_real(root):
+    rel = root / "releases" / "v1"
     _write_sums(rel, {"makenotwork": b"bin", "error-pages/404.html": b"page"})
-    ok = sh(c.verify_sums(rel))
+    ok = sh(c.verify_sums(str(rel)))
     assert ok.returncode == 0 and ok.stdout == "", ok.stderr
+    (rel / "makenotwork").write_bytes(b"bin, tampered")
+    assert sh(c.verify_sums(str(rel))).returncode != 0
 
-    Path(rel, "makenotwork").write_bytes(b"bin, tampered")
-    assert sh(c.verify_sums(rel)).returncode != 0
 
-
-def test_verify_sums_fails_on_missing_file_and_missing_dir(node):
-    rel = node.release("v1")
+def test_verify_sums_fails_on_missing_file_malformed_line_and_missing_dir(root):
+    rel = root / "releases" / "v1"
     _write_sums(rel, {"makenotwork": b"bin", "error-pages/404.html": b"page"})
-    os.remove(Path(rel, "error-pages/404.html"))
-    assert sh(c.verify_sums(rel)).returncode != 0
-    assert sh(c.verify_sums(node.release("nope"))).returncode != 0
-
-
-def test_verify_sums_fails_on_malformed_sums(node):
-    rel = node.release("v1")
+    os.remove(rel / "error-pages" / "404.html")
+    assert sh(c.verify_sums(str(rel))).returncode != 0
     _write_sums(rel, {"makenotwork": b"bin"})
-    with open(Path(rel, paths.SUMS), "a") as fh:
+    with open(rel / paths.SUMS, "a") as fh:
         fh.write("this is not a checksum line\n")
-    assert sh(c.verify_sums(rel)).returncode != 0
+    assert sh(c.verify_sums(str(rel))).returncode != 0
+    assert sh(c.verify_sums(str(root / "releases" / "nope"))).returncode != 0
 
 
-def test_file_state_for_real(tmp_path):
-    missing = tmp_path / "it's a b" / "nope"
-    res = sh(c.file_state(str(missing)))
-    assert res.returncode == 0 and res.stdout == ""
-
-    f = tmp_path / "it's a b.conf"
+@pytest.mark.parametrize("name", ["plain.conf", "back\\slash.conf", "new\nline.conf", "it's a b.conf"])
+def test_file_state_for_real(tmp_path, name):
+    """The provider's parse (RemoteFileProvider.read): first field the bare digest, last the octal mode."""
+    f = tmp_path / name
     f.write_bytes(b"hello\n")
     f.chmod(0o640)
     res = sh(c.file_state(str(f)))
-    assert res.returncode == 0
-    digest = hashlib.sha256(b"hello\n").hexdigest()
-    assert res.stdout == f"{digest}  -\n640\n"  # stdin: no file name in the output
-    # the provider's parse (providers.RemoteFileProvider.read)
-    assert res.stdout.split()[0] == digest
-    assert int(res.stdout.split()[-1], 8) == 0o640
-
-    res = sh(c.file_state(str(tmp_path)))  # a directory is not the file
-    assert res.returncode == 0 and res.stdout == ""
-
-
-@pytest.mark.parametrize("name", ["back\\slash.conf", "new\nline.conf", "it's a b.conf"])
-def test_file_state_first_field_is_the_digest(tmp_path, name):
-    """`sha256sum FILE` prefixes its line with a backslash (and escapes the name) for a name holding
-    '\\' or a newline; read from stdin the first field is always the bare digest."""
-    f = tmp_path / name
-    f.write_bytes(b"data")
-    f.chmod(0o600)
-    res = sh(c.file_state(str(f)))
     assert res.returncode == 0, res.stderr
-    digest, mode = res.stdout.split()[0], int(res.stdout.split()[-1], 8)  # the provider's parse
-    assert digest == hashlib.sha256(b"data").hexdigest()
-    assert mode == 0o600
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    assert res.stdout == f"{digest}  -\n640\n"
 
 
-def test_install_file_for_real(tmp_path):
-    dest = tmp_path / "it's a b" / "setup-firewall.sh"
-    dest.parent.mkdir()
-    dest.write_text("old")
-    tmp = Path(str(dest) + ".sando-tmp-01")
-    tmp.write_text("new")
-    assert sh(c.install_file(str(tmp), str(dest), 0o755)).returncode == 0
-    assert dest.read_text() == "new"
-    assert dest.stat().st_mode & 0o7777 == 0o755
-    assert not tmp.exists()
+def test_file_state_of_missing_file_or_directory_is_empty(tmp_path):
+    for p in (tmp_path / "it's a b" / "nope", tmp_path):
+        res = sh(c.file_state(str(p)))
+        assert res.returncode == 0 and res.stdout == ""
 
 
-def test_read_link_for_real(node):
-    res = sh(c.read_link(node.current))
-    assert res.returncode == 0 and res.stdout == ""
-    os.symlink("releases/v2", node.current)
-    assert sh(c.read_link(node.current)).stdout == "releases/v2\n"
+def test_prune_for_real_spares_current_previous_and_dirs_without_manifest(root):
+    for v in ("v0", "v1", "v2", "v3"):
+        (root / "releases" / v / paths.MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        (root / "releases" / v / paths.MANIFEST).write_text("{}")
+    (root / "releases" / "hand-made").mkdir()
+    (root / "releases" / "fake" / paths.MANIFEST).mkdir(parents=True)  # a directory named like the manifest
+    os.symlink("releases/v2", root / "current")
+    os.symlink("releases/v1", root / "previous")
+    res = sh(c.prune(["v0", "v1", "v2", "hand-made", "fake", "absent"]), root)
+    assert res.returncode == 0, res.stderr
+    assert c.parse_report(res.stdout) == [("pruned", "v0")]
+    assert sorted(os.listdir(root / "releases")) == ["fake", "hand-made", "v1", "v2", "v3"]
+
+
+def test_mark_failed_keeps_the_reason(root):
+    (root / "releases" / "v2" / paths.MANIFEST_DIR).mkdir()
+    res = sh("why='restart failed: it'\"'\"'s broken'\n" + c.mark_failed("v2"), root)
+    assert res.stdout == "@failed v2\n"
+    assert (root / "releases" / "v2" / paths.FAILED).read_text() == "restart failed: it's broken\n"
+    # a release that is gone: no error output, the report line still comes
+    res = sh(c.mark_failed("v9", "x"), root)
+    assert res.returncode == 0 and res.stdout == "@failed v9\n"
+
+
+# --- reading what a script reported --------------------------------------------------------------
+
+
+def test_parse_report():
+    out = ("noise\n@active active\n@current releases/v1\n@previous \n@pending\n@dryrun pending 2 add [destructive]\n"
+           "  @indented is not a report\n@health ok {\"version\":\"v1\"} \n@dryrun dry-run ok\n")
+    assert c.parse_report(out) == [
+        ("active", "active"), ("current", "releases/v1"), ("previous", ""), ("pending", ""),
+        ("dryrun", "pending 2 add [destructive]"), ("health", 'ok {"version":"v1"} '), ("dryrun", "dry-run ok"),
+    ]
+    assert c.parse_report("") == []
+
+
+def test_parse_listing():
+    out = "\n".join([
+        "@free 123",
+        "@release v1", '{"commit":"c1"}',
+        "@release v2", '{"commit":"c2"}',
+        "@failed v2",
+        "@foreign hand made",
+        "@final",
+        "@final-release v3", '{"commit":"c3"}',
+        "@final-foreign junk",
+        "@final-failed v3",
+        "@release v4",  # a manifest line cut off at the very end
+    ])
+    assert c.parse_listing(out) == ({"v1": '{"commit":"c1"}', "v2": '{"commit":"c2"}', "v4": ""}, ["hand made"],
+                                    {"v2"})
+    assert c.parse_listing(out, "final-") == ({"v3": '{"commit":"c3"}'}, ["junk"], {"v3"})

@@ -47,7 +47,7 @@ def test_minimal_config_and_defaults(node, host_key):
     cfg = load(raw_config([node]), SECRETS)
     assert isinstance(cfg, StackConfig)
     (n,) = cfg.nodes
-    assert (n.name, n.host, n.port, n.user, n.root, n.app_url) == ("n1", "127.0.0.2", 2222, "deploy", "", None)
+    assert (n.name, n.host, n.port, n.user, n.app_url) == ("n1", "127.0.0.2", 2222, "deploy", None)
     assert n.host_key == host_key
     assert cfg.version == "v1"
     assert cfg.source.repo == "/x"
@@ -69,6 +69,11 @@ def test_minimal_config_and_defaults(node, host_key):
     assert cfg.bootstrap.manage == BOOTSTRAP_ITEMS
     assert cfg.bootstrap.backup_schedule == "17 3 * * *"
     assert cfg.bootstrap.owner is None
+    assert cfg.migrations.gate is True and cfg.migrations.dir == "server/migrations"
+    assert cfg.migrations.dry_run_command == "{release}/mnw-admin migrate --dry-run --database {scratch}"
+    assert (cfg.migrations.database, cfg.migrations.backup_dir) == (None, None)
+    assert cfg.migrations.refuse_destructive is False and cfg.migrations.allow_destructive == ()
+    assert (cfg.rollout.batch_size, cfg.rollout.pause_seconds) == (None, 0)
 
 
 def test_private_key_is_kept_secret(node):
@@ -80,7 +85,7 @@ def test_private_key_is_kept_secret(node):
 
 def test_node_defaults(host_key):
     cfg = load(raw_config([{"name": "prod", "host": "makenotwork.com", "hostKey": host_key}]), SECRETS)
-    assert (cfg.nodes[0].port, cfg.nodes[0].user, cfg.nodes[0].root) == (22, "root", "")
+    assert (cfg.nodes[0].port, cfg.nodes[0].user) == (22, "root")
 
 
 def test_structured_and_scalar_values_as_pulumi_passes_them(node):
@@ -272,10 +277,12 @@ def test_no_nodes(node):
     assert "sando:nodes: " in error_of(raw_config([]))
 
 
-@pytest.mark.parametrize("root", ["relative/dir", "/srv/../etc"])
-def test_bad_node_root(node, root):
+@pytest.mark.parametrize("root", ["/srv/testnodes/n1", ""])
+def test_node_root_prefix_is_gone(node, root):
+    """Nodes are real hosts: the old per-node root prefix is refused as an unknown key."""
     node["root"] = root
-    assert "sando:nodes[0].root: " in error_of(raw_config([node]))
+    assert error_of(raw_config([node])) == \
+        "sando:nodes[0].root: unknown key (check the spelling; see README 'Configuration')"
 
 
 @pytest.mark.parametrize("release_root", ["/", "opt/makenotwork", "/opt/../etc"])
@@ -289,8 +296,10 @@ def test_bad_node_name(node, name):
     assert "sando:nodes[0].name: " in error_of(raw_config([node]))
 
 
-def test_bad_json_names_key(node):
-    assert "sando:nodes: not valid JSON" in error_of({**raw_config([node]), "sando:nodes": "[{"})
+def test_plain_text_for_a_structured_key_says_what_it_must_be(node):
+    assert error_of({**raw_config([node]), "sando:nodes": "[{"}) == (
+        "sando:nodes: must be a list of nodes ({name, host, hostKey, ...}), set in Pulumi.<stack>.yaml or with "
+        "`pulumi config set --path 'sando:nodes...'`; got the plain text '[{'")
 
 
 def test_several_errors_are_all_reported(node):
@@ -353,13 +362,16 @@ def test_scalar_numbers_and_booleans_arrive_as_strings(node):
                                  "restartWarningSeconds", "restartWarningOnFailure"])
 def test_empty_scalar_value_is_a_validation_error_naming_the_key(node, key):
     msg = error_of(raw_config([node], **{key: ""}))
-    assert f"sando:{key}: " in msg
-    assert "not valid JSON" not in msg
+    assert msg.startswith(f"sando:{key}: ") and "\n" not in msg
+    assert "plain text" not in msg
 
 
-@pytest.mark.parametrize("key", ["nodes", "source", "binNames", "healthCheck", "bootstrap"])
-def test_empty_structured_value_is_not_valid_json(node, key):
-    assert f"sando:{key}: not valid JSON" in error_of({**raw_config([node]), f"sando:{key}": ""})
+@pytest.mark.parametrize("key, what", [
+    ("nodes", "a list of nodes ({name, host, hostKey, ...})"), ("source", "an object"),
+    ("binNames", "a list of binary names, e.g. [makenotwork, mnw-admin]"), ("healthCheck", "an object"),
+    ("bootstrap", "an object"), ("migrations", "an object"), ("rollout", "an object")])
+def test_empty_structured_value_says_what_it_must_be(node, key, what):
+    assert error_of({**raw_config([node]), f"sando:{key}": ""}).startswith(f"sando:{key}: must be {what}, set in ")
 
 
 # --- URLs of a node --------------------------------------------------------------------------------
@@ -408,3 +420,180 @@ def test_bad_app_url(node, url):
 @pytest.mark.parametrize("hc", ['{"url": "localhost:3000"}', '{"timeoutSeconds": 0}', '{"intervalSeconds": 4000}'])
 def test_bad_health_check(node, hc):
     assert "sando:healthCheck." in error_of(raw_config([node], healthCheck=hc))
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+
+def test_migrations_settings(node):
+    cfg = load(raw_config([node], migrations=json.dumps({
+        "gate": False, "dir": "db/migrations/", "dryRunCommand": "{release}/admin check --db {scratch} --live {database}",
+        "database": "/srv/data/mnw.db/", "backupDir": "/srv/backups", "refuseDestructive": True,
+        "allowDestructive": ["v43", "v44.1"]})), SECRETS)
+    m = cfg.migrations
+    assert (m.gate, m.dir, m.database, m.backup_dir) == (False, "db/migrations", "/srv/data/mnw.db", "/srv/backups")
+    assert m.refuse_destructive is True and m.allow_destructive == ("v43", "v44.1")
+    assert m.command("/opt/m/releases/v1", "/tmp/it's scratch", "/srv/data/mnw.db") == \
+        "/opt/m/releases/v1/admin check --db '/tmp/it'\"'\"'s scratch' --live /srv/data/mnw.db"
+
+
+@pytest.mark.parametrize("command, words", [
+    ("mnw-admin migrate --database {database}", "must run against {scratch} (the scratch copy), never the live"),
+    ("mnw-admin migrate", "must run against {scratch}"),
+    ("{release}/mnw-admin --db {scratch} {db}", "unknown placeholder(s) ['db']"),
+    ("{releases}/x {scratch}", "unknown placeholder(s) ['releases']"),
+    ("x {scratch", "has a bad placeholder"),
+    ("x {} {scratch}", "unknown placeholder(s) ['']"),
+])
+def test_dry_run_command_placeholders(node, command, words):
+    msg = error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command})))
+    assert msg.startswith("sando:migrations.dryRunCommand: ") and words in msg
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the dryRunCommand check only looks at placeholder names, so "
+                   "'{scratch!r}' or '{scratch:>40}' pass; filled in by gate.steps they change the shell quoting "
+                   "of the scratch path (!r gives the literal text \"$SCRATCH\" in single quotes), and a spec "
+                   "like '{scratch:d}' raises ValueError in the provider at deploy time")
+@pytest.mark.parametrize("command", ["x --db {scratch!r}", "x --db {scratch:d}"])
+def test_dry_run_command_refuses_conversions_and_format_specs(node, command):
+    error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command})))
+
+
+@pytest.mark.parametrize("bad, words", [
+    (["v 43"], "'v 43' is not a version name"),
+    (["v1;rm"], "'v1;rm' is not a version name"),
+    (["-v1"], "'-v1' is not a version name"),
+    ("v43", "must be a list of versions, e.g. [v43]"),
+])
+def test_allow_destructive_entries_are_versions(node, bad, words):
+    msg = error_of(raw_config([node], migrations=json.dumps({"allowDestructive": bad})))
+    assert msg == f"sando:migrations.allowDestructive: {words}"
+
+
+@pytest.mark.parametrize("key, value", [("database", "relative.db"), ("database", "/a/../b.db"),
+                                        ("backupDir", "backups"), ("dir", "/abs"), ("dir", "../up"), ("dir", "")])
+def test_migrations_paths(node, key, value):
+    assert error_of(raw_config([node], migrations=json.dumps({key: value}))).startswith(f"sando:migrations.{key}: ")
+
+
+# --- rollout --------------------------------------------------------------------------------------
+
+
+def nodes(host_key, n):
+    return [{"name": f"n{i}", "host": f"127.0.0.{i + 1}", "hostKey": host_key} for i in range(1, n + 1)]
+
+
+def test_rollout_batches_in_config_order(host_key):
+    raw = raw_config(nodes(host_key, 5)[::-1], rollout='{"batchSize": 2, "pauseSeconds": 2.5}')
+    cfg = load(raw, SECRETS)
+    assert [[n.name for n in b] for b in cfg.batches()] == [["n5", "n4"], ["n3", "n2"], ["n1"]]
+    assert cfg.rollout.pause_seconds == 2.5
+
+
+def test_no_rollout_is_one_batch_and_a_big_batch_too(host_key):
+    assert [[n.name for n in b] for b in load(raw_config(nodes(host_key, 3)), SECRETS).batches()] == \
+        [["n1", "n2", "n3"]]
+    cfg = load(raw_config(nodes(host_key, 3), rollout='{"batchSize": 10}'), SECRETS)
+    assert [[n.name for n in b] for b in cfg.batches()] == [["n1", "n2", "n3"]]
+    cfg = load(raw_config(nodes(host_key, 3), rollout='{"batchSize": 1}'), SECRETS)
+    assert [[n.name for n in b] for b in cfg.batches()] == [["n1"], ["n2"], ["n3"]]
+
+
+@pytest.mark.parametrize("rollout, msg", [
+    ('{"batchSize": 0}', "sando:rollout.batchSize: must be 1 or more"),
+    ('{"batchSize": -2}', "sando:rollout.batchSize: must be 1 or more"),
+    ('{"batchSize": 1.5}', "sando:rollout.batchSize: must be a whole number, not 1.5"),
+    ('{"pauseSeconds": -1}', "sando:rollout.pauseSeconds: must be between 0 and 3600"),
+    ('{"pauseSeconds": 3601}', "sando:rollout.pauseSeconds: must be between 0 and 3600"),
+    ('{"batchsize": 1}', "sando:rollout.batchsize: unknown key (check the spelling; see README 'Configuration')"),
+])
+def test_bad_rollout(node, rollout, msg):
+    assert error_of(raw_config([node], rollout=rollout)) == msg
+
+
+def test_rollout_edges_are_accepted(node):
+    cfg = load(raw_config([node], rollout='{"batchSize": 1, "pauseSeconds": 3600}'), SECRETS)
+    assert (cfg.rollout.batch_size, cfg.rollout.pause_seconds) == (1, 3600)
+
+
+# --- messages in an operator's words ------------------------------------------------------------------
+
+
+def test_bin_names_as_plain_text(node):
+    assert error_of(raw_config([node], binNames="makenotwork")) == (
+        "sando:binNames: must be a list of binary names, e.g. [makenotwork, mnw-admin], set in Pulumi.<stack>.yaml "
+        "or with `pulumi config set --path 'sando:binNames...'`; got the plain text 'makenotwork'")
+    assert error_of(raw_config([node], binNames='"makenotwork"')) == \
+        "sando:binNames: must be a list of binary names, e.g. [makenotwork, mnw-admin]"
+
+
+def test_bin_name_with_a_space(node):
+    assert error_of(raw_config([node], binNames='["a b"]')) == (
+        "sando:binNames: 'a b' is not a binary name: use letters, digits, '.', '_' and '-' (no spaces, no '/')")
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("keepReleases", "five", "sando:keepReleases: must be a whole number, not 'five'"),
+    ("sshAgent", "maybe", "sando:sshAgent: must be true or false, not 'maybe'"),
+    ("restartWarningOnFailure", "explode", "sando:restartWarningOnFailure: must be 'warn' or 'abort'"),
+    ("nodes", '[{"name": "n1", "host": "h", "port": "ssh"}]', "sando:nodes[0].port: must be a whole number, not 'ssh'"),
+    ("nodes", '[{"name": 7, "host": "h"}]', "sando:nodes[0].name: must be text, not 7"),
+    ("nodes", '["n1"]', "sando:nodes[0]: must be an object with named keys (see README 'Configuration')"),
+    ("nodes", '{"name": "n1"}', "sando:nodes: must be a list of nodes ({name, host, hostKey, ...})"),
+    ("healthCheck", '{"timeoutSeconds": "long"}', "sando:healthCheck.timeoutSeconds: must be a number, not 'long'"),
+    ("bootstrap", '{"manage": "unit"}', "sando:bootstrap.manage: must be a list of bootstrap items, e.g. "
+                                        "['caddyfile', 'unit', 'sshdGit', 'fail2ban', 'firewall', 'backup']"),
+    ("source", '{}', "sando:source.repo: is required"),
+])
+def test_type_errors_in_operator_words(node, key, value, msg):
+    assert error_of({**raw_config([node]), f"sando:{key}": value}) == msg
+
+
+JARGON = ["Input should be", "valid tuple", "valid list", "valid dictionary", "Extra data", "JSON", "pydantic",
+          "Field required", "type=", "For further information", "Value error", "Unable to parse"]
+
+BAD = [
+    ("nodes", "makenotwork"), ("nodes", "5"), ("nodes", "null"), ("nodes", "[5]"), ("nodes", "[[1]]"),
+    ("nodes", '[{"name": "n", "host": "h"}] trailing'), ("nodes", '[{"name": "n", "host": ["h"]}]'),
+    ("nodes", '[{"name": "n", "host": "h", "port": 1.5}]'), ("nodes", '[{"name": "n", "host": "h", "port": null}]'),
+    ("nodes", '[{"name": "n", "host": "h", "hostKey": 5}]'), ("nodes", '[{"name": "n", "host": "h", "appUrl": []}]'),
+    ("nodes", '[{"name": "n", "host": "h", "user": {"a": 1}}]'), ("nodes", "{"), ("nodes", ""),
+    ("binNames", "makenotwork"), ("binNames", '"makenotwork"'), ("binNames", "[1]"), ("binNames", "[null]"),
+    ("binNames", '[["a"]]'), ("binNames", "true"), ("binNames", '{"a": 1}'), ("binNames", "[a, b]"),
+    ("source", "/x"), ("source", '"x"'), ("source", "[1]"), ("source", '{"repo": 1}'),
+    ("source", '{"repo": "/x", "binDir": 5}'), ("source", '{"repo": "/x"} extra'),
+    ("healthCheck", '{"timeoutSeconds": "abc"}'), ("healthCheck", '{"expectVersion": "maybe"}'),
+    ("healthCheck", '{"url": 5}'), ("healthCheck", "[]"), ("healthCheck", '{"timeoutSeconds": null}'),
+    ("bootstrap", '{"manage": "unit"}'), ("bootstrap", '{"manage": [1]}'), ("bootstrap", '{"owner": 5}'),
+    ("bootstrap", '{"manage": {"a": 1}}'), ("bootstrap", '{"backupSchedule": ["17", "3"]}'),
+    ("migrations", '{"gate": "maybe"}'), ("migrations", '{"allowDestructive": "v1"}'),
+    ("migrations", '{"allowDestructive": [1]}'), ("migrations", '{"dryRunCommand": 5}'),
+    ("migrations", '{"database": 5}'), ("migrations", "x"), ("migrations", "[1]"), ("migrations", "7"),
+    ("rollout", '{"batchSize": "x"}'), ("rollout", '{"batchSize": 1.5}'), ("rollout", '{"pauseSeconds": "x"}'),
+    ("rollout", "2"), ("rollout", '{"batchSize": [1]}'),
+    ("keepReleases", "x"), ("keepReleases", "1.5"), ("keepReleases", "[1]"), ("keepReleases", ""),
+    ("sshAgent", "maybe"), ("restartWarningOnFailure", "maybe"), ("restartWarningSeconds", "1.5"),
+    ("insecureSkipHostKeyCheck", "2"),
+]
+
+
+@pytest.mark.parametrize("key, value", BAD)
+def test_no_library_jargon_in_any_type_error(node, key, value):
+    msg = error_of({**raw_config([node]), f"sando:{key}": value})
+    assert msg.startswith(f"sando:{key}"), msg
+    for word in JARGON:
+        assert word not in msg, msg
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a non-finite number for a whole-number key (YAML .nan/.inf reach "
+                   "sando as JSON NaN/Infinity) hits pydantic's finite_number error, which _in_operator_words does "
+                   "not translate: 'Input should be a finite number'")
+@pytest.mark.parametrize("key, value", [
+    ("nodes", '[{"name": "n1", "host": "h", "port": NaN}]'),
+    ("nodes", '[{"name": "n1", "host": "h", "port": Infinity}]'),
+    ("rollout", '{"batchSize": NaN}'),
+])
+def test_no_library_jargon_for_non_finite_numbers(node, key, value):
+    msg = error_of({**raw_config([node]), f"sando:{key}": value})
+    for word in JARGON:
+        assert word not in msg, msg

@@ -1,7 +1,8 @@
-"""__main__.py run under pulumi.runtime.set_mocks: which components and dynamic children the
-program declares, their names, parents, secrets and dependencies, and how it uses its own
-previous outputs (the release history). No engine, no SSH: dynamic providers are only
-serialized (dill) and registered; the mock monitor never runs their create/diff.
+"""__main__.py run under pulumi.runtime.set_mocks: the wiring only. Which components and dynamic
+children the program declares per node, their names, parents and dependencies, the inputs it
+computes for them, and that secrets only travel as secrets. No engine, no SSH: dynamic providers
+are only serialized and registered; the mocks echo inputs and invent nothing, and no assertion
+reads a value a mock made up.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import json
 import runpy
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
 import pytest
 from pulumi.runtime import mocks as pm
 from pulumi.runtime import rpc, settings
+
+from sando_components import commands
 
 from unit_helpers import commit_all, git, init_repo
 
@@ -48,39 +51,25 @@ class RecordingMonitor(pm.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-class SandoMocks(pm.Mocks):
-    """Answers readStackOutputs with an injected previous state; dynamic resources echo their
-    inputs plus what their provider would compute."""
+class EchoMocks(pm.Mocks):
+    """Every resource's state is its inputs: nothing invented (outputs stay unknown)."""
 
-    def __init__(self, previous_outputs: dict):
-        self.previous_outputs = previous_outputs
+    def __init__(self):
         self.resources: dict[str, pm.MockResourceArgs] = {}
-        self.calls: list[pm.MockCallArgs] = []
 
     def call(self, args):
-        self.calls.append(args)
-        if args.token == "pulumi:pulumi:readStackOutputs":
-            return {"outputs": self.previous_outputs}
         return {}
 
     def new_resource(self, args):
         self.resources[args.name] = args
-        state = dict(args.inputs)
-        if args.name.endswith("-files"):
-            state.update(path=f"/releases/{args.inputs['version']}", sha256={"makenotwork": "0" * 64},
-                         uploadedBytes=123)
-        elif args.name.endswith("-switch"):
-            state.update(liveVersion=args.inputs["version"], previousVersion="v0", switchedAt=1.5, health="ok")
-        elif args.name.endswith("-warning"):
-            state.update(status="sent", sentAt=1.0)
-        return f"{args.name}-id", state
+        return f"{args.name}-id", dict(args.inputs)
 
 
 @dataclass
 class Run:
     monitor: RecordingMonitor
-    mocks: SandoMocks
-    exports: dict = field(default_factory=dict)
+    mocks: EchoMocks
+    exports: dict
 
     @property
     def regs(self) -> dict:
@@ -89,22 +78,29 @@ class Run:
     def names(self, typ: str) -> set[str]:
         return {r.name for r in self.monitor.registrations if r.type == typ}
 
+    def urn(self, name: str) -> str:
+        (urn,) = [u for u in self.monitor.resources if u.rsplit("::", 1)[-1] == name]
+        return urn
 
-def run_program(config: dict[str, str], secret_keys: list[str], previous_outputs: dict | None = None,
-                mocks: SandoMocks | None = None) -> Run:
-    mocks = mocks or SandoMocks(previous_outputs or {})
+    def inputs(self, name: str) -> dict:
+        return self.mocks.resources[name].inputs
+
+
+def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
+    mocks = EchoMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(config, secret_keys)
     settings.ROOT.set(None)  # a fresh root Stack per run
-    pulumi.runtime.set_mocks(mocks, project="sando", stack="t", preview=False, monitor=monitor,
+    # A preview: what the mocks do not return (a provider's outputs) stays unknown, as in a real
+    # preview, instead of becoming None (which would drop it, and its dependencies, from the inputs).
+    pulumi.runtime.set_mocks(mocks, project="sando", stack="t", preview=True, monitor=monitor,
                              organization="organization")
-    run = Run(monitor, mocks)
+    run = Run(monitor, mocks, {})
 
     @pulumi.runtime.test
     def program():
         runpy.run_path(str(MAIN), run_name="__sando_main__")
-        outs = settings.get_root_resource().outputs
-        return pulumi.Output.from_input(outs).apply(run.exports.update)
+        run.exports.update(settings.get_root_resource().outputs)  # what the program exported, as given
 
     program()
     return run
@@ -117,14 +113,21 @@ def _reset_pulumi():
     settings.ROOT.set(None)
 
 
+def declared() -> list[str]:
+    return [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"]
+
+
 # --- the program's inputs --------------------------------------------------------------------------
 
 
 @pytest.fixture
 def server_repo(tmp_path) -> dict:
-    """The server repo as sando sees it: deploy files from the example, tag v1."""
+    """The server repo as sando sees it: deploy files from the example, two migrations, tag v1."""
     repo = init_repo(tmp_path / "makenotwork")
     shutil.copytree(DEPLOY, repo / "server" / "deploy")
+    (repo / "server" / "migrations").mkdir()
+    (repo / "server" / "migrations" / "0001_init.sql").write_text("CREATE TABLE notes (id INTEGER);")
+    (repo / "server" / "migrations" / "0002_drop_tags.sql").write_text("DROP TABLE tags;")
     commit = commit_all(repo, "server v1")
     git(repo, "tag", "v1")
     return {"path": repo, "commit": commit}
@@ -137,8 +140,10 @@ def config(server_repo, ed25519_key):
     def make(nodes=("n1", "n2"), **extra: str) -> tuple[dict, list[str]]:
         node_list = [{"name": "n1", "host": "127.0.0.2", "port": 2222, "user": "deploy", "hostKey": public}]
         if "n2" in nodes:
-            node_list.append({"name": "n2", "host": "127.0.0.3", "port": 2222, "user": "deploy", "hostKey": public,
-                              "root": "/srv/testnodes/n2", "appUrl": "http://127.0.0.1:41002"})
+            node_list.append({"name": "n2", "host": "127.0.0.3", "port": 2223, "user": "deploy", "hostKey": public,
+                              "appUrl": "http://127.0.0.1:41002"})
+        if "n3" in nodes:
+            node_list.append({"name": "n3", "host": "127.0.0.4", "hostKey": public})
         raw = {
             "sando:nodes": json.dumps(node_list),
             "sando:version": "v1",
@@ -153,9 +158,6 @@ def config(server_repo, ed25519_key):
     return make
 
 
-# --- tests ---------------------------------------------------------------------------------------
-
-
 def urn_name(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
@@ -164,15 +166,20 @@ def urn_type(urn: str) -> str:
     return urn.split("::")[2].split("$")[-1]
 
 
+# --- which resources, named and parented how ---------------------------------------------------------
+
+
 def test_components_per_node(config, server_repo):
     run = run_program(*config())
     assert run.names("sando:index:Node") == {"n1", "n2"}
-    assert run.names("sando:index:Release") == {"n1-release-v1", "n2-release-v1"}
+    assert run.names("sando:index:Release") == {"n1-release", "n2-release"}
     assert run.names("sando:index:CurrentPointer") == {"n1-current", "n2-current"}
-    for name in ("n1", "n1-release-v1", "n1-current", "n2", "n2-release-v1", "n2-current"):
+    for name in ("n1", "n1-release", "n1-current", "n2", "n2-release", "n2-current"):
         assert run.regs[name].parent == STACK_URN
     assert run.exports["version"] == "v1"
     assert run.exports["commit"] == server_repo["commit"]
+    assert {n: (run.exports["nodes"][n]["host"], run.exports["nodes"][n]["batch"]) for n in ("n1", "n2")} == \
+        {"n1": ("127.0.0.2", 0), "n2": ("127.0.0.3", 0)}
 
 
 def test_dynamic_children_are_named_and_parented_by_their_component(config):
@@ -180,7 +187,7 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
     expected = set()
     for node in ("n1", "n2"):
         expected |= {f"{node}-{role}" for role in NODE_CHILDREN}
-        expected |= {f"{node}-release-v1-files", f"{node}-current-switch"}
+        expected |= {f"{node}-release-files", f"{node}-current-switch"}
     assert run.names(DYNAMIC) == expected
     roles = {"sando:index:Node": set(NODE_CHILDREN), "sando:index:Release": {"files"},
              "sando:index:CurrentPointer": {"switch"}}
@@ -188,36 +195,121 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
         if reg.type != DYNAMIC:
             continue
         parent, ptype = urn_name(reg.parent), urn_type(reg.parent)
-        assert ptype in roles, (reg.name, reg.parent)
         assert reg.name.startswith(parent + "-"), (reg.name, parent)
         assert reg.name[len(parent) + 1:] in roles[ptype], reg.name
-    assert "n1-current-warning" not in run.regs and "n2-current-warning" not in run.regs
 
 
-def test_inputs_follow_config_and_root_prefix(config, server_repo):
+def test_bootstrap_subset_declares_only_those_children(config):
+    run = run_program(*config(nodes=("n1",), bootstrap='{"manage": ["caddyfile"]}'))
+    assert {n for n in run.names(DYNAMIC)} == {"n1-layout", "n1-caddyfile", "n1-caddy-reload", "n1-release-files",
+                                               "n1-current-switch"}
+
+
+# --- the inputs the program computes -------------------------------------------------------------------
+
+
+def test_node_children_inputs(config, server_repo):
     run = run_program(*config())
-    res = run.mocks.resources
-    assert res["n1-unit"].inputs["path"] == "/etc/systemd/system/makenotwork.service"
-    assert res["n2-unit"].inputs["path"] == "/srv/testnodes/n2/etc/systemd/system/makenotwork.service"
-    assert res["n1-cron"].inputs["path"] == "/etc/cron.d/makenotwork-backup"
-    assert res["n1-caddyfile"].inputs["content"] == (DEPLOY / "Caddyfile").read_text()
-    assert res["n1-firewall"].inputs["mode"] == 0o755 and res["n1-sshdGit"].inputs["mode"] == 0o644
-    assert res["n1-layout"].inputs["create"] == "mkdir -p /opt/makenotwork/releases"
-    assert res["n2-layout"].inputs["create"] == "mkdir -p /srv/testnodes/n2/opt/makenotwork/releases"
-    assert res["n1-daemon-reload"].inputs["create"] == "systemctl daemon-reload"
-    files = res["n1-release-v1-files"].inputs
+    for node in ("n1", "n2"):  # real paths on every node: no root prefix
+        assert run.inputs(f"{node}-unit")["path"] == "/etc/systemd/system/makenotwork.service"
+        assert run.inputs(f"{node}-layout")["create"] == "mkdir -p /opt/makenotwork/releases"
+    caddy = (server_repo["path"] / "server" / "deploy" / "Caddyfile").read_text()
+    assert run.inputs("n1-caddyfile")["content"] == caddy and run.inputs("n1-caddyfile")["mode"] == 0o644
+    assert run.inputs("n1-caddy-reload")["create"] == "systemctl reload caddy"
+    assert run.inputs("n1-daemon-reload")["create"] == commands.install_unit("makenotwork")
+    assert run.inputs("n1-firewall")["mode"] == 0o755 and run.inputs("n1-sshdGit")["mode"] == 0o644
+    assert run.inputs("n1-cron")["path"] == "/etc/cron.d/makenotwork-backup"
+    assert run.inputs("n1-cron")["content"].endswith("17 3 * * * root /usr/local/sbin/backup-db.sh\n")
+    assert run.inputs("n2-unit")["connection"] == {"host": "127.0.0.3", "port": 2223, "user": "deploy",
+                                                   "hostKey": json.loads(config()[0]["sando:nodes"])[1]["hostKey"],
+                                                   "insecure": False}
+    assert run.inputs("n1-unit")["node"] == "n1"
+
+
+def test_release_inputs(config, server_repo):
+    run = run_program(*config())
+    files = run.inputs("n1-release-files")
     assert (files["version"], files["commit"]) == ("v1", server_repo["commit"])
+    assert (files["releaseRoot"], files["service"], files["node"]) == ("/opt/makenotwork", "makenotwork", "n1")
     assert files["binNames"] == ["makenotwork", "mnw-admin"]
-    assert files["build"]["repo"] == str(server_repo["path"])
-    assert files["connection"] == {"host": "127.0.0.2", "port": 2222, "user": "deploy",
-                                   "hostKey": json.loads(config()[0]["sando:nodes"])[0]["hostKey"],
-                                   "insecure": False}
-    switch1, switch2 = res["n1-current-switch"].inputs, res["n2-current-switch"].inputs
-    assert (switch1["version"], switch1["commit"], switch1["service"]) == ("v1", server_repo["commit"], "makenotwork")
-    assert switch1["healthUrl"] == "http://127.0.0.1:3000/"
-    assert switch2["healthUrl"] == "http://127.0.0.1:41002/"
-    assert switch2["root"] == "/srv/testnodes/n2"
-    assert switch1["release"] == "/releases/v1"  # the Release's path output
+    assert files["build"] == {"repo": str(server_repo["path"]),
+                              "command": "cargo build --release --manifest-path server/Cargo.toml",
+                              "binDir": "server/target/release", "errorPagesDir": "server/deploy/error-pages"}
+
+
+def test_pointer_inputs(config, server_repo):
+    run = run_program(*config(keepReleases="3", migrations='{"refuseDestructive": true, "database": "/srv/d/mnw.db", '
+                                                           '"backupDir": "/srv/backups"}'))
+    s1, s2 = run.inputs("n1-current-switch"), run.inputs("n2-current-switch")
+    assert (s1["version"], s1["commit"], s1["service"], s1["releaseRoot"]) == \
+        ("v1", server_repo["commit"], "makenotwork", "/opt/makenotwork")
+    assert s1["keepReleases"] == 3
+    assert s1["healthCheck"] == {"url": "http://127.0.0.1:3000/", "timeoutSeconds": 30, "intervalSeconds": 1,
+                                 "expectVersion": False}
+    assert s2["healthCheck"]["url"] == "http://127.0.0.1:41002/"
+    assert s1.get("warning") is None and s1.get("token") is None
+    assert s1["gate"] == {"enabled": True, "migrations": ["1", "2"], "destructive": ["2"],
+                          "names": {"1": "init", "2": "drop_tags"},
+                          "dryRunCommand": "{release}/mnw-admin migrate --dry-run --database {scratch}",
+                          "database": "/srv/d/mnw.db", "envFile": "/etc/makenotwork/makenotwork.env",  # the unit's
+                          "backupDir": "/srv/backups", "allowDestructive": False}
+    assert s1["rollout"] == {"batch": 0, "pauseSeconds": 0, "later": []}
+
+
+def test_allow_destructive_for_the_pinned_version_and_gate_off(config):
+    run = run_program(*config(nodes=("n1",), migrations='{"refuseDestructive": true, "allowDestructive": ["v1"]}'))
+    assert run.inputs("n1-current-switch")["gate"]["allowDestructive"] is True
+    run = run_program(*config(nodes=("n1",), migrations='{"gate": false}'))
+    gate = run.inputs("n1-current-switch")["gate"]
+    assert gate["enabled"] is False and gate["migrations"] == []
+
+
+def test_restart_warning_inputs(config):
+    run = run_program(*config(restartWarningSeconds="5", cliServiceToken="t0k", restartWarningOnFailure="abort"))
+    assert run.inputs("n1-current-switch")["warning"] == {
+        "url": "http://127.0.0.1:3000/api/internal/restart-warning", "seconds": 5, "onFailure": "abort"}
+    assert run.inputs("n2-current-switch")["warning"]["url"] == "http://127.0.0.1:41002/api/internal/restart-warning"
+    assert not {n for n in run.regs if n.endswith("-warning")}  # a step of the switch, not a resource
+
+
+# --- dependencies ------------------------------------------------------------------------------------
+
+
+def test_pointer_waits_for_its_bootstrap_and_its_release(config):
+    run = run_program(*config())
+    for node in ("n1", "n2"):
+        reg = run.regs[f"{node}-current-switch"]
+        deps = set(reg.dependencies)
+        for role in NODE_CHILDREN:
+            assert run.urn(f"{node}-{role}") in deps, role
+        assert run.urn(f"{node}-release-files") in set(reg.propertyDependencies["release"].urns)
+        other = "n2" if node == "n1" else "n1"
+        assert not any(urn_name(d).startswith(other) for d in deps)
+    assert list(run.regs["n1-daemon-reload"].dependencies) == [run.urn("n1-unit")]
+    assert list(run.regs["n1-caddy-reload"].dependencies) == [run.urn("n1-caddyfile")]
+
+
+def test_rollout_batches_chain_the_pointers(config):
+    run = run_program(*config(nodes=("n1", "n2", "n3"), rollout='{"batchSize": 1, "pauseSeconds": 5}'))
+    assert run.urn("n1-current-switch") in run.regs["n2-current-switch"].dependencies
+    assert run.urn("n2-current-switch") in run.regs["n3-current-switch"].dependencies
+    assert run.urn("n1-current-switch") not in run.regs["n3-current-switch"].dependencies
+    assert not any("current" in urn_name(d) for d in run.regs["n1-current-switch"].dependencies)
+    assert [run.inputs(f"{n}-current-switch")["rollout"] for n in ("n1", "n2", "n3")] == [
+        {"batch": 0, "pauseSeconds": 5, "later": ["n2", "n3"]},
+        {"batch": 1, "pauseSeconds": 5, "later": ["n3"]},
+        {"batch": 2, "pauseSeconds": 5, "later": []}]
+    assert [run.exports["nodes"][n]["batch"] for n in ("n1", "n2", "n3")] == [0, 1, 2]
+
+
+def test_without_rollout_pointers_do_not_wait_for_each_other(config):
+    run = run_program(*config(nodes=("n1", "n2", "n3")))
+    for n in ("n1", "n2", "n3"):
+        assert not any("current" in urn_name(d) for d in run.regs[f"{n}-current-switch"].dependencies)
+        assert run.inputs(f"{n}-current-switch")["rollout"] == {"batch": 0, "pauseSeconds": 0, "later": []}
+
+
+# --- secrets ---------------------------------------------------------------------------------------------
 
 
 def _walk_plain(value, path=""):
@@ -240,122 +332,83 @@ def test_private_key_and_token_only_travel_as_secrets(config, ed25519_key):
     run = run_program(*config(restartWarningSeconds="5", cliServiceToken=token))
     key_body = private.splitlines()[1]  # a line of the key's base64 body
     dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC]
-    assert len(dynamic) == 2 * (len(NODE_CHILDREN) + 3)
+    assert len(dynamic) == 2 * (len(NODE_CHILDREN) + 2)
     for args in dynamic:
         assert rpc.is_rpc_secret(args.inputs["privateKey"]), args.name
         assert rpc.unwrap_rpc_secret(args.inputs["privateKey"]) == private
         for where, text in _walk_plain(args.inputs):
             assert key_body not in text and token not in text, (args.name, where)
+    for node in ("n1", "n2"):
+        t = run.inputs(f"{node}-current-switch")["token"]
+        assert rpc.is_rpc_secret(t) and rpc.unwrap_rpc_secret(t) == token
     for reg in run.monitor.registrations:
         if reg.type == DYNAMIC:  # state keeps them encrypted too
             assert {"privateKey", "token"} <= set(reg.additionalSecretOutputs), reg.name
-    warning = run.mocks.resources["n1-current-warning"].inputs
-    assert rpc.is_rpc_secret(warning["token"]) and rpc.unwrap_rpc_secret(warning["token"]) == token
-    # component outputs and stack exports carry neither
-    for req in run.monitor.outputs:
+    for req in run.monitor.outputs:  # component outputs and stack exports carry neither
         assert key_body not in str(req.outputs) and token not in str(req.outputs)
-    assert key_body not in json.dumps(run.exports, default=str) and token not in json.dumps(run.exports, default=str)
+    for where, text in _walk_plain(run.exports):  # the exports' plain values (resource outputs are unknown)
+        assert key_body not in text and token not in text, where
 
 
-def test_restart_warning_child_only_when_enabled(config):
-    run = run_program(*config(restartWarningSeconds="5", cliServiceToken="t0k"))
-    for node, url in (("n1", "http://127.0.0.1:3000"), ("n2", "http://127.0.0.1:41002")):
-        reg = run.regs[f"{node}-current-warning"]
-        assert reg.type == DYNAMIC and urn_name(reg.parent) == f"{node}-current"
-        inputs = run.mocks.resources[f"{node}-current-warning"].inputs
-        assert inputs["url"] == f"{url}/api/internal/restart-warning"
-        assert inputs["seconds"] == 5 and inputs["onFailure"] == "warn" and inputs["version"] == "v1"
-        switch = run.mocks.resources[f"{node}-current-switch"].inputs
-        assert switch["warningSeconds"] == 5 and switch["warningSentAt"] == 1.0  # waits for the notice
-        assert run.exports["nodes"][node]["restartWarning"] == "sent"
-    run = run_program(*config(restartWarningSeconds="0"))
-    assert not {n for n in run.regs if n.endswith("-warning")}
-    assert run.exports["nodes"]["n1"]["restartWarning"] == "disabled"
+def test_ssh_agent_sends_no_key(config):
+    raw, _ = config(nodes=("n1",), sshAgent="true")
+    del raw["sando:sshPrivateKey"]
+    run = run_program(raw, [])
+    dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC]
+    assert len(dynamic) == len(NODE_CHILDREN) + 2
+    assert all(a.inputs.get("privateKey") is None for a in dynamic)
 
 
-def test_history_keeps_rollback_target(config, server_repo):
-    previous = {"nodes": {"n1": {"releases": [{"version": "v0", "commit": "c0"}], "liveVersion": "v0",
-                                 "previousVersion": None}}}
-    run = run_program(*config(keepReleases="1"), previous_outputs=previous)
-    assert [(c.token, c.args) for c in run.mocks.calls] == [
-        ("pulumi:pulumi:readStackOutputs", {"name": "organization/sando/t"})]
-    assert run.names("sando:index:Release") == {"n1-release-v0", "n1-release-v1", "n2-release-v1"}
-    assert run.mocks.resources["n1-release-v0-files"].inputs["commit"] == "c0"
-    assert urn_name(run.regs["n1-release-v0-files"].parent) == "n1-release-v0"
-    assert run.exports["nodes"]["n1"]["releases"] == [{"version": "v0", "commit": "c0"},
-                                                      {"version": "v1", "commit": server_repo["commit"]}]
-    assert run.exports["nodes"]["n2"]["releases"] == [{"version": "v1", "commit": server_repo["commit"]}]
-    # the pointer is given the pinned release, not the rollback target
-    assert run.mocks.resources["n1-current-switch"].inputs["release"] == "/releases/v1"
+# --- config errors: exit 32 before any resource -------------------------------------------------------------
 
 
-def test_history_prunes_outside_window(config, server_repo):
-    previous = {"nodes": {"n1": {"releases": [{"version": v, "commit": f"c-{v}"} for v in ("v0", "vA", "vB")],
-                                 "liveVersion": "vB", "previousVersion": "vA"}}}
-    run = run_program(*config(nodes=("n1",), keepReleases="1"), previous_outputs=previous)
-    assert run.names("sando:index:Release") == {"n1-release-vB", "n1-release-v1"}
-    assert [r["version"] for r in run.exports["nodes"]["n1"]["releases"]] == ["vB", "v1"]
-
-
-def test_pointer_waits_for_release_and_bootstrap(config):
-    run = run_program(*config(nodes=("n1",)))
-    urn = {urn_name(u): u for u in run.monitor.resources}
-    pointer_deps = set(run.regs["n1-current-switch"].dependencies)  # the child that restarts
-    for role in ("unit", "daemon-reload", "layout"):
-        assert urn[f"n1-{role}"] in pointer_deps, role
-    release_deps = set(run.regs["n1-current-switch"].propertyDependencies["release"].urns)
-    assert urn["n1-release-v1-files"] in release_deps
-    assert list(run.regs["n1-daemon-reload"].dependencies) == [urn["n1-unit"]]
-    assert list(run.regs["n1-caddy-reload"].dependencies) == [urn["n1-caddyfile"]]
-
-
-def test_config_error_exits_32_before_any_resource(config, capsys):
-    raw, secrets = config(version="v9")
+@pytest.mark.parametrize("change, words", [
+    ({"version": "v9"}, "sando:version: 'v9' is not a branch, tag or commit"),
+    ({"bogus": "1"}, "sando:bogus: unknown key"),
+    ({"binNames": "makenotwork"}, "sando:binNames: must be a list of binary names"),
+    ({"source": None}, "sando:source.errorPagesDir: 'nope' is not a directory at commit"),
+    ({"nodeRoot": None}, "sando:nodes[0].root: unknown key"),
+])
+def test_config_error_exits_32_before_any_resource(config, server_repo, caplog, change, words):
+    raw, secrets = config(nodes=("n1",))
+    if "source" in change:
+        raw["sando:source"] = json.dumps({"repo": str(server_repo["path"]), "errorPagesDir": "nope"})
+    elif "nodeRoot" in change:
+        nodes = json.loads(raw["sando:nodes"])
+        nodes[0]["root"] = "/srv/testnodes/n1"
+        raw["sando:nodes"] = json.dumps(nodes)
+    else:
+        raw.update({f"sando:{k}": v for k, v in change.items()})
     with pytest.raises(SystemExit) as exc:
         run_program(raw, secrets)
     assert exc.value.code == 32
-    assert "sando: sando:version: 'v9' is not a branch, tag or commit" in capsys.readouterr().err
-    assert [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
+    assert words in caplog.text  # pulumi.log.error, as the mocks show it
+    assert declared() == []
 
 
-def test_unknown_key_exits_32(config, capsys):
-    raw, secrets = config()
-    with pytest.raises(SystemExit) as exc:
-        run_program({**raw, "sando:bogus": "1"}, secrets)
-    assert exc.value.code == 32
-    assert "sando:bogus: unknown key" in capsys.readouterr().err
-    assert [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
-
-
-def test_missing_bootstrap_file_exits_before_any_resource(config, server_repo, capsys):
+def test_missing_bootstrap_file_exits_before_any_resource(config, server_repo, caplog):
     (server_repo["path"] / "server" / "deploy" / "fail2ban-sshd.conf").unlink()
     with pytest.raises(SystemExit) as exc:
         run_program(*config(nodes=("n1",)))
     assert exc.value.code == 32
-    assert "sando:bootstrap.fail2ban" in capsys.readouterr().err
-    # bootstrap_sources reads every file before anything is declared: no Node, no child
-    assert [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
+    assert "sando:bootstrap.fail2ban: 'server/deploy/fail2ban-sshd.conf' is not a file" in caplog.text
+    assert declared() == []
 
 
-def test_unit_not_under_release_root_exits_before_any_resource(config, server_repo, capsys):
+def test_unit_not_under_release_root_exits_before_any_resource(config, server_repo, caplog):
     unit = server_repo["path"] / "server" / "deploy" / "makenotwork.service"
     unit.write_text(unit.read_text().replace("/opt/makenotwork/current/", "/usr/local/bin/"))
     with pytest.raises(SystemExit) as exc:
         run_program(*config(nodes=("n1",)))
     assert exc.value.code == 32
-    assert "sando:bootstrap.unit" in capsys.readouterr().err
-    assert [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
+    assert "sando:bootstrap.unit: server/deploy/makenotwork.service does not run a binary under" in caplog.text
+    assert declared() == []
 
 
-def test_failed_read_of_previous_outputs_stops_the_program(config):
-    """No fallback to {}: forgetting the release history would prune the retained releases."""
-
-    class FailingRead(SandoMocks):
-        def call(self, args):
-            if args.token == "pulumi:pulumi:readStackOutputs":
-                raise RuntimeError("checkpoint unreadable")
-            return super().call(args)
-
-    with pytest.raises(Exception, match="checkpoint unreadable"):
-        run_program(*config(nodes=("n1",)), mocks=FailingRead({}))
-    assert [r.name for r in settings.SETTINGS.monitor.registrations if r.type != "pulumi:pulumi:Stack"] == []
+def test_env_file_is_the_units_environment_file(config, server_repo):
+    unit = server_repo["path"] / "server" / "deploy" / "makenotwork.service"
+    unit.write_text(unit.read_text().replace("EnvironmentFile=-/etc/makenotwork/makenotwork.env",
+                                             "EnvironmentFile=/srv/mnw/settings.env"))
+    commit_all(server_repo["path"], "another env file")  # (bootstrap files are read from the working tree)
+    run = run_program(*config(nodes=("n1",)))
+    assert run.inputs("n1-current-switch")["gate"]["envFile"] == "/srv/mnw/settings.env"

@@ -1,0 +1,252 @@
+"""The providers' pure parts: pointer.to_prune (the retention policy), base.parse_state, the
+restart warning's step/stdin/status, ReleaseProvider's no-space message, and the rollout pause.
+(The scripts they compose run for real in test_switch.py, test_receive.py and test_gate.py.)"""
+
+from __future__ import annotations
+
+import random
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from sando_components import commands, transfer
+from sando_components.errors import OperatorError
+from sando_components.providers import base, pointer, warning
+from sando_components.providers.base import NodeState, parse_state
+from sando_components.providers.pointer import PointerProvider, to_prune
+from sando_components.providers.release import ReleaseProvider
+from sando_components.transfer import NodeRelease
+
+from fakenode import connection
+
+
+def r(version: str, created: float, failed: bool = False) -> NodeRelease:
+    return NodeRelease(version, f"c-{version}", created, {}, failed)
+
+
+def held(*rs: NodeRelease) -> dict[str, NodeRelease]:
+    return {x.version: x for x in rs}
+
+
+# --- to_prune ---------------------------------------------------------------------------------------
+
+
+def test_keeps_the_newest_by_created_at_not_by_name():
+    rs = held(r("v10", 10), r("v9", 9), r("v2", 2), r("v1", 1), r("v11", 0.5))
+    assert to_prune(rs, "v10", "v9", 3) == ["v1", "v11"]
+
+
+def test_always_keeps_live_and_previous_even_when_oldest():
+    rs = held(r("v1", 1), r("v2", 2), r("v3", 3), r("v4", 4), r("v5", 5))
+    assert to_prune(rs, "v1", "v2", 2) == ["v3"]  # v5, v4 newest; v1 live; v2 the rollback target
+    assert to_prune(rs, "v5", None, 1) == ["v1", "v2", "v3", "v4"]
+
+
+def test_failed_releases_go_first():
+    rs = held(r("v1", 1), r("v2", 2), r("v3", 3, failed=True), r("v4", 4, failed=True))
+    assert to_prune(rs, "v2", "v1", 2) == ["v3", "v4"]
+    assert to_prune(rs, "v2", "v1", 3) == ["v3"]  # the newest failed one fills the third place
+    assert to_prune(held(r("v4", 4, failed=True)), "v4", None, 1) == []  # live, failed or not
+
+
+def test_live_or_previous_not_held_and_empty():
+    assert to_prune({}, None, None, 5) == []
+    assert to_prune(held(r("v1", 1), r("v2", 2)), "gone", None, 1) == ["v1"]
+
+
+def test_to_prune_properties_over_random_histories():
+    rnd = random.Random(1234)
+    for _ in range(2000):
+        n = rnd.randint(0, 12)
+        rs = held(*(r(f"v{i}", rnd.choice([rnd.random() * 100, 7.0]), rnd.random() < 0.25) for i in range(n)))
+        names = list(rs) + [None, "not-held"]
+        live, previous, keep = rnd.choice(names), rnd.choice(names), rnd.randint(1, 6)
+        out = to_prune(rs, live, previous, keep)
+        left = set(rs) - set(out)
+        assert out == sorted(out) and set(out) <= set(rs)
+        assert live not in out and previous not in out
+        assert len(left) <= keep + 2
+        assert len(left) >= min(keep, len(rs))
+        ranked = sorted(rs.values(), key=lambda x: (x.failed, -x.created_at, x.version))
+        assert {x.version for x in ranked[:keep]} <= left  # the newest good ones stay
+        for gone in out:  # nothing pruned ranks above something kept for its rank
+            for kept in left - {live, previous}:
+                assert (rs[kept].failed, -rs[kept].created_at, kept) < (rs[gone].failed, -rs[gone].created_at, gone)
+
+
+def test_the_switch_prunes_as_if_the_new_release_is_good_and_reverts_as_if_failed():
+    """PointerProvider._script: prune_ok with the pin live and the old live as previous; prune_failed
+    with the pin failed and current/previous unchanged."""
+    state = NodeState(live="v3", previous="v2", free_kib=0, zstd=True, active=True,
+                      releases=held(r("v1", 1), r("v2", 2), r("v3", 3), r("v4", 4)))
+    props = {"version": "v4", "releaseRoot": "/opt/m", "service": "m", "commit": "c-v4", "keepReleases": 1,
+             "healthCheck": {"url": "http://h/", "timeoutSeconds": 1, "intervalSeconds": 1, "expectVersion": False}}
+    script, timeout = PointerProvider()._script(props, state)
+    assert commands.prune(["v1", "v2"]) in script  # ok: v4 live, v3 previous
+    assert commands.prune(["v1", "v4"]) in script  # failed: v3 live, v2 previous, v4 ranked last
+    assert timeout == 900 + 2 * (120 + 1)
+
+
+# --- parse_state ------------------------------------------------------------------------------------
+
+
+PROBE_OUT = """@active reloading
+@current releases/v2
+@previous /opt/makenotwork/releases/v1/
+@free 123456
+@zstd no
+@release v1
+{"commit":"c1","createdAt":5,"files":{"makenotwork":"aa"}}
+@release v2
+{"commit":"c2","createdAt":6}
+@failed v2
+@foreign zz
+@foreign aa
+"""
+
+
+def test_parse_state():
+    s = parse_state(PROBE_OUT)
+    assert (s.live, s.previous, s.free_kib, s.zstd, s.active) == ("v2", "v1", 123456, False, True)
+    assert s.releases == {"v1": NodeRelease("v1", "c1", 5.0, {"makenotwork": "aa"}, False),
+                          "v2": NodeRelease("v2", "c2", 6.0, {}, True)}
+    assert s.foreign == ("aa", "zz")
+
+
+@pytest.mark.parametrize("active, up", [("active", True), ("activating", True), ("reloading", True),
+                                        ("inactive", False), ("failed", False), ("", False), ("unknown", False)])
+def test_parse_state_service(active, up):
+    assert parse_state(f"@active {active}\n").active is up
+
+
+def test_parse_state_of_nothing():
+    s = parse_state("@missing\n@current \n@previous \n@free \n")
+    assert (s.live, s.previous, s.free_kib, s.zstd, s.active, s.releases, s.foreign) == \
+        (None, None, 0, False, False, {}, ())
+
+
+def test_with_release_does_not_change_the_original():
+    s = parse_state(PROBE_OUT)
+    s2 = s.with_release(r("v3", 7))
+    assert sorted(s2.releases) == ["v1", "v2", "v3"] and sorted(s.releases) == ["v1", "v2"]
+
+
+def test_changed_public_refresh_auth():
+    assert base.changed({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}, ["a", "b", "c"]) == ["b", "c"]
+    assert base.public({"x": 1, "__provider": "blob"}) == {"x": 1}
+    olds = {"version": "v1", "connection": {"host": "a"}, "privateKey": "old", "__provider": "p"}
+    news = {"version": "v2", "connection": {"host": "b"}, "privateKey": "new"}
+    assert base.refresh_auth(olds, news) == {"version": "v1", "connection": {"host": "b"}, "privateKey": "new"}
+    assert base.node_of({"node": "n1", "connection": {"host": "h"}}) == "n1"
+    assert base.node_of({"connection": {"host": "h"}}) == "h"
+
+
+def test_secret_outputs():
+    assert base.SECRET_OUTPUTS == ["privateKey", "token"]
+
+
+# --- the restart warning ---------------------------------------------------------------------------------
+
+
+W = {"url": "http://127.0.0.1:3000/api/internal/restart-warning", "seconds": 30, "onFailure": "warn"}
+
+
+def test_warning_step_and_stdin():
+    assert warning.step(W, "tok") == commands.restart_warning(W["url"], 30, False)
+    assert warning.step({**W, "onFailure": "abort"}, "tok") == commands.restart_warning(W["url"], 30, True)
+    assert warning.stdin(W, "tok") == b"Authorization: Bearer tok\n"
+    assert "tok" not in warning.step(W, "tok")
+    for w, token in ((None, "tok"), ({**W, "seconds": 0}, "tok"), (W, None), (W, "")):
+        assert warning.step(w, token) is None and warning.stdin(w, token) is None
+
+
+def test_warning_status():
+    assert warning.status(None, {}, True) == "disabled"
+    assert warning.status({**W, "seconds": 0}, {"warning": "sent 1"}, True) == "disabled"
+    assert warning.status(W, {}, False) == "not sent: nothing restarted"
+    assert warning.status(W, {}, True) == "not sent"
+    assert warning.status(W, {"warning": "sent 1700000000"}, True) == \
+        "sent at 2023-11-14T22:13:20+00:00, 30s before the restart"
+    assert warning.status(W, {"warning": "failed HTTP 500 boom"}, True) == "failed HTTP 500 boom"
+
+
+# --- ReleaseProvider: not enough space ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("free, need, text", [
+    (12 * 1024, 64 * 1024, "node1: releases/ has 12 MB free, v7 needs 64 MB; "),
+    (500, 2048, "node1: releases/ has 500 KB free, v7 needs 2 MB; "),
+    (-5, 1536 * 1024, "node1: releases/ has 0 KB free, v7 needs 1536 MB; "),
+])
+def test_no_space_message(free, need, text):
+    err = ReleaseProvider._no_space("node1", free, "v7", need)
+    assert isinstance(err, OperatorError)
+    assert str(err) == text + ("nothing was sent. Free space on the node (or lower sando:keepReleases) and run "
+                               "pulumi up again")
+
+
+def test_release_provider_checks_space_before_sending(provider_node, tmp_path, monkeypatch):
+    """Free space as the probe read it is too little: refused before anything is built or sent."""
+    node = provider_node
+    props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
+             "service": "makenotwork", "version": "v7", "commit": "c7", "binNames": ["makenotwork"],
+             "build": {"repo": str(tmp_path), "command": "true", "binDir": "out", "errorPagesDir": "pages"}}
+    base.remember(props, NodeState(live=None, previous=None, free_kib=100, zstd=True, active=False))
+
+    class Art:
+        root, files = str(tmp_path), (("makenotwork", "0" * 64, 0o755),)
+
+        def size(self, rel):
+            return 64 * 1024 * 1024
+
+        def sums(self):
+            return ""
+
+    monkeypatch.setattr("sando_components.build.ensure_built", lambda *a, **k: Art())
+    with pytest.raises(OperatorError, match=r"^node1: releases/ has 100 KB free, v7 needs 68 MB; nothing was sent"):
+        ReleaseProvider().create(props)
+    assert node.scripts == []
+
+
+def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, tmp_path, monkeypatch):
+    """The node says 75 (less free space than the probe saw): the message gives the node's figure."""
+    node = provider_node
+    props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
+             "service": "makenotwork", "version": "v7", "commit": "c7", "binNames": ["makenotwork"],
+             "build": {"repo": str(tmp_path), "command": "true", "binDir": "out", "errorPagesDir": "pages"}}
+    (tmp_path / "makenotwork").write_bytes(b"x")
+    base.remember(props, NodeState(live=None, previous=None, free_kib=1 << 60, zstd=True, active=False))
+    from sando_components import build
+    art = build.Artifacts(str(tmp_path), (("makenotwork", "0" * 64, 0o755),))
+    monkeypatch.setattr(build, "ensure_built", lambda *a, **k: art)
+    monkeypatch.setattr(transfer, "MARGIN", 1e18)
+    with pytest.raises(OperatorError, match=r"^node1: releases/ has \d+ MB free, v7 needs \d+ MB; nothing was sent"):
+        ReleaseProvider().create(props)
+    assert len(node.scripts) == 1 and "exit 75" in node.scripts[0][0]
+    assert node.versions() == []
+
+
+# --- rollout: the pause before a later batch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rollout, live, slept", [
+    ({"batch": 1, "pauseSeconds": 7}, "v1", [7.0]),
+    ({"batch": 0, "pauseSeconds": 7}, "v1", []),  # the first batch does not wait
+    ({"batch": 2, "pauseSeconds": 0}, "v1", []),
+    ({"batch": 1, "pauseSeconds": 7}, "v2", []),  # nothing to switch: no pause
+])
+def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
+    node = provider_node
+    node.release("v1")
+    node.release("v2")
+    node.point(current=live)
+    node.start(live)
+    naps = []
+    monkeypatch.setattr(pointer, "time", SimpleNamespace(sleep=naps.append, time=time.time))
+    props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
+             "service": "makenotwork", "version": "v2", "commit": "c-v2", "keepReleases": 5,
+             "healthCheck": {"url": "http://h/", "timeoutSeconds": 0, "intervalSeconds": 0.1, "expectVersion": False},
+             "warning": None, "token": None, "gate": {}, "rollout": rollout}
+    outs = PointerProvider().create(props).outs
+    assert outs["liveVersion"] == "v2" and naps == slept

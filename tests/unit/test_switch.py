@@ -1,0 +1,501 @@
+"""The switch of a node (commands.pointer_script, with health_function, restart_warning, switch,
+switch_back, restart, prune), run for real in a tmp dir standing for the release root, with
+stand-in systemctl/curl/sleep (fakenode.py): the app "runs" the release `current` pointed at when
+it was last restarted, and answers its version. Scripts are composed as the provider composes
+them (PointerProvider._script, from what commands.probe read); then PointerProvider end to end
+with ssh.run running locally, for its outputs and failure messages."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from sando_components import commands, paths
+from sando_components.errors import OperatorError
+from sando_components.providers import base, warning
+from sando_components.providers.base import parse_state, releases_of
+from sando_components.providers.pointer import PointerProvider
+
+from fakenode import FakeNode, connection
+
+TOKEN = "tok-S3CRET-value"
+WARNING = {"url": "http://127.0.0.1:3000/api/internal/restart-warning", "seconds": 1, "onFailure": "warn"}
+
+
+@pytest.fixture
+def node(tmp_path) -> FakeNode:
+    return FakeNode(tmp_path)
+
+
+def props(node: FakeNode, version: str, *, expect: bool = False, keep: int = 5, warn: dict | None = None,
+          token: str | None = None, gate: dict | None = None, commit: str | None = None, timeout: float = 0,
+          rollout: dict | None = None) -> dict:
+    return {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
+            "service": "makenotwork", "version": version, "commit": commit or f"c-{version}",
+            "release": str(node.root / "releases" / version), "keepReleases": keep,
+            "healthCheck": {"url": "http://127.0.0.1:3000/health", "timeoutSeconds": timeout, "intervalSeconds": 0.1,
+                            "expectVersion": expect},
+            "warning": warn, "token": token if warn else None, "gate": gate or {}, "rollout": rollout or {}}
+
+
+def switch(node: FakeNode, version: str, shell: str = "/bin/sh", **kw):
+    """Compose the switch script as the provider does, from what the node holds now, and run it."""
+    p = props(node, version, **kw)
+    state = parse_state(node.run(commands.probe(str(node.root), "makenotwork")).out)
+    script, _ = PointerProvider()._script(p, state)
+    node.clear_calls()
+    return node.run(script, stdin=warning.stdin(p["warning"], p["token"]) or b"", shell=shell)
+
+
+def live_v1(node: FakeNode, *more: str) -> None:
+    """v1 live and running, v2 (and `more`) received."""
+    node.release("v1", created_at=1)
+    node.release("v2", created_at=2)
+    for i, v in enumerate(more):
+        node.release(v, created_at=3 + i)
+    node.point(current="v1")
+    node.start("v1")
+
+
+def final(res):
+    return releases_of(res.out, "final-")[0]
+
+
+# --- the switch --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_switch_v1_to_v2(node, shell):
+    live_v1(node)
+    (node.root / "releases" / "v2" / paths.FAILED).write_text("an earlier try failed\n")
+    res = switch(node, "v2", shell=shell)
+    assert res.rc == 0, res.out + res.err
+    assert node.readlink("current") == "releases/v2"
+    assert node.readlink("previous") == "releases/v1"
+    assert node.readlink(paths.ERROR_PAGES) == "current/error-pages"
+    assert (node.root / paths.ERROR_PAGES / "502.html").read_text() == "502 of v2"
+    assert node.calls("systemctl") == [["reset-failed", "makenotwork"], ["reload-or-restart", "makenotwork"]]
+    assert node.running() == "v2"
+    assert res.get("before") == "releases/v1 -"
+    assert res.get("switched").isdigit()
+    assert res.get("health").startswith('ok {"name":"makenotwork","version":"v2"')
+    assert res.get("restart") == "0 "
+    assert not (node.root / "releases" / "v2" / paths.FAILED).exists()  # a good release now
+    assert sorted(final(res)) == ["v1", "v2"] and not final(res)["v2"].failed
+    assert [c[-1] for c in node.calls("curl")] == ["http://127.0.0.1:3000/health"]
+    assert res.rc == 0 and "@reverted" not in res.out
+
+
+def test_first_switch_with_nothing_live(node):
+    node.release("v1")
+    res = switch(node, "v1")
+    assert res.rc == 0, res.out + res.err
+    assert node.readlink("current") == "releases/v1"
+    assert node.readlink("previous") is None
+    assert node.restarts() == 1
+
+
+def test_switch_prunes_old_releases_but_never_current_previous_or_foreign(node):
+    for i, v in enumerate(["v0", "v0a", "v0b", "v1", "v2"]):
+        node.release(v, created_at=i)
+    node.foreign("hand-made")
+    node.point(current="v1", previous="v0")  # rolled back to v1 once: v0 is the rollback target
+    node.start("v1")
+    res = switch(node, "v2", keep=2)
+    assert res.rc == 0, res.out + res.err
+    assert sorted(v for k, v in res.report if k == "pruned") == ["v0", "v0a", "v0b"]
+    assert node.versions() == ["hand-made", "v1", "v2"]
+
+
+def test_prune_list_given_is_applied_at_switch_time(node):
+    """The node re-reads current/previous when it prunes: whatever the list says, neither goes, and
+    neither does a directory without sando's manifest."""
+    live_v1(node, "v3")
+    node.foreign("hand-made")
+    script = commands.pointer_script(
+        release_root=str(node.root), version="v2", service="makenotwork", expect="",
+        health=commands.health_function("http://127.0.0.1:3000/", 1, 0.1, "c-v2"), gate_step=None,
+        backup_step=None, warning_step=None, prune_ok=commands.prune(["v1", "v2", "v3", "hand-made"]),
+        prune_failed=":")
+    res = node.run(script)
+    assert res.rc == 0, res.out + res.err
+    assert [v for k, v in res.report if k == "pruned"] == ["v3"]
+    assert node.versions() == ["hand-made", "v1", "v2"]
+
+
+def test_already_live_and_running_does_nothing(node):
+    node.release("v1")
+    node.release("v2")
+    node.point(current="v2", previous="v1")
+    node.start("v2")
+    res = switch(node, "v2")
+    assert res.rc == 0, res.out + res.err
+    assert node.calls("systemctl") == [["is-active", "makenotwork"]]
+    assert "switched" not in res.keys() and res.get("health").startswith("ok ")
+    assert (node.readlink("current"), node.readlink("previous")) == ("releases/v2", "releases/v1")
+
+
+def test_already_live_but_stopped_is_restarted_once(node):
+    node.release("v2")
+    node.point(current="v2")
+    node.start("v2")
+    node.stop()
+    res = switch(node, "v2")
+    assert res.rc == 0, res.out + res.err
+    assert node.calls("systemctl") == [["is-active", "makenotwork"], ["reset-failed", "makenotwork"],
+                                       ["reload-or-restart", "makenotwork"]]
+    assert node.running() == "v2" and "switched" not in res.keys()
+
+
+def test_already_live_but_unhealthy_exits_23(node):
+    node.release("v2")
+    node.point(current="v2")
+    node.start("v2")
+    node.serve("v2", error=True)
+    res = switch(node, "v2")
+    assert res.rc == 23
+    assert res.get("health").startswith("fail curl: (22)")
+    assert node.readlink("current") == "releases/v2" and node.restarts() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: pointer_script compares `readlink current` with the relative "
+                   "'releases/<v>' as text; a `current` link written by hand with an absolute target (which "
+                   "NodePaths.version_of_target/parse_state accept as that version) is taken for another "
+                   "release: the service is restarted and `previous` is pointed at the live release itself")
+def test_already_live_through_an_absolute_link(node):
+    node.release("v1")
+    node.release("v2")
+    node.link("current", str(node.root / "releases" / "v2"))
+    node.point(previous="v1")
+    node.start("v2")
+    res = switch(node, "v2")
+    assert res.rc == 0
+    assert node.restarts() == 0
+    assert os.path.realpath(node.root / "previous") == str(node.root / "releases" / "v1")
+
+
+# --- failures: switched back ----------------------------------------------------------------------------
+
+
+def test_unhealthy_release_is_switched_back(node):
+    node.release("v0", created_at=0)
+    live_v1(node)
+    node.point(previous="v0")
+    node.serve("v2", error=True)
+    res = switch(node, "v2")
+    assert res.rc == 51
+    assert (node.readlink("current"), node.readlink("previous")) == ("releases/v1", "releases/v0")
+    assert node.running() == "v1" and node.restarts() == 2
+    assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == \
+        "curl: (22) The requested URL returned error: 500\n"
+    keys = res.keys()
+    assert keys.index("switched") < keys.index("failed") < keys.index("reverted")
+    assert res.get("failed") == "v2"
+    health = [v for k, v in res.report if k == "health"]
+    assert health[0].startswith("fail ") and health[-1].startswith('ok {"name":"makenotwork","version":"v1"')
+    assert final(res)["v2"].failed is True
+
+
+def test_switched_back_without_a_previous_removes_previous(node):
+    live_v1(node)
+    node.serve("v2", error=True)
+    res = switch(node, "v2")
+    assert res.rc == 51
+    assert node.readlink("current") == "releases/v1" and node.readlink("previous") is None
+
+
+def test_failing_restart_is_switched_back(node):
+    live_v1(node)
+    node.fail_restart("v2")
+    res = switch(node, "v2")
+    assert res.rc == 51
+    assert node.readlink("current") == "releases/v1"
+    assert node.running() == "v1"
+    assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == (
+        "restart failed: Job for makenotwork.service failed because the control process exited with error code.\n")
+    restarts = [v for k, v in res.report if k == "restart"]
+    assert restarts[0].startswith("1 Job for makenotwork.service failed") and restarts[1] == "0 "
+    assert not any(k == "health" and v.startswith("fail") for k, v in res.report)  # no check of a dead service
+    # reset-failed before each restart: a crash-looping release must not block the one switched back to
+    assert [c[0] for c in node.calls("systemctl")] == ["reset-failed", "reload-or-restart"] * 2
+
+
+def test_unhealthy_with_nothing_to_switch_back_to_exits_50(node):
+    node.release("v1")
+    node.serve("v1", error=True)
+    res = switch(node, "v1")
+    assert res.rc == 50
+    assert node.readlink("current") == "releases/v1"  # nothing else to point at
+    assert (node.root / "releases" / "v1" / paths.FAILED).exists()
+    assert "reverted" not in res.keys() and final(res)["v1"].failed
+
+
+def test_changed_release_files_exit_22_and_nothing_switches(node):
+    live_v1(node)
+    (node.root / "releases" / "v2" / "makenotwork").write_bytes(b"changed by hand")
+    res = switch(node, "v2", warn=WARNING, token=TOKEN)
+    assert res.rc == 22
+    assert res.get("error").startswith("sums makenotwork: FAILED")
+    assert node.readlink("current") == "releases/v1"
+    assert node.calls("systemctl") == [] and node.calls("curl") == []
+
+
+def test_missing_release_exits_21(node):
+    live_v1(node)
+    res = switch(node, "v9")
+    assert res.rc == 21 and res.report == [("error", "missing")]
+    assert node.readlink("current") == "releases/v1" and node.calls() == []
+
+
+def test_missing_release_root_exits_20(node, tmp_path):
+    script = commands.pointer_script(
+        release_root=str(tmp_path / "nowhere"), version="v1", service="makenotwork", expect="",
+        health=commands.health_function("http://h/", 1, 0.1, "c"), gate_step=None, backup_step=None,
+        warning_step=None, prune_ok=":", prune_failed=":")
+    assert node.run(script).rc == 20
+
+
+# --- the health check ----------------------------------------------------------------------------------
+
+
+def health(node: FakeNode, body: str, expect: str, commit: str = "0" * 40):
+    """health EXPECT against an app answering `body` (one try: timeout 0)."""
+    node.start("vX")
+    node.serve("vX", body)
+    return node.run(commands.health_function("http://127.0.0.1:3000/", 0, 0.1, commit) + f"\nhealth {commands.q(expect)}")
+
+
+@pytest.mark.parametrize("body, expect", [
+    ('{"name":"makenotwork","version":"v1","commit":"abc"}', "v1"),
+    ('{"version" : "v1"}', "v1"),
+    ('{"version":\t"v1" }', "v1"),
+    ('{\n  "name": "makenotwork",\n  "version": "v1.2.3-rc.1+b5"\n}\n', "v1.2.3-rc.1+b5"),
+    ('not json at all', ""),  # no pin: any 2xx
+])
+def test_health_accepts(node, body, expect):
+    res = health(node, body, expect)
+    assert res.rc == 0, res.out
+    assert res.get("health").startswith("ok ")
+
+
+@pytest.mark.parametrize("body, expect", [
+    ('{"version":"v10","commit":"abc"}', "v1"),  # v1 must not accept v10
+    ('{"version":"v1"}', "v10"),
+    ('{"version":"xv1"}', "v1"),
+    ('{"name":"makenotwork"}', "v1"),
+    ('{"version":"V1"}', "v1"),
+])
+def test_health_refuses_another_version(node, body, expect):
+    res = health(node, body, expect)
+    assert res.rc == 1
+    v = body.split('"version":"')[1].split('"')[0] if '"version":"' in body else ""
+    assert res.get("health") == f"fail serves version '{v}', not '{expect}'"
+
+
+def test_health_accepts_the_pinned_commit_whatever_the_version(node):
+    commit = "a" * 40
+    assert health(node, f'{{"version":"main","commit":"{commit}"}}', "v1", commit=commit).rc == 0
+    assert health(node, f'{{"version":"main","commit":"{commit[:12]}"}}', "v1", commit=commit).rc == 1
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: health_function's sed takes the LAST \"version\" key on the line "
+                   "(greedy .*), so a nested version field after the top-level one decides the check")
+def test_health_reads_the_top_level_version(node):
+    res = health(node, '{"version":"v1","commit":"abc","db":{"version":"3.40.1"}}', "v1")
+    assert res.rc == 0
+
+
+def test_health_gives_up_after_the_timeout_with_the_last_error(node):
+    started = time.monotonic()
+    res = node.run(commands.health_function("http://127.0.0.1:3000/", 2, 0.1, "c") + "\nhealth ''")
+    assert time.monotonic() - started >= 1  # `date +%s` ticks: at least timeout - 1 s of retries
+    assert res.rc == 1
+    assert res.get("health") == "fail curl: (7) Failed to connect to 127.0.0.1 port 3000: Connection refused"
+    assert len(node.calls("curl")) >= 2  # it retried, every interval
+    assert all(c == ["-fsS", "--max-time", "3", "http://127.0.0.1:3000/"] for c in node.calls("curl"))
+    assert all(c == ["0.1"] for c in node.calls("sleep"))
+
+
+def test_expected_version_of_the_switch(node):
+    live_v1(node)
+    node.serve("v2", '{"version":"v20","commit":"other"}')
+    res = switch(node, "v2", expect=True)
+    assert res.rc == 51
+    assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == "serves version 'v20', not 'v2'\n"
+    node.serve("v2", '{"version":"v2"}')
+    assert switch(node, "v2", expect=True).rc == 0
+
+
+# --- the restart warning ----------------------------------------------------------------------------
+
+
+def test_warning_token_only_on_stdin_and_the_notice_is_waited_out(node):
+    live_v1(node)
+    res = switch(node, "v2", warn=WARNING, token=TOKEN)
+    assert res.rc == 0, res.out + res.err
+    assert res.get("warning").startswith("sent ") and res.get("warning").split()[1].isdigit()
+    assert node.state_file("warn-stdin") == f"Authorization: Bearer {TOKEN}\n"
+    (post,) = [c for c in node.calls("curl") if "POST" in c]
+    assert post == ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", "POST", "-H", "@-",
+                    "-H", "Content-Type: application/json", "--data", '{"seconds": 1}', WARNING["url"]]
+    assert TOKEN not in node.state_file("warn-env")
+    cmdlines = node.state_file("warn-cmdlines")
+    assert len(cmdlines.splitlines()) >= 2 and TOKEN not in cmdlines  # curl, its shell(s), ...
+    assert TOKEN not in (node.state / "calls").read_text()
+    # the order: the warning, the notice, then the restart
+    order = [(c[0], c[1]) for c in node.calls() if c[0] in ("sleep", "systemctl") or "POST" in c]
+    assert order[:3] == [("curl", "-sS"), ("sleep", "1"), ("systemctl", "reset-failed")]
+    assert order[3] == ("systemctl", "reload-or-restart")
+
+
+def test_failed_warning_in_warn_mode_goes_on(node):
+    live_v1(node)
+    node.warn_answer("503")
+    res = switch(node, "v2", warn=WARNING, token=TOKEN)
+    assert res.rc == 0, res.out + res.err
+    assert res.get("warning") == "failed HTTP 503 "
+    assert node.readlink("current") == "releases/v2" and node.running() == "v2"
+    assert ["1"] not in node.calls("sleep")  # no notice to wait out
+
+
+def test_unreachable_warning_in_warn_mode_goes_on(node):
+    live_v1(node)
+    node.warn_answer(refused=True)
+    res = switch(node, "v2", warn=WARNING, token=TOKEN)
+    assert res.rc == 0
+    assert res.get("warning") == "failed HTTP 000 curl: (7) Failed to connect to 127.0.0.1 port 3000: Connection refused "
+
+
+def test_failed_warning_in_abort_mode_exits_40_before_anything_changes(node):
+    live_v1(node)
+    node.warn_answer("500")
+    res = switch(node, "v2", warn={**WARNING, "onFailure": "abort"}, token=TOKEN)
+    assert res.rc == 40
+    assert res.get("warning") == "failed HTTP 500 "
+    assert node.readlink("current") == "releases/v1" and node.readlink("previous") is None
+    assert [c for c in node.calls("systemctl") if c[0] != "is-active"] == []
+    assert "switched" not in res.keys()
+
+
+def test_no_warning_when_already_live(node):
+    node.release("v2")
+    node.point(current="v2")
+    node.start("v2")
+    res = switch(node, "v2", warn=WARNING, token=TOKEN)
+    assert res.rc == 0 and "warning" not in res.keys() and node.calls("curl")[0][-1].endswith("/health")
+    assert not [c for c in node.calls("curl") if "POST" in c]
+
+
+# --- hostile names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("evil", ["$(touch PWNED)", "x; touch PWNED", "x' ; touch PWNED ; '", "`touch PWNED`",
+                                  "-rf", "*"])
+def test_hostile_version_and_service_cannot_inject(node, evil):
+    node.release("v1")
+    node.release(evil)
+    node.point(current="v1")
+    node.start("v1")
+    script = commands.pointer_script(
+        release_root=str(node.root), version=evil, service=evil, expect=evil,
+        health=commands.health_function(f"http://127.0.0.1:3000/{evil}", 1, 0.1, evil), gate_step=None,
+        backup_step=None, warning_step=None, prune_ok=commands.prune([evil, "v1"]), prune_failed=":")
+    node.serve(evil, f'{{"version":"{evil}"}}')
+    res = node.run(script)
+    assert res.rc == 0, res.out + res.err
+    assert node.readlink("current") == f"releases/{evil}"
+    assert ["reload-or-restart", evil] in node.calls("systemctl")
+    assert not list(node.base.rglob("PWNED"))
+
+
+# --- PointerProvider end to end (ssh.run runs locally) -------------------------------------------------
+
+
+def test_provider_outputs_after_a_switch(provider_node):
+    node = provider_node
+    live_v1(node)
+    outs = PointerProvider().create(props(node, "v2", warn=WARNING, token=TOKEN)).outs
+    assert (outs["liveVersion"], outs["previousVersion"], outs["liveCommit"]) == ("v2", "v1", "c-v2")
+    assert outs["switchedAt"].endswith("+00:00") and outs["health"] == "ok"
+    assert [(r["version"], r["failed"]) for r in outs["releases"]] == [("v1", False), ("v2", False)]
+    assert outs["restartWarning"].startswith("sent at ") and outs["restartWarning"].endswith(
+        ", 1s before the restart")
+    assert outs["migrations"] == {"database": None, "pending": [], "destructive": [], "dryRun": "not run",
+                                  "backup": None}
+    # the token went on stdin, not in the script
+    (script, stdin), = [(s, i) for s, i in node.scripts if "@before" in s]
+    assert TOKEN not in script and stdin == f"Authorization: Bearer {TOKEN}\n".encode()
+
+
+@pytest.mark.parametrize("setup, rc_message", [
+    ("unhealthy", r"^node1: v2 failed its health check \(curl: \(22\) The requested URL returned error: 500\); "
+                  r"v1 is live again$"),
+    ("restart", r"^node1: v2 failed its health check \(restart failed: Job for makenotwork.service failed .*\); "
+                r"v1 is live again$"),
+    ("sums", r"^node1: files of releases/v2 no longer match its SHA256SUMS \(makenotwork: FAILED.*\); it was "
+             r"changed on the node, so sando will not point at it and .*\. Remove .*/releases/v2 on "
+             r"the node and run `pulumi up --refresh`$"),
+    ("abort", r"^node1: the restart warning failed \(failed HTTP 500 \) and sando:restartWarningOnFailure is abort; "
+              r"nothing was restarted and v1 stays live$"),
+])
+def test_provider_failure_messages(provider_node, setup, rc_message):
+    node = provider_node
+    live_v1(node)
+    warn = None
+    if setup == "unhealthy":
+        node.serve("v2", error=True)
+    elif setup == "restart":
+        node.fail_restart("v2")
+    elif setup == "sums":
+        (node.root / "releases" / "v2" / "makenotwork").write_bytes(b"changed")
+    else:
+        node.warn_answer("500")
+        warn = {**WARNING, "onFailure": "abort"}
+    with pytest.raises(OperatorError, match=rc_message):
+        PointerProvider().create(props(node, "v2", warn=warn, token=TOKEN))
+
+
+def test_provider_failure_with_nothing_to_switch_back_and_rollout_stopped(provider_node):
+    node = provider_node
+    node.release("v1")
+    node.serve("v1", error=True)
+    with pytest.raises(OperatorError) as exc:
+        PointerProvider().create(props(node, "v1", rollout={"batch": 0, "later": ["n2", "n3"]}))
+    assert str(exc.value) == ("node1: v1 is not healthy (curl: (22) The requested URL returned error: 500) and there "
+                              "is no earlier release to switch back to Rollout stopped: n2, n3 not switched (they "
+                              "keep their version).")
+
+
+def test_provider_missing_release_message(provider_node):
+    node = provider_node
+    live_v1(node)
+    with pytest.raises(OperatorError, match=r"^node1: release v9 is not on the node; nothing was switched, .*\. "
+                                            r"Run `pulumi up --refresh` to send it again$"):
+        PointerProvider().create(props(node, "v9"))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: for exits 21 and 22 the script stops before it prints `@before`, so "
+                   "PointerProvider._failure takes the node for empty and says 'nothing is live yet' while v1 is live")
+@pytest.mark.parametrize("version", ["v9", "v2"])
+def test_provider_says_which_release_stays_live_when_the_release_is_missing_or_changed(provider_node, version):
+    node = provider_node
+    live_v1(node)
+    (node.root / "releases" / "v2" / "makenotwork").write_bytes(b"changed")
+    with pytest.raises(OperatorError, match=r"v1 stays live"):
+        PointerProvider().create(props(node, version))
+
+
+def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_service(provider_node):
+    node = provider_node
+    live_v1(node)
+    p = props(node, "v1")
+    assert PointerProvider().diff("id", p, p).changes is False
+    base._states.clear()
+    node.point(current="v2")
+    assert PointerProvider().diff("id", p, p).changes is True
+    base._states.clear()
+    node.point(current="v1")
+    node.stop()
+    assert PointerProvider().diff("id", p, p).changes is True
