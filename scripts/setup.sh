@@ -6,6 +6,7 @@
 #   - the Pulumi engine built from pinned Go modules into .tools/bin
 #   - toxiproxy (WAN emulation for make bench) built the same way into .tools/bin
 #   - .venv with the pinned Python packages (requirements.txt)
+#   - .venv/bin/sando, the operator commands (sando --help)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -97,7 +98,24 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$tools/stamps/venv" 2>/dev/null)" != "
   echo "$want" >"$tools/stamps/venv"
 fi
 
-# --- 4. check ----------------------------------------------------------------------
+# --- 4. the `sando` operator command (sando_components/cli.py) as .venv/bin/sando --------
+# It finds the checkout from its own path (like engine/bin/*) and puts it first on sys.path,
+# so it works from any cwd; rewritten only when its text changes.
+sando_cmd=$(cat <<'EOF'
+#!/bin/sh
+# sando promote|status|rollback (sando_components/cli.py); installed by scripts/setup.sh.
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+unset PYTHONHOME
+exec "$here/python" -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from sando_components.cli import main; sys.exit(main())' "$repo" "$@"
+EOF
+)
+if [ "$(cat .venv/bin/sando 2>/dev/null)" != "$sando_cmd" ]; then
+  printf '%s\n' "$sando_cmd" >.venv/bin/sando.tmp && chmod 0755 .venv/bin/sando.tmp && mv .venv/bin/sando.tmp .venv/bin/sando
+  say "installed .venv/bin/sando"
+fi
+
+# --- 5. check ----------------------------------------------------------------------
 got=$("$bin/pulumi" version)
 [ "$got" = "$PULUMI_VERSION" ] || { say "pulumi version is '$got', expected $PULUMI_VERSION"; exit 1; }
 tp=$("$bin/toxiproxy-server" -version)

@@ -1,0 +1,171 @@
+"""`sando promote / rollback / status` through the real engine (.tools/bin/pulumi, a file backend)
+on a scratch project: a tiny stand-in program whose outputs are shaped like sando's, with each
+node's state in a JSON file. No SSH, no test nodes; about 20 s. Skipped without `make setup`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sando_components import cli
+from unit_helpers import commit_all, git, init_repo
+
+REPO = Path(__file__).resolve().parents[2]
+PULUMI = REPO / ".tools" / "bin" / "pulumi"
+
+pytestmark = pytest.mark.skipif(not PULUMI.exists() or not (REPO / ".venv" / "bin" / "python").exists(),
+                                reason="needs the engine and venv of `make setup`")
+
+PROGRAM = '''
+"""Stand-in for sando: reads sando:version/source.repo/nodes, outputs version, commit, nodes."""
+import json, os, subprocess, time
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+cfg = pulumi.Config("sando")
+version = cfg.require("version")
+repo = os.path.abspath(cfg.require_object("source")["repo"])
+commit = subprocess.run(["git", "-C", repo, "rev-parse", f"{version}^{{commit}}"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+state = os.path.abspath(os.path.join("nodes-state", pulumi.get_stack()))
+
+
+class Node(ResourceProvider):
+    def diff(self, _id, olds, news):
+        return DiffResult(changes=(olds.get("version"), olds.get("commit")) != (news["version"], news["commit"]))
+
+    def create(self, props):
+        return CreateResult(props["node"], self.apply(props))
+
+    def update(self, _id, _olds, news):
+        return UpdateResult(self.apply(news))
+
+    def apply(self, p):
+        import json, os, time
+        path = os.path.join(p["state"], p["node"] + ".json")
+        os.makedirs(p["state"], exist_ok=True)
+        st = json.load(open(path)) if os.path.exists(path) else {"live": None, "previous": None, "releases": []}
+        held = [r["version"] for r in st["releases"]]
+        if p["version"] not in held:
+            st["releases"].append({"version": p["version"], "commit": p["commit"], "createdAt": time.time(),
+                                   "failed": False})
+        if st["live"] != p["version"]:
+            st["previous"], st["live"] = st["live"], p["version"]
+        json.dump(st, open(path, "w"))
+        return {**p, "liveVersion": p["version"], "liveCommit": p["commit"], "previousVersion": st["previous"],
+                "switchedAt": "2026-01-02T03:04:05+00:00", "health": "ok", "releases": st["releases"],
+                "lastTransfer": {"version": p["version"], "bytesSent": 0 if p["version"] in held else 4096}}
+
+
+OUTS = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "lastTransfer")
+
+
+class Pointer(pulumi.dynamic.Resource):
+    liveVersion: pulumi.Output[str]
+    liveCommit: pulumi.Output[str]
+    previousVersion: pulumi.Output[str]
+    switchedAt: pulumi.Output[str]
+    health: pulumi.Output[str]
+    releases: pulumi.Output[list]
+    lastTransfer: pulumi.Output[dict]
+
+
+nodes = {}
+for name in cfg.require_object("nodes"):
+    r = Pointer(Node(), f"{name}-current", {"node": name, "state": state, "version": version, "commit": commit,
+                                            **dict.fromkeys(OUTS)})
+    nodes[name] = {**{k: getattr(r, k) for k in OUTS}, "migrations": {"pending": [], "destructive": []}}
+pulumi.export("version", version)
+pulumi.export("commit", commit)
+pulumi.export("nodes", nodes)
+'''
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    app = init_repo(tmp_path / "app")
+    commits = {}
+    for v in ("v1", "v2"):
+        (app / "f").write_text(v)
+        commits[v] = commit_all(app, v)
+        git(app, "tag", v)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text(textwrap.dedent(f"""\
+        name: scratch
+        runtime:
+          name: python
+          options:
+            virtualenv: {REPO / '.venv'}
+        """))
+    (project / "__main__.py").write_text(PROGRAM)
+    (tmp_path / "state").mkdir()
+    for k, v in {"PATH": f"{PULUMI.parent}:{os.environ['PATH']}", "PULUMI_HOME": str(tmp_path / "home"),
+                 "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "scratch",
+                 "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+                 "PYTHONPATH": str(REPO)}.items():  # PYTHONPATH: the dynamic-provider launcher runs sando's host
+        monkeypatch.setenv(k, v)
+
+    def pulumi(*args, stdin=None):
+        res = subprocess.run([str(PULUMI), *args, "--non-interactive"], cwd=project, capture_output=True,
+                             text=True, input=stdin)
+        assert res.returncode == 0, f"pulumi {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+
+    for name, nodes in (("testnot", ["tn1", "tn2"]), ("prod", ["prod"])):
+        pulumi("stack", "init", name)
+        pulumi("config", "set", "-s", name, "sando:version", "v1")
+        pulumi("config", "set", "-s", name, "--path", "sando:source.repo", "../app")
+        pulumi("config", "set", "-s", name, "sando:nodes", json.dumps(nodes))
+    pulumi("up", "-s", "testnot", "--yes", "--skip-preview")
+    pulumi("config", "set", "-s", "testnot", "sando:version", "v2")
+    pulumi("up", "-s", "testnot", "--yes", "--skip-preview")
+    return project, app, commits
+
+
+def sando(project: Path, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+    return code, out.getvalue(), err.getvalue()
+
+
+def outputs(project: Path, stack: str) -> dict:
+    return json.loads(subprocess.run([str(PULUMI), "stack", "output", "--json", "-s", stack], cwd=project,
+                                     check=True, capture_output=True, text=True).stdout)
+
+
+def test_promote_rollback_status_through_the_engine(scratch):
+    project, app, commits = scratch
+
+    # the tag moved in the target's repo since testnot deployed it: refused, naming both commits
+    moved = commit_all(app, "v2 again") if (app / "g").write_text("x") else None
+    git(app, "tag", "-f", "v2", moved)
+    code, _, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert code == 1 and moved[:12] in err and commits["v2"][:12] in err, err
+    git(app, "tag", "-f", "v2", commits["v2"])
+
+    code, out, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert (code, err) == (0, ""), out
+    assert "Previewing update (prod)" in out and "Updating (prod)" in out
+    prod = outputs(project, "prod")
+    assert prod["commit"] == commits["v2"] and prod["nodes"]["prod"]["liveCommit"] == commits["v2"]
+    assert "sando:version: v2" in (project / "Pulumi.prod.yaml").read_text()
+
+    code, _, err = sando(project, "rollback", "-s", "testnot", "--to", "v9", "--yes")
+    assert (code, err) == (2, "sando: --to: v9 is not retained on tn1 (retained: v1, v2)\n")
+
+    code, out, err = sando(project, "rollback", "-s", "testnot", "--yes")
+    assert (code, err) == (0, ""), out
+    assert f"testnot runs v1 ({commits['v1'][:12]}) on every node (tn1, tn2); 0 bytes sent" in out
+    assert {n["liveVersion"] for n in outputs(project, "testnot")["nodes"].values()} == {"v1"}
+
+    code, out, err = sando(project, "status")
+    assert (code, err) == (0, ""), err
+    rows = [line.split()[:4] for line in out.splitlines()[1:]]
+    assert rows == [["prod", "prod", "v2", "-"], ["testnot", "tn1", "v1", "v2"], ["testnot", "tn2", "v1", "v2"]]
+    assert '"sando promote testnot -> prod: v2' in out and '"sando rollback testnot: v2 -> v1' in out
