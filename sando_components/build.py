@@ -63,10 +63,10 @@ def check_tree(repo: str, commit: str, path: str, key: str) -> None:
 
 def read_tree(repo: str, commit: str, path: str) -> dict[str, str]:
     """{file name: text} of the files directly in `path` at `commit` ({} when there is none)."""
-    res = _git(repo, "ls-tree", "--name-only", f"{commit}:{path}")
+    res = _git(repo, "ls-tree", "-z", "--name-only", f"{commit}:{path}")
     if res.returncode != 0:
         return {}
-    return {name: _git(repo, "show", f"{commit}:{path}/{name}").stdout for name in res.stdout.split()}
+    return {name: _git(repo, "show", f"{commit}:{path}/{name}").stdout for name in res.stdout.split("\0") if name}
 
 
 def sha256_file(path: str | Path) -> str:

@@ -154,7 +154,7 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
         f"if [ -e {q(final)} ]; then echo {q(f'@exists {version}')}; exit 17; fi",
         "free=$(df -Pk releases | awk 'NR==2 {print $4}')",
         f"if [ \"$free\" -lt {int(need_kib)} ]; then echo \"@free $free\"; exit 75; fi",
-        f"S={q(staging)}",
+        f'S="$PWD"/{q(staging)}',  # absolute: the cleanup runs from wherever the script is by then
         "trap 'rm -rf \"$S\"' EXIT",
         "trap 'rm -rf \"$S\"; exit 1' HUP INT TERM PIPE",
         'mkdir "$S"',
@@ -177,7 +177,8 @@ def health_function(url: str, timeout: float, interval: float, commit: str) -> s
     """Shell function `health EXPECT`: GET url until a 2xx answer whose JSON `version` field is
     EXPECT (or whose `commit` field is the pinned commit; EXPECT '' = any 2xx), or until
     `timeout` seconds passed. Prints `@health ok BODY` or `@health fail LAST-ERROR`."""
-    field = r"""sed -n 's/.*"%s"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n 1"""
+    # the first "KEY": "value" pair of the body (a nested object's "version" later on is not it)
+    field = r"""grep -o '"%s"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/'"""
     return _lines(
         "health() {",
         f"  end=$(( $(date +%s) + {int(timeout + 0.999)} ))",
@@ -226,9 +227,16 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
     return _lines(
         db,
         "echo \"@database $DB\"",
+        "case $DB in /*) ;; *) DB=\"$PWD/$DB\";; esac",
         "applied=''",
-        "if [ -f \"$DB\" ]; then applied=$(sqlite3 -readonly \"$DB\" "
-        "'SELECT version FROM _sqlx_migrations WHERE success' 2>/dev/null | tr '\\n' ' '); fi",
+        "if [ -f \"$DB\" ]; then",
+        "  has=$(sqlite3 -readonly \"$DB\" \".timeout 10000\" "
+        "\"SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'\") || "
+        "{ echo '@gate cannot-read'; exit 32; }",
+        "  if [ \"$has\" = 1 ]; then applied=$(sqlite3 -readonly \"$DB\" \".timeout 10000\" "
+        "'SELECT version FROM _sqlx_migrations WHERE success') || { echo '@gate cannot-read'; exit 32; }; fi",
+        "  applied=$(printf '%s' \"$applied\" | tr '\\n' ' ')",
+        "fi",
         "PENDING=''",
         f"for m in {' '.join(q(m) for m in migrations) or ':'}; do [ \"$m\" = : ] && continue; "
         "case \" $applied \" in *\" $m \"*) ;; *) PENDING=\"$PENDING $m\";; esac; done",
@@ -237,8 +245,8 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
         f"  for m in {' '.join(q(m) for m in destructive) or ':'}; do case \" $PENDING \" in *\" $m \"*) "
         "echo \"@destructive $m\";; esac; done",
         "  SCRATCH=$(mktemp \"$(dirname \"$DB\")/.sando-scratch.XXXXXX\" 2>/dev/null || mktemp)",
-        "  if [ -f \"$DB\" ]; then sqlite3 \"$DB\" \".timeout 10000\" \".backup '$SCRATCH'\" || "
-        "{ rm -f \"$SCRATCH\"; echo '@gate cannot-copy'; exit 32; }; fi",
+        "  if [ -f \"$DB\" ]; then (cd \"$(dirname \"$SCRATCH\")\" && sqlite3 \"$DB\" \".timeout 10000\" "
+        "\".backup '$(basename \"$SCRATCH\")'\") || { rm -f \"$SCRATCH\"; echo '@gate cannot-copy'; exit 32; }; fi",
         f"  {dry_run} < /dev/null > \"$SCRATCH.out\" 2>&1; rc=$?",
         "  sed 's/^/@dryrun /' \"$SCRATCH.out\"; rm -f \"$SCRATCH\" \"$SCRATCH.out\"",
         "  echo \"@dryrun-exit $rc\"",
@@ -262,8 +270,9 @@ def backup(backup_dir: str, version: str) -> str:
         "if [ -n \"$PENDING\" ] && [ -f \"$DB\" ]; then",
         f"  mkdir -p {q(backup_dir)}",
         f"  B={q(backup_dir)}/{q('pre-' + version)}-$(date -u +%Y%m%dT%H%MZ)",
-        "  n=''; while [ -e \"$B$n.db\" ]; do n=$((${n:-1} + 1)); done; B=\"$B${n:+-$n}.db\"",
-        "  sqlite3 \"$DB\" \".timeout 10000\" \".backup '$B'\" || { echo '@gate cannot-backup'; exit 33; }",
+        "  n=''; while [ -e \"$B${n:+-$n}.db\" ]; do n=$((${n:-1} + 1)); done; B=\"$B${n:+-$n}.db\"",
+        "  (cd \"$(dirname \"$B\")\" && sqlite3 \"$DB\" \".timeout 10000\" \".backup '$(basename \"$B\")'\") || "
+        "{ echo '@gate cannot-backup'; exit 33; }",
         "  echo \"@backup $B\"",
         "fi",
     )
@@ -277,13 +286,14 @@ def restart_warning(url: str, seconds: int, abort: bool) -> str:
     curl = shlex.join(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", "POST",
                        "-H", "@-", "-H", "Content-Type: application/json", "--data", body, url])
     return _lines(
-        f"code=$(printf '%s\\n' \"$AUTH\" | {curl} 2>/tmp/.sando-warn.$$); AUTH=''",
+        "werr=$(mktemp)",
+        f"code=$(printf '%s\\n' \"$AUTH\" | {curl} 2>\"$werr\"); AUTH=''",
         "case $code in",
         f"  2??) echo \"@warning sent $(date +%s)\"; sleep {int(seconds)};;",
-        "  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 /tmp/.sando-warn.$$ | tr '\\n' ' ')\";"
-        + (" rm -f /tmp/.sando-warn.$$; exit 40;;" if abort else ""),
+        "  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 \"$werr\" | tr '\\n' ' ')\";"
+        + (" rm -f \"$werr\"; exit 40;;" if abort else ""),
         "esac",
-        "rm -f /tmp/.sando-warn.$$",
+        "rm -f \"$werr\"",
     )
 
 
@@ -348,11 +358,14 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         READ_TOKEN if warning_step else None,
         "exec < /dev/null",
         f"cd {q(release_root)} || exit 20",
+        "live=$(readlink current 2>/dev/null); prev=$(readlink previous 2>/dev/null)",
+        # a link written by hand may be absolute: releases/<v> is what sando compares and writes
+        "case $live in */releases/*) live=releases/${live##*/};; esac",
+        "case $prev in */releases/*) prev=releases/${prev##*/};; esac",
+        "printf '@before %s %s\\n' \"${live:--}\" \"${prev:--}\"",
         f"[ -f {q(posixpath.join(target, paths.MANIFEST))} ] || {{ echo '@error missing'; exit 21; }}",
         f"bad=$(cd {q(target)} && sha256sum --check --strict --quiet {paths.SUMS} 2>&1) || "
         "{ printf '@error sums %s\\n' \"$(printf '%s' \"$bad\" | tr '\\n' ' ' | head -c 300)\"; exit 22; }",
-        "live=$(readlink current 2>/dev/null); prev=$(readlink previous 2>/dev/null)",
-        "printf '@before %s %s\\n' \"${live:--}\" \"${prev:--}\"",
         health,
         f"if [ \"$live\" = {q(target)} ]; then",
         f"  if ! {systemctl('is-active', service)} >/dev/null 2>&1; then {restart(service)}; fi",

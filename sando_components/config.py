@@ -211,9 +211,12 @@ class MigrationsConfig(_Model):
     @classmethod
     def _command(cls, v: str) -> str:
         try:
-            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(v) if name is not None]
         except ValueError as exc:
             raise ValueError(f"has a bad placeholder ({exc}); use {{release}}, {{scratch}}, {{database}}") from None
+        if any(spec or conv for _, spec, conv in fields):
+            raise ValueError("placeholders take no conversion or format: write {release}, {scratch}, {database}")
+        names = {name for name, _, _ in fields}
         unknown = sorted(names - set(PLACEHOLDERS))
         if unknown:
             raise ValueError(f"unknown placeholder(s) {unknown}; use {{release}}, {{scratch}}, {{database}}")
@@ -400,6 +403,7 @@ TYPE_WORDS = {
     "string_type": "must be text", "int_type": "must be a whole number", "int_parsing": "must be a whole number",
     "int_from_float": "must be a whole number", "float_type": "must be a number", "float_parsing": "must be a number",
     "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "finite_number": "must be a number",
 }
 
 
@@ -428,7 +432,8 @@ def _in_operator_words(err: dict, loc: str) -> str:
         return f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
     if kind == "literal_error":
         return "must be " + err["msg"].removeprefix("Input should be ")
-    return err["msg"].removeprefix("Value error, ")
+    msg = err["msg"].removeprefix("Value error, ")
+    return "must be " + msg.removeprefix("Input should be ") if msg.startswith("Input should be ") else msg
 
 
 def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:

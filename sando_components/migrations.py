@@ -56,6 +56,6 @@ def of_release(repo: str, commit: str, directory: str) -> list[Migration]:
     found = []
     for name, sql in build.read_tree(repo, commit, directory).items():
         m = NAME_RE.match(name)
-        if m:
+        if m and not name.endswith(".down.sql"):  # a reversible migration's undo half is not applied
             found.append(Migration(str(int(m.group(1))), m.group(2), is_destructive(sql)))
     return sorted(found, key=lambda x: int(x.version))

@@ -75,8 +75,9 @@ def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bo
             p.counts["linked"] += 1
             continue
         size = art.size(rel)
-        base = next((r for r in held if rel in r.files and not r.failed), None)
-        if patches and zstd and base is not None and size >= PATCH_MIN_BYTES and build.object_path(base.files[rel]).exists():
+        base = next((r for r in held if rel in r.files and not r.failed
+                     and build.object_path(r.files[rel]).exists()), None)
+        if patches and zstd and base is not None and size >= PATCH_MIN_BYTES:
             delta = patch_file(base.files[rel], digest, os.path.join(art.root, rel))
             name = f"{paths.MANIFEST_DIR}/in/{i}.zst"
             p.members.append((name, str(delta), 0o600))

@@ -166,19 +166,20 @@ CURL_WARN = ("curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H @
 
 def test_restart_warning_warn_mode():
     assert c.restart_warning("http://127.0.0.1:3000/api/internal/restart-warning", 30, False) == "\n".join([
-        f"code=$(printf '%s\\n' \"$AUTH\" | {CURL_WARN} 2>/tmp/.sando-warn.$$); AUTH=''",
+        "werr=$(mktemp)",
+        f"code=$(printf '%s\\n' \"$AUTH\" | {CURL_WARN} 2>\"$werr\"); AUTH=''",
         "case $code in",
         '  2??) echo "@warning sent $(date +%s)"; sleep 30;;',
-        "  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 /tmp/.sando-warn.$$ | tr '\\n' ' ')\";",
+        "  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 \"$werr\" | tr '\\n' ' ')\";",
         "esac",
-        "rm -f /tmp/.sando-warn.$$",
+        "rm -f \"$werr\"",
     ])
 
 
 def test_restart_warning_abort_mode_exits_40():
     lines = c.restart_warning("http://127.0.0.1:3000/api/internal/restart-warning", 30, True).splitlines()
-    assert lines[3] == ("  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 /tmp/.sando-warn.$$ | "
-                        "tr '\\n' ' ')\"; rm -f /tmp/.sando-warn.$$; exit 40;;")
+    assert lines[4] == ("  *) echo \"@warning failed HTTP ${code:-000} $(head -c 200 \"$werr\" | "
+                        "tr '\\n' ' ')\"; rm -f \"$werr\"; exit 40;;")
 
 
 def test_read_token():
@@ -271,7 +272,7 @@ def test_no_argument_can_inject_shell(recorder, tmp_path, evil):
     for cmd, expected in cases:
         assert recorder(cmd, work) == expected, cmd
     # the restart warning: the URL is one argument, the notice a number
-    warned = recorder(f"AUTH={c.q(evil)}\n" + c.restart_warning(url, 7, False), work)
+    warned = recorder(f"mktemp() {{ echo werr; }}\nAUTH={c.q(evil)}\n" + c.restart_warning(url, 7, False), work)
     assert warned[0] == ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", "POST",
                          "-H", "@-", "-H", "Content-Type: application/json", "--data", '{"seconds": 7}', url]
     assert evil not in sum(warned, [])  # the token goes on stdin, never argv

@@ -450,10 +450,6 @@ def test_dry_run_command_placeholders(node, command, words):
     assert msg.startswith("sando:migrations.dryRunCommand: ") and words in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the dryRunCommand check only looks at placeholder names, so "
-                   "'{scratch!r}' or '{scratch:>40}' pass; filled in by gate.steps they change the shell quoting "
-                   "of the scratch path (!r gives the literal text \"$SCRATCH\" in single quotes), and a spec "
-                   "like '{scratch:d}' raises ValueError in the provider at deploy time")
 @pytest.mark.parametrize("command", ["x --db {scratch!r}", "x --db {scratch:d}"])
 def test_dry_run_command_refuses_conversions_and_format_specs(node, command):
     error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command})))
@@ -585,9 +581,6 @@ def test_no_library_jargon_in_any_type_error(node, key, value):
         assert word not in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-finite number for a whole-number key (YAML .nan/.inf reach "
-                   "sando as JSON NaN/Infinity) hits pydantic's finite_number error, which _in_operator_words does "
-                   "not translate: 'Input should be a finite number'")
 @pytest.mark.parametrize("key, value", [
     ("nodes", '[{"name": "n1", "host": "h", "port": NaN}]'),
     ("nodes", '[{"name": "n1", "host": "h", "port": Infinity}]'),

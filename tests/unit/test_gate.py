@@ -211,9 +211,6 @@ def test_gate_off_or_no_migrations_adds_no_step(node):
     assert gate.steps({**gate_props(node, None), "migrations": []}, "/r", SERVICE, "v1") == (None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the read of _sqlx_migrations has no busy timeout (the .backup calls "
-                   "have `.timeout 10000`): while the live service holds a write lock, every migration, applied "
-                   "or not, is taken as pending")
 def test_a_briefly_locked_database_does_not_make_applied_migrations_pending(node):
     db = make_db(node.base / "live.db", applied=("1", "2"))
     locked, done = threading.Event(), threading.Event()
@@ -237,9 +234,6 @@ def test_a_briefly_locked_database_does_not_make_applied_migrations_pending(node
     assert res.get("pending") == "3"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the scratch and backup paths are put inside single quotes in "
-                   "sqlite3's `.backup '...'`: a database directory (sando:migrations.database or DATABASE_PATH) "
-                   "holding a ' makes the gate fail with 'cannot-copy' (exit 32)")
 def test_database_in_a_directory_with_a_quote(node):
     db = make_db(node.base / "it's data" / "live.db")
     res = run_gate(node, gate_props(node, db, allow=True))
@@ -286,8 +280,6 @@ def test_second_backup_in_the_same_minute_gets_2(node, frozen_minute):
     assert sorted(os.listdir(node.base / "backups")) == ["pre-v2-20260102T0304Z-2.db", "pre-v2-20260102T0304Z.db"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: backup's loop tests \"$B$n.db\" (no '-': pre-v2-...Z2.db) but names the "
-                   "file \"$B-$n.db\", so the third backup in one minute overwrites the second (-2)")
 def test_third_backup_in_the_same_minute_does_not_overwrite_the_second(node, frozen_minute):
     db = make_db(node.base / "live.db")
     names = [run_gate(node, gate_props(node, db, allow=True), PATH=frozen_minute).get("backup") for _ in range(3)]
@@ -392,8 +384,6 @@ def test_hostile_values_cannot_inject(node, evil):
     assert not list(node.base.rglob("PWNED"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: as for the database, the backup path goes inside single quotes in "
-                   "sqlite3's `.backup '...'`: a sando:migrations.backupDir holding a ' fails with exit 33")
 def test_backup_dir_with_a_quote(node):
     db = make_db(node.base / "live.db")
     res = run_gate(node, gate_props(node, db, allow=True, backup_dir=node.base / "it's backups"))

@@ -101,18 +101,12 @@ def test_of_release_without_migrations_dir(repo):
     assert migrations.of_release(str(repo), commit, "server/migrations") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NAME_RE also matches sqlx's reversible *down* migrations "
-                   "(0002_add_tags.down.sql -> version 2, description 'add_tags.down'): the down file is read as a "
-                   "second migration 2, and its DROP TABLE marks version 2 destructive")
 def test_down_migrations_are_not_migrations(repo):
     commit = write(repo, {"0002_add_tags.up.sql": "CREATE TABLE tags (id INTEGER);",
                           "0002_add_tags.down.sql": "DROP TABLE tags;"})
     assert migrations.of_release(str(repo), commit, "server/migrations") == [Migration("2", "add_tags", False)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: build.read_tree splits `git ls-tree --name-only` on whitespace, so "
-                   "a migration whose name holds a space (sqlx applies it) is never seen by the gate: neither "
-                   "dry-run nor checked for DROP")
 def test_migration_name_with_a_space_is_read(repo):
     commit = write(repo, {"0001_init.sql": "CREATE TABLE a (x);", "0002_drop old.sql": "DROP TABLE a;"})
     assert migrations.of_release(str(repo), commit, "server/migrations") == [

@@ -188,11 +188,11 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
     for node in ("n1", "n2"):
         expected |= {f"{node}-{role}" for role in NODE_CHILDREN}
         expected |= {f"{node}-release-files", f"{node}-current-switch"}
-    assert run.names(DYNAMIC) == expected
+    assert run.names(DYNAMIC) == expected | {"verdict"}
     roles = {"sando:index:Node": set(NODE_CHILDREN), "sando:index:Release": {"files"},
              "sando:index:CurrentPointer": {"switch"}}
     for reg in run.monitor.registrations:
-        if reg.type != DYNAMIC:
+        if reg.type != DYNAMIC or reg.name == "verdict":
             continue
         parent, ptype = urn_name(reg.parent), urn_type(reg.parent)
         assert reg.name.startswith(parent + "-"), (reg.name, parent)
@@ -202,7 +202,7 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
 def test_bootstrap_subset_declares_only_those_children(config):
     run = run_program(*config(nodes=("n1",), bootstrap='{"manage": ["caddyfile"]}'))
     assert {n for n in run.names(DYNAMIC)} == {"n1-layout", "n1-caddyfile", "n1-caddy-reload", "n1-release-files",
-                                               "n1-current-switch"}
+                                               "n1-current-switch", "verdict"}
 
 
 # --- the inputs the program computes -------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_pointer_inputs(config, server_repo):
                           "dryRunCommand": "{release}/mnw-admin migrate --dry-run --database {scratch}",
                           "database": "/srv/d/mnw.db", "envFile": "/etc/makenotwork/makenotwork.env",  # the unit's
                           "backupDir": "/srv/backups", "allowDestructive": False}
-    assert s1["rollout"] == {"batch": 0, "pauseSeconds": 0, "later": []}
+    assert s1["rollout"] == {"batch": 0, "pauseSeconds": 0}
 
 
 def test_allow_destructive_for_the_pinned_version_and_gate_off(config):
@@ -289,6 +289,14 @@ def test_pointer_waits_for_its_bootstrap_and_its_release(config):
     assert list(run.regs["n1-caddy-reload"].dependencies) == [run.urn("n1-caddyfile")]
 
 
+def test_the_verdict_waits_for_every_pointer(config):
+    run = run_program(*config(nodes=("n1", "n2", "n3")))
+    reg = run.regs["verdict"]
+    assert reg.parent == STACK_URN
+    assert {run.urn(f"{n}-current-switch") for n in ("n1", "n2", "n3")} <= set(reg.dependencies)
+    assert set(reg.propertyDependencies["outcomes"].urns) == {run.urn(f"{n}-current-switch") for n in ("n1", "n2", "n3")}
+
+
 def test_rollout_batches_chain_the_pointers(config):
     run = run_program(*config(nodes=("n1", "n2", "n3"), rollout='{"batchSize": 1, "pauseSeconds": 5}'))
     assert run.urn("n1-current-switch") in run.regs["n2-current-switch"].dependencies
@@ -296,9 +304,10 @@ def test_rollout_batches_chain_the_pointers(config):
     assert run.urn("n1-current-switch") not in run.regs["n3-current-switch"].dependencies
     assert not any("current" in urn_name(d) for d in run.regs["n1-current-switch"].dependencies)
     assert [run.inputs(f"{n}-current-switch")["rollout"] for n in ("n1", "n2", "n3")] == [
-        {"batch": 0, "pauseSeconds": 5, "later": ["n2", "n3"]},
-        {"batch": 1, "pauseSeconds": 5, "later": ["n3"]},
-        {"batch": 2, "pauseSeconds": 5, "later": []}]
+        {"batch": 0, "pauseSeconds": 5}, {"batch": 1, "pauseSeconds": 5}, {"batch": 2, "pauseSeconds": 5}]
+    # a later batch is given the earlier batch's outcomes: held back when one failed
+    assert set(run.regs["n2-current-switch"].propertyDependencies["after"].urns) == {run.urn("n1-current-switch")}
+    assert set(run.regs["n3-current-switch"].propertyDependencies["after"].urns) == {run.urn("n2-current-switch")}
     assert [run.exports["nodes"][n]["batch"] for n in ("n1", "n2", "n3")] == [0, 1, 2]
 
 
@@ -306,7 +315,8 @@ def test_without_rollout_pointers_do_not_wait_for_each_other(config):
     run = run_program(*config(nodes=("n1", "n2", "n3")))
     for n in ("n1", "n2", "n3"):
         assert not any("current" in urn_name(d) for d in run.regs[f"{n}-current-switch"].dependencies)
-        assert run.inputs(f"{n}-current-switch")["rollout"] == {"batch": 0, "pauseSeconds": 0, "later": []}
+        assert run.inputs(f"{n}-current-switch")["rollout"] == {"batch": 0, "pauseSeconds": 0}
+        assert not run.regs[f"{n}-current-switch"].propertyDependencies["after"].urns
 
 
 # --- secrets ---------------------------------------------------------------------------------------------
@@ -331,7 +341,7 @@ def test_private_key_and_token_only_travel_as_secrets(config, ed25519_key):
     token = "cli-service-token-VALUE"
     run = run_program(*config(restartWarningSeconds="5", cliServiceToken=token))
     key_body = private.splitlines()[1]  # a line of the key's base64 body
-    dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC]
+    dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC and a.name != "verdict"]
     assert len(dynamic) == 2 * (len(NODE_CHILDREN) + 2)
     for args in dynamic:
         assert rpc.is_rpc_secret(args.inputs["privateKey"]), args.name
@@ -354,7 +364,7 @@ def test_ssh_agent_sends_no_key(config):
     raw, _ = config(nodes=("n1",), sshAgent="true")
     del raw["sando:sshPrivateKey"]
     run = run_program(raw, [])
-    dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC]
+    dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC and a.name != "verdict"]
     assert len(dynamic) == len(NODE_CHILDREN) + 2
     assert all(a.inputs.get("privateKey") is None for a in dynamic)
 

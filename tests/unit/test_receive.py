@@ -173,9 +173,6 @@ def test_wrong_sums_fail_and_nothing_is_renamed(node, tmp_path):
     assert not (node.root / "releases" / "v1").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: receive_release's EXIT trap removes \"$S\", a path relative to the "
-                   "release root, but a failure in the per-file steps or the SHA256SUMS check happens after "
-                   "`cd \"$S\"`, so the trap removes nothing and the staging dir stays behind")
 def test_wrong_sums_leave_no_staging_dir(node, tmp_path):
     art = artifacts(tmp_path / "a1", V1)
     _, _, res = send(node, WrongSums(art.root, art.files), "v1")
@@ -183,8 +180,6 @@ def test_wrong_sums_leave_no_staging_dir(node, tmp_path):
     assert staging_dirs(node) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same trap, relative staging path: a patch rebuilt against a base "
-                   "file changed on the node fails the sums check and leaves its staging dir")
 def test_patch_against_a_tampered_base_fails_and_leaves_no_staging_dir(node, tmp_path):
     _patch_against_tampered_base(node, tmp_path)
     assert staging_dirs(node) == []

@@ -123,10 +123,6 @@ def test_full_otherwise(tmp_path, why):
     assert p.steps == [] and p.members[0][0] == "server"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (against transfer.py's own docstring: 'the live (or other retained) "
-                   "release has a file of that name whose bytes are in the local object store'): plan only tries "
-                   "the first non-failed release holding the path; when its bytes are not in the local store (e.g. "
-                   "it was built elsewhere) the retained release whose bytes are there is never used: full upload")
 def test_patch_against_another_retained_release_when_the_live_ones_bytes_are_not_stored(tmp_path):
     store(BIG)
     art = art_of(tmp_path, {"server": BIG2})
