@@ -288,6 +288,7 @@ class Project:
                 pass  # every command passes --stack; names are checked against `pulumi stack ls`
 
         env = {} if "PULUMI_SKIP_UPDATE_CHECK" in os.environ else {"PULUMI_SKIP_UPDATE_CHECK": "true"}
+        env.setdefault("PULUMI_PARALLEL", os.environ.get("PULUMI_PARALLEL", "64"))  # every node at once
         self.ws = Workspace(work_dir=str(self.dir), pulumi_command=command, env_vars=env)
         self._names: list[str] | None = None
 

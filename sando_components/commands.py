@@ -49,7 +49,7 @@ def daemon_reload() -> str:
 
 def install_unit(service: str) -> str:
     """After the unit file changed: systemd reads it again, and the service starts at boot."""
-    return _and(daemon_reload(), shlex.join(["systemctl", "enable", "--quiet", f"{service}.service"]))
+    return _and(daemon_reload(), shlex.join(["systemctl", "enable", "--quiet", "--no-reload", f"{service}.service"]))
 
 
 def write_file(dest: str, mode: int, token: str) -> str:

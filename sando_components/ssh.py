@@ -31,6 +31,10 @@ class RemoteError(OperatorError):
     pass
 
 
+class LostSession(EOFError):
+    """A command's session ended without an exit status: its connection is not to be trusted."""
+
+
 @dataclass(frozen=True)
 class Conn:
     host: str
@@ -165,6 +169,14 @@ def _forget_if_dead(conn: Conn) -> bool:
     return True
 
 
+def _forget(conn: Conn, entry: _Pooled) -> None:
+    """Drop this pooled connection (the next call opens a new one)."""
+    with _pool_lock:
+        if _pool.get(_key(conn)) is entry:
+            del _pool[_key(conn)]
+    entry.client.close()
+
+
 def _refused_open(exc: Exception) -> bool:
     """The server refused a channel open (paramiko reports it as ChannelException, or, when
     several threads open at once, as a bare "Unable to open channel.")."""
@@ -195,7 +207,10 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
                     if refused > OPEN_RETRIES:
                         raise
                 else:
-                    _forget_if_dead(conn)
+                    if isinstance(exc, LostSession):
+                        _forget(conn, entry)
+                    else:
+                        _forget_if_dead(conn)
                     if not retry or reconnected:
                         raise
                     reconnected = True
@@ -245,7 +260,10 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
             # whole connection ("ieof packet referred to nonexistent channel").
             out = b"".join(iter(lambda: chan.recv(65536), b""))
             err = b"".join(iter(lambda: chan.recv_stderr(65536), b""))
-            return chan.recv_exit_status(), out, err
+            status = chan.recv_exit_status()
+            if status == -1:  # closed without an exit status: the session (or the connection) died
+                raise LostSession("the session ended before the command finished")
+            return status, out, err
         finally:
             chan.close()
 

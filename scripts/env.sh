@@ -4,6 +4,7 @@
 #   - PULUMI_HOME is private to the checkout (.tools/pulumi-home)
 #   - the backend is the local file backend under .pulumi-state/ unless
 #     PULUMI_BACKEND_URL is already set (bring your own backend that way)
+#   - PULUMI_PARALLEL defaults to 64 (Pulumi's own default, 4 x CPUs, would make nodes wait)
 #   - PULUMI_CONFIG_PASSPHRASE defaults to "sando-local" for local stacks;
 #     set your own before creating a stack you care about (prod!).
 _sando_repo=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
@@ -12,6 +13,8 @@ export PULUMI_HOME="${PULUMI_HOME:-$_sando_repo/.tools/pulumi-home}"
 export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$_sando_repo/.pulumi-state}"
 export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE-sando-local}"
 export PULUMI_SKIP_UPDATE_CHECK=true
+# Pulumi runs at most 4 x CPUs resource operations at once; sando works on every node at once
+export PULUMI_PARALLEL="${PULUMI_PARALLEL:-64}"
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK="${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-false}"
 mkdir -p "$_sando_repo/.pulumi-state"

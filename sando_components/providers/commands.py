@@ -24,11 +24,10 @@ class RemoteCommandProvider(ResourceProvider):
 
     def diff(self, _id, olds, news):
         changes = changed(olds, news, ["create", "update", "triggers", *AUTH])
-        replaces = ["connection"] if target_of(olds) != target_of(news) else []
-        return DiffResult(changes=bool(changes), replaces=replaces)
+        return DiffResult(changes=bool(changes), replaces=[])
 
     def update(self, _id, olds, news):
-        if not changed(olds, news, ["create", "update", "triggers"]):
+        if not changed(olds, news, ["create", "update", "triggers"]) and target_of(olds) == target_of(news):
             return UpdateResult(outs=refresh_auth(olds, news))
         return UpdateResult(outs=self._run(news, news.get("update") or news["create"]))
 

@@ -32,13 +32,14 @@ class RemoteFileProvider(ResourceProvider):
     def diff(self, _id, olds, news):
         news = {**news, "sha256": sha256_text(news["content"])}
         changes = changed(olds, news, ["path", "sha256", "mode", *AUTH])
-        replaces = ["path"] if olds.get("path") != news["path"] or target_of(olds) != target_of(news) else []
-        return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
+        return DiffResult(changes=bool(changes), replaces=["path"] if olds.get("path") != news["path"] else [],
+                          delete_before_replace=False)
 
     def update(self, _id, olds, news):
-        if olds.get("sha256") == sha256_text(news["content"]) and olds.get("mode") == news["mode"]:
+        same = olds.get("sha256") == sha256_text(news["content"]) and olds.get("mode") == news["mode"]
+        if same and target_of(olds) == target_of(news):  # another key or user: nothing to write
             return UpdateResult(outs=refresh_auth(olds, news))
-        return UpdateResult(outs=self._write(news))
+        return UpdateResult(outs=self._write(news))  # changed, or the node is reached another way
 
     def delete(self, _id, props):
         diagnostics.log("info", f"{node_of(props)}: left {props['path']} in place (no longer managed by sando)")

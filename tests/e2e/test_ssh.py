@@ -24,11 +24,11 @@ def conn(node, **change) -> ssh.Conn:
 
 def sshd_verbose(node) -> None:
     """Log every session sshd starts (LogLevel VERBOSE: "Starting session: command ...")."""
-    node.exec("sh", "-c", "echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/verbose.conf && systemctl reload ssh")
+    node.sshd_config("verbose", "LogLevel VERBOSE")
 
 
-def sshd_since(node, since: float) -> str:
-    return node.exec("journalctl", "-u", "ssh", "--no-pager", "-o", "cat", f"--since=@{since:.0f}").stdout
+def sshd_since(node, cursor: str) -> str:
+    return node.journal("ssh", after=cursor, output="cat")
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def test_a_wrong_host_key_fails_the_deploy_before_any_change(make_nodes, make_de
 def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_nodes):
     (node,) = make_nodes(1)
     sshd_verbose(node)
-    since = time.time() - 1
+    since = node.journal_cursor()
     c = conn(node)
     errors: list[str] = []
 
@@ -91,7 +91,7 @@ def test_refused_channel_opens_are_retried(make_nodes):
     """sshd allows only 2 sessions per connection here; sando opens up to 6 at once: the refused
     opens are retried until a channel frees up."""
     (node,) = make_nodes(1)
-    node.exec("sh", "-c", "echo 'MaxSessions 2' > /etc/ssh/sshd_config.d/max.conf && systemctl reload ssh")
+    node.sshd_config("max", "MaxSessions 2")
     c = conn(node)
     errors: list[str] = []
 
@@ -152,15 +152,12 @@ def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, tw
     d = make_deploy([node], repo=two_versions)
     run_up(d)
     d.set(version="v2")
-    since = time.time()
-    time.sleep(1.1)
+    since = node.journal_cursor()
     run_up(d)
     log = sshd_since(node, since)
     assert len(re.findall(r"Accepted publickey", log)) == 1, log
     assert len(re.findall(r"Starting session: command", log)) <= 4, log
-    time.sleep(1.1)
-    since = time.time()
-    time.sleep(1.1)
+    since = node.journal_cursor()
     _, changed = run_up(d)
     assert changed == {}
     log = sshd_since(node, since)

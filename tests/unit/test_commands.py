@@ -46,8 +46,8 @@ def test_systemctl_daemon_reload_install_unit():
     assert c.systemctl("restart", "a b") == "systemctl restart 'a b'"
     assert c.daemon_reload() == "systemctl daemon-reload"
     assert c.install_unit("makenotwork") == \
-        "systemctl daemon-reload && systemctl enable --quiet makenotwork.service"
-    assert c.install_unit("it's") == f"systemctl daemon-reload && systemctl enable --quiet 'it{Q}s.service'"
+        "systemctl daemon-reload && systemctl enable --quiet --no-reload makenotwork.service"
+    assert c.install_unit("it's") == f"systemctl daemon-reload && systemctl enable --quiet --no-reload 'it{Q}s.service'"
 
 
 def test_write_file():
@@ -250,7 +250,7 @@ def test_no_argument_can_inject_shell(recorder, tmp_path, evil):
         (c.chown_r(evil, base), [["chown", "-R", evil, base]]),
         (c.systemctl(evil, evil), [["systemctl", evil, evil]]),
         (c.daemon_reload(), [["systemctl", "daemon-reload"]]),
-        (c.install_unit(evil), [["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", f"{evil}.service"]]),
+        (c.install_unit(evil), [["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", "--no-reload", f"{evil}.service"]]),
         (c.write_file(f, 0o640, evil), [["mkdir", "-p", base], ["cat"], ["chmod", "0640", f"{f}.sando-tmp-{evil}"],
                                         ["mv", "-f", f"{f}.sando-tmp-{evil}", f]]),
         (c.file_state(f), [["sha256sum"], ["stat", "-c", "%a", f]]),  # sha256sum reads f on stdin
