@@ -2,12 +2,15 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup test unit e2e demo bench clean
+.PHONY: setup test quick unit e2e demo bench clean
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+quick: setup  # all but the slow scenarios (16 nodes); CI runs `make test`
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/app

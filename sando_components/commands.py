@@ -43,6 +43,12 @@ def systemctl(verb: str, unit: str) -> str:
     return shlex.join(["systemctl", verb, unit])
 
 
+def reload_caddy() -> str:
+    """Caddy reads the new Caddyfile if it runs; a stopped Caddy is left stopped (it reads the file
+    when it starts). A plain `reload` of an inactive unit fails on systemd."""
+    return systemctl("try-reload-or-restart", "caddy")
+
+
 def daemon_reload() -> str:
     return shlex.join(["systemctl", "daemon-reload"])
 

@@ -86,7 +86,7 @@ class Node(pulumi.ComponentResource):
             text = args.sources["caddyfile"]
             f = RemoteFile(f"{name}-caddyfile", **conn, path=paths.CADDYFILE, content=text, mode=0o644,
                            opts=child)
-            RemoteCommand(f"{name}-caddy-reload", **conn, create=commands.systemctl("reload", "caddy"),
+            RemoteCommand(f"{name}-caddy-reload", **conn, create=commands.reload_caddy(),
                           triggers=[_sha(text)], opts=pulumi.ResourceOptions(parent=self, depends_on=[f]))
             files["caddyfile"] = f.path
         if "unit" in manage:

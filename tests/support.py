@@ -266,13 +266,15 @@ class Deploy:
     nodes: list[Node]
     repo: AppRepo
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    project: Path | None = None  # share another Deploy's project dir (stacks side by side, like testnot/prod)
 
     def __post_init__(self):
-        self.project = self.work / f"project-{self.name}"
-        self.project.mkdir(parents=True)
-        for f in PROJECT_FILES:
-            src = REPO / f
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, self.project / f)
+        if self.project is None:
+            self.project = self.work / f"project-{self.name}"
+            self.project.mkdir(parents=True)
+            for f in PROJECT_FILES:
+                src = REPO / f
+                (shutil.copytree if src.is_dir() else shutil.copy)(src, self.project / f)
         ws_opts = auto.LocalWorkspaceOptions(
             work_dir=str(self.project), pulumi_home=self.env["PULUMI_HOME"], env_vars=self.env,
             pulumi_command=auto.PulumiCommand(root=str(TOOLS)),

@@ -38,8 +38,8 @@ def make_nodes(tmp_path):
 def make_deploy(tmp_path, engine, app):
     made = []
 
-    def make(nodes, repo: AppRepo | None = None, **config) -> Deploy:
-        d = Deploy(tmp_path, engine, nodes, repo or app)
+    def make(nodes, repo: AppRepo | None = None, project=None, **config) -> Deploy:
+        d = Deploy(tmp_path, engine, nodes, repo or app, project=project)
         if config:
             d.set(**config)
         made.append(d)

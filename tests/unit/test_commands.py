@@ -42,6 +42,7 @@ def test_chown_r():
 
 def test_systemctl_daemon_reload_install_unit():
     assert c.systemctl("reload", "caddy") == "systemctl reload caddy"
+    assert c.reload_caddy() == "systemctl try-reload-or-restart caddy"
     assert c.systemctl("is-active", "makenotwork") == "systemctl is-active makenotwork"
     assert c.systemctl("restart", "a b") == "systemctl restart 'a b'"
     assert c.daemon_reload() == "systemctl daemon-reload"

@@ -215,7 +215,7 @@ def test_node_children_inputs(config, server_repo):
         assert run.inputs(f"{node}-layout")["create"] == "mkdir -p /opt/makenotwork/releases"
     caddy = (server_repo["path"] / "server" / "deploy" / "Caddyfile").read_text()
     assert run.inputs("n1-caddyfile")["content"] == caddy and run.inputs("n1-caddyfile")["mode"] == 0o644
-    assert run.inputs("n1-caddy-reload")["create"] == "systemctl reload caddy"
+    assert run.inputs("n1-caddy-reload")["create"] == "systemctl try-reload-or-restart caddy"
     assert run.inputs("n1-daemon-reload")["create"] == commands.install_unit("makenotwork")
     assert run.inputs("n1-firewall")["mode"] == 0o755 and run.inputs("n1-sshdGit")["mode"] == 0o644
     assert run.inputs("n1-cron")["path"] == "/etc/cron.d/makenotwork-backup"
