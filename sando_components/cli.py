@@ -64,14 +64,14 @@ def nodes_of(outputs: dict) -> dict[str, dict]:
 
 def check_promotable(outputs: dict, last: dict | None = None) -> list[str]:
     """Why the source stack does not run one healthy version on every node ([] = promotable).
-    `last` is its last update ({result, when, ...}): after a failed one the outputs are stale."""
+    `last` is its last update ({result, when, ...}): one that failed means the source is not clean."""
     version, commit, nodes = outputs.get("version"), outputs.get("commit"), nodes_of(outputs)
     if not (version and commit and nodes):
         return ["it has no version, commit or nodes in its outputs (never deployed?)"]
     problems = []
     if last and last.get("result") != "succeeded":
-        problems.append(f"its last update ({last.get('when') or '?'}) {last.get('result') or 'did not finish'}, "
-                        "so its outputs may not be what runs (a half-finished rollout?)")
+        problems.append(f"its last update ({last.get('when') or '?'}) {last.get('result') or 'did not finish'} "
+                        "(a failed switch or a half-finished rollout?)")
     for name, node in nodes.items():
         if node.get("health") != "ok":
             problems.append(f"{name}'s health is {node.get('health') or 'unknown'}")
@@ -566,7 +566,8 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
                            "found pending (from the stack outputs), and the stack's last update from `pulumi stack\n"
                            "history`: when, result, the -m message (sando's names who ran it) and git.author of\n"
                            "the checkout. LIVE shows '(pin V)' when a node is not on the stack's pinned version.\n"
-                           "Outputs are what the last successful up recorded: after a failed up they may be stale.\n\n"
+                           "Outputs say what each node serves after the last up, also a failed one (a switch that\n"
+                           "failed, a rollout that stopped); an up that broke off (Ctrl-C, no SSH) may leave them old.\n\n"
                            "example: sando status            sando status prod"))
     p.add_argument("stacks", nargs="*", metavar="STACK", help="stacks to show (default: all)")
     cwd(p)

@@ -1,36 +1,43 @@
 """Warnings and notes for the operator's console from inside a provider.
 
-Dynamic providers cannot log through the SDK; sando's provider host (provider_host.py)
-keeps the engine's address it is started with and connects it here.
+Dynamic providers cannot log through the SDK; sando's provider host
+(engine/bin/sando-provider-host.py) puts the engine's address it is started with in
+SANDO_ENGINE_ADDRESS, and this module connects to it on first use.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 _engine = None
 _lock = threading.Lock()
 
 
-def connect(address: str) -> None:
+def _connect():
     global _engine
-    import grpc
-    from pulumi.runtime.proto import engine_pb2_grpc
+    address = os.environ.get("SANDO_ENGINE_ADDRESS")
+    if _engine is None and address:
+        import grpc
+        from pulumi.runtime.proto import engine_pb2_grpc
 
-    _engine = engine_pb2_grpc.EngineStub(grpc.insecure_channel(address))
+        _engine = engine_pb2_grpc.EngineStub(grpc.insecure_channel(address))
+    return _engine
 
 
 def log(severity: str, message: str) -> bool:
     """Show a diagnostic ('info' or 'warning'); False when there is no engine to tell (an upstream
     provider host, or a unit test)."""
-    if _engine is None:
+    with _lock:
+        engine = _connect()
+    if engine is None:
         return False
     from pulumi.runtime.proto import engine_pb2
 
     level = {"info": engine_pb2.INFO, "warning": engine_pb2.WARNING}[severity]
     try:
         with _lock:
-            _engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn="", streamId=0, ephemeral=False))
+            engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn="", streamId=0, ephemeral=False))
         return True
     except Exception:  # a diagnostic must never fail a deploy
         return False

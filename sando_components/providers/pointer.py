@@ -243,8 +243,8 @@ class VerdictProvider(ResourceProvider):
         failed = [o["message"] for o in outcomes if not o.get("ok") and not o.get("heldBack")]
         held = [o["node"] for o in outcomes if o.get("heldBack")]
         if failed or held:
-            stopped = f" Rollout stopped: {', '.join(held)} not switched (they keep their version)." if held else ""
-            raise OperatorError("\n".join(failed) + stopped)
+            stopped = f"Rollout stopped: {', '.join(held)} not switched (they keep their version)." if held else ""
+            raise OperatorError(". ".join(filter(None, ["\n".join(failed), stopped])))
 
 
 class Verdict(NodeResource):

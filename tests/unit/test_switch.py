@@ -470,7 +470,7 @@ def test_provider_failure_with_nothing_to_switch_back_and_the_rollout_held_back(
     with pytest.raises(OperatorError) as exc:
         VerdictProvider().create({"outcomes": [failed, {"ok": False, "node": "n2", "heldBack": True},
                                                {"ok": False, "node": "n3", "heldBack": True}]})
-    assert str(exc.value) == (failed["message"] + " Rollout stopped: n2, n3 not switched (they keep their version).")
+    assert str(exc.value) == (failed["message"] + ". Rollout stopped: n2, n3 not switched (they keep their version).")
     VerdictProvider().create({"outcomes": [{"ok": True, "node": "node1"}]})  # all good: no error
 
 

@@ -1,0 +1,50 @@
+"""sando's dynamic-provider host: the Pulumi SDK's own (`python -m pulumi.dynamic`), with three
+changes made before it starts. Installed by `make setup` into .tools/bin and run by
+pulumi-resource-pulumi-python; it imports nothing of sando, so any project's dynamic providers
+run under it unchanged.
+
+- more worker threads: the SDK serves 4 calls at once, so with more nodes than that nodes
+  would wait for each other; sando works on every node at once;
+- an error whose class is (or derives from) one named OperatorError (sando's errors for
+  operators) is reported as its message alone, without a Python traceback, unless
+  SANDO_DEBUG=1;
+- the engine's address (a provider's first argument) is put in SANDO_ENGINE_ADDRESS, so a
+  provider can send warnings to the operator's console (sando_components/diagnostics.py),
+  which dynamic providers cannot otherwise do.
+"""
+
+import os
+import runpy
+import sys
+import traceback
+from concurrent import futures
+
+import grpc
+
+WORKERS = 64
+
+
+def _operator_error(exc: BaseException | None) -> bool:
+    return exc is not None and any(c.__name__ == "OperatorError" for c in type(exc).__mro__)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        os.environ["SANDO_ENGINE_ADDRESS"] = sys.argv[1]
+    debug = os.environ.get("SANDO_DEBUG", "") not in ("", "0", "false")
+    make_server, full_traceback = grpc.server, traceback.format_exc
+
+    def server(_pool, *args, **kwargs):
+        return make_server(futures.ThreadPoolExecutor(max_workers=WORKERS), *args, **kwargs)
+
+    def format_exc(*args, **kwargs) -> str:
+        exc = sys.exc_info()[1]
+        return str(exc) if _operator_error(exc) and not debug else full_traceback(*args, **kwargs)
+
+    grpc.server = server
+    traceback.format_exc = format_exc
+    runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
