@@ -29,6 +29,9 @@ def _operator_error(exc: BaseException | None) -> bool:
 
 
 def main() -> None:
+    # as `python -m pulumi.dynamic` would: the project directory (the cwd) first on the path, so
+    # the providers serialized by the program (e.g. sando_components.providers.*) import from it
+    sys.path[0] = os.getcwd()
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
         os.environ["SANDO_ENGINE_ADDRESS"] = sys.argv[1]
     debug = os.environ.get("SANDO_DEBUG", "") not in ("", "0", "false")

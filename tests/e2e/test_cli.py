@@ -78,11 +78,12 @@ def test_promote_refuses_a_moved_tag_and_an_unhealthy_source(make_nodes, make_de
     assert code == 1 and promoted[:12] in said and repo.commit("v2")[:12] in said, said
     assert p_node.served()["version"] == "v1"
 
+    repo.git("tag", "-f", "v2", promoted)  # the tag is put back
     # the source goes unhealthy (its binary cannot start any more), and its last run says so
     t_node.exec("sh", "-c", "chmod -x /opt/makenotwork/releases/*/makenotwork && systemctl stop makenotwork")
     testnot.set(healthCheck={"timeoutSeconds": 2, "intervalSeconds": 0.2, "expectVersion": True})
-    testnot.up_fails()
-    assert testnot.node_out(t_node)["health"] == "failed"
+    said = testnot.up_fails()
+    assert testnot.node_out(t_node)["health"] == "failed", said
     code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
     assert code == 1 and "node1" in said, said
     assert p_node.served()["version"] == "v1"

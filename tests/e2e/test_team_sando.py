@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import subprocess
 import uuid
@@ -20,6 +21,9 @@ from tests.support import REPO, AppRepo, wait_for
 from tests.team import Operator, make_origin
 
 PASSPHRASE = "prod-passphrase-" + secrets.token_hex(4)
+# each operator's HOME is their own; the machine's Rust toolchain is where it was installed
+TOOLCHAIN = {"RUSTUP_HOME": os.environ.get("RUSTUP_HOME", str(Path.home() / ".rustup")),
+             "CARGO_HOME": os.environ.get("CARGO_HOME", str(Path.home() / ".cargo"))}
 STACK = "prod"
 SANDO = REPO / ".venv" / "bin" / "sando"
 
@@ -47,7 +51,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
         "Pulumi.yaml": REPO / "Pulumi.yaml", "__main__.py": REPO / "__main__.py",
         "sando_components": REPO / "sando_components", ".gitignore": "__pycache__/\n"})
     alice = Operator.clone("alice", origin, tmp_path, backend_url=url, passphrase=PASSPHRASE,
-                           extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-alice"), "PULUMI_PARALLEL": "64"})
+                           extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-alice"), "PULUMI_PARALLEL": "64", **TOOLCHAIN})
     alice.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
     config = {"nodes": [node.config()], "version": "v1", "source": {"repo": str(app.path)},
               "binNames": ["makenotwork", "mnw-admin"], "restartWarningSeconds": 1,
@@ -61,7 +65,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
     alice.commit_push("prod stack: v1")
     bob = Operator.clone("bob", origin, tmp_path, backend_url=pg.url_for(db, None, db), login=False,
                          pgpass=pg.pgpass_line(db, password, db), passphrase=PASSPHRASE,
-                         extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-bob"), "PULUMI_PARALLEL": "64"})
+                         extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-bob"), "PULUMI_PARALLEL": "64", **TOOLCHAIN})
 
     alice.up("-s", STACK, message="v1")
     assert node.served()["version"] == "v1"
