@@ -61,12 +61,35 @@ def check_tree(repo: str, commit: str, path: str, key: str) -> None:
         raise ConfigError(f"sando:{key}: {path!r} is not a directory at commit {commit[:12]}")
 
 
-def read_tree(repo: str, commit: str, path: str) -> dict[str, str]:
-    """{file name: text} of the files directly in `path` at `commit` ({} when there is none)."""
-    res = _git(repo, "ls-tree", "-z", "--name-only", f"{commit}:{path}")
+def list_tree(repo: str, commit: str, path: str) -> dict[str, str]:
+    """{file name: blob id} of the files directly in `path` at `commit` ({} when there is none)."""
+    res = _git(repo, "ls-tree", "-z", f"{commit}:{path}")
     if res.returncode != 0:
         return {}
-    return {name: _git(repo, "show", f"{commit}:{path}/{name}").stdout for name in res.stdout.split("\0") if name}
+    entries = (e.split("\t", 1) for e in res.stdout.split("\0") if e)
+    return {name: meta.split()[2] for meta, name in entries if meta.split()[1] == "blob"}
+
+
+def read_blobs(repo: str, blobs: list[str]) -> dict[str, str]:
+    """{blob id: text}, read by one `git cat-file --batch`."""
+    if not blobs:
+        return {}
+    out = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch"], input=("\n".join(blobs) + "\n").encode(),
+                         capture_output=True, check=True).stdout
+    texts, pos = {}, 0
+    for blob in blobs:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        texts[blob] = out[header_end + 1:header_end + 1 + size].decode(errors="replace")
+        pos = header_end + 1 + size + 1
+    return texts
+
+
+def read_tree(repo: str, commit: str, path: str) -> dict[str, str]:
+    """{file name: text} of the files directly in `path` at `commit` ({} when there is none)."""
+    names = list_tree(repo, commit, path)
+    texts = read_blobs(repo, list(names.values()))
+    return {name: texts[blob] for name, blob in names.items()}
 
 
 def sha256_file(path: str | Path) -> str:

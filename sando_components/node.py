@@ -73,7 +73,8 @@ class Node(pulumi.ComponentResource):
         super().__init__("sando:index:Node", name, None, opts)
         cfg, np = args.cfg, paths.NodePaths(args.cfg.release_root)
         manage = cfg.bootstrap.manage
-        conn = dict(node=args.node.name, connection=args.connection, private_key=args.private_key)
+        conn = dict(node=args.node.name, connection=args.connection, private_key=args.private_key,
+                    release_root=cfg.release_root, service=cfg.service)
         child = pulumi.ResourceOptions(parent=self)
 
         layout = [commands.mkdir_p(np.releases)]

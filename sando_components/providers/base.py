@@ -129,6 +129,39 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
         return _states[key]
 
 
+def prefetch(props: dict) -> None:
+    """Start reading what the node holds in the background (the first resource of a node to be
+    checked does this), so the connection and the read are done by the time a diff needs them.
+    A failure here is forgotten: node_state() then tries again and reports it."""
+    if not isinstance(props.get("releaseRoot"), str) or not isinstance(props.get("service"), str) \
+            or not isinstance(props.get("connection"), dict):
+        return  # unknown in a preview: nothing to read yet
+    key = _state_key(props)
+    with _guard:
+        if key in _states or key in _prefetching:
+            return
+        _prefetching.add(key)
+
+    def read():
+        try:
+            node_state(props)
+        except Exception:  # noqa: BLE001 - reported by the diff that needs it
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+_prefetching: set[tuple] = set()
+
+
+class NodeProvider(ResourceProvider):
+    """A provider of node resources: its check() starts reading the node early (see prefetch)."""
+
+    def check(self, _olds, news):
+        prefetch(news)
+        return super().check(_olds, news)
+
+
 def remember(props: dict, state: NodeState) -> None:
     """Record what a provider just changed on the node (so nobody reads it again)."""
     with _guard:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import secrets
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, UpdateResult
 
 from .. import ssh
-from .base import AUTH, NodeResource, changed, conn_of, public, refresh_auth, target_of
+from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, public, refresh_auth, target_of
 
 
-class RemoteCommandProvider(ResourceProvider):
+class RemoteCommandProvider(NodeProvider):
     """Runs `create` on create, `update` (or `create`) when its triggers change; nothing on delete."""
 
     def _run(self, props: dict, cmd: str) -> dict:
@@ -39,7 +39,8 @@ class RemoteCommand(NodeResource):
     _provider_class, _output_names = RemoteCommandProvider, ("stdout",)
     stdout: pulumi.Output[str]
 
-    def __init__(self, name: str, *, node: str, connection, private_key, create: str, update: str | None = None,
-                 triggers: list | None = None, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, *, node: str, connection, private_key, release_root: str, service: str, create: str,
+                 update: str | None = None, triggers: list | None = None, opts: pulumi.ResourceOptions | None = None):
         super().__init__(name, {"node": node, "connection": connection, "privateKey": private_key,
+                                "releaseRoot": release_root, "service": service,  # for base.prefetch
                                 "create": create, "update": update, "triggers": triggers or []}, opts)

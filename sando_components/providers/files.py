@@ -6,17 +6,17 @@ import hashlib
 import secrets
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from .. import commands, diagnostics, ssh
-from .base import AUTH, NodeResource, changed, conn_of, node_of, public, refresh_auth, target_of
+from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, public, refresh_auth, target_of
 
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class RemoteFileProvider(ResourceProvider):
+class RemoteFileProvider(NodeProvider):
     """Written atomically (temp file + rename) in one round trip, the content on stdin. Never
     removed: a file sando stops managing (destroy, an item dropped from sando:bootstrap.manage)
     stays on the node as it is, because the live service may need it; sando says so."""
@@ -57,7 +57,8 @@ class RemoteFile(NodeResource):
     sha256: pulumi.Output[str]
     path: pulumi.Output[str]
 
-    def __init__(self, name: str, *, node: str, connection, private_key, path: str, content: str, mode: int,
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__(name, {"node": node, "connection": connection, "privateKey": private_key, "path": path,
-                                "content": content, "mode": mode}, opts)
+    def __init__(self, name: str, *, node: str, connection, private_key, release_root: str, service: str, path: str,
+                 content: str, mode: int, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(name, {"node": node, "connection": connection, "privateKey": private_key,
+                                "releaseRoot": release_root, "service": service,  # for base.prefetch
+                                "path": path, "content": content, "mode": mode}, opts)

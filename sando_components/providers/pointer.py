@@ -24,7 +24,7 @@ from .. import commands, diagnostics, paths, ssh
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from . import gate, warning
-from .base import AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
+from .base import NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
 # exit codes of the switch script that are a node's outcome (reported by the Verdict), not a crash
@@ -43,7 +43,7 @@ def _iso(epoch: str | None) -> str | None:
     return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds") if epoch else None
 
 
-class PointerProvider(ResourceProvider):
+class PointerProvider(NodeProvider):
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
         if not changes:

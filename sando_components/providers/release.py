@@ -14,12 +14,12 @@ import secrets
 import time
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from .. import build, commands, diagnostics, paths, ssh, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
-from .base import AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
+from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
 
 MB = 1024
 
@@ -28,7 +28,7 @@ def _mb(kib: int) -> str:
     return f"{max(kib, 0) / MB:.0f} MB" if kib >= MB else f"{max(kib, 0)} KB"
 
 
-class ReleaseProvider(ResourceProvider):
+class ReleaseProvider(NodeProvider):
     DEFINING = ["version", "commit", "releaseRoot"]
 
     def diff(self, _id, olds, news):

@@ -117,7 +117,7 @@ def test_check_tree_is_per_commit(repo):
 
 def test_read_tree(repo):
     files = build.read_tree(str(repo["path"]), repo["c1"], "deploy/error-pages")
-    assert set(files) == {"404.html", "sub"} and files["404.html"] == "<h1>404</h1>"
+    assert set(files) == {"404.html"} and files["404.html"] == "<h1>404</h1>"  # files only, not the sub dir
     (repo["path"] / "deploy" / "error-pages" / "404.html").write_text("not committed")
     assert build.read_tree(str(repo["path"]), repo["c2"], "deploy/error-pages")["404.html"] == "<h1>404</h1>"
     assert build.read_tree(str(repo["path"]), repo["c1"], "nope") == {}
