@@ -3,6 +3,8 @@ assemble repos (git, no cargo). Building the fixture takes ~2 minutes cold (toki
 with a bundled SQLite): `make bench` builds it, deploys it through sando and checks that each
 version serves its label; the tests' fast path never builds it."""
 
+import os
+
 from tests.realistic import REALISTIC, STAND_IN_DEPLOY, bump, git, make_realistic_repo
 
 
