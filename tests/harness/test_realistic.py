@@ -5,6 +5,8 @@ version serves its label; the tests' fast path never builds it."""
 
 import os
 
+import pytest
+
 from tests.realistic import REALISTIC, STAND_IN_DEPLOY, bump, git, make_realistic_repo
 
 
