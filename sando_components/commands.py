@@ -185,9 +185,13 @@ def health_function(url: str, timeout: float, interval: float, commit: str) -> s
     `timeout` seconds passed. Prints `@health ok BODY` or `@health fail LAST-ERROR`."""
     # the first "KEY": "value" pair of the body (a nested object's "version" later on is not it)
     field = r"""grep -o '"%s"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/'"""
+    # a freshly started app usually answers within a few tenths of a second: poll fast first,
+    # then every `interval`
+    waits = [w for w in (0.05, 0.1, 0.2, 0.4) if w < interval] + [interval]
+    arms = " ".join(f"{i + 1}) w={w:g};;" for i, w in enumerate(waits[:-1]))
     return _lines(
         "health() {",
-        f"  end=$(( $(date +%s) + {int(timeout + 0.999)} ))",
+        f"  end=$(( $(date +%s) + {int(timeout + 0.999)} )); n=0",
         "  while :; do",
         f"    if body=$({http_probe(url, 3)} 2>&1); then",
         "      v=$(printf '%s\\n' \"$body\" | " + field % "version" + ")",
@@ -198,7 +202,7 @@ def health_function(url: str, timeout: float, interval: float, commit: str) -> s
         "      last=\"serves version '$v', not '$1'\"",
         "    else last=$(printf '%s' \"$body\" | tail -n 1 | head -c 300); fi",
         "    if [ \"$(date +%s)\" -ge \"$end\" ]; then printf '@health fail %s\\n' \"$last\"; return 1; fi",
-        f"    sleep {interval:g}",
+        f"    n=$((n + 1)); case $n in {arms + ' ' if arms else ''}*) w={interval:g};; esac; sleep $w",
         "  done",
         "}",
     )
