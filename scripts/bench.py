@@ -99,7 +99,7 @@ class Minimal:
 
     def __init__(self, node: Node, work: Path, host: str | None = None, port: int | None = None):
         self.node, self.host, self.port = node, host or node.host, port or node.port
-        self.known = work / f"known-{node.name}-{self.port}"
+        self.known = work / f"known-{node.host}-{self.port}"
         alias = f"[{node.host}]:{node.port}" if host else None
         name = alias or (node.host if self.port == 22 else f"[{self.host}]:{self.port}")
         self.known.write_text(f"{name} {node.hostKey}\n")
