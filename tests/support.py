@@ -151,6 +151,14 @@ class Node:
                 if e.get("UNIT") == f"{unit}.service" and e.get("MESSAGE_ID") == UNIT_STARTED
                 and e.get("JOB_RESULT") == "done"]
 
+    def unit_dropin(self, name: str, text: str, unit: str = "makenotwork") -> None:
+        """Add a drop-in to a unit on the node (e.g. "[Service]\\nExecStartPost=/bin/sleep 3") and
+        daemon-reload; "" removes every drop-in of the unit."""
+        d = f"/etc/systemd/system/{unit}.service.d"
+        script = (f"rm -rf {d}" if not text else
+                  f"mkdir -p {d} && printf '%s\\n' {shlex.quote(text)} > {d}/{name}.conf")
+        self.exec("sh", "-c", f"{script} && systemctl daemon-reload", check=True)
+
     def sshd_config(self, name: str, text: str, ports: tuple[int, ...] = (22,)) -> None:
         """Add a drop-in to the node's sshd config, reload sshd, and wait until it accepts again."""
         self.exec("sh", "-c", f"printf '%s\\n' {shlex.quote(text)} > /etc/ssh/sshd_config.d/{name}.conf && "

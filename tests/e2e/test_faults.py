@@ -130,9 +130,7 @@ def test_two_ups_at_once_on_one_stack(make_nodes, make_deploy, repo):
     (node,) = make_nodes(1)
     d = make_deploy([node], repo=repo)
     run_up(d)
-    node.exec("sh", "-c", "mkdir -p /etc/systemd/system/makenotwork.service.d && printf '[Service]\\n"
-                          "ExecStartPost=/bin/sleep 5\\n' > /etc/systemd/system/makenotwork.service.d/slow.conf"
-                          " && systemctl daemon-reload")  # the first up's restart takes 5 s
+    node.unit_dropin("slow", "[Service]\nExecStartPost=/bin/sleep 5")  # the first up's restart takes 5 s
     d.set(version="v4")
     first = _pulumi_up(d)
     wait_for(lambda: "v4" in releases(node), timeout=120)

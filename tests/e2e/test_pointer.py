@@ -194,9 +194,7 @@ def test_three_nodes_switch_in_parallel(make_nodes, make_deploy, repo):
     d = make_deploy(nodes, repo=repo)
     run_up(d)
     for n in nodes:
-        n.exec("sh", "-c", "mkdir -p /etc/systemd/system/makenotwork.service.d && printf '[Service]\\n"
-                           "ExecStartPost=/bin/sleep 3\\n' > /etc/systemd/system/makenotwork.service.d/slow.conf"
-                           " && systemctl daemon-reload")
+        n.unit_dropin("slow", "[Service]\nExecStartPost=/bin/sleep 3")
     d.set(version="v2")
     _, changed = run_up(d)
     starts = []

@@ -71,9 +71,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
     assert node.served()["version"] == "v1"
 
     # alice deploys v2 (its restart made slow on the node); bob's `pulumi up` meanwhile is refused
-    node.exec("sh", "-c", "mkdir -p /etc/systemd/system/makenotwork.service.d && printf '[Service]\\n"
-                          "ExecStartPost=/bin/sleep 6\\n' > /etc/systemd/system/makenotwork.service.d/slow.conf"
-                          " && systemctl daemon-reload")
+    node.unit_dropin("slow", "[Service]\nExecStartPost=/bin/sleep 6")
     alice.pulumi("config", "set", "-s", STACK, "sando:version", "v2")
     alice.commit_push("prod: v2")
     run = alice.start("up", "--yes", "--skip-preview", "-s", STACK, "-m", "alice: v2")
