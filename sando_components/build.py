@@ -85,13 +85,6 @@ def read_blobs(repo: str, blobs: list[str]) -> dict[str, str]:
     return texts
 
 
-def read_tree(repo: str, commit: str, path: str) -> dict[str, str]:
-    """{file name: text} of the files directly in `path` at `commit` ({} when there is none)."""
-    names = list_tree(repo, commit, path)
-    texts = read_blobs(repo, list(names.values()))
-    return {name: texts[blob] for name, blob in names.items()}
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -70,11 +70,6 @@ def file_state(path: str) -> str:
     return f"if [ -f {q(path)} ]; then " + _and(f"sha256sum < {q(path)}", shlex.join(["stat", "-c", "%a", path])) + "; fi"
 
 
-def verify_sums(release_dir: str) -> str:
-    """Check every file against the release's SHA256SUMS (fails on any mismatch or missing file)."""
-    return _and(shlex.join(["cd", release_dir]), shlex.join(["sha256sum", "--check", "--strict", "--quiet", paths.SUMS]))
-
-
 def switch_link(link: str, target: str) -> str:
     """Atomically point `link` at `target`: new symlink, then rename over the old one."""
     tmp = f"{link}.sando-tmp"
@@ -99,8 +94,8 @@ def _list_releases(tag: str) -> str:
     """Print one record per directory under releases/ (cwd = release root): `@<tag>release NAME`
     + the manifest on the next line (+ `@<tag>failed NAME`), or `@<tag>foreign NAME`."""
     return (
-        'if [ -d releases ]; then for d in releases/* releases/.[!.]*; do '
-        '[ -d "$d" ] && [ ! -L "$d" ] || continue; n=${d#releases/}; '
+        f'if [ -d {paths.RELEASES} ]; then for d in {paths.RELEASES}/* {paths.RELEASES}/.[!.]*; do '
+        f'[ -d "$d" ] && [ ! -L "$d" ] || continue; n=${{d#{paths.RELEASES}/}}; '
         f'case $n in {paths.STAGING_PREFIX}*) continue;; esac; '
         f'if [ -f "$d/{paths.MANIFEST}" ]; then printf \'@{tag}release %s\\n\' "$n"; '
         f'tr -d \'\\n\' < "$d/{paths.MANIFEST}"; echo; '
@@ -116,9 +111,9 @@ def probe(release_root: str, service: str) -> str:
     return _lines(
         f"printf '@active %s\\n' \"$({systemctl('is-active', service)} 2>/dev/null)\"",
         f"cd {q(release_root)} 2>/dev/null || {{ echo '@missing'; cd /; }}",
-        "printf '@current %s\\n' \"$(readlink current 2>/dev/null)\"",
-        "printf '@previous %s\\n' \"$(readlink previous 2>/dev/null)\"",
-        "for p in releases . /; do [ -d \"$p\" ] && break; done",
+        f"printf '@current %s\\n' \"$(readlink {paths.CURRENT} 2>/dev/null)\"",
+        f"printf '@previous %s\\n' \"$(readlink {paths.PREVIOUS} 2>/dev/null)\"",
+        f"for p in {paths.RELEASES} . /; do [ -d \"$p\" ] && break; done",
         "printf '@free %s\\n' \"$(df -Pk \"$p\" | awk 'NR==2 {print $4}')\"",
         "if command -v zstd >/dev/null 2>&1; then echo '@zstd yes'; else echo '@zstd no'; fi",
         _list_releases(""),
@@ -148,17 +143,17 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
     this upload's staging dir is removed on any failure. Exit 75 with `@free <KiB>` when the
     free space under releases/ is less than need_kib; 17 when releases/<version> exists; 65
     (`@sums-failed`) when a rebuilt file does not match its sha256."""
-    staging = posixpath.join("releases", f"{paths.STAGING_PREFIX}{version}-{token}")
-    final = posixpath.join("releases", version)
+    staging = posixpath.join(paths.RELEASES, f"{paths.STAGING_PREFIX}{version}-{token}")
+    final = paths.NodePaths.link_target(version)
     decompress = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}[compression]
     return _lines(
         "set -e",
         f"cd {q(release_root)}",
-        mkdir_p("releases"),
-        shlex.join(["find", "releases", "-mindepth", "1", "-maxdepth", "1", "-type", "d",
+        mkdir_p(paths.RELEASES),
+        shlex.join(["find", paths.RELEASES, "-mindepth", "1", "-maxdepth", "1", "-type", "d",
                     "-name", f"{paths.STAGING_PREFIX}*", "-exec", "rm", "-rf", "{}", "+"]),
         f"if [ -e {q(final)} ]; then echo {q(f'@exists {version}')}; exit 17; fi",
-        "free=$(df -Pk releases | awk 'NR==2 {print $4}')",
+        f"free=$(df -Pk {paths.RELEASES} | awk 'NR==2 {{print $4}}')",
         f"if [ \"$free\" -lt {int(need_kib)} ]; then echo \"@free $free\"; exit 75; fi",
         f'S="$PWD"/{q(staging)}',  # absolute: the cleanup runs from wherever the script is by then
         "trap 'rm -rf \"$S\"' EXIT",
@@ -216,10 +211,10 @@ def prune(versions: Iterable[str]) -> str:
         return ":"
     return (
         f"for n in {names}; do "
-        'case "$(readlink current)" in "releases/$n") continue;; esac; '
-        'case "$(readlink previous)" in "releases/$n") continue;; esac; '
-        f'[ -f "releases/$n/{paths.MANIFEST}" ] || continue; '
-        'rm -rf -- "releases/$n" && printf \'@pruned %s\\n\' "$n"; done'
+        f'case "$(readlink {paths.CURRENT})" in "{paths.RELEASES}/$n") continue;; esac; '
+        f'case "$(readlink {paths.PREVIOUS})" in "{paths.RELEASES}/$n") continue;; esac; '
+        f'[ -f "{paths.RELEASES}/$n/{paths.MANIFEST}" ] || continue; '
+        f'rm -rf -- "{paths.RELEASES}/$n" && printf \'@pruned %s\\n\' "$n"; done'
     )
 
 
@@ -311,9 +306,9 @@ def switch(version: str) -> str:
     """Point current at releases/<version>, error-pages at current/error-pages and previous at
     what was live ($live), each atomically. Prints `@switched EPOCH`."""
     return _lines(
-        switch_link("current", paths.NodePaths.link_target(version)),
-        switch_link(paths.ERROR_PAGES, posixpath.join("current", paths.ERROR_PAGES)),
-        'if [ -n "$live" ]; then ' + switch_link_to("previous", "live") + "; fi",
+        switch_link(paths.CURRENT, paths.NodePaths.link_target(version)),
+        switch_link(paths.ERROR_PAGES, posixpath.join(paths.CURRENT, paths.ERROR_PAGES)),
+        'if [ -n "$live" ]; then ' + switch_link_to(paths.PREVIOUS, "live") + "; fi",
         "echo \"@switched $(date +%s)\"",
     )
 
@@ -321,8 +316,8 @@ def switch(version: str) -> str:
 def switch_back() -> str:
     """Put current back on $live and previous back on $prev (removed when there was none)."""
     return _lines(
-        switch_link_to("current", "live"),
-        'if [ -n "$prev" ]; then ' + switch_link_to("previous", "prev") + "; else rm -f previous; fi",
+        switch_link_to(paths.CURRENT, "live"),
+        'if [ -n "$prev" ]; then ' + switch_link_to(paths.PREVIOUS, "prev") + f"; else rm -f {paths.PREVIOUS}; fi",
         "echo \"@reverted $(date +%s)\"",
     )
 
@@ -339,7 +334,7 @@ def restart(service: str) -> str:
 def mark_failed(version: str, why: str = "$why") -> str:
     """Mark the release as failed (pruned first; the reason is kept in the file)."""
     reason = '"$why"' if why == "$why" else q(why)
-    return (f"printf '%s\\n' {reason} > {q(posixpath.join('releases', version, paths.FAILED))} 2>/dev/null; "
+    return (f"printf '%s\\n' {reason} > {q(posixpath.join(paths.RELEASES, version, paths.FAILED))} 2>/dev/null; "
             f"echo {q(f'@failed {version}')}")
 
 
@@ -368,10 +363,10 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         READ_TOKEN if warning_step else None,
         "exec < /dev/null",
         f"cd {q(release_root)} || exit 20",
-        "live=$(readlink current 2>/dev/null); prev=$(readlink previous 2>/dev/null)",
+        f"live=$(readlink {paths.CURRENT} 2>/dev/null); prev=$(readlink {paths.PREVIOUS} 2>/dev/null)",
         # a link written by hand may be absolute: releases/<v> is what sando compares and writes
-        "case $live in */releases/*) live=releases/${live##*/};; esac",
-        "case $prev in */releases/*) prev=releases/${prev##*/};; esac",
+        f"case $live in */{paths.RELEASES}/*) live={paths.RELEASES}/${{live##*/}};; esac",
+        f"case $prev in */{paths.RELEASES}/*) prev={paths.RELEASES}/${{prev##*/}};; esac",
         "printf '@before %s %s\\n' \"${live:--}\" \"${prev:--}\"",
         f"[ -f {q(posixpath.join(target, paths.MANIFEST))} ] || {{ echo '@error missing'; exit 21; }}",
         f"bad=$(cd {q(target)} && sha256sum --check --strict --quiet {paths.SUMS} 2>&1) || "

@@ -9,6 +9,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+# Under the release root (node scripts run there, so they use these relative names):
+RELEASES = "releases"  # releases/<version>/, one per retained version
+CURRENT = "current"  # -> releases/<live version>
+PREVIOUS = "previous"  # -> releases/<rollback target>
 STAGING_PREFIX = ".staging-"
 MANIFEST_DIR = ".sando"
 MANIFEST = f"{MANIFEST_DIR}/manifest.json"
@@ -37,42 +41,22 @@ class NodePaths:
 
     @property
     def releases(self) -> str:
-        return posixpath.join(self.release_root, "releases")
+        return posixpath.join(self.release_root, RELEASES)
 
     def release(self, version: str) -> str:
         return posixpath.join(self.releases, version)
 
-    def staging(self, version: str, token: str) -> str:
-        return posixpath.join(self.releases, f"{STAGING_PREFIX}{version}-{token}")
-
-    def manifest(self, version: str) -> str:
-        return posixpath.join(self.release(version), MANIFEST)
-
-    @property
-    def current(self) -> str:
-        return posixpath.join(self.release_root, "current")
-
-    @property
-    def previous(self) -> str:
-        """Symlink to the release that was live before `current` (the rollback target)."""
-        return posixpath.join(self.release_root, "previous")
-
-    @property
-    def error_pages(self) -> str:
-        """What Caddy serves: a link to current/error-pages."""
-        return posixpath.join(self.release_root, ERROR_PAGES)
-
     @staticmethod
     def link_target(version: str) -> str:
-        """Relative target of `current`/`previous` (releases/<v>)."""
-        return posixpath.join("releases", version)
+        """Target of `current`/`previous`, relative to the release root (releases/<v>)."""
+        return posixpath.join(RELEASES, version)
 
     @staticmethod
     def version_of_target(target: str) -> str | None:
         """Inverse of link_target, tolerant of absolute targets written by hand."""
         target = target.rstrip("/")
         parent, name = posixpath.split(target)
-        return name if name and posixpath.basename(parent) == "releases" else None
+        return name if name and posixpath.basename(parent) == RELEASES else None
 
 
 def unit(service: str) -> str:

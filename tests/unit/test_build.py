@@ -115,12 +115,13 @@ def test_check_tree_is_per_commit(repo):
         build.check_tree(str(repo["path"]), repo["c1"], "later", "k")
 
 
-def test_read_tree(repo):
-    files = build.read_tree(str(repo["path"]), repo["c1"], "deploy/error-pages")
-    assert set(files) == {"404.html"} and files["404.html"] == "<h1>404</h1>"  # files only, not the sub dir
+def test_list_tree_and_read_blobs(repo):
+    p = str(repo["path"])
+    names = build.list_tree(p, repo["c1"], "deploy/error-pages")
+    assert set(names) == {"404.html"}  # files only, not the sub dir
     (repo["path"] / "deploy" / "error-pages" / "404.html").write_text("not committed")
-    assert build.read_tree(str(repo["path"]), repo["c2"], "deploy/error-pages")["404.html"] == "<h1>404</h1>"
-    assert build.read_tree(str(repo["path"]), repo["c1"], "nope") == {}
+    assert build.read_blobs(p, list(names.values())) == {names["404.html"]: "<h1>404</h1>"}
+    assert build.list_tree(p, repo["c1"], "nope") == {} and build.read_blobs(p, []) == {}
 
 
 # --- ensure_built ----------------------------------------------------------------------------------

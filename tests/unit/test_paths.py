@@ -18,16 +18,13 @@ def test_constants():
     assert paths.SUMS == ".sando/SHA256SUMS"
     assert paths.FAILED == ".sando/failed"
     assert paths.ERROR_PAGES == "error-pages"
+    # under the release root, where the node scripts run
+    assert (paths.RELEASES, paths.CURRENT, paths.PREVIOUS) == ("releases", "current", "previous")
 
 
 def test_release_paths_are_the_real_ones():
     assert PROD.releases == "/opt/makenotwork/releases"
     assert PROD.release("v1") == "/opt/makenotwork/releases/v1"
-    assert PROD.staging("v1", "0a1b2c3d") == "/opt/makenotwork/releases/.staging-v1-0a1b2c3d"
-    assert PROD.manifest("v1") == "/opt/makenotwork/releases/v1/.sando/manifest.json"
-    assert PROD.current == "/opt/makenotwork/current"
-    assert PROD.previous == "/opt/makenotwork/previous"
-    assert PROD.error_pages == "/opt/makenotwork/error-pages"
 
 
 def test_bootstrap_destinations_are_the_real_ones():
@@ -49,7 +46,7 @@ def test_service_data_defaults():
 
 def test_other_release_root():
     np = NodePaths("/srv/mnw")
-    assert np.current == "/srv/mnw/current"
+    assert np.releases == "/srv/mnw/releases"
     assert np.release("v2.1.0") == "/srv/mnw/releases/v2.1.0"
 
 
