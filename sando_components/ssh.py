@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -85,6 +86,19 @@ def _host_key_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def _socket(conn: Conn) -> socket.socket:
+    """The TCP connection to the node, with Nagle's algorithm off. sando's exchanges are small
+    request/response messages (channel open, exec, EOF, exit status): with Nagle on, each one
+    sent while the previous is not yet acknowledged waits for the peer's delayed ACK, 40 ms
+    on Linux, so every step after the first paid 40 ms more (measured on loopback)."""
+    try:
+        sock = socket.create_connection((conn.host, conn.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise RemoteError(f"{conn.label}: cannot connect: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _connect(conn: Conn) -> paramiko.SSHClient:
     import paramiko
 
@@ -107,7 +121,7 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     else:
         kwargs.update(allow_agent=True)
     try:
-        client.connect(**kwargs)
+        client.connect(sock=_socket(conn), **kwargs)
     except paramiko.BadHostKeyException:
         raise RemoteError(f"{conn.label}: the host key does not match the one pinned in sando:nodes[].hostKey "
                           "(if the host was reinstalled, pin its new key: ssh-keyscan -t ed25519 HOST)") from None

@@ -29,12 +29,12 @@ TOXIPROXY_VERSION=v2.5.0
 # The test nodes (scripts/testnodes) boot this machine's own root file system with
 # systemd, so what runs on a node is installed here: sshd, caddy, cron, plus the
 # tools to build the nodes (iproute2 for veths and netns; util-linux's unshare,
-# nsenter, setpriv are essential packages) and what deploys use on a node (zstd; rsync for make bench's baseline).
+# nsenter, setpriv are essential packages) and what deploys use on a node (zstd; rsync for make bench's baseline); patch applies engine/python/language-host.patch.
 # postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
 # postgres:// state backend (README "Several operators"); Debian's own `main`
 # cluster on port 5432 is left alone.
 apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps
-  systemd dbus libpam-systemd cron iproute2 rsync zstd postgresql postgresql-client)
+  systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -57,26 +57,38 @@ command -v go >/dev/null || { say "Go is required (https://go.dev) to build the 
 # flags), not any edit of this script.
 stamp_of() { { cat "$@"; printf '%s\n' "$RECIPE"; } | sha256sum | cut -c1-16; }
 
-build() { # name dir pkg version-ldflags out
-  local name=$1 dir=$2 pkg=$3 ldx=$4 out=$5
-  local want; want=$(RECIPE="$pkg -trimpath -tags grpcnotrace -s -w -X $ldx" stamp_of "$dir/go.mod" "$dir/go.sum")
+build() { # name dir pkg version-ldflags out [overlay.json file-it-names]
+  local name=$1 dir=$2 pkg=$3 ldx=$4 out=$5 overlay=${6:-}
+  local flags=(-trimpath -tags grpcnotrace) inputs=("$dir/go.mod" "$dir/go.sum")
+  if [ -n "$overlay" ]; then flags+=("-overlay=$repo/$overlay"); inputs+=("$overlay" "$7"); fi
+  local want; want=$(RECIPE="$pkg ${flags[*]/#-overlay=*/-overlay} -s -w -X $ldx" stamp_of "${inputs[@]}")
   if [ -x "$out" ] && [ "$(cat "$tools/stamps/$name" 2>/dev/null)" = "$want" ]; then return; fi
   say "go build $pkg (first build takes a few minutes)"
   local t0; t0=$(date +%s)
-  (cd "$dir" && go build -trimpath -tags grpcnotrace -ldflags "-s -w -X $ldx" -o "$repo/$out.tmp" "$pkg")
+  (cd "$dir" && go build "${flags[@]}" -ldflags "-s -w -X $ldx" -o "$repo/$out.tmp" "$pkg")
   mv "$repo/$out.tmp" "$out"
   echo "$want" >"$tools/stamps/$name"
   say "built $out in $(($(date +%s) - t0))s"
 }
 build pulumi engine/cli github.com/pulumi/pulumi/pkg/v3/cmd/pulumi \
   "$VERSION_PKG=$PULUMI_VERSION" "$bin/pulumi"
-build pulumi-language-python engine/python github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python \
-  "$VERSION_PKG=$PYHOST_SDK_VERSION" "$bin/pulumi-language-python-host"
+# The language host is built with one small patch (engine/python/language-host.patch says
+# why), applied to a copy of its main.go; `go build -overlay` presents the copy as package
+# ./langhost of our wrapper module (Go refuses to overlay files in the module cache), so it
+# builds against the same pinned sdk/v3 (go.sum) as before, and nothing is written to engine/.
+sdkdir=$(cd engine/python && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PYHOST_SDK_VERSION" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+hostbuild=$tools/build/language-host
+mkdir -p "$hostbuild"
+cp "$sdkdir/python/cmd/pulumi-language-python/main.go" "$hostbuild/main.go" && chmod u+w "$hostbuild/main.go"
+patch -s --no-backup-if-mismatch "$hostbuild/main.go" engine/python/language-host.patch
+printf '{"Replace": {"%s": "%s"}}\n' "$repo/engine/python/langhost/main.go" "$repo/$hostbuild/main.go" \
+  >"$hostbuild/overlay.json"
+build pulumi-language-python engine/python ./langhost \
+  "$VERSION_PKG=$PYHOST_SDK_VERSION" "$bin/pulumi-language-python-host" "$hostbuild/overlay.json" "$hostbuild/main.go"
 
 # The host runs pulumi-language-python-exec from its own directory; it ships in
 # the sdk/v3 module tree (read-only in the module cache: copy it out).
-sdkdir=$(cd engine/python && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PYHOST_SDK_VERSION" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
 # Our two small launchers (virtualenv hand-off), see engine/bin/.
 install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"

@@ -3,6 +3,7 @@ destroy stops managing the node without taking anything the live service needs."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -86,3 +87,35 @@ def test_insecure_skip_host_key_check_end_to_end(make_nodes, make_deploy):
     d.set(insecureSkipHostKeyCheck=True)
     run_up(d)
     assert node.served()["version"] == "v1"
+
+
+def test_language_host_finds_plugins_without_starting_pip(tmp_path):
+    """The language host is built with engine/python/language-host.patch: it lists the venv's
+    distributions with importlib.metadata instead of `python -m pip list` (0.4 s per program
+    run). Plugin discovery must still work: a venv without pip (the unpatched host fails there)
+    holding a package that declares a resource plugin in pulumi-plugin.json."""
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = venv.glob("lib/python3*/site-packages")
+    (site / "pulumi_fakecloud").mkdir()
+    (site / "pulumi_fakecloud" / "__init__.py").write_text("")
+    (site / "pulumi_fakecloud" / "pulumi-plugin.json").write_text(
+        '{"resource": true, "name": "fakecloud", "version": "1.2.3"}')
+    dist = site / "pulumi_fakecloud-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pulumi-fakecloud\nVersion: 1.2.3\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: plugins\nruntime: python\n")
+    (project / "__main__.py").write_text("")
+    # listed only if installed: a stand-in plugin in the private PULUMI_HOME (never started)
+    plugin = tmp_path / "home" / "plugins" / "resource-fakecloud-v1.2.3" / "pulumi-resource-fakecloud"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_text("#!/bin/sh\nexit 1\n")
+    plugin.chmod(0o755)
+    env = {**os.environ, "PATH": f"{TOOLS / 'bin'}:{os.environ['PATH']}", "SANDO_VENV": str(venv),
+           "PULUMI_HOME": str(tmp_path / "home"), "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    res = subprocess.run([str(TOOLS / "bin" / "pulumi"), "plugin", "ls", "--project", "--json"], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert any(p["name"] == "fakecloud" and p["version"] == "1.2.3" for p in json.loads(res.stdout)), res.stdout
