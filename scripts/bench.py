@@ -40,10 +40,13 @@ RUNS = int(os.environ.get("SANDO_BENCH_RUNS", "5"))
 BINS = ["makenotwork", "mnw-admin"]
 GOALS = {"noop": 1.3, "bumpOverhead": 1.5, "bumpWithBuild": 1.3, "wanBump": 1.5, "wanRollbackVsBump": 0.5,
          "fanout16": 1.5, "bytesVsRsync": 1.2}
-CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 nodes share this machine's cores"}
+CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 nodes share this machine's cores",
+           "noopCli": "noop measured with `pulumi up` typed as an operator does, without the Automation API's "
+                      "extra CLI runs (stack output, history) that both sides of `noop` pay"}
 HEADER = f"""\
    Medians of {RUNS} runs each; the two sides of every ratio run alternately in one session.
-   noop          sando `pulumi up` with nothing to do (1 node) / `pulumi up` of an empty program
+   noop          sando `pulumi up` with nothing to do (1 node) / `pulumi up` of an empty program, both
+                 through the Automation API (noopCli: the same, both as the `pulumi up` command)
    bumpOverhead  (sando bump, 1 node - empty-program up) / minimal one-session ssh script
                  (tar | ssh: unpack, switch, restart, wait healthy); stand-in app, built beforehand
    bumpWithBuild sando bump of the realistic server (tokio, axum, sqlx) incl. its build /
@@ -88,6 +91,14 @@ def empty_program(work: Path, env: dict) -> auto.Stack:
     opts = auto.LocalWorkspaceOptions(work_dir=str(project), pulumi_home=env["PULUMI_HOME"], env_vars=env,
                                       pulumi_command=auto.PulumiCommand(root=str(TOOLS)))
     return auto.create_stack("empty", work_dir=str(project), opts=opts)
+
+
+def cli_up(work_dir: str, stack: str, env: dict) -> float:
+    """`pulumi up` as an operator types it (no Automation API around it), seconds."""
+    t0 = time.monotonic()
+    subprocess.run([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", stack,
+                    "--non-interactive"], cwd=work_dir, env={**os.environ, **env}, check=True, capture_output=True)
+    return time.monotonic() - t0
 
 
 def release_files(artifacts: Path) -> dict[str, Path]:
@@ -198,6 +209,8 @@ def main() -> int:
         for i, v in enumerate(versions):
             t.timed("empty program: pulumi up", lambda: empty.up(color="never"))
             t.timed("sando no-op up (1 node)", lambda: run_up(d_a))
+            t.add("empty program: pulumi up (CLI)", cli_up(empty.workspace.work_dir, "empty", env))
+            t.add("sando no-op: pulumi up (CLI, 1 node)", cli_up(str(d_a.project), d_a.name, env))
             d_a.set(version=v)
             t.timed("sando bump (1 node)", lambda: run_up(d_a))
             t.add("minimal script bump (1 node)", m_a.deploy(v, art[v]))
@@ -267,6 +280,7 @@ def main() -> int:
             "fanout16": m["sando bump (16 nodes)"] / m["sando bump (1 node)"],
             "fanout16Floor": m["minimal script bump (16 nodes in parallel)"] / m["minimal script bump (1 node)"],
             "bytesVsRsync": statistics.median(sent) / statistics.median(rsynced),
+            "noopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["empty program: pulumi up (CLI)"],
         }
         say(f"\n== results (median of {RUNS})")
         for k in t.runs:
