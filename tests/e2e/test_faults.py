@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support import TOOLS, AppRepo, run_up, wait_for
+from tests.toxiproxy import Toxiproxy
 
 
 @pytest.fixture(scope="module")
@@ -43,33 +44,39 @@ def converges(d, node, version: str) -> None:
 
 def test_sshd_killed_mid_upload(make_nodes, make_deploy, repo):
     (node,) = make_nodes(1)
-    d = make_deploy([node], repo=repo)
-    run_up(d)  # v1 live
-    killed = threading.Event()
+    with Toxiproxy() as tp:  # the node's sshd reached through a proxy whose bandwidth the test sets
+        link = tp.proxy("node1-ssh", f"{node.host}:22")
+        d = make_deploy([node], repo=repo)
+        d.set(nodes=[node.config() | {"host": link.host, "port": link.port}])
+        run_up(d)  # v1 live
+        # v2's 48 MB at 8 MB/s take ~6 s to send: the kill lands mid-upload however fast sando gets
+        slow = link.add_toxic("bandwidth", "upstream", "slow_upload", rate=8000)
+        killed = threading.Event()
 
-    def kill_sshd_when_staging_appears():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed.is_set():
-            if any(n.startswith(".staging-v2-") for n in releases(node)):
-                node.exec("systemctl", "stop", "ssh")  # no new connections: the retry fails too
-                node.exec("pkill", "-KILL", "-f", "sshd: root@notty")  # and the upload's session dies
-                killed.set()
-                return
-            time.sleep(0.02)
+        def kill_sshd_when_staging_appears():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not killed.is_set():
+                if any(n.startswith(".staging-v2-") for n in releases(node)):
+                    node.exec("systemctl", "stop", "ssh")  # no new connections: the retry fails too
+                    node.exec("pkill", "-KILL", "-f", "sshd: root@notty")  # and the upload's session dies
+                    killed.set()
+                    return
+                time.sleep(0.02)
 
-    watcher = threading.Thread(target=kill_sshd_when_staging_appears)
-    watcher.start()
-    d.set(version="v2")
-    errors = d.errors(d.up_fails())
-    watcher.join()
-    assert killed.is_set()
-    assert any("node1" in e or "10." in e for e in errors), errors
-    assert "Traceback" not in "\n".join(errors)
-    assert node.served()["version"] == "v1"
-    wait_for(lambda: releases(node) == ["v1"], timeout=10)  # the staging dir went with the upload
-    node.exec("systemctl", "start", "ssh")
-    converges(d, node, "v2")
-    assert releases(node) == ["v1", "v2"]
+        watcher = threading.Thread(target=kill_sshd_when_staging_appears)
+        watcher.start()
+        d.set(version="v2")
+        errors = d.errors(d.up_fails())
+        watcher.join()
+        assert killed.is_set()
+        assert any("node1" in e or link.host in e for e in errors), errors
+        assert "Traceback" not in "\n".join(errors)
+        assert node.served()["version"] == "v1"
+        wait_for(lambda: releases(node) == ["v1"], timeout=10)  # the staging dir went with the upload
+        link.remove_toxic(slow)
+        node.exec("systemctl", "start", "ssh")
+        converges(d, node, "v2")
+        assert releases(node) == ["v1", "v2"]
 
 
 def test_release_filesystem_full(make_nodes, make_deploy, repo):
