@@ -44,9 +44,10 @@ class Conn:
     host_key: str | None  # "ssh-ed25519 AAAA..." (None only with insecure)
     insecure: bool
     private_key: str | None  # PEM/OpenSSH text; None = use the SSH agent
+    node: str | None = None  # the node's name in sando:nodes, for messages
 
     @classmethod
-    def from_props(cls, connection: dict, private_key: str | None) -> "Conn":
+    def from_props(cls, connection: dict, private_key: str | None, node: str | None = None) -> "Conn":
         return cls(
             host=connection["host"],
             port=int(connection["port"]),
@@ -54,11 +55,13 @@ class Conn:
             host_key=connection.get("hostKey") or None,
             insecure=bool(connection.get("insecure", False)),
             private_key=private_key or None,
+            node=node,
         )
 
     @property
     def label(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        where = f"{self.user}@{self.host}:{self.port}"
+        return f"{self.node} ({where})" if self.node else where
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ def _host_key_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def _cannot_connect(conn: Conn, why) -> str:
+    return (f"{conn.label}: cannot connect: {why} (check the node's host and port in sando:nodes "
+            "and that sshd runs there)")
+
+
 def _socket(conn: Conn) -> socket.socket:
     """The TCP connection to the node, with Nagle's algorithm off. sando's exchanges are small
     request/response messages (channel open, exec, EOF, exit status): with Nagle on, each one
@@ -94,7 +102,7 @@ def _socket(conn: Conn) -> socket.socket:
     try:
         sock = socket.create_connection((conn.host, conn.port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
-        raise RemoteError(f"{conn.label}: cannot connect: {exc.strerror or exc}") from None
+        raise RemoteError(_cannot_connect(conn, exc.strerror or exc)) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -128,7 +136,7 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     except paramiko.AuthenticationException:
         raise RemoteError(f"{conn.label}: the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)") from None
     except (paramiko.SSHException, OSError) as exc:
-        raise RemoteError(f"{conn.label}: cannot connect: {exc or type(exc).__name__}") from None
+        raise RemoteError(_cannot_connect(conn, exc or type(exc).__name__)) from None
     transport = client.get_transport()
     transport.set_keepalive(15)
     return client

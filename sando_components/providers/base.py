@@ -27,7 +27,7 @@ AUTH = ["connection", "privateKey"]
 
 
 def conn_of(props: dict) -> ssh.Conn:
-    return ssh.Conn.from_props(props["connection"], props.get("privateKey"))
+    return ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
 
 
 def target_of(props: dict) -> tuple[str, int]:

@@ -61,6 +61,16 @@ def test_a_wrong_host_key_fails_the_deploy_before_any_change(make_nodes, make_de
     assert not node.path("/etc/systemd/system/makenotwork.service").exists()
 
 
+def test_a_node_without_sshd_on_its_port_fails_naming_the_node_and_the_keys(make_nodes, make_deploy):
+    (node,) = make_nodes(1)
+    d = make_deploy([node])
+    d.set(nodes=[node.config() | {"port": 2222}])  # nothing listens there
+    errors = d.errors(d.up_fails())
+    assert errors and all(e == f"node1 (root@{node.host}:2222): cannot connect: Connection refused (check the "
+                                "node's host and port in sando:nodes and that sshd runs there)" for e in errors), errors
+    assert not (node.release_root / "releases").exists()
+
+
 def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_nodes):
     (node,) = make_nodes(1)
     sshd_verbose(node)
