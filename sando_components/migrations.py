@@ -57,14 +57,14 @@ def is_destructive(sql: str) -> bool:
 def of_release(repo: str, commit: str, directory: str) -> list[Migration]:
     """The migrations of the release at `commit`, in the order sqlx applies them. Whether a file is
     destructive is kept per blob id in the local cache: a no-op run parses nothing."""
-    names = {name: blob for name, blob in build.list_tree(repo, commit, directory).items()
-             if NAME_RE.match(name) and not name.endswith(".down.sql")}  # a reversible one's undo half is not applied
+    names = {name: (m, blob) for name, blob in build.list_tree(repo, commit, directory).items()
+             if (m := NAME_RE.match(name)) and not name.endswith(".down.sql")}  # a reversible one's undo half is not applied
     cache = build.cache_root() / "migrations.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    todo = [blob for blob in names.values() if blob not in known]
+    todo = [blob for _, blob in names.values() if blob not in known]
     if todo:
         known.update({blob: is_destructive(sql) for blob, sql in build.read_blobs(repo, todo).items()})
         with contextlib.suppress(OSError):
@@ -72,6 +72,5 @@ def of_release(repo: str, commit: str, directory: str) -> list[Migration]:
             tmp = cache.with_name(f"migrations.json.{os.getpid()}")
             tmp.write_text(json.dumps(known))
             os.replace(tmp, cache)
-    found = [Migration(str(int(NAME_RE.match(name).group(1))), NAME_RE.match(name).group(2), bool(known[blob]))
-             for name, blob in names.items()]
+    found = [Migration(str(int(m.group(1))), m.group(2), bool(known[blob])) for m, blob in names.values()]
     return sorted(found, key=lambda x: int(x.version))
