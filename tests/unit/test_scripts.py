@@ -1,0 +1,89 @@
+"""The node-side script framework: shellcheck on every script, the report format, the outcome table."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from sando_components import scripts
+from sando_components.scripts import MalformedReport, Report
+
+
+def sh(text: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=30)
+
+
+def test_shellcheck_every_script():
+    assert shutil.which("shellcheck"), "make setup installs shellcheck"
+    files = sorted(scripts.SH_DIR.glob("*.sh"))
+    assert {f.name for f in files} >= {"lib.sh", "outcomes.sh"}
+    # each step is checked as it runs: parameters, outcomes and library first
+    res = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", *map(str, files)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for f in files:
+        if f.name in ("lib.sh", "outcomes.sh"):
+            continue
+        text = scripts.render(f.stem)
+        res = subprocess.run(["shellcheck", "--shell=sh", "-"], input=text, capture_output=True, text=True)
+        assert res.returncode == 0, f"{f.name}:\n{res.stdout}"
+
+
+HOSTILE = ['plain', 'with "quotes"', "back\\slash", "new\nline\ttab\rcr", "ünïcödé ✓", "$(touch /tmp/x) `id` ;|&",
+           "", "  lead and trail  ", "\x01\x1f control"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_report_round_trips_any_value_through_real_sh(value):
+    res = sh(scripts.render_inline(scripts.params(VALUE=value), 'report some-key "$VALUE"'))
+    assert res.returncode == 0, res.stderr
+    rep = Report.parse(res.stdout)
+    expect = "".join(" " if c in "\n\r\t" else c for c in value)
+    expect = "".join(c for c in expect if ord(c) >= 32 and ord(c) != 127)
+    assert rep.entries == (("some-key", expect),)
+    assert all(json.loads(line) for line in res.stdout.splitlines())
+
+
+def test_report_joins_words_and_fail_exits_with_the_tables_code():
+    res = sh(scripts.render_inline("", 'report a one two; fail "$EX_OK" b done'))
+    assert res.returncode == scripts.code("EX_OK")
+    assert Report.parse(res.stdout).entries == (("a", "one two"), ("b", "done"))
+
+
+def test_steps_run_with_umask_077_and_set_u():
+    res = sh(scripts.render_inline("", 'umask; echo "$UNSET_VARIABLE"'))
+    assert res.stdout.splitlines()[0] == "0077"
+    assert res.returncode != 0 and "UNSET_VARIABLE" in res.stderr
+
+
+@pytest.mark.parametrize("line", ['{"@":"x"}', '{"@":"x","v":1}', '{"@":"X Y","v":"a"}', '{"@":"x","v":"a"',
+                                  '{"@":"x","v":"a","extra":1}', '{"@": ["x"], "v": "a"}'])
+def test_a_malformed_report_line_is_an_error_not_a_default(line):
+    with pytest.raises(MalformedReport, match="cannot be read"):
+        Report.parse(f'{{"@":"ok","v":"1"}}\n{line}\n', "node1")
+
+
+def test_other_output_is_not_part_of_the_report():
+    assert Report.parse('noise\n@old style\n{"@":"k","v":"v"}\n').entries == (("k", "v"),)
+
+
+def test_a_key_expected_once_but_repeated_is_an_error():
+    rep = Report.parse('{"@":"k","v":"1"}\n{"@":"k","v":"2"}\n{"@":"j","v":"3"}\n')
+    assert rep.all("k") == ["1", "2"] and rep.one("j") == "3" and rep.one("missing", "d") == "d"
+    with pytest.raises(MalformedReport, match="'k' 2 times"):
+        rep.one("k")
+    assert rep.after("k").entries == (("k", "2"), ("j", "3"))
+
+
+def test_params_are_quoted_and_named_as_shell_variables():
+    assert scripts.params(A="x y", B=None, C=3) == "A='x y'\nB=''\nC=3"
+    with pytest.raises(ValueError):
+        scripts.params(**{"a; rm -rf /": 1})
+
+
+def test_outcome_table_is_read_from_the_shell_file():
+    table = scripts.outcomes()
+    assert table["EX_OK"] == (0, "done")
+    assert len({c for c, _ in table.values()}) == len(table), "every code means one outcome"
+    assert scripts.name_of(0) == "EX_OK" and scripts.name_of(255) is None
