@@ -1,17 +1,22 @@
 """Local side of a release: resolve the pinned ref, build natively, collect artifacts.
 
-Builds are incremental: every commit of one source repo is built in the same git
-worktree (`<cache>/trees/<repo id>/src`), checked out at exactly the pinned commit and
-cleaned of everything untracked except the build's output directory (e.g.
-`server/target`), so consecutive versions reuse cargo's target directory (a one-line
-change rebuilds in seconds, not minutes). The tree is locked while it builds (flock):
-two stacks building at once take turns and each gets its own commit. Never the
-operator's working tree, never uncommitted changes.
+Builds are incremental: every commit of one source repo is built in the same tree
+(`<cache>/trees/<repo id>/src`), a git repository of sando's own into which the pinned
+commit is fetched from the server repo (the server repo is only read: no worktree is
+registered there and its config is never changed), checked out at exactly that commit and
+cleaned of everything untracked except the build's output directory (e.g. `server/target`),
+so consecutive versions reuse cargo's target directory (a one-line change rebuilds in
+seconds, not minutes). The tree is locked while it builds (flock): two stacks building at
+once take turns and each gets its own commit. Never the operator's working tree, never
+uncommitted changes.
 
-The artifacts of each commit are kept (`<cache>/builds/<commit>`), so a commit is
-built once however many nodes or runs ask for it, and every file is also filed by
-its sha256 (`<cache>/objects/`): the bytes a node already holds are found there when
-a delta is computed. Cache root: env SANDO_CACHE_DIR, else ~/.cache/sando.
+The artifacts of each commit are kept (`<cache>/builds/<commit>`), so a commit is built
+once however many nodes or runs ask for it, and every file is also filed by its sha256
+(`<cache>/objects/`): the bytes a node already holds are found there when a delta is
+computed. The cache is bounded: the newest SANDO_KEEP_BUILDS (default 10) builds of each
+source repo are kept, plus any used in the last hour (another run may be sending it), and
+objects no kept build holds go with them. Cache root: env SANDO_CACHE_DIR, else
+~/.cache/sando.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +37,8 @@ from .errors import ConfigError, OperatorError
 
 BIN_MODE = 0o755
 FILE_MODE = 0o644
+KEEP_BUILDS = 10  # per source repo; env SANDO_KEEP_BUILDS
+RECENT_SECONDS = 3600  # a build used this recently is never pruned (a run may still be sending it)
 
 
 def cache_root() -> Path:
@@ -143,33 +151,89 @@ def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error
     work = cache_root() / "builds" / commit
     wanted = {"bins": sorted(bin_names), "binDir": bin_dir, "errorPagesDir": error_pages_dir,
               "command": build_command}
+    repo_path = Path(repo).resolve()
+    repo_id = hashlib.sha256(str(repo_path).encode()).hexdigest()[:16]
     with _Flock(work.with_suffix(".lock")):
         index = work / "artifacts.json"
         if index.exists():
             recorded = json.loads(index.read_text())
             if recorded.get("wanted") == wanted and (work / "artifacts").is_dir():
+                os.utime(index)  # used now: the newest builds are the ones kept
                 return Artifacts(str(work / "artifacts"), tuple(tuple(f) for f in recorded["files"]))
-        repo_path = Path(repo).resolve()
-        tree = cache_root() / "trees" / hashlib.sha256(str(repo_path).encode()).hexdigest()[:16]
+        tree = cache_root() / "trees" / repo_id
         with _Flock(tree.with_suffix(".lock")):
             src = _checkout(repo_path, tree / "src", commit, bin_dir)
             _run_build(src, build_command, commit, work)
             art = _collect(src, work / "artifacts", bin_dir, error_pages_dir, bin_names)
-        index.write_text(json.dumps({"wanted": wanted, "files": art.files}))
-        return art
+        index.write_text(json.dumps({"wanted": wanted, "files": art.files, "repo": repo_id}))
+    prune_builds(repo_id, keep_also=commit)
+    return art
+
+
+def keep_builds() -> int:
+    raw = os.environ.get("SANDO_KEEP_BUILDS", "")
+    if not raw:
+        return KEEP_BUILDS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"SANDO_KEEP_BUILDS: must be a whole number of builds, 1 or more, not {raw!r}")
+    return int(raw)
+
+
+def prune_builds(repo_id: str, keep_also: str = "", now: float | None = None) -> list[str]:
+    """Remove all but the newest keep_builds() builds of one source repo (newest = last used),
+    never one used in the last RECENT_SECONDS nor one another process holds locked; then the
+    objects that no remaining build holds (an object is a hard link of a build's file: a link
+    count of 1 means only the store has it). Returns the commits removed."""
+    builds, now = cache_root() / "builds", time.time() if now is None else now
+    mine = []
+    for index in builds.glob("*/artifacts.json"):
+        try:
+            if json.loads(index.read_text()).get("repo") == repo_id:
+                mine.append((index.stat().st_mtime, index.parent))
+        except (OSError, ValueError):
+            continue
+    mine.sort(reverse=True)
+    removed = []
+    for mtime, work in mine[keep_builds():]:
+        if work.name == keep_also or now - mtime < RECENT_SECONDS:
+            continue
+        lock = work.with_suffix(".lock")
+        with open(lock, "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being built or read right now
+            shutil.rmtree(work, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        removed.append(work.name)
+    if removed:
+        for obj in (cache_root() / "objects").glob("*/*"):
+            try:
+                if obj.stat().st_nlink == 1:
+                    obj.unlink()
+            except OSError:
+                pass
+    return removed
 
 
 def _checkout(repo: Path, src: Path, commit: str, bin_dir: str) -> Path:
     """The shared build tree at exactly `commit`: tracked files as committed, untracked files gone
-    except the build output directory (the parent of bin_dir, e.g. server/target)."""
-    if not (src / ".git").exists():
-        if src.exists():
-            shutil.rmtree(src)
-        src.parent.mkdir(parents=True, exist_ok=True)
+    except the build output directory (the parent of bin_dir, e.g. server/target). The tree is a
+    repository of sando's own; the commit is fetched into it from the server repo, which is only
+    read."""
+    if (src / ".git").is_file():  # a worktree of the server repo (sando before 2026-12): unregister it
+        (src / ".git").unlink()
         _git(repo, "worktree", "prune")
-        res = _git(repo, "worktree", "add", "--detach", "--force", str(src), commit)
+    if not (src / ".git").is_dir():
+        src.mkdir(parents=True, exist_ok=True)
+        res = _git(src, "init", "--quiet")
         if res.returncode != 0:
-            raise BuildError(f"sando:source.repo: cannot make a build tree of {commit[:12]}: {res.stderr.strip()}")
+            raise BuildError(f"cannot make the build tree {src}: {res.stderr.strip()}")
+    if _git(src, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        res = _git(src, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(repo), commit)
+        if res.returncode != 0:
+            raise BuildError(f"sando:source.repo: cannot fetch {commit[:12]} from {repo} into the build tree: "
+                             f"{res.stderr.strip()}")
     res = _git(src, "checkout", "--force", "--detach", commit)
     if res.returncode != 0:
         raise BuildError(f"sando:source.repo: cannot check out {commit[:12]}: {res.stderr.strip()}")

@@ -64,6 +64,10 @@ def test_release_is_the_pinned_build_byte_for_byte_and_the_same_pin_sends_nothin
     d2 = make_deploy([node], repo=versions)  # a new stack meeting the release on the node: 0 bytes
     run_up(d2)
     assert d2.node_out(node)["lastTransfer"]["bytesSent"] == 0
+    # the server repo was only read: no build worktree of sando's is registered in it
+    listed = subprocess.run(["git", "-C", str(versions.path), "worktree", "list", "--porcelain"],
+                            capture_output=True, text=True, check=True).stdout
+    assert [ln for ln in listed.splitlines() if ln.startswith("worktree ")] == [f"worktree {versions.path}"]
 
 
 def test_a_new_version_is_a_verified_delta_against_the_live_release(make_nodes, make_deploy, versions, engine):

@@ -245,3 +245,67 @@ def test_missing_binary_names_bin_names(repo, log):
         built(repo, repo["c1"], log, bins=["makenotwork", "nope", "nada"])
     assert str(exc.value) == ("sando:binNames: nope, nada not built: no such file in out/bin/ after "
                               "sando:source.buildCommand (check the names)")
+
+
+def test_the_server_repo_is_only_read(repo, log):
+    """No worktree of sando's is registered in the operator's repo, and its config is untouched."""
+    config = (repo["path"] / ".git" / "config").read_bytes()
+    built(repo, repo["c1"], log)
+    built(repo, repo["c2"], log)
+    listed = git(repo["path"], "worktree", "list", "--porcelain")
+    assert [line for line in listed.splitlines() if line.startswith("worktree ")] == [f"worktree {repo['path']}"]
+    assert (repo["path"] / ".git" / "config").read_bytes() == config
+    assert not (repo["path"] / ".git" / "worktrees").exists()
+
+
+def test_a_build_tree_made_as_a_worktree_by_an_older_sando_is_taken_over(repo, log):
+    tree = build.cache_root() / "trees" / build.hashlib.sha256(str(repo["path"].resolve()).encode()).hexdigest()[:16]
+    tree.mkdir(parents=True)
+    git(repo["path"], "worktree", "add", "--detach", str(tree / "src"), repo["c1"])
+    (tree / "src" / "out").mkdir()
+    (tree / "src" / "out" / "state").write_text("built")  # the kept build output of the old tree
+    built(repo, repo["c2"], log)
+    assert lines(log)[0].split()[1:] == ["incremental", "no-stray", "server", "2"]
+    assert len(git(repo["path"], "worktree", "list", "--porcelain").split("worktree ")) == 2  # only the repo's own
+
+
+def _commits(repo, n):
+    out = []
+    for i in range(n):
+        (repo["path"] / "README").write_text(f"server extra {i}\n")
+        out.append(commit_all(repo["path"], f"extra {i}"))
+    return out
+
+
+def test_the_cache_keeps_the_newest_builds_of_each_repo(repo, log, monkeypatch):
+    monkeypatch.setenv("SANDO_KEEP_BUILDS", "2")
+    monkeypatch.setattr(build, "RECENT_SECONDS", 0)
+    commits = [repo["c1"], repo["c2"], *_commits(repo, 2)]
+    arts = []
+    for i, c in enumerate(commits):
+        arts.append(built(repo, c, log))
+        index = build.cache_root() / "builds" / c / "artifacts.json"
+        os.utime(index, (1000 + i, 1000 + i))  # distinct "last used" times, oldest first
+    left = sorted(p.name for p in (build.cache_root() / "builds").iterdir() if p.is_dir())
+    assert left == sorted(commits[-2:])
+    # objects of removed builds are gone; those of kept builds stay
+    kept_digests = {d for a in arts[-2:] for _, d, _ in a.files}
+    gone_digests = {d for a in arts[:2] for _, d, _ in a.files} - kept_digests
+    assert gone_digests and all(not build.object_path(d).exists() for d in gone_digests)
+    assert all(build.object_path(d).exists() for d in kept_digests)
+    # a removed build is built again when asked for
+    again = built(repo, commits[0], log)
+    assert Path(again.root, "makenotwork").is_file() and len(lines(log)) == 5
+
+
+def test_a_recently_used_build_is_never_pruned(repo, log, monkeypatch):
+    monkeypatch.setenv("SANDO_KEEP_BUILDS", "1")
+    for c in [repo["c1"], repo["c2"], *_commits(repo, 1)]:
+        built(repo, c, log)
+    assert len([p for p in (build.cache_root() / "builds").iterdir() if p.is_dir()]) == 3
+
+
+def test_keep_builds_is_checked(monkeypatch):
+    monkeypatch.setenv("SANDO_KEEP_BUILDS", "zero")
+    with pytest.raises(ConfigError, match="SANDO_KEEP_BUILDS: must be a whole number"):
+        build.keep_builds()
