@@ -59,8 +59,23 @@ def resolve_commit(repo: str, ref: str) -> str:
         raise ConfigError(f"sando:source.repo: {repo!r} is not a git repository")
     res = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     if res.returncode != 0:
-        raise ConfigError(f"sando:version: {ref!r} is not a branch, tag or commit of {repo}")
-    return res.stdout.strip()
+        raise ConfigError(f"sando:version: {ref!r} is not a tag or commit of {repo}")
+    commit = res.stdout.strip()
+    if _is_branch(repo, ref, commit):
+        raise ConfigError(
+            f"sando:version: {ref!r} is a branch of {repo}; a release is immutable, so pin a tag or a commit "
+            f"(the branch is at {commit[:12]}: `pulumi config set sando:version {commit[:12]}`, or tag it)")
+    return commit
+
+
+def _is_branch(repo: str, ref: str, commit: str) -> bool:
+    """Whether `ref` names a branch rather than a tag or a commit id (a remote-tracking branch has a
+    '/' in its name, which sando:version refuses anyway)."""
+    if _git(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{ref}").returncode == 0:
+        return False
+    if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower()) and commit.startswith(ref.lower()):
+        return False
+    return _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{ref}").returncode == 0
 
 
 def check_tree(repo: str, commit: str, path: str, key: str) -> None:

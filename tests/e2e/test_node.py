@@ -120,6 +120,7 @@ def _nodes(node, **change):
     (lambda d, n: d.set(binNames="makenotwork"), "sando:binNames: must be a list of binary names"),
     (lambda d, n: d.set(binNames=["a b"]), "sando:binNames: 'a b' is not a binary name"),
     (lambda d, n: d.set(keepReleases="many"), "sando:keepReleases: must be a whole number"),
+    (lambda d, n: d.set(version="main"), "sando:version: 'main' is a branch of "),
     (lambda d, n: d.set(rollout={"batchSize": 0}), "sando:rollout.batchSize: must be 1 or more"),
     (lambda d, n: d.set(migrations={"dryRunCommand": "mnw-admin migrate --database {database}"}),
      "sando:migrations.dryRunCommand: must run against {scratch}"),

@@ -65,20 +65,31 @@ def built(repo, commit, log, bins=BINS, command=None, bin_dir="out/bin"):
 # --- resolve_commit / check_tree / read_tree -----------------------------------------------------
 
 
-def test_resolve_commit_tag_branch_sha(repo):
+def test_resolve_commit_tag_sha(repo):
     p = str(repo["path"])
     assert build.resolve_commit(p, "v1") == repo["c1"]
     assert build.resolve_commit(p, "v1-annotated") == repo["c1"]  # peeled to the commit, not the tag object
-    assert build.resolve_commit(p, "main") == repo["c2"]
     assert build.resolve_commit(p, repo["c1"]) == repo["c1"]
     assert build.resolve_commit(p, repo["c1"][:10]) == repo["c1"]
+
+
+def test_a_branch_is_refused_with_the_commit_to_pin_instead(repo):
+    """A release is immutable: a branch moves, so it would name another release next time."""
+    p = str(repo["path"])
+    with pytest.raises(ConfigError) as exc:
+        build.resolve_commit(p, "main")
+    assert str(exc.value) == (
+        f"sando:version: 'main' is a branch of {p}; a release is immutable, so pin a tag or a commit (the branch "
+        f"is at {repo['c2'][:12]}: `pulumi config set sando:version {repo['c2'][:12]}`, or tag it)")
+    git(repo["path"], "tag", "main-tag", repo["c2"])
+    assert build.resolve_commit(p, "main-tag") == repo["c2"]
 
 
 @pytest.mark.parametrize("ref", ["nope", "v2", "0" * 40])
 def test_resolve_commit_unknown_ref(repo, ref):
     with pytest.raises(ConfigError) as exc:
         build.resolve_commit(str(repo["path"]), ref)
-    assert str(exc.value) == f"sando:version: {ref!r} is not a branch, tag or commit of {repo['path']}"
+    assert str(exc.value) == f"sando:version: {ref!r} is not a tag or commit of {repo['path']}"
 
 
 def test_resolve_commit_tree_object_is_not_a_commit(repo):

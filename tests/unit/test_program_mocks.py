@@ -373,7 +373,7 @@ def test_ssh_agent_sends_no_key(config):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"version": "v9"}, "sando:version: 'v9' is not a branch, tag or commit"),
+    ({"version": "v9"}, "sando:version: 'v9' is not a tag or commit"),
     ({"bogus": "1"}, "sando:bogus: unknown key"),
     ({"binNames": "makenotwork"}, "sando:binNames: must be a list of binary names"),
     ({"source": None}, "sando:source.errorPagesDir: 'nope' is not a directory at commit"),
