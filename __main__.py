@@ -16,11 +16,11 @@ except ConfigError as err:  # before any resource exists, so before any remote c
     pulumi.log.error(str(err))
     sys.exit(32)  # "error already shown" to the language host
 
-key, token = stack.private_key(cfg), stack.service_token(cfg)
+token = stack.service_token(cfg)
 nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
-        target = NodeTarget(cfg, node, stack.connection(cfg, node), key)
+        target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources))
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
                                                               commit=source.commit, repo=source.repo))

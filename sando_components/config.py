@@ -43,20 +43,13 @@ def _abs_path(value: str) -> str:
     return value.rstrip("/") or "/"
 
 
-class NodeConfig(_Model):
-    name: str
+class _SshEndpoint(_Model):
+    """Where an SSH server is: host, port, login user, and its pinned host key."""
+
     host: str
     port: int = 22
     user: str = "root"
     host_key: str | None = Field(None, alias="hostKey")
-    app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.fullmatch(v):
-            raise ValueError("must be letters, digits, '.', '_' or '-' (it names resources)")
-        return v
 
     @field_validator("host")
     @classmethod
@@ -97,6 +90,24 @@ class NodeConfig(_Model):
         if not blob[4:].startswith(parts[0].encode()):
             raise ValueError(f"key data does not hold a {parts[0]} key")
         return f"{parts[0]} {parts[1]}"
+
+
+class ProxyJumpConfig(_SshEndpoint):
+    """A bastion the node is reached through (OpenSSH's ProxyJump): sando logs in there with the
+    node's key and opens a TCP channel to the node's host and port from it."""
+
+
+class NodeConfig(_SshEndpoint):
+    name: str
+    app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
+    proxy_jump: ProxyJumpConfig | None = Field(None, alias="proxyJump")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.fullmatch(v):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it names resources)")
+        return v
 
     @field_validator("app_url")
     @classmethod
@@ -270,6 +281,7 @@ class StackConfig(_Model):
     version: str
     source: SourceConfig
     ssh_private_key: SecretStr | None = Field(None, alias="sshPrivateKey")
+    node_keys: dict[str, SecretStr] = Field(default_factory=dict, alias="nodeKeys")  # node name -> its own key
     ssh_agent: bool = Field(False, alias="sshAgent")
     insecure_skip_host_key_check: bool = Field(False, alias="insecureSkipHostKeyCheck")
     release_root: str = Field("/opt/makenotwork", alias="releaseRoot")
@@ -349,19 +361,32 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> "StackConfig":
+        names = {n.name for n in self.nodes}
+        for name in self.node_keys:
+            if name not in names:
+                raise _KeyError(f"nodeKeys.{name}", f"names no node of sando:nodes ({', '.join(sorted(names))})")
         if self.ssh_private_key is None and not self.ssh_agent:
-            raise _KeyError("sshPrivateKey", "is required (set it with --secret) unless sando:sshAgent is true")
+            keyless = [n.name for n in self.nodes if n.name not in self.node_keys]
+            if keyless:
+                raise _KeyError("sshPrivateKey", "is required (set it with --secret) unless sando:sshAgent is true "
+                                f"or every node has its own key in sando:nodeKeys (missing: {', '.join(keyless)})")
         if not self.insecure_skip_host_key_check:
             for i, n in enumerate(self.nodes):
-                if not n.host_key:
-                    raise _KeyError(
-                        f"nodes[{i}].hostKey",
-                        "is required: every connection pins the host key "
-                        "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
-                    )
+                for where, end in ((f"nodes[{i}]", n), (f"nodes[{i}].proxyJump", n.proxy_jump)):
+                    if end is not None and not end.host_key:
+                        raise _KeyError(
+                            f"{where}.hostKey",
+                            "is required: every connection pins the host key "
+                            "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
+                        )
         if self.restart_warning_seconds > 0 and self.cli_service_token is None:
             raise _KeyError("cliServiceToken", "is required (as a secret) when sando:restartWarningSeconds > 0")
         return self
+
+    def private_key(self, node: NodeConfig) -> SecretStr | None:
+        """The key sando logs in to `node` with: its own (sando:nodeKeys), else sando:sshPrivateKey;
+        None = the SSH agent."""
+        return self.node_keys.get(node.name) or self.ssh_private_key
 
     def app_url(self, node: NodeConfig) -> str:
         """Base URL of the app on a node (node's appUrl, else the health-check URL's origin)."""
@@ -391,8 +416,8 @@ class _KeyError(ValueError):
         self.key = key
 
 
-SECRET_KEYS = {"sshPrivateKey", "cliServiceToken"}
-STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout"}
+SECRET_KEYS = {"sshPrivateKey", "cliServiceToken", "nodeKeys"}
+STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout", "nodeKeys"}
 LIST_HINTS = {  # what a list-valued key holds, in an operator's words
     "nodes": "a list of nodes ({name, host, hostKey, ...})",
     "binNames": "a list of binary names, e.g. [makenotwork, mnw-admin]",

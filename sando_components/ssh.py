@@ -45,9 +45,11 @@ class Conn:
     insecure: bool
     private_key: str | None  # PEM/OpenSSH text; None = use the SSH agent
     node: str | None = None  # the node's name in sando:nodes, for messages
+    jump: "Conn | None" = None  # the bastion the node is reached through (sando:nodes[].proxyJump)
 
     @classmethod
     def from_props(cls, connection: dict, private_key: str | None, node: str | None = None) -> "Conn":
+        jump = connection.get("proxyJump")
         return cls(
             host=connection["host"],
             port=int(connection["port"]),
@@ -56,11 +58,14 @@ class Conn:
             insecure=bool(connection.get("insecure", False)),
             private_key=private_key or None,
             node=node,
+            jump=cls.from_props(jump, private_key, f"{node or connection['host']}'s proxyJump") if jump else None,
         )
 
     @property
     def label(self) -> str:
         where = f"{self.user}@{self.host}:{self.port}"
+        if self.jump is not None:
+            where += f" via {self.jump.user}@{self.jump.host}:{self.jump.port}"
         return f"{self.node} ({where})" if self.node else where
 
 
@@ -94,11 +99,26 @@ def _cannot_connect(conn: Conn, why) -> str:
             "and that sshd runs there)")
 
 
-def _socket(conn: Conn) -> socket.socket:
+def _socket(conn: Conn):
     """The TCP connection to the node, with Nagle's algorithm off. sando's exchanges are small
     request/response messages (channel open, exec, EOF, exit status): with Nagle on, each one
     sent while the previous is not yet acknowledged waits for the peer's delayed ACK, 40 ms
-    on Linux, so every step after the first paid 40 ms more (measured on loopback)."""
+    on Linux, so every step after the first paid 40 ms more (measured on loopback).
+
+    Through a proxyJump: a `direct-tcpip` channel of the (pooled) connection to the bastion,
+    as OpenSSH's ProxyJump does; the node's own SSH session runs inside it, end to end, with
+    the node's pinned host key."""
+    if conn.jump is not None:
+        import paramiko
+
+        bastion = _pooled(conn.jump)
+        try:
+            return bastion.client.get_transport().open_channel(
+                "direct-tcpip", (conn.host, conn.port), ("127.0.0.1", 0), timeout=CONNECT_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(_cannot_connect(conn, f"the proxyJump {conn.jump.user}@{conn.jump.host}:"
+                                                    f"{conn.jump.port} could not reach it: {exc or type(exc).__name__}"
+                                              )) from None
     try:
         sock = socket.create_connection((conn.host, conn.port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
@@ -160,13 +180,13 @@ class _Pooled:
 
 
 _pool: dict[tuple, _Pooled] = {}
-_pool_lock = threading.Lock()
+_pool_lock = threading.RLock()  # reentrant: a node's connection opens its proxyJump's first
 _connects: dict[tuple, int] = {}  # connections opened per node (tests and stats)
 _execs: dict[tuple, int] = {}  # exec channels run per node
 
 
 def _key(conn: Conn) -> tuple:
-    return (conn.host, conn.port, conn.user, conn.host_key, conn.private_key)
+    return (conn.host, conn.port, conn.user, conn.host_key, conn.private_key, conn.jump and _key(conn.jump))
 
 
 def _pooled(conn: Conn) -> _Pooled:

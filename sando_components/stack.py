@@ -36,14 +36,22 @@ def resolve_source(cfg: StackConfig) -> Source:
 
 
 def connection(cfg: StackConfig, node) -> dict:
-    return {"host": node.host, "port": node.port, "user": node.user, "hostKey": node.host_key,
-            "insecure": cfg.insecure_skip_host_key_check and not node.host_key}
+    """How to reach a node: host, port, user, pinned host key, and the bastion it is reached
+    through (proxyJump, same fields), if any."""
+    def endpoint(e) -> dict:
+        return {"host": e.host, "port": e.port, "user": e.user, "hostKey": e.host_key,
+                "insecure": cfg.insecure_skip_host_key_check and not e.host_key}
+
+    conn = endpoint(node)
+    if node.proxy_jump is not None:
+        conn["proxyJump"] = endpoint(node.proxy_jump)
+    return conn
 
 
-def private_key(cfg: StackConfig) -> pulumi.Output[str] | None:
-    if cfg.ssh_private_key is None:
-        return None
-    return pulumi.Output.secret(cfg.ssh_private_key.get_secret_value())
+def private_key(cfg: StackConfig, node: NodeConfig) -> pulumi.Output[str] | None:
+    """The node's key (sando:nodeKeys, else sando:sshPrivateKey) as a secret; None = SSH agent."""
+    key = cfg.private_key(node)
+    return None if key is None else pulumi.Output.secret(key.get_secret_value())
 
 
 def service_token(cfg: StackConfig) -> pulumi.Output[str] | None:

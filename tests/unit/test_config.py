@@ -590,3 +590,46 @@ def test_no_library_jargon_for_non_finite_numbers(node, key, value):
     msg = error_of({**raw_config([node]), f"sando:{key}": value})
     for word in JARGON:
         assert word not in msg, msg
+
+
+# --- per-node access: own keys, proxyJump --------------------------------------------------------
+
+
+def test_a_node_may_have_its_own_key_and_a_proxy_jump(node, host_key):
+    other = {**node, "name": "n2", "proxyJump": {"host": "bastion.example", "hostKey": host_key}}
+    raw = raw_config([node, other], nodeKeys=json.dumps({"n2": "KEY-OF-N2"}))
+    cfg = load(raw, SECRETS | {"sando:nodeKeys"})
+    n1, n2 = cfg.nodes
+    assert cfg.private_key(n2).get_secret_value() == "KEY-OF-N2"
+    assert cfg.private_key(n1) is cfg.ssh_private_key  # the stack's key for the others
+    assert "KEY-OF-N2" not in repr(cfg) and "KEY-OF-N2" not in str(cfg.node_keys)
+    jump = n2.proxy_jump
+    assert (jump.host, jump.port, jump.user, jump.host_key) == ("bastion.example", 22, "root", host_key)
+
+
+def test_node_keys_must_be_secret_and_name_nodes(node):
+    raw = raw_config([node], nodeKeys=json.dumps({"n1": "K"}))
+    assert error_of(raw) == ("sando:nodeKeys: must be set as a secret "
+                             "(pulumi config set --secret sando:nodeKeys ...)")
+    raw = raw_config([node], nodeKeys=json.dumps({"n9": "K"}))
+    assert error_of(raw, SECRETS | {"sando:nodeKeys"}) == "sando:nodeKeys.n9: names no node of sando:nodes (n1)"
+
+
+def test_without_a_stack_key_every_node_needs_its_own(node):
+    raw = raw_config([node, {**node, "name": "n2"}], nodeKeys=json.dumps({"n2": "K"}))
+    del raw["sando:sshPrivateKey"]
+    assert error_of(raw, {"sando:nodeKeys"}) == (
+        "sando:sshPrivateKey: is required (set it with --secret) unless sando:sshAgent is true or every node "
+        "has its own key in sando:nodeKeys (missing: n1)")
+    raw["sando:nodeKeys"] = json.dumps({"n1": "K1", "n2": "K2"})
+    assert load(raw, {"sando:nodeKeys"}).ssh_private_key is None
+
+
+@pytest.mark.parametrize("jump, expected", [
+    ({"host": "b.example"}, "sando:nodes[0].proxyJump.hostKey: is required"),
+    ({"host": "not a host"}, "sando:nodes[0].proxyJump.host: must be an IP address or a DNS name"),
+    ({"host": "b.example", "port": 0}, "sando:nodes[0].proxyJump.port: must be between 1 and 65535"),
+    ({"host": "b.example", "via": "x"}, "sando:nodes[0].proxyJump.via: unknown key"),
+])
+def test_proxy_jump_errors_name_the_key(node, jump, expected):
+    assert error_of(raw_config([{**node, "proxyJump": jump}])).startswith(expected)
