@@ -244,11 +244,12 @@ def _checkout(repo: Path, src: Path, commit: str, bin_dir: str) -> Path:
         res = _git(src, "init", "--quiet")
         if res.returncode != 0:
             raise BuildError(f"cannot make the build tree {src}: {res.stderr.strip()}")
-    if _git(src, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        res = _git(src, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(repo), commit)
-        if res.returncode != 0:
-            raise BuildError(f"sando:source.repo: cannot fetch {commit[:12]} from {repo} into the build tree: "
-                             f"{res.stderr.strip()}")
+    # the commit, and the server repo's tags as they are now (a build may run `git describe`)
+    res = _git(src, "fetch", "--quiet", "--prune", "--no-write-fetch-head", str(repo), "+refs/tags/*:refs/tags/*",
+               commit)
+    if res.returncode != 0:
+        raise BuildError(f"sando:source.repo: cannot fetch {commit[:12]} from {repo} into the build tree: "
+                         f"{res.stderr.strip()}")
     res = _git(src, "checkout", "--force", "--detach", commit)
     if res.returncode != 0:
         raise BuildError(f"sando:source.repo: cannot check out {commit[:12]}: {res.stderr.strip()}")

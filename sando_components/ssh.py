@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import OperatorError
 
@@ -46,6 +46,7 @@ class Conn:
     private_key: str | None  # PEM/OpenSSH text; None = use the SSH agent
     node: str | None = None  # the node's name in sando:nodes, for messages
     jump: "Conn | None" = None  # the bastion the node is reached through (sando:nodes[].proxyJump)
+    pinned_in: str = "sando:nodes[].hostKey"  # the config key of host_key, for messages
 
     @classmethod
     def from_props(cls, connection: dict, private_key: str | None, node: str | None = None) -> "Conn":
@@ -58,7 +59,8 @@ class Conn:
             insecure=bool(connection.get("insecure", False)),
             private_key=private_key or None,
             node=node,
-            jump=cls.from_props(jump, private_key, f"{node or connection['host']}'s proxyJump") if jump else None,
+            jump=(replace(cls.from_props(jump, private_key, f"{node or connection['host']}'s proxyJump"),
+                          pinned_in="sando:nodes[].proxyJump.hostKey") if jump else None),
         )
 
     @property
@@ -151,7 +153,7 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     try:
         client.connect(sock=_socket(conn), **kwargs)
     except paramiko.BadHostKeyException:
-        raise RemoteError(f"{conn.label}: the host key does not match the one pinned in sando:nodes[].hostKey "
+        raise RemoteError(f"{conn.label}: the host key does not match the one pinned in {conn.pinned_in} "
                           "(if the host was reinstalled, pin its new key: ssh-keyscan -t ed25519 HOST)") from None
     except paramiko.AuthenticationException:
         raise RemoteError(f"{conn.label}: the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)") from None

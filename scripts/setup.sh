@@ -34,7 +34,7 @@ TOXIPROXY_VERSION=v2.5.0
 # postgres:// state backend (README "Several operators"); Debian's own `main`
 # cluster on port 5432 is left alone.
 apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps
-  systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client shellcheck)
+  systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client shellcheck socat)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -320,3 +320,14 @@ def test_keep_builds_is_checked(monkeypatch):
     monkeypatch.setenv("SANDO_KEEP_BUILDS", "zero")
     with pytest.raises(ConfigError, match="SANDO_KEEP_BUILDS: must be a whole number"):
         build.keep_builds()
+
+
+def test_a_build_sees_the_server_repos_tags_as_they_are_now(repo, log):
+    """Builds may embed `git describe` (the stand-in does): the build tree has the repo's tags."""
+    cmd = "mkdir -p out/bin && git describe --tags --exact-match > out/bin/makenotwork && printf b > out/bin/mnw-admin"
+    art = built(repo, repo["c1"], log, command=cmd)
+    assert Path(art.root, "makenotwork").read_text().strip() in ("v1", "v1-annotated")
+    git(repo["path"], "tag", "-d", "v1", "v1-annotated")
+    git(repo["path"], "tag", "v1-moved", repo["c2"])
+    art = built(repo, repo["c2"], log, command=cmd)
+    assert Path(art.root, "makenotwork").read_text().strip() == "v1-moved"
