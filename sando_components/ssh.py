@@ -182,7 +182,8 @@ class _Pooled:
 
 
 _pool: dict[tuple, _Pooled] = {}
-_pool_lock = threading.RLock()  # reentrant: a node's connection opens its proxyJump's first
+_pool_lock = threading.Lock()
+_connecting: dict[tuple, threading.Lock] = {}  # per node: held while its connection is being opened
 _connects: dict[tuple, int] = {}  # connections opened per node (tests and stats)
 _execs: dict[tuple, int] = {}  # exec channels run per node
 
@@ -192,11 +193,23 @@ def _key(conn: Conn) -> tuple:
 
 
 def _pooled(conn: Conn) -> _Pooled:
+    """The node's pooled connection, opened on first use. Handshakes of different nodes run at
+    once (one lock per node while it connects, not the pool's lock: that made a fleet's
+    handshakes wait for each other)."""
+    key = _key(conn)
     with _pool_lock:
-        entry = _pool.get(_key(conn))
-        if entry is None or not entry.alive:
-            entry = _Pooled(_connect(conn), threading.BoundedSemaphore(MAX_CHANNELS))
-            _pool[_key(conn)] = entry
+        entry = _pool.get(key)
+        if entry is not None and entry.alive:
+            return entry
+        connecting = _connecting.setdefault(key, threading.Lock())
+    with connecting:
+        with _pool_lock:
+            entry = _pool.get(key)
+            if entry is not None and entry.alive:
+                return entry  # another thread connected meanwhile
+        entry = _Pooled(_connect(conn), threading.BoundedSemaphore(MAX_CHANNELS))
+        with _pool_lock:
+            _pool[key] = entry
             _connects[(conn.host, conn.port)] = _connects.get((conn.host, conn.port), 0) + 1
         return entry
 
