@@ -428,8 +428,9 @@ def _in_operator_words(err: dict, loc: str) -> str:
         return "must be " + LIST_HINTS.get(re.sub(r"\[\d+\]", "", loc), "a list")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be an object with named keys (see README 'Configuration')"
-    if kind in TYPE_WORDS:
-        return f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
+    if kind in TYPE_WORDS:  # the value is quoted, unless it is a secret's
+        secret = loc.split(".")[0].split("[")[0] in SECRET_KEYS
+        return TYPE_WORDS[kind] if secret else f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
     if kind == "literal_error":
         return "must be " + err["msg"].removeprefix("Input should be ")
     msg = err["msg"].removeprefix("Value error, ")
