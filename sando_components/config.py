@@ -11,7 +11,6 @@ import base64
 import ipaddress
 import json
 import re
-import shlex
 import string
 from typing import Any, Literal
 
@@ -236,11 +235,6 @@ class MigrationsConfig(_Model):
             if not VERSION_RE.fullmatch(x):
                 raise ValueError(f"{x!r} is not a version name")
         return v
-
-    def command(self, release: str, scratch: str, database: str) -> str:
-        """The dry-run command with its placeholders filled in (each value shell-quoted)."""
-        return self.dry_run_command.format(release=shlex.quote(release), scratch=shlex.quote(scratch),
-                                           database=shlex.quote(database))
 
 
 class RolloutConfig(_Model):
