@@ -276,8 +276,10 @@ def backup(backup_dir: str, version: str) -> str:
         f"  mkdir -p {q(backup_dir)}",
         f"  B={q(backup_dir)}/{q('pre-' + version)}-$(date -u +%Y%m%dT%H%MZ)",
         "  n=''; while [ -e \"$B${n:+-$n}.db\" ]; do n=$((${n:-1} + 1)); done; B=\"$B${n:+-$n}.db\"",
-        "  (cd \"$(dirname \"$B\")\" && sqlite3 \"$DB\" \".timeout 10000\" \".backup '$(basename \"$B\")'\") || "
-        "{ echo '@gate cannot-backup'; exit 33; }",
+        # sqlite3's .backup takes a quoted name of its own: it writes a fixed plain name, renamed after
+        "  T=\"$(dirname \"$B\")/.sando-backup-$$.tmp\"",
+        "  (cd \"$(dirname \"$B\")\" && sqlite3 \"$DB\" \".timeout 10000\" \".backup '.sando-backup-$$.tmp'\" && "
+        "mv -f -- \"$T\" \"$B\") || { rm -f -- \"$T\"; echo '@gate cannot-backup'; exit 33; }",
         "  echo \"@backup $B\"",
         "fi",
     )

@@ -11,7 +11,6 @@ import base64
 import ipaddress
 import json
 import re
-import shlex
 import string
 from typing import Any, Literal
 
@@ -248,11 +247,6 @@ class MigrationsConfig(_Model):
                 raise ValueError(f"{x!r} is not a version name")
         return v
 
-    def command(self, release: str, scratch: str, database: str) -> str:
-        """The dry-run command with its placeholders filled in (each value shell-quoted)."""
-        return self.dry_run_command.format(release=shlex.quote(release), scratch=shlex.quote(scratch),
-                                           database=shlex.quote(database))
-
 
 class RolloutConfig(_Model):
     """Nodes switch in batches of batchSize, in config order; each batch waits for the previous
@@ -453,8 +447,9 @@ def _in_operator_words(err: dict, loc: str) -> str:
         return "must be " + LIST_HINTS.get(re.sub(r"\[\d+\]", "", loc), "a list")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be an object with named keys (see README 'Configuration')"
-    if kind in TYPE_WORDS:
-        return f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
+    if kind in TYPE_WORDS:  # the value is quoted, unless it is a secret's
+        secret = loc.split(".")[0].split("[")[0] in SECRET_KEYS
+        return TYPE_WORDS[kind] if secret else f"{TYPE_WORDS[kind]}, not {err.get('input')!r}"
     if kind == "literal_error":
         return "must be " + err["msg"].removeprefix("Input should be ")
     msg = err["msg"].removeprefix("Value error, ")

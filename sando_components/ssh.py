@@ -11,12 +11,13 @@ disk or passed on a command line.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .errors import OperatorError
 
@@ -43,7 +44,9 @@ class Conn:
     user: str
     host_key: str | None  # "ssh-ed25519 AAAA..." (None only with insecure)
     insecure: bool
-    private_key: str | None  # PEM/OpenSSH text; None = use the SSH agent
+    # PEM/OpenSSH text; None = use the SSH agent. Never in a repr (a log line or a traceback
+    # away from a leak), nor compared in clear (see _key).
+    private_key: str | None = field(repr=False)
     node: str | None = None  # the node's name in sando:nodes, for messages
     jump: "Conn | None" = None  # the bastion the node is reached through (sando:nodes[].proxyJump)
     pinned_in: str = "sando:nodes[].hostKey"  # the config key of host_key, for messages
@@ -82,12 +85,11 @@ class Result:
 def _load_private_key(text: str) -> paramiko.PKey:
     import paramiko
 
-    errors = []
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
             return kind.from_private_key(io.StringIO(text))
-        except (paramiko.SSHException, ValueError) as exc:
-            errors.append(f"{kind.__name__}: {exc}")
+        except (paramiko.SSHException, ValueError, TypeError, IndexError):
+            pass  # the library's text is not shown: it may quote the key's bytes
     raise RemoteError("sando:sshPrivateKey is not a private key sando can read (ed25519, ECDSA or RSA in "
                       "OpenSSH/PEM form without a passphrase)")
 
@@ -189,7 +191,9 @@ _execs: dict[tuple, int] = {}  # exec channels run per node
 
 
 def _key(conn: Conn) -> tuple:
-    return (conn.host, conn.port, conn.user, conn.host_key, conn.private_key, conn.jump and _key(conn.jump))
+    """The pool's key: the private key by its digest (the pool never holds a second copy of it)."""
+    digest = hashlib.sha256(conn.private_key.encode()).hexdigest() if conn.private_key else None
+    return (conn.host, conn.port, conn.user, conn.host_key, digest, conn.jump and _key(conn.jump))
 
 
 def _pooled(conn: Conn) -> _Pooled:

@@ -320,8 +320,9 @@ class Deploy:
         self.cli(["config", "set", key, value])
 
     # engine ------------------------------------------------------------------------
-    def cli(self, args: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, **self.env}
+    def cli(self, args: list[str], input: str | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.env, **(env or {})}
         res = subprocess.run([str(TOOLS / "bin" / "pulumi"), *args, "--stack", self.name, "--non-interactive"],
                              cwd=self.project, env=env, input=input, capture_output=True, text=True)
         if check and res.returncode != 0:

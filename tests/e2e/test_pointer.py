@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from datetime import datetime
 
@@ -188,18 +189,38 @@ def test_restart_warning_abort_mode_stops_before_any_restart(make_nodes, make_de
 
 
 def test_three_nodes_switch_in_parallel(make_nodes, make_deploy, repo):
-    """Each node's restart takes 3 s (ExecStartPost sleeps): one after another, the restarts would
-    be >= 3 s apart; in parallel they all begin before the first one ends."""
+    """Each node's restart holds (ExecStartPost) until every node's restart has begun: the test
+    lets them go only once all three are in theirs. One node after another, the first restart
+    would wait in vain (60 s, then the unit fails); in parallel all three are held at once."""
     nodes = make_nodes(3)
     d = make_deploy(nodes, repo=repo)
     run_up(d)
+    hold = ("[Service]\nExecStartPost=/usr/bin/touch /var/tmp/held\n"
+            "ExecStartPost=/usr/bin/timeout 60 /bin/sh -c 'until [ -e /var/tmp/go ]; do sleep 0.1; done'")
     for n in nodes:
-        n.unit_dropin("slow", "[Service]\nExecStartPost=/bin/sleep 3")
+        n.unit_dropin("hold", hold)
+    held: list[list[str]] = []  # which nodes were held, each time one more was seen held
+
+    def release_when_all_held():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = [n.name for n in nodes if n.path("/var/tmp/held").exists()]
+            if not held or now != held[-1]:
+                held.append(now)
+            if len(now) == len(nodes):
+                break
+            time.sleep(0.05)
+        for n in nodes:  # all held, or the deadline passed: let them go either way
+            n.path("/var/tmp/go").touch()
+
+    releaser = threading.Thread(target=release_when_all_held)
     d.set(version="v2")
-    _, changed = run_up(d)
-    starts = []
+    releaser.start()
+    try:
+        _, changed = run_up(d)
+    finally:
+        releaser.join()
+    assert held[-1] == [n.name for n in nodes], held  # all three restarts were under way at once
     for n in nodes:
         assert n.served()["version"] == "v2" and current(n) == "releases/v2"
         assert changed[f"{n.name}-current-switch"] == "update" and changed[f"{n.name}-release-files"] == "update"
-        starts.append(n.restart_times("makenotwork")[-1])
-    assert max(starts) < min(starts) + 3.0, starts

@@ -51,12 +51,12 @@ def run_testnodes(*args, state, check=True, timeout=180, input=None):
     return p
 
 
-def start_set(state, count, *extra, offsets=None):
+def start_set(state, count, *extra, offsets=None, input=None):
     """start, shifting the offset while subnets are busy; returns (offset, nodes JSON, process)."""
     for off in offsets or [OFFSET + k for k in (0, 40, 80, 120, 160, 200)]:
         if off + count > 250:
             continue
-        p = run_testnodes("start", str(count), "--offset", str(off), *extra, state=state, check=False)
+        p = run_testnodes("start", str(count), "--offset", str(off), *extra, state=state, check=False, input=input)
         if p.returncode == 0:
             return off, json.loads(p.stdout), p
         assert "already in use" in p.stderr, p.stderr
@@ -147,7 +147,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("testnodes")
     state = base / "state"
-    offset, nodes, _ = start_set(state, 3, "--service-token", "tok-harness")
+    offset, nodes, _ = start_set(state, 3, "--service-token-stdin", input="tok-harness\n")
     c = Cluster(base, state, offset, nodes)
     yield c
     if state.exists():
@@ -160,6 +160,7 @@ def cluster(tmp_path_factory):
 def test_json(cluster):
     state = cluster.state
     assert json.loads((state / "nodes.json").read_text()) == cluster.nodes
+    assert (state / "nodes.json").stat().st_mode & 0o777 == 0o600  # it holds the service token
     for i, node in enumerate(cluster.nodes, start=1):
         n = cluster.offset + i
         assert set(node) == FIELDS
@@ -341,12 +342,24 @@ def test_unit_events_and_restart_times(cluster):
 # --------------------------------------------------------------------------- separate sets
 
 
+def test_a_service_token_on_the_command_line_is_refused(tmp_path):
+    """argv is readable by every user (ps): the token comes on stdin or in the environment."""
+    state = tmp_path / "argv"
+    p = run_testnodes("start", "1", "--service-token", "tok-in-argv", state=state, check=False)
+    assert p.returncode == 1 and "--service-token is refused" in p.stderr and "--service-token-stdin" in p.stderr
+    assert not state.exists() and "tok-in-argv" not in p.stderr
+    p = run_testnodes("start", "1", "--service-token-stdin", state=state, check=False, input="\n")
+    assert p.returncode == 1 and "stdin's first line is empty" in p.stderr and not state.exists()
+
+
 def test_start_twice_stops_the_first(tmp_path):
     state = tmp_path / "twice"
-    off, a, _ = start_set(state, 1, "--service-token", "tok123", offsets=[OFFSET + k for k in (10, 50, 90, 130)])
+    off, a, _ = start_set(state, 1, "--service-token-stdin", input="tok123\n",
+                          offsets=[OFFSET + k for k in (10, 50, 90, 130)])
     gone = Leftovers(state, off, 1)
     gone.remember_processes()
-    b = json.loads(run_testnodes("start", "1", "--offset", str(off), "--service-token", "tok123", state=state).stdout)
+    b = json.loads(run_testnodes("start", "1", "--offset", str(off), "--service-token-stdin", state=state,
+                                 input="tok123\n").stdout)
     assert a[0]["hostKey"] != b[0]["hostKey"], "new host key per run"
     assert a[0]["pid"] != b[0]["pid"] and not alive(a[0]["pid"])
     assert live_pids_in_ns(gone.pidns) == []

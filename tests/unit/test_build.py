@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from sando_components.errors import OperatorError
 from fakenode import sha
 from unit_helpers import commit_all, git, init_repo
 
+REPO = Path(__file__).resolve().parents[2]
 BINS = ["makenotwork", "mnw-admin"]
 # Builds into out/bin (binDir; out/ is the build output dir kept between builds). Logs one line per
 # build to $LOG: the build tree, whether out/ still held the previous build's state file, whether
@@ -234,6 +238,50 @@ def test_two_threads_build_two_commits_of_one_repo(repo, log):
     assert Path(results[repo["c1"]].root, "makenotwork").read_text() == "server 1\nscribble\n"
     assert Path(results[repo["c2"]].root, "makenotwork").read_text() == "server 2\nscribble\n"
     assert len(lines(log)) == 2
+
+
+def _blocked_on_flock(pid: int) -> bool:
+    """The process waits for a flock (the kernel lists it in /proc/locks as a "->" waiter)."""
+    return any(f[1] == "->" and f[2] == "FLOCK" and f[5] == str(pid)
+               for f in (line.split() for line in Path("/proc/locks").read_text().splitlines()) if len(f) > 5)
+
+
+def test_two_processes_take_turns_in_the_shared_tree(repo, log, tmp_path):
+    """Two stacks building at once are two provider processes: the second one's build waits on the
+    tree's flock until the first one's build ended (a lock of threads would not stop it)."""
+    go = tmp_path / "go"
+    cmd = (f'echo "start $TAG" >> {log}; until [ -e {go} ]; do sleep 0.05; done; echo "end $TAG" >> {log}; '
+           "mkdir -p out/bin && cp README out/bin/makenotwork && printf b > out/bin/mnw-admin")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sando_components import build; "
+            "build.ensure_built(sys.argv[2], sys.argv[3], sys.argv[4], 'out/bin', 'deploy/error-pages', "
+            "['makenotwork', 'mnw-admin'])")
+
+    def start(tag: str, commit: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code, str(REPO), str(repo["path"]), commit, cmd],
+                                env={**os.environ, "TAG": tag})
+
+    def until(fn, what: str):
+        deadline = time.monotonic() + 30
+        while not fn():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    a = start("a", repo["c1"])
+    b = None
+    try:
+        until(lambda: lines(log) == ["start a"], "the first build started")
+        b = start("b", repo["c2"])
+        until(lambda: _blocked_on_flock(b.pid) or len(lines(log)) > 1, "the second process got to the lock")
+        assert lines(log) == ["start a"]  # the second build did not begin while the first runs
+        go.touch()
+        assert a.wait(30) == 0 and b.wait(30) == 0
+    finally:
+        go.touch()
+        for p in (a, b):
+            if p and p.poll() is None:
+                p.kill()
+    assert lines(log) == ["start a", "end a", "start b", "end b"]
+    assert (build.cache_root() / "builds" / repo["c2"] / "artifacts" / "makenotwork").read_text() == "server 2\n"
 
 
 def test_failing_build_names_the_key_and_shows_the_log_tail(repo, log):

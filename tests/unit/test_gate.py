@@ -375,12 +375,13 @@ def test_hostile_values_cannot_inject(node, evil):
     backup_step = commands.backup(str(node.base / evil / "backups"), evil)
     res = node.run(f"cd {commands.q(str(node.root))}\n{gate_step}\n{backup_step}")
     assert res.rc == 31 and res.get("pending") == f"{evil} 1" and res.get("destructive") == evil
-    quote = "'" in evil  # a quote in a backup path: see test_backup_dir_with_a_quote (xfail)
     res = node.run(f"cd {commands.q(str(node.root))}\n" + commands.gate(
-        evil, [evil], [evil], None, str(env), "/x.db", 'echo "dry run on $SCRATCH"', True) + "\n"
-        + ("" if quote else backup_step))
+        evil, [evil], [evil], None, str(env), "/x.db", 'echo "dry run on $SCRATCH"', True) + "\n" + backup_step)
     assert res.rc == 0, res.out + res.err
-    assert quote or (f"/pre-{evil}-" in res.get("backup") and os.path.isfile(res.get("backup")))
+    backup = Path(res.get("backup"))  # the backup is taken, under its own name, whatever the value
+    assert backup.parent == node.base / evil / "backups" and backup.name.startswith(f"pre-{evil}-")
+    assert sqlite3.connect(backup).execute("SELECT body FROM notes").fetchall() == [("live row",)]
+    assert os.listdir(backup.parent) == [backup.name]  # no temp file left
     assert not list(node.base.rglob("PWNED"))
 
 

@@ -11,31 +11,9 @@ from sando_components.paths import NodePaths
 PROD = NodePaths("/opt/makenotwork")
 
 
-def test_constants():
-    assert paths.STAGING_PREFIX == ".staging-"
-    assert paths.MANIFEST_DIR == ".sando"
-    assert paths.MANIFEST == ".sando/manifest.json"
-    assert paths.SUMS == ".sando/SHA256SUMS"
-    assert paths.FAILED == ".sando/failed"
-    assert paths.ERROR_PAGES == "error-pages"
-    # under the release root, where the node scripts run
-    assert (paths.RELEASES, paths.CURRENT, paths.PREVIOUS) == ("releases", "current", "previous")
-
-
 def test_release_paths_are_the_real_ones():
     assert PROD.releases == "/opt/makenotwork/releases"
     assert PROD.release("v1") == "/opt/makenotwork/releases/v1"
-
-
-def test_bootstrap_destinations_are_the_real_ones():
-    assert paths.CADDYFILE == "/etc/caddy/Caddyfile"
-    assert paths.SSHD_GIT == "/etc/ssh/sshd_config.d/sshd-git.conf"
-    assert paths.FAIL2BAN_JAIL == "/etc/fail2ban/jail.d/sshd.conf"
-    assert paths.FIREWALL_SCRIPT == "/usr/local/sbin/setup-firewall.sh"
-    assert paths.BACKUP_SCRIPT == "/usr/local/sbin/backup-db.sh"
-    assert paths.unit("makenotwork") == "/etc/systemd/system/makenotwork.service"
-    assert paths.cron("makenotwork") == "/etc/cron.d/makenotwork-backup"
-    assert paths.unit("mnw") == "/etc/systemd/system/mnw.service"
 
 
 def test_service_data_defaults():
@@ -48,12 +26,6 @@ def test_other_release_root():
     np = NodePaths("/srv/mnw")
     assert np.releases == "/srv/mnw/releases"
     assert np.release("v2.1.0") == "/srv/mnw/releases/v2.1.0"
-
-
-def test_there_is_no_root_prefix_any_more():
-    with pytest.raises(TypeError):
-        NodePaths("", "/opt/makenotwork")  # the old (root, release_root) form
-    assert not hasattr(NodePaths, "at")
 
 
 def test_link_target_is_relative():
