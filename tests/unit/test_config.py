@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sando_components.config import BOOTSTRAP_ITEMS, ConfigError, StackConfig, load
+from unit_helpers import PRIVATE_KEY
 
 SECRETS = frozenset({"sando:sshPrivateKey"})
 
@@ -28,7 +29,7 @@ def raw_config(nodes: list[dict], **extra: str) -> dict[str, str]:
         "sando:nodes": json.dumps(nodes),
         "sando:version": "v1",
         "sando:source": '{"repo": "/x"}',
-        "sando:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-checked-here\n-----END OPENSSH PRIVATE KEY-----\n",
+        "sando:sshPrivateKey": PRIVATE_KEY,
     }
     raw.update({f"sando:{k}": v for k, v in extra.items()})
     return raw
@@ -80,7 +81,8 @@ def test_private_key_is_kept_secret(node):
     raw = raw_config([node])
     cfg = load(raw, SECRETS)
     assert cfg.ssh_private_key.get_secret_value() == raw["sando:sshPrivateKey"]
-    assert "not-checked-here" not in repr(cfg) and "not-checked-here" not in str(cfg)
+    body = PRIVATE_KEY.splitlines()[1]
+    assert body not in repr(cfg) and body not in str(cfg)
 
 
 def test_node_defaults(host_key):
@@ -540,7 +542,8 @@ def test_bin_name_with_a_space(node):
     ("source", '{}', "sando:source.repo: is required"),
 ])
 def test_type_errors_in_operator_words(node, key, value, msg):
-    assert error_of({**raw_config([node]), f"sando:{key}": value}) == msg
+    # (nodes without a hostKey: insecure, so that the type error is the one problem)
+    assert error_of({**raw_config([node], insecureSkipHostKeyCheck="true"), f"sando:{key}": value}) == msg
 
 
 JARGON = ["Input should be", "valid tuple", "valid list", "valid dictionary", "Extra data", "JSON", "pydantic",
@@ -573,7 +576,7 @@ BAD = [
 
 @pytest.mark.parametrize("key, value", BAD)
 def test_no_library_jargon_in_any_type_error(node, key, value):
-    msg = error_of({**raw_config([node]), f"sando:{key}": value})
+    msg = error_of({**raw_config([node], insecureSkipHostKeyCheck="true"), f"sando:{key}": value})
     assert msg.startswith(f"sando:{key}"), msg
     for word in JARGON:
         assert word not in msg, msg
@@ -588,3 +591,36 @@ def test_no_library_jargon_for_non_finite_numbers(node, key, value):
     msg = error_of({**raw_config([node]), f"sando:{key}": value})
     for word in JARGON:
         assert word not in msg, msg
+
+
+# --- credentials that cannot work fail at preview ---------------------------------------------------------
+
+
+def _encrypted_key(tmp_path) -> str:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(tmp_path / "k")], check=True)
+    return (tmp_path / "k").read_text()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("garbage", "sando:sshPrivateKey: is not a private key sando can read (ed25519, ECDSA or RSA in OpenSSH or "
+                "PEM form): pulumi config set --secret sando:sshPrivateKey < KEYFILE"),
+    ("public", "sando:sshPrivateKey: is not a private key sando can read"),
+    ("passphrase", "sando:sshPrivateKey: is protected by a passphrase, which sando cannot type"),
+])
+def test_an_unreadable_private_key_is_refused(node, tmp_path, host_key, kind, words):
+    text = {"garbage": "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90IGEga2V5\n-----END OPENSSH PRIVATE KEY-----\n",
+            "public": host_key, "passphrase": _encrypted_key(tmp_path) if kind == "passphrase" else ""}[kind]
+    msg = error_of({**raw_config([node]), "sando:sshPrivateKey": text})
+    assert msg.startswith(words), msg
+    assert not [line for line in text.splitlines() if not line.startswith("-----") and line in msg]  # not quoted
+
+
+def test_ssh_agent_needs_an_agent(node):
+    raw = raw_config([node], sshAgent="true")
+    del raw["sando:sshPrivateKey"]
+    with pytest.raises(ConfigError) as exc:
+        load(raw, frozenset(), env={"PATH": "/usr/bin"})
+    assert str(exc.value).startswith("sando:sshAgent: is true but SSH_AUTH_SOCK is not set: no SSH agent")
+    assert load(raw, frozenset(), env={"SSH_AUTH_SOCK": "/run/agent.sock"}).ssh_agent is True
