@@ -452,7 +452,9 @@ def test_dry_run_command_placeholders(node, command, words):
 
 @pytest.mark.parametrize("command", ["x --db {scratch!r}", "x --db {scratch:d}"])
 def test_dry_run_command_refuses_conversions_and_format_specs(node, command):
-    error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command})))
+    assert error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command}))) == (
+        "sando:migrations.dryRunCommand: placeholders take no conversion or format: write {release}, {scratch}, "
+        "{database}")
 
 
 @pytest.mark.parametrize("bad, words", [
