@@ -21,13 +21,14 @@ nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
-        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources))
+        after_reach = stack.reach(target)  # a node that cannot be reached fails here, once
+        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
-                                                              commit=source.commit, repo=source.repo))
+                                                              commit=source.commit, repo=source.repo), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources), batch=number,
-            after=earlier))
+            after=earlier), after_reach)
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer)
     earlier = pointers[-len(batch):]

@@ -235,6 +235,10 @@ def engine_error(text: str) -> str | None:
             block = [line.strip() for line in lines[i + 1:]]
             block = block[:block.index("")] if "" in block else block
             message = block[-1] if block else message
+        elif message.startswith("the deploy failed on ") and message.endswith(":"):  # the verdict: its
+            block = [line.strip() for line in lines[i + 1:]]  # node errors are the lines under it
+            block = block[:block.index("")] if "" in block else block
+            message = "; ".join(block) or message
         if message and not message.lower().startswith(GENERIC_ERRORS):
             return message
     return None

@@ -14,7 +14,7 @@ import re
 import string
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -353,30 +353,6 @@ class StackConfig(_Model):
             raise ValueError("must be between 0 and 3600")
         return v
 
-    @model_validator(mode="after")
-    def _cross(self) -> "StackConfig":
-        names = {n.name for n in self.nodes}
-        for name in self.node_keys:
-            if name not in names:
-                raise _KeyError(f"nodeKeys.{name}", f"names no node of sando:nodes ({', '.join(sorted(names))})")
-        if self.ssh_private_key is None and not self.ssh_agent:
-            keyless = [n.name for n in self.nodes if n.name not in self.node_keys]
-            if keyless:
-                raise _KeyError("sshPrivateKey", "is required (set it with --secret) unless sando:sshAgent is true "
-                                f"or every node has its own key in sando:nodeKeys (missing: {', '.join(keyless)})")
-        if not self.insecure_skip_host_key_check:
-            for i, n in enumerate(self.nodes):
-                for where, end in ((f"nodes[{i}]", n), (f"nodes[{i}].proxyJump", n.proxy_jump)):
-                    if end is not None and not end.host_key:
-                        raise _KeyError(
-                            f"{where}.hostKey",
-                            "is required: every connection pins the host key "
-                            "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
-                        )
-        if self.restart_warning_seconds > 0 and self.cli_service_token is None:
-            raise _KeyError("cliServiceToken", "is required (as a secret) when sando:restartWarningSeconds > 0")
-        return self
-
     def private_key(self, node: NodeConfig) -> SecretStr | None:
         """The key sando logs in to `node` with: its own (sando:nodeKeys), else sando:sshPrivateKey;
         None = the SSH agent."""
@@ -402,12 +378,6 @@ class StackConfig(_Model):
         """The nodes in rollout batches, in config order."""
         size = self.rollout.batch_size or len(self.nodes)
         return [self.nodes[i:i + size] for i in range(0, len(self.nodes), size)]
-
-
-class _KeyError(ValueError):
-    def __init__(self, key: str, msg: str):
-        super().__init__(msg)
-        self.key = key
 
 
 SECRET_KEYS = {"sshPrivateKey", "cliServiceToken", "nodeKeys"}
@@ -456,37 +426,142 @@ def _in_operator_words(err: dict, loc: str) -> str:
     return "must be " + msg.removeprefix("Input should be ") if msg.startswith("Input should be ") else msg
 
 
-def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset()) -> StackConfig:
-    """Validate the flat Pulumi config of the `sando` namespace."""
+# A value the tier files (Pulumi.<tier>.yaml) leave for the operator to fill in: "<...>".
+PLACEHOLDER_RE = re.compile(r"^<[^<>]*>$")
+HOST_KEY_HOW = "pulumi config set --path 'sando:{key}' \"$(ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-)\""
+HOW_TO_SET = {  # how an operator sets a key (by its path with indexes as [i])
+    "nodes[i].host": "pulumi config set --path 'sando:{key}' ADDRESS",
+    "nodes[i].hostKey": HOST_KEY_HOW,
+    "nodes[i].proxyJump.hostKey": HOST_KEY_HOW,
+    "source.repo": "pulumi config set --path 'sando:{key}' PATH-OF-THE-SERVER-CHECKOUT",
+    "sshPrivateKey": "pulumi config set --secret sando:sshPrivateKey < KEYFILE",
+    "nodeKeys": "pulumi config set --secret --path 'sando:nodeKeys.NODE' < KEYFILE",
+    "cliServiceToken": "pulumi config set --secret sando:cliServiceToken < TOKENFILE",
+}
+
+
+def how_to_set(key: str) -> str:
+    return HOW_TO_SET.get(re.sub(r"\[\d+\]", "[i]", key), "pulumi config set --path 'sando:{key}' VALUE").format(key=key)
+
+
+def _placeholders(value: Any, loc: str = "") -> list[tuple[str, str]]:
+    """(key path, value) of the values still a tier file's "<...>" placeholder."""
+    if isinstance(value, str):
+        return [(loc, value.strip())] if PLACEHOLDER_RE.fullmatch(value.strip()) else []
+    if isinstance(value, dict):
+        return [k for key, v in value.items() for k in _placeholders(v, f"{loc}.{key}" if loc else str(key))]
+    if isinstance(value, list):
+        return [k for i, v in enumerate(value) for k in _placeholders(v, f"{loc}[{i}]")]
+    return []
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _unset(data: dict[str, Any], env: dict[str, str] | None) -> list[tuple[str, str]]:
+    """What the stack still lacks, all of it: (key, what to do). Read from the raw values, so it is
+    said together with every other problem (a model validator would run only once all else is right)."""
+    out = []
+    agent = _truthy(data.get("sshAgent"))
+    node_keys = data.get("nodeKeys") if isinstance(data.get("nodeKeys"), dict) else {}
+    nodes = data.get("nodes")
+    names = [n.get("name") for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
+    keyless = [n for n in names if n not in node_keys]
+    if data.get("sshPrivateKey") is None and not agent and (keyless or not names):
+        also = (f", or every node's own key in sando:nodeKeys; without one: {', '.join(map(str, keyless))}"
+                if node_keys else "")
+        out.append(("sshPrivateKey", f"is required (or sando:sshAgent: true{also}): " + how_to_set("sshPrivateKey")))
+    elif isinstance(data.get("sshPrivateKey"), str):
+        unreadable = private_key_problem(data["sshPrivateKey"])
+        if unreadable:
+            out.append(("sshPrivateKey", unreadable))
+    for name in node_keys:
+        if names and name not in names:
+            out.append((f"nodeKeys.{name}", f"names no node of sando:nodes ({', '.join(sorted(map(str, names)))})"))
+    for name, key in node_keys.items():
+        unreadable = private_key_problem(key) if isinstance(key, str) else "must be the text of a private key"
+        if unreadable:
+            out.append((f"nodeKeys.{name}", unreadable.replace("sando:sshPrivateKey", f"sando:nodeKeys.{name}")))
+    if agent and data.get("sshPrivateKey") is None and env is not None and not env.get("SSH_AUTH_SOCK"):
+        out.append(("sshAgent", "is true but SSH_AUTH_SOCK is not set: no SSH agent to ask for the key. Start one "
+                                "(eval \"$(ssh-agent)\" && ssh-add KEYFILE) or set sando:sshPrivateKey"))
+    if isinstance(nodes, list) and not _truthy(data.get("insecureSkipHostKeyCheck")):
+        for i, n in enumerate(nodes):
+            jump = n.get("proxyJump") if isinstance(n, dict) else None
+            for where, end in ((f"nodes[{i}]", n), (f"nodes[{i}].proxyJump", jump)):
+                if isinstance(end, dict) and not end.get("hostKey"):
+                    out.append((f"{where}.hostKey", "is required: every connection pins the host key: "
+                                + how_to_set(f"{where}.hostKey") + " (sando:insecureSkipHostKeyCheck=true is for "
+                                "throwaway local nodes only)"))
+    try:
+        warns = int(str(data.get("restartWarningSeconds", 0))) > 0
+    except ValueError:
+        warns = False
+    if warns and data.get("cliServiceToken") is None:
+        out.append(("cliServiceToken", "is required (as a secret) when sando:restartWarningSeconds > 0: "
+                    + how_to_set("cliServiceToken")))
+    return out
+
+
+def private_key_problem(text: str) -> str | None:
+    """Why sando cannot use this private key (None: it can): read here, at preview, rather than
+    on the first connection of an up."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+
+    data = text.strip().encode() + b"\n"
+    load = load_ssh_private_key if b"BEGIN OPENSSH PRIVATE KEY" in data else load_pem_private_key
+    try:
+        key = load(data, password=None)
+    except TypeError:  # cryptography: "Password was not given but private key is encrypted"
+        return ("is protected by a passphrase, which sando cannot type: give it a key without one (ssh-keygen -p "
+                "-N '' -f COPY-OF-KEYFILE) or use sando:sshAgent: true with the key added to your agent")
+    except Exception:  # noqa: BLE001 - the library's text is not shown: it may quote the key
+        return ("is not a private key sando can read (ed25519, ECDSA or RSA in OpenSSH or PEM form): "
+                + how_to_set("sshPrivateKey"))
+    if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        return "is a kind of key sando cannot use: give it an ed25519, ECDSA or RSA key"
+    return None
+
+
+def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset(),
+         env: dict[str, str] | None = None) -> StackConfig:
+    """Validate the flat Pulumi config of the `sando` namespace; every problem is said at once, each
+    naming its key (and, for a setting still to be made, how to make it). `env` (the program's
+    environment) adds the checks that depend on it (sando:sshAgent needs SSH_AUTH_SOCK)."""
     data: dict[str, Any] = {}
+    msgs: list[str] = []
     for full_key, value in raw.items():
         ns, _, key = full_key.partition(":")
         if ns != NAMESPACE:
             continue
         if key in SECRET_KEYS and full_key not in secret_keys:
-            raise ConfigError(f"sando:{key}: must be set as a secret (pulumi config set --secret sando:{key} ...)")
+            msgs.append(f"sando:{key}: must be set as a secret: " + how_to_set(key))
+            continue
         if isinstance(value, str) and key in STRUCTURED_KEYS:  # Pulumi passes objects/lists as JSON
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 what = LIST_HINTS.get(key, "an object")
-                raise ConfigError(
-                    f"sando:{key}: must be {what}, set in Pulumi.<stack>.yaml or with "
-                    f"`pulumi config set --path 'sando:{key}...'`; got the plain text {value[:60]!r}") from None
+                msgs.append(f"sando:{key}: must be {what}, set in Pulumi.<stack>.yaml or with "
+                            f"`pulumi config set --path 'sando:{key}...'`; got the plain text {value[:60]!r}")
+                continue
         data[key] = value
+    placeholders = [k for key, v in data.items() if key not in SECRET_KEYS for k in _placeholders(v, key)]
+    msgs += [f"sando:{k}: still the tier file's placeholder {v}: " + how_to_set(k) for k, v in placeholders]
+    msgs += [f"sando:{k}: {why}" for k, why in _unset(data, env)]
+    said = {m.split(": ", 1)[0] for m in msgs}
+    cfg = None
     try:
-        return StackConfig.model_validate(data)
-    except _KeyError as exc:  # raised by cross-field checks
-        raise ConfigError(f"sando:{exc.key}: {exc}") from None
+        cfg = StackConfig.model_validate(data)
     except ValidationError as exc:
-        msgs = []
         for err in exc.errors():
             loc = _loc(err["loc"])
-            ctx_err = (err.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, _KeyError):
-                msgs.append(f"sando:{ctx_err.key}: {ctx_err}")
-                continue
-            msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
-        if len(msgs) == 1:
-            raise ConfigError(msgs[0]) from None
-        raise ConfigError(f"{len(msgs)} problems in the stack configuration:\n  " + "\n  ".join(msgs)) from None
+            if f"sando:{loc}" not in said:  # a placeholder is not also "must be a DNS name"
+                msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
+    if len(msgs) == 1:
+        raise ConfigError(msgs[0])
+    if msgs:
+        raise ConfigError(f"{len(msgs)} problems in the stack configuration:\n  " + "\n  ".join(msgs))
+    return cfg

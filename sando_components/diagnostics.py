@@ -25,9 +25,18 @@ def _connect():
     return _engine
 
 
+def _current_urn() -> str:
+    """The resource whose call this thread serves (set by sando's provider host), else ""."""
+    import sys
+
+    call = getattr(sys.modules.get("pulumi.dynamic"), "current_call", None)
+    return getattr(call, "urn", "") or ""
+
+
 def log(severity: str, message: str) -> bool:
-    """Show a diagnostic ('info' or 'warning'); False when there is no engine to tell (an upstream
-    provider host, or a unit test)."""
+    """Show a diagnostic ('info' or 'warning') on the line of the resource being served (the whole
+    run's when unknown); False when there is no engine to tell (an upstream provider host, or a
+    unit test)."""
     with _lock:
         engine = _connect()
     if engine is None:
@@ -37,7 +46,8 @@ def log(severity: str, message: str) -> bool:
     level = {"info": engine_pb2.INFO, "warning": engine_pb2.WARNING}[severity]
     try:
         with _lock:
-            engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn="", streamId=0, ephemeral=False))
+            engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn=_current_urn(), streamId=0,
+                                             ephemeral=False))
         return True
     except Exception:  # a diagnostic must never fail a deploy
         return False

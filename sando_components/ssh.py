@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import socket
 import threading
 import time
@@ -150,6 +151,9 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
     )
     if conn.private_key:
         kwargs.update(pkey=_load_private_key(conn.private_key), allow_agent=False)
+    elif not os.environ.get("SSH_AUTH_SOCK"):  # paramiko would blame the connection
+        raise RemoteError(f"{conn.label}: sando:sshAgent is true but SSH_AUTH_SOCK is not set: no SSH agent to ask "
+                          "for the key (start one and ssh-add the key, or set sando:sshPrivateKey)")
     else:
         kwargs.update(allow_agent=True)
     try:
@@ -159,6 +163,11 @@ def _connect(conn: Conn) -> paramiko.SSHClient:
                           "(if the host was reinstalled, pin its new key: ssh-keyscan -t ed25519 HOST)") from None
     except paramiko.AuthenticationException:
         raise RemoteError(f"{conn.label}: the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)") from None
+    except paramiko.SSHException as exc:
+        if "No authentication methods available" not in str(exc):
+            raise RemoteError(_cannot_connect(conn, exc or type(exc).__name__)) from None
+        raise RemoteError(f"{conn.label}: the SSH agent (sando:sshAgent) holds no key: ssh-add the key, or set "
+                          "sando:sshPrivateKey") from None
     except (paramiko.SSHException, OSError) as exc:
         raise RemoteError(_cannot_connect(conn, exc or type(exc).__name__)) from None
     transport = client.get_transport()

@@ -18,7 +18,7 @@ def load_config() -> StackConfig:
     """Validate the `sando:` namespace once; ConfigError names the key."""
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     secret = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
-    return load(raw, frozenset(secret))
+    return load(raw, frozenset(secret), env=dict(os.environ))
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,18 @@ def connection(cfg: StackConfig, node) -> dict:
     if node.proxy_jump is not None:
         conn["proxyJump"] = endpoint(node.proxy_jump)
     return conn
+
+
+def reach(target) -> pulumi.ResourceOptions:
+    """The node's Reach resource (providers/reach.py), as the options that make every other resource
+    of the node wait for it: a node that cannot be reached is said once, before anything else."""
+    from .providers import Reach
+
+    cfg, node = target.cfg, target.node
+    r = Reach(f"{node.name}-reach", {"node": node.name, "connection": target.connection,
+                                      "privateKey": target.private_key, "releaseRoot": cfg.release_root,
+                                      "service": cfg.service})
+    return pulumi.ResourceOptions(depends_on=[r])
 
 
 def private_key(cfg: StackConfig, node: NodeConfig) -> pulumi.Output[str] | None:
@@ -81,5 +93,5 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
     }
 
 
-__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key",
+__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

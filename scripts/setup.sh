@@ -88,8 +88,12 @@ build pulumi-language-python engine/python ./langhost \
   "$VERSION_PKG=$PYHOST_SDK_VERSION" "$bin/pulumi-language-python-host" "$hostbuild/overlay.json" "$hostbuild/main.go"
 
 # The host runs pulumi-language-python-exec from its own directory; it ships in
-# the sdk/v3 module tree (read-only in the module cache: copy it out).
-install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
+# the sdk/v3 module tree (read-only in the module cache: copy it out), with one small patch
+# (engine/python/exec.patch: no "Resource monitor has terminated" error after a failed resource).
+cp "$sdkdir/python/cmd/pulumi-language-python-exec" "$hostbuild/pulumi-language-python-exec"
+chmod u+w "$hostbuild/pulumi-language-python-exec"
+patch -s --no-backup-if-mismatch "$hostbuild/pulumi-language-python-exec" engine/python/exec.patch
+install -m 0755 "$hostbuild/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
 # Our two small launchers (virtualenv hand-off), see engine/bin/.
 install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"
 install -m 0644 engine/bin/sando-provider-host.py "$bin/"

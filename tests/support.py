@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
+from sando_components.providers.pointer import FAILED_ON
+
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / ".tools"
 EXAMPLE = REPO / "examples" / "makenotwork"
@@ -191,7 +193,7 @@ class TestNodes:
         if token:
             env["SANDO_TESTNODES_SERVICE_TOKEN"] = token
         last = None
-        for _ in range(30):  # subnets of another set (a demo, a bench, another test) may be busy: shift
+        for _ in range(self.MAX_N // count + 1):  # subnets of other sets (a demo, a bench, other tests) may be busy: shift
             if TestNodes._next_offset + count > self.MAX_N:
                 TestNodes._next_offset = 10
             offset = TestNodes._next_offset
@@ -355,12 +357,29 @@ class Deploy:
         raise AssertionError("pulumi up succeeded but was expected to fail:\n" + "".join(self.log))
 
     def errors(self, text: str) -> list[str]:
-        """The `error:` lines of the Diagnostics an operator reads, without Pulumi's own framing."""
+        """The `error:` lines of the Diagnostics an operator reads, without Pulumi's own framing.
+        The verdict's error is its first line ("the deploy failed on node1, node2:") followed by each
+        node's own words, one line each: those lines are returned (the first line only names them)."""
         diag = text.split("Diagnostics:", 1)[-1].split("Resources:", 1)[0]
-        return [line.strip()[len("error: "):] for line in diag.splitlines()
-                if line.strip().startswith("error: ")
-                and line.strip() not in ("error: update failed", "error: preview failed",
-                                         "error: Resource monitor has terminated, shutting down")]
+        entries: list[list[str]] = []
+        current: list[str] | None = None
+        for line in diag.splitlines():
+            body = line.strip()
+            if body.startswith("error: "):
+                current = [body[len("error: "):]]
+                entries.append(current)
+            elif not body or body.startswith("warning: ") or not line.startswith("    "):
+                current = None  # a blank line, a warning or the next resource's header ends an error
+            elif current is not None:
+                current.append(body)
+        out = []
+        for first, *rest in entries:
+            if first.startswith(FAILED_ON):
+                out += rest
+            elif f"error: {first}" not in ("error: update failed", "error: preview failed",
+                                           "error: Resource monitor has terminated, shutting down"):
+                out.append(first)
+        return out
 
     def destroy(self) -> None:
         """Destroy and remove the stack; a failure is raised (a leaked stack must fail loudly).

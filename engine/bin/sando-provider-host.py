@@ -10,7 +10,8 @@ run under it unchanged.
   SANDO_DEBUG=1;
 - the engine's address (a provider's first argument) is put in SANDO_ENGINE_ADDRESS, so a
   provider can send warnings to the operator's console (sando_components/diagnostics.py),
-  which dynamic providers cannot otherwise do.
+  which dynamic providers cannot otherwise do; the URN of the resource a worker thread serves is
+  in pulumi.dynamic.current_call.urn, so a warning is shown on that resource's line.
 """
 
 import os
@@ -20,12 +21,41 @@ import traceback
 from concurrent import futures
 
 import grpc
+from pulumi.runtime.proto import provider_pb2_grpc as servicers
 
 WORKERS = 64
 
 
 def _operator_error(exc: BaseException | None) -> bool:
     return exc is not None and any(c.__name__ == "OperatorError" for c in type(exc).__mro__)
+
+
+# The URN of the resource whose call a worker thread is serving, so that a provider's diagnostics
+# (sando_components/diagnostics.py) are shown on that resource's line: pulumi.dynamic.current_call.urn
+CALLS = ("Check", "Diff", "Create", "Update", "Delete", "Read")
+
+
+def with_urn(add):
+    import threading
+
+    import pulumi.dynamic
+
+    current = pulumi.dynamic.current_call = threading.local()
+
+    def wrap(method):
+        def call(request, context):
+            current.urn = getattr(request, "urn", "")
+            try:
+                return method(request, context)
+            finally:
+                current.urn = ""
+        return call
+
+    def add_servicer(servicer, server):
+        for name in CALLS:
+            setattr(servicer, name, wrap(getattr(servicer, name)))
+        return add(servicer, server)
+    return add_servicer
 
 
 def main() -> None:
@@ -46,6 +76,7 @@ def main() -> None:
 
     grpc.server = server
     traceback.format_exc = format_exc
+    servicers.add_ResourceProviderServicer_to_server = with_urn(servicers.add_ResourceProviderServicer_to_server)
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
 
 

@@ -1,5 +1,5 @@
 """sando's resource providers: Pulumi dynamic providers that act on a node over SSH, one module
-per resource kind (files, commands, release, pointer; the pointer's steps gate and warning).
+per resource kind (reach, files, commands, release, pointer; the pointer's steps gate and warning).
 
 pulumi-command's provider binary cannot be built here (see README "Engine"), so these small
 providers do the remote work; being ours, they also give what pulumi-command lacks: drift seen
@@ -15,6 +15,7 @@ from . import base
 from .commands import RemoteCommand, RemoteCommandProvider
 from .files import RemoteFile, RemoteFileProvider
 from .pointer import Pointer, PointerProvider, Verdict, VerdictProvider
+from .reach import Reach, ReachProvider
 from .release import ReleaseFiles, ReleaseProvider
 
 
@@ -26,5 +27,5 @@ class RestartWarningProvider(ResourceProvider):
         pass
 
 
-__all__ = ["Pointer", "PointerProvider", "ReleaseFiles", "ReleaseProvider", "RemoteCommand", "RemoteCommandProvider",
+__all__ = ["Pointer", "PointerProvider", "Reach", "ReachProvider", "ReleaseFiles", "ReleaseProvider", "RemoteCommand", "RemoteCommandProvider",
            "RemoteFile", "RemoteFileProvider", "RestartWarningProvider", "Verdict", "VerdictProvider", "base"]

@@ -101,7 +101,8 @@ class PointerProvider(NodeProvider):
                                        "restarted anyway (sando:restartWarningOnFailure=warn)")
         checks = [v.split()[0] for k, v in report if k == "health" and v]
         health = {"ok": "ok", "fail": "failed"}.get(checks[-1] if checks else "", "not checked")
-        if res.rc != 0:
+        if res.rc != 0:  # this resource's line must not read as a success: say so there, briefly
+            diagnostics.log("warning", f"{node}: {version} did not go live here (the error at the end says why)")
             return self._outs(props, olds, state, health=health,
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
@@ -216,6 +217,9 @@ class Pointer(NodeResource):
     outcome: pulumi.Output[dict]  # {ok, node, message | heldBack}: the Verdict fails the run on a bad one
 
 
+FAILED_ON = "the deploy failed on"  # the verdict's first line: "the deploy failed on node1, node2:"
+
+
 class VerdictProvider(ResourceProvider):
     """Fails `pulumi up` when a node's switch failed or a rollout stopped, naming every such node
     and the nodes left on their version. The pointers record what really happened on each node
@@ -240,11 +244,16 @@ class VerdictProvider(ResourceProvider):
     @staticmethod
     def _check(props: dict) -> None:
         outcomes = [o for o in props.get("outcomes") or [] if o]
-        failed = [o["message"] for o in outcomes if not o.get("ok") and not o.get("heldBack")]
+        failed = [o for o in outcomes if not o.get("ok") and not o.get("heldBack")]
         held = [o["node"] for o in outcomes if o.get("heldBack")]
         if failed or held:
-            stopped = f"Rollout stopped: {', '.join(held)} not switched (they keep their version)." if held else ""
-            raise OperatorError(". ".join(filter(None, ["\n".join(failed), stopped])))
+            # a first line of its own: the engine repeats it on the verdict's progress lines, so each
+            # node's own words below are said once, at the end of the run
+            lines = [f"{FAILED_ON} {', '.join(o['node'] for o in failed) or 'a node of an earlier batch'}:"]
+            lines += [o["message"] for o in failed]
+            if held:
+                lines.append(f"Rollout stopped: {', '.join(held)} not switched (they keep their version).")
+            raise OperatorError("\n".join(lines))
 
 
 class Verdict(NodeResource):

@@ -30,9 +30,11 @@ def test_a_failed_node_stops_the_rollout(make_nodes, make_deploy, repo):
     node2.unit_dropin("refuse-v2", REFUSE_V2)
     starts = {n.name: len(n.restart_times("makenotwork")) for n in nodes}
     d.set(version="v2")
-    (error,) = d.errors(d.up_fails())
-    assert error.startswith("node2: v2 failed its health check (restart failed: ")
-    assert "v1 is live again. Rollout stopped: node3, node4 not switched (they keep their version)." in error
+    seen = d.up_fails()
+    error, stopped = d.errors(seen)
+    assert error.startswith("node2: v2 failed its health check (restart failed: ") and error.endswith("v1 is live again")
+    assert stopped == "Rollout stopped: node3, node4 not switched (they keep their version)."
+    assert "error: the deploy failed on node2:" in seen
     assert node1.served()["version"] == "v2"
     for n in (node2, node3, node4):
         assert n.served()["version"] == "v1"

@@ -72,7 +72,7 @@ def test_forced_failures_with_debug_show_no_secret(make_nodes, make_deploy, repo
     d.set(nodes=[node.config()])
     lines = key.splitlines()
     d.set_secret("sshPrivateKey", "\n".join(lines[:3] + lines[-1:]) + "\n")  # truncated: unreadable
-    assert "sando:sshPrivateKey is not a private key sando can read" in up(False)
+    assert "sando:sshPrivateKey: is not a private key sando can read" in up(False)  # at preview
     d.set_secret("sshPrivateKey", key)
     up(True)
 

@@ -193,6 +193,15 @@ Resources:
 """
 
 
+def test_engine_error_of_the_verdict_is_each_node_error():
+    text = ("Diagnostics:\n  pulumi-python:dynamic:Resource (verdict):\n    error: the deploy failed on tn1, tn2:\n"
+            "    tn1: v4 failed its health check (HTTP 500); v3 is live again\n"
+            "    tn2: v4 failed its health check (HTTP 500); v3 is live again\n\n"
+            "  pulumi:pulumi:Stack (sando-prod):\n    error: update failed\n")
+    assert cli.engine_error(text) == ("tn1: v4 failed its health check (HTTP 500); v3 is live again; "
+                                      "tn2: v4 failed its health check (HTTP 500); v3 is live again")
+
+
 def test_engine_error_picks_the_specific_line():
     assert cli.engine_error(UP_FAILED) == "prod: v4 failed its health check (HTTP 500); v3 is live again"
     assert cli.engine_error(TRACEBACK) == "Exception: tn2: v4 failed"

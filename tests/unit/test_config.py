@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sando_components.config import BOOTSTRAP_ITEMS, ConfigError, StackConfig, load
+from unit_helpers import PRIVATE_KEY
 
 SECRETS = frozenset({"sando:sshPrivateKey"})
 
@@ -28,7 +29,7 @@ def raw_config(nodes: list[dict], **extra: str) -> dict[str, str]:
         "sando:nodes": json.dumps(nodes),
         "sando:version": "v1",
         "sando:source": '{"repo": "/x"}',
-        "sando:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-checked-here\n-----END OPENSSH PRIVATE KEY-----\n",
+        "sando:sshPrivateKey": PRIVATE_KEY,
     }
     raw.update({f"sando:{k}": v for k, v in extra.items()})
     return raw
@@ -80,7 +81,8 @@ def test_private_key_is_kept_secret(node):
     raw = raw_config([node])
     cfg = load(raw, SECRETS)
     assert cfg.ssh_private_key.get_secret_value() == raw["sando:sshPrivateKey"]
-    assert "not-checked-here" not in repr(cfg) and "not-checked-here" not in str(cfg)
+    body = PRIVATE_KEY.splitlines()[1]
+    assert body not in repr(cfg) and body not in str(cfg)
 
 
 def test_node_defaults(host_key):
@@ -450,7 +452,9 @@ def test_dry_run_command_placeholders(node, command, words):
 
 @pytest.mark.parametrize("command", ["x --db {scratch!r}", "x --db {scratch:d}"])
 def test_dry_run_command_refuses_conversions_and_format_specs(node, command):
-    error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command})))
+    assert error_of(raw_config([node], migrations=json.dumps({"dryRunCommand": command}))) == (
+        "sando:migrations.dryRunCommand: placeholders take no conversion or format: write {release}, {scratch}, "
+        "{database}")
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -540,7 +544,8 @@ def test_bin_name_with_a_space(node):
     ("source", '{}', "sando:source.repo: is required"),
 ])
 def test_type_errors_in_operator_words(node, key, value, msg):
-    assert error_of({**raw_config([node]), f"sando:{key}": value}) == msg
+    # (nodes without a hostKey: insecure, so that the type error is the one problem)
+    assert error_of({**raw_config([node], insecureSkipHostKeyCheck="true"), f"sando:{key}": value}) == msg
 
 
 JARGON = ["Input should be", "valid tuple", "valid list", "valid dictionary", "Extra data", "JSON", "pydantic",
@@ -573,7 +578,7 @@ BAD = [
 
 @pytest.mark.parametrize("key, value", BAD)
 def test_no_library_jargon_in_any_type_error(node, key, value):
-    msg = error_of({**raw_config([node]), f"sando:{key}": value})
+    msg = error_of({**raw_config([node], insecureSkipHostKeyCheck="true"), f"sando:{key}": value})
     assert msg.startswith(f"sando:{key}"), msg
     for word in JARGON:
         assert word not in msg, msg
@@ -593,33 +598,36 @@ def test_no_library_jargon_for_non_finite_numbers(node, key, value):
 # --- per-node access: own keys, proxyJump --------------------------------------------------------
 
 
-def test_a_node_may_have_its_own_key_and_a_proxy_jump(node, host_key):
+def test_a_node_may_have_its_own_key_and_a_proxy_jump(node, host_key, ed25519_key):
     other = {**node, "name": "n2", "proxyJump": {"host": "bastion.example", "hostKey": host_key}}
-    raw = raw_config([node, other], nodeKeys=json.dumps({"n2": "KEY-OF-N2"}))
+    own = ed25519_key[1]
+    raw = raw_config([node, other], nodeKeys=json.dumps({"n2": own}))
     cfg = load(raw, SECRETS | {"sando:nodeKeys"})
     n1, n2 = cfg.nodes
-    assert cfg.private_key(n2).get_secret_value() == "KEY-OF-N2"
+    assert cfg.private_key(n2).get_secret_value() == own
     assert cfg.private_key(n1) is cfg.ssh_private_key  # the stack's key for the others
-    assert "KEY-OF-N2" not in repr(cfg) and "KEY-OF-N2" not in str(cfg.node_keys)
+    assert own.splitlines()[1] not in repr(cfg) and own.splitlines()[1] not in str(cfg.node_keys)
     jump = n2.proxy_jump
     assert (jump.host, jump.port, jump.user, jump.host_key) == ("bastion.example", 22, "root", host_key)
 
 
-def test_node_keys_must_be_secret_and_name_nodes(node):
-    raw = raw_config([node], nodeKeys=json.dumps({"n1": "K"}))
-    assert error_of(raw) == ("sando:nodeKeys: must be set as a secret "
-                             "(pulumi config set --secret sando:nodeKeys ...)")
-    raw = raw_config([node], nodeKeys=json.dumps({"n9": "K"}))
-    assert error_of(raw, SECRETS | {"sando:nodeKeys"}) == "sando:nodeKeys.n9: names no node of sando:nodes (n1)"
+def test_node_keys_must_be_secret_readable_and_name_nodes(node, ed25519_key):
+    raw = raw_config([node], nodeKeys=json.dumps({"n1": ed25519_key[1]}))
+    assert error_of(raw) == ("sando:nodeKeys: must be set as a secret: "
+                             "pulumi config set --secret --path 'sando:nodeKeys.NODE' < KEYFILE")
+    raw = raw_config([node], nodeKeys=json.dumps({"n9": ed25519_key[1], "n1": "garbage"}))
+    msg = error_of(raw, SECRETS | {"sando:nodeKeys"})
+    assert "sando:nodeKeys.n9: names no node of sando:nodes (n1)" in msg
+    assert "sando:nodeKeys.n1: is not a private key sando can read" in msg and "garbage" not in msg
 
 
-def test_without_a_stack_key_every_node_needs_its_own(node):
-    raw = raw_config([node, {**node, "name": "n2"}], nodeKeys=json.dumps({"n2": "K"}))
+def test_without_a_stack_key_every_node_needs_its_own(node, ed25519_key):
+    raw = raw_config([node, {**node, "name": "n2"}], nodeKeys=json.dumps({"n2": ed25519_key[1]}))
     del raw["sando:sshPrivateKey"]
     assert error_of(raw, {"sando:nodeKeys"}) == (
-        "sando:sshPrivateKey: is required (set it with --secret) unless sando:sshAgent is true or every node "
-        "has its own key in sando:nodeKeys (missing: n1)")
-    raw["sando:nodeKeys"] = json.dumps({"n1": "K1", "n2": "K2"})
+        "sando:sshPrivateKey: is required (or sando:sshAgent: true, or every node's own key in sando:nodeKeys; "
+        "without one: n1): pulumi config set --secret sando:sshPrivateKey < KEYFILE")
+    raw["sando:nodeKeys"] = json.dumps({"n1": ed25519_key[1], "n2": ed25519_key[1]})
     assert load(raw, {"sando:nodeKeys"}).ssh_private_key is None
 
 
@@ -629,5 +637,37 @@ def test_without_a_stack_key_every_node_needs_its_own(node):
     ({"host": "b.example", "port": 0}, "sando:nodes[0].proxyJump.port: must be between 1 and 65535"),
     ({"host": "b.example", "via": "x"}, "sando:nodes[0].proxyJump.via: unknown key"),
 ])
-def test_proxy_jump_errors_name_the_key(node, jump, expected):
+def test_proxy_jump_errors_name_the_key(node, host_key, jump, expected):
+    if "hostKey" not in expected:
+        jump = {**jump, "hostKey": host_key}
     assert error_of(raw_config([{**node, "proxyJump": jump}])).startswith(expected)
+
+
+def _encrypted_key(tmp_path) -> str:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(tmp_path / "k")], check=True)
+    return (tmp_path / "k").read_text()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("garbage", "sando:sshPrivateKey: is not a private key sando can read (ed25519, ECDSA or RSA in OpenSSH or "
+                "PEM form): pulumi config set --secret sando:sshPrivateKey < KEYFILE"),
+    ("public", "sando:sshPrivateKey: is not a private key sando can read"),
+    ("passphrase", "sando:sshPrivateKey: is protected by a passphrase, which sando cannot type"),
+])
+def test_an_unreadable_private_key_is_refused(node, tmp_path, host_key, kind, words):
+    text = {"garbage": "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90IGEga2V5\n-----END OPENSSH PRIVATE KEY-----\n",
+            "public": host_key, "passphrase": _encrypted_key(tmp_path) if kind == "passphrase" else ""}[kind]
+    msg = error_of({**raw_config([node]), "sando:sshPrivateKey": text})
+    assert msg.startswith(words), msg
+    assert not [line for line in text.splitlines() if not line.startswith("-----") and line in msg]  # not quoted
+
+
+def test_ssh_agent_needs_an_agent(node):
+    raw = raw_config([node], sshAgent="true")
+    del raw["sando:sshPrivateKey"]
+    with pytest.raises(ConfigError) as exc:
+        load(raw, frozenset(), env={"PATH": "/usr/bin"})
+    assert str(exc.value).startswith("sando:sshAgent: is true but SSH_AUTH_SOCK is not set: no SSH agent")
+    assert load(raw, frozenset(), env={"SSH_AUTH_SOCK": "/run/agent.sock"}).ssh_agent is True

@@ -187,12 +187,14 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
     expected = set()
     for node in ("n1", "n2"):
         expected |= {f"{node}-{role}" for role in NODE_CHILDREN}
-        expected |= {f"{node}-release-files", f"{node}-current-switch"}
+        expected |= {f"{node}-release-files", f"{node}-current-switch", f"{node}-reach"}
     assert run.names(DYNAMIC) == expected | {"verdict"}
     roles = {"sando:index:Node": set(NODE_CHILDREN), "sando:index:Release": {"files"},
              "sando:index:CurrentPointer": {"switch"}}
     for reg in run.monitor.registrations:
-        if reg.type != DYNAMIC or reg.name == "verdict":
+        if reg.type == DYNAMIC and reg.name.endswith("-reach"):
+            assert reg.parent == STACK_URN, reg.name  # a node's first resource, of no component
+        if reg.type != DYNAMIC or reg.name == "verdict" or reg.name.endswith("-reach"):
             continue
         parent, ptype = urn_name(reg.parent), urn_type(reg.parent)
         assert reg.name.startswith(parent + "-"), (reg.name, parent)
@@ -202,7 +204,7 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
 def test_bootstrap_subset_declares_only_those_children(config):
     run = run_program(*config(nodes=("n1",), bootstrap='{"manage": ["caddyfile"]}'))
     assert {n for n in run.names(DYNAMIC)} == {"n1-layout", "n1-caddyfile", "n1-caddy-reload", "n1-release-files",
-                                               "n1-current-switch", "verdict"}
+                                               "n1-current-switch", "n1-reach", "verdict"}
 
 
 # --- the inputs the program computes -------------------------------------------------------------------
@@ -342,7 +344,7 @@ def test_private_key_and_token_only_travel_as_secrets(config, ed25519_key):
     run = run_program(*config(restartWarningSeconds="5", cliServiceToken=token))
     key_body = private.splitlines()[1]  # a line of the key's base64 body
     dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC and a.name != "verdict"]
-    assert len(dynamic) == 2 * (len(NODE_CHILDREN) + 2)
+    assert len(dynamic) == 2 * (len(NODE_CHILDREN) + 3)
     for args in dynamic:
         assert rpc.is_rpc_secret(args.inputs["privateKey"]), args.name
         assert rpc.unwrap_rpc_secret(args.inputs["privateKey"]) == private
@@ -360,12 +362,13 @@ def test_private_key_and_token_only_travel_as_secrets(config, ed25519_key):
         assert key_body not in text and token not in text, where
 
 
-def test_ssh_agent_sends_no_key(config):
+def test_ssh_agent_sends_no_key(config, monkeypatch):
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/an-agent.sock")  # the program checks there is an agent to ask
     raw, _ = config(nodes=("n1",), sshAgent="true")
     del raw["sando:sshPrivateKey"]
     run = run_program(raw, [])
     dynamic = [a for a in run.mocks.resources.values() if a.typ == DYNAMIC and a.name != "verdict"]
-    assert len(dynamic) == len(NODE_CHILDREN) + 2
+    assert len(dynamic) == len(NODE_CHILDREN) + 3
     assert all(a.inputs.get("privateKey") is None for a in dynamic)
 
 
@@ -422,3 +425,13 @@ def test_env_file_is_the_units_environment_file(config, server_repo):
     commit_all(server_repo["path"], "another env file")  # (bootstrap files are read from the working tree)
     run = run_program(*config(nodes=("n1",)))
     assert run.inputs("n1-current-switch")["gate"]["envFile"] == "/srv/mnw/settings.env"
+
+
+def test_every_component_of_a_node_waits_for_its_reach(config):
+    """A node that cannot be reached fails its Reach (providers/reach.py): nothing else of the node
+    is registered before it passed, so the node's failure is said once."""
+    run = run_program(*config())
+    for node in ("n1", "n2"):
+        for name in (node, f"{node}-release", f"{node}-current"):
+            assert list(run.regs[name].dependencies) == [run.urn(f"{node}-reach")], name
+        assert run.inputs(f"{node}-reach")["node"] == node

@@ -142,10 +142,6 @@ def test_changed_public_refresh_auth():
     assert base.node_of({"connection": {"host": "h"}}) == "h"
 
 
-def test_secret_outputs():
-    assert base.SECRET_OUTPUTS == ["privateKey", "token"]
-
-
 # --- the restart warning ---------------------------------------------------------------------------------
 
 

@@ -32,3 +32,26 @@ def test_a_refused_connection_names_the_node_and_its_keys_without_a_traceback():
         ssh._socket(_conn(port))
     assert str(err.value) == (f"node1 (deploy@127.0.0.1:{port}): cannot connect: Connection refused "
                               "(check the node's host and port in sando:nodes and that sshd runs there)")
+
+
+def test_the_agent_without_ssh_auth_sock_is_named_not_the_connection(ed25519_key, monkeypatch):
+    """sando:sshAgent with no agent: said as such before any connection (paramiko would report
+    "No authentication methods available", read as a host/port problem)."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    conn = ssh.Conn(host="127.0.0.1", port=9, user="root", host_key=ed25519_key[0], insecure=False,
+                    private_key=None, node="node1")
+    with pytest.raises(ssh.RemoteError) as exc:
+        ssh._connect(conn)
+    assert str(exc.value) == ("node1 (root@127.0.0.1:9): sando:sshAgent is true but SSH_AUTH_SOCK is not set: no SSH "
+                              "agent to ask for the key (start one and ssh-add the key, or set sando:sshPrivateKey)")
+
+
+def test_a_host_that_does_not_resolve_is_named(monkeypatch):
+    def no_such_name(*_a, **_k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_such_name)  # no DNS query leaves this machine
+    with pytest.raises(ssh.RemoteError) as exc:
+        ssh._socket(_conn(22))
+    assert str(exc.value) == ("node1 (deploy@127.0.0.1:22): cannot connect: Name or service not known (check the "
+                              "node's host and port in sando:nodes and that sshd runs there)")

@@ -454,8 +454,10 @@ def test_provider_failure_messages(provider_node, setup, rc_message):
     assert outs["outcome"]["ok"] is False and outs["outcome"]["node"] == "node1"
     assert re.match(rc_message, outs["outcome"]["message"]), outs["outcome"]["message"]
     assert outs["liveVersion"] == "v1"  # what the node serves now, in the outputs
-    with pytest.raises(OperatorError, match=rc_message):  # the Verdict fails the run with it
+    with pytest.raises(OperatorError) as exc:  # the Verdict fails the run with it, under a line of its own
         VerdictProvider().create({"outcomes": [outs["outcome"]]})
+    assert str(exc.value).splitlines()[0] == "the deploy failed on node1:"
+    assert re.match(rc_message, str(exc.value).split("\n", 1)[1]), str(exc.value)
 
 
 def test_provider_failure_with_nothing_to_switch_back_and_the_rollout_held_back(provider_node):
@@ -471,7 +473,8 @@ def test_provider_failure_with_nothing_to_switch_back_and_the_rollout_held_back(
     with pytest.raises(OperatorError) as exc:
         VerdictProvider().create({"outcomes": [failed, {"ok": False, "node": "n2", "heldBack": True},
                                                {"ok": False, "node": "n3", "heldBack": True}]})
-    assert str(exc.value) == (failed["message"] + ". Rollout stopped: n2, n3 not switched (they keep their version).")
+    assert str(exc.value) == ("the deploy failed on node1:\n" + failed["message"]
+                              + "\nRollout stopped: n2, n3 not switched (they keep their version).")
     VerdictProvider().create({"outcomes": [{"ok": True, "node": "node1"}]})  # all good: no error
 
 

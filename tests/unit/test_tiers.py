@@ -10,33 +10,38 @@ import pytest
 import yaml
 
 from sando_components.config import ConfigError, load
+from unit_helpers import PRIVATE_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcoUnW1v6mHmCtsxmOzuNN9n0i3Zvmgj7MA/TxNhpm4"
 
 
-def as_pulumi_passes_it(stack: str, **extra) -> tuple[dict, set]:
+def as_pulumi_passes_it(stack: str, secrets: bool = True, **extra) -> tuple[dict, set]:
     """The stack file's `config:` as Pulumi hands it to the program: structured values as JSON,
-    scalars as strings; plus the secrets an operator sets with --secret."""
+    scalars as strings; plus (secrets=True) the secrets an operator sets with --secret."""
     config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
     raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     raw.update(extra)
-    raw["sando:sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
-    secrets = {"sando:sshPrivateKey"}
+    if not secrets:
+        return raw, set()
+    raw["sando:sshPrivateKey"] = PRIVATE_KEY
+    keys = {"sando:sshPrivateKey"}
     if "sando:restartWarningSeconds" in raw:
         raw["sando:cliServiceToken"] = "token"
-        secrets.add("sando:cliServiceToken")
-    return raw, secrets
+        keys.add("sando:cliServiceToken")
+    return raw, keys
 
 
-def with_host_key(stack: str) -> tuple[dict, set]:
+def filled_in(stack: str) -> tuple[dict, set]:
+    """The tier file with its placeholders filled in, as an operator does."""
     config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
-    nodes = [dict(n, hostKey=HOST_KEY) for n in config["sando:nodes"]]
-    return as_pulumi_passes_it(stack, **{"sando:nodes": json.dumps(nodes)})
+    nodes = [dict(n, host="192.0.2.10", hostKey=HOST_KEY) for n in config["sando:nodes"]]
+    return as_pulumi_passes_it(stack, **{"sando:nodes": json.dumps(nodes),
+                                         "sando:source": json.dumps({**config["sando:source"], "repo": "/srv/mnw"})})
 
 
 def test_prod_warns_users_and_refuses_destructive_migrations():
-    cfg = load(*with_host_key("prod"))
+    cfg = load(*filled_in("prod"))
     assert cfg.restart_warning_seconds == 30 and cfg.restart_warning_on_failure == "warn"
     assert cfg.migrations.refuse_destructive is True and cfg.migrations.allow_destructive == ()
     assert cfg.health_check.expect_version is True and cfg.health_check.timeout_seconds == 60
@@ -44,13 +49,30 @@ def test_prod_warns_users_and_refuses_destructive_migrations():
 
 
 def test_testnot_neither_warns_nor_refuses():
-    cfg = load(*with_host_key("testnot"))
+    cfg = load(*filled_in("testnot"))
     assert cfg.restart_warning_seconds == 0
     assert cfg.migrations.refuse_destructive is False
     assert cfg.bin_names == ("makenotwork", "mnw-admin")
 
 
 @pytest.mark.parametrize("stack", ["testnot", "prod"])
-def test_the_host_key_placeholder_must_be_filled_in(stack):
-    with pytest.raises(ConfigError, match=r"^sando:nodes\[0\]\.hostKey: is required"):
-        load(*as_pulumi_passes_it(stack))
+def test_every_placeholder_and_missing_setting_is_said_at_once(stack):
+    """A tier file as committed, no secret set: one error lists every setting still to make, each
+    with its key and how to set it."""
+    with pytest.raises(ConfigError) as exc:
+        load(*as_pulumi_passes_it(stack, secrets=False))
+    lines = str(exc.value).splitlines()
+    expected = [
+        f"sando:source.repo: still the tier file's placeholder <path of the makenotwork server checkout>: "
+        "pulumi config set --path 'sando:source.repo' PATH-OF-THE-SERVER-CHECKOUT",
+        f"sando:nodes[0].host: still the tier file's placeholder <{stack} host address>: "
+        "pulumi config set --path 'sando:nodes[0].host' ADDRESS",
+        "sando:sshPrivateKey: is required (or sando:sshAgent: true): "
+        "pulumi config set --secret sando:sshPrivateKey < KEYFILE",
+        "sando:nodes[0].hostKey: is required: every connection pins the host key: pulumi config set --path "
+        "'sando:nodes[0].hostKey' \"$(ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-)\" "
+        "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
+    ] + (["sando:cliServiceToken: is required (as a secret) when sando:restartWarningSeconds > 0: "
+          "pulumi config set --secret sando:cliServiceToken < TOKENFILE"] if stack == "prod" else [])
+    assert lines[0] == f"{len(expected)} problems in the stack configuration:"
+    assert sorted(line.strip() for line in lines[1:]) == sorted(expected)

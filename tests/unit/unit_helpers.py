@@ -35,3 +35,15 @@ def commit_all(repo: Path, message: str) -> str:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message)
     return git(repo, "rev-parse", "HEAD")
+
+
+def _private_key() -> str:
+    """A real ed25519 private key in OpenSSH form (config.load reads sando:sshPrivateKey)."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()).decode()
+
+
+PRIVATE_KEY = _private_key()

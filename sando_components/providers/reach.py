@@ -1,0 +1,39 @@
+"""Reach: the first resource of a node, which every other one of the node waits for. Its check reads
+what the node holds (the one round trip every run makes anyway, then kept for the node's other
+resources), so a node that does not resolve or answer, a host key that no longer matches, or a key
+the node refuses fails `pulumi preview` and `pulumi up` at once, said once for the node, before
+any other resource of it is even looked at (a first deploy included, whose creates are otherwise
+planned without asking the node)."""
+
+from __future__ import annotations
+
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
+
+from .base import AUTH, NodeProvider, NodeResource, changed, node_state, public
+
+
+class ReachProvider(NodeProvider):
+    def check(self, olds, news):
+        result = super().check(olds, news)
+        if isinstance(news.get("connection"), dict) and isinstance(news.get("releaseRoot"), str):
+            node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
+        return result
+
+    def diff(self, _id, olds, news):
+        return DiffResult(changes=bool(changed(olds, news, ["releaseRoot", "service", *AUTH])), replaces=[])
+
+    def create(self, props):
+        return CreateResult(id_=f"{props['connection']['host']}:reach", outs=public(props))
+
+    def update(self, _id, _olds, news):
+        return UpdateResult(outs=public(news))
+
+    def read(self, id_, props):
+        return ReadResult(id_=id_, outs=props)
+
+    def delete(self, _id, _props):
+        pass  # nothing on the node is its own
+
+
+class Reach(NodeResource):
+    _provider_class = ReachProvider

@@ -1,0 +1,62 @@
+"""What the operator reads after a failed run (issue 19.3), through the real engine: each node's
+failure said once, in the node's own words, at the end (the Diagnostics); no engine noise such as
+"Resource monitor has terminated"; the node's switch line carries a warning instead of reading as
+a success; the outputs still say where each node stands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import AppRepo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    r = AppRepo(tmp_path_factory.mktemp("consoleapp") / "makenotwork")
+    r.version("v2", ("crash-at-start",))  # a version that exits at start: the switch fails
+    return r
+
+
+def up(d) -> str:
+    """`pulumi up --yes` as an operator types it (output piped: the engine's non-interactive display)."""
+    res = d.cli(["up", "--yes"], check=False)
+    assert res.returncode != 0
+    return res.stdout + res.stderr
+
+
+def test_each_node_failure_said_once_at_the_end(make_nodes, make_deploy, repo):
+    nodes = make_nodes(2)
+    d = make_deploy(nodes, repo=repo)
+    d.cli(["up", "--yes"])
+    d.set(version="v2")
+    out = up(d)
+    assert "Resource monitor has terminated" not in out
+    errors = d.errors(out)
+    assert sorted(e.split(":")[0] for e in errors) == ["node1", "node2"], out
+    for n in nodes:
+        said = f"{n.name}: v2 failed its health check ("
+        assert sum(line.count(said) for line in out.splitlines()) == 1, out  # once, in the Diagnostics
+        assert said in out.split("Diagnostics:", 1)[1]
+        switch = [line for line in out.split("Updating", 1)[1].splitlines() if f"{n.name}-current-switch updated" in line]
+        assert switch and all(f"warning: {n.name}: v2 did not go live here" in line for line in switch), out
+    assert "error: the deploy failed on node1, node2:" in out
+    outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
+    assert {n: o["liveVersion"] for n, o in outs.items()} == {"node1": "v1", "node2": "v1"}
+
+
+def test_an_unreachable_node_is_said_once_and_the_outputs_stay(make_nodes, make_deploy, repo):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo)
+    d.cli(["up", "--yes"])
+    d.set(nodes=[node.config() | {"port": 2222}])  # nothing listens there
+    out = up(d)
+    assert "Resource monitor has terminated" not in out
+    assert d.errors(out) == [f"node1 (root@{node.host}:2222): cannot connect: Connection refused (check the "
+                             "node's host and port in sando:nodes and that sshd runs there)"]
+    assert sum(line.count("cannot connect") for line in out.splitlines()) == 2  # its line and the Diagnostics
+    assert "- nodes" not in out  # the preview stopped the run: no outputs shown as deleted
+    outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
+    assert outs["node1"]["liveVersion"] == "v1"
+    d.set(nodes=[node.config()])
