@@ -43,8 +43,7 @@ def make_cfg(bootstrap: dict | None = None, **extra: str):
         "sando:sshAgent": "true",
         "sando:insecureSkipHostKeyCheck": "true",
     }
-    if bootstrap is not None:
-        raw["sando:bootstrap"] = json.dumps(bootstrap)
+    raw["sando:bootstrap"] = json.dumps({"ref": "main", **(bootstrap or {})})
     raw.update({f"sando:{k}": v for k, v in extra.items()})
     return load(raw)
 

@@ -150,6 +150,7 @@ def config(server_repo, ed25519_key):
             "sando:source": json.dumps({"repo": str(server_repo["path"])}),
             "sando:binNames": '["makenotwork", "mnw-admin"]',
             "sando:sshPrivateKey": private,
+            "sando:bootstrap": '{"ref": "v1"}',
         }
         raw.update({f"sando:{k}": v for k, v in extra.items()})
         secrets = ["sando:sshPrivateKey"] + (["sando:cliServiceToken"] if "cliServiceToken" in extra else [])
@@ -200,7 +201,7 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
 
 
 def test_bootstrap_subset_declares_only_those_children(config):
-    run = run_program(*config(nodes=("n1",), bootstrap='{"manage": ["caddyfile"]}'))
+    run = run_program(*config(nodes=("n1",), bootstrap='{"ref": "v1", "manage": ["caddyfile"]}'))
     assert {n for n in run.names(DYNAMIC)} == {"n1-layout", "n1-caddyfile", "n1-caddy-reload", "n1-release-files",
                                                "n1-current-switch", "verdict"}
 

@@ -54,3 +54,10 @@ def test_testnot_neither_warns_nor_refuses():
 def test_the_host_key_placeholder_must_be_filled_in(stack):
     with pytest.raises(ConfigError, match=r"^sando:nodes\[0\]\.hostKey: is required"):
         load(*as_pulumi_passes_it(stack))
+
+
+@pytest.mark.parametrize("stack", ["testnot", "prod"])
+def test_tiers_name_the_host_config_ref_and_check_health_through_caddy(stack):
+    cfg = load(*with_host_key(stack))
+    assert cfg.bootstrap.ref == "main"
+    assert cfg.health_check.caddy_url == "http://127.0.0.1/"
