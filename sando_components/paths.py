@@ -28,6 +28,7 @@ FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sshd.conf"
 FIREWALL_SCRIPT = "/usr/local/sbin/setup-firewall.sh"
 BACKUP_SCRIPT = "/usr/local/sbin/backup-db.sh"
 CRON_DIR = "/etc/cron.d"
+HOST_PREV_DIR = "/var/lib/sando/host-prev"  # the previous copy of each host file sando replaced
 
 # Where the service keeps its data (defaults; the migration gate reads the unit's env file).
 DEFAULT_DATABASE = "/var/lib/{service}/{service}.db"
@@ -65,6 +66,11 @@ def unit(service: str) -> str:
 
 def cron(service: str) -> str:
     return posixpath.join(CRON_DIR, f"{service}-backup")
+
+
+def host_files(service: str) -> list[str]:
+    """Every host file sando may manage on a node (the node probe reads their sums and modes)."""
+    return [CADDYFILE, unit(service), SSHD_GIT, FAIL2BAN_JAIL, FIREWALL_SCRIPT, BACKUP_SCRIPT, cron(service)]
 
 
 def for_service(template: str, service: str) -> str:
