@@ -293,3 +293,86 @@ def test_a_committed_symlink_to_a_private_key_fails_at_preview(make_nodes, make_
     assert msg.startswith("sando:bootstrap.caddyfile: 'server/deploy/Caddyfile' is a symlink in the repo"), msg
     assert "PRIVATE KEY" not in out
     assert node.unit_events() == []
+
+
+@pytest.fixture
+def sando(monkeypatch, engine):
+    """`sando ...` as an operator runs it (as in test_cli.py)."""
+    import io
+    import os
+
+    from sando_components import cli
+    from tests.support import TOOLS
+
+    for k, v in engine.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
+
+    def run(project, *argv) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
+        return code, out.getvalue() + err.getvalue()
+    return run
+
+
+def test_promote_carries_the_host_config_commit_testnot_runs(make_nodes, make_deploy, node_app, sando):
+    t_node, p_node = make_nodes(2)
+    old = node_app.commit("main")
+    testnot = make_deploy([t_node], repo=node_app, bootstrap={"ref": old})
+    prod = make_deploy([p_node], repo=node_app, project=testnot.project, bootstrap={"ref": old})
+    run_up(testnot)
+    run_up(prod)
+    caddyfile = node_app.path / DEPLOY / "Caddyfile"
+    new = commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "# pushed through testnot\n")
+    testnot.set(bootstrap={"ref": new})
+    run_up(testnot)
+    assert t_node.path("/etc/caddy/Caddyfile").read_text().endswith("# pushed through testnot\n")
+    commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "# not yet on testnot\n")  # main moves on
+
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    assert prod.outputs()["hostConfig"]["commit"] == new
+    assert prod.stack.get_config("sando:bootstrap.ref", path=True).value == new
+    assert p_node.path("/etc/caddy/Caddyfile").read_text() == t_node.path("/etc/caddy/Caddyfile").read_text()
+
+
+def test_host_config_follows_the_rollout_batches(make_nodes, make_deploy, node_app):
+    node_app.version("v2")
+    nodes = make_nodes(2)
+    node1, node2 = nodes
+    d = make_deploy(nodes, repo=node_app, rollout={"batchSize": 1})
+    run_up(d)
+    old = node2.path("/etc/caddy/Caddyfile").read_text()
+    node1.unit_dropin("refuse-v2", "[Service]\nExecStartPre=/bin/sh -c "
+                                   "'readlink /opt/makenotwork/current | grep -qvx releases/v2'")
+    commit(node_app, f"{DEPLOY}/Caddyfile", old + "# with v2\n")
+    d.set(version="v2")
+    (error,) = d.errors(d.up_fails())
+    assert error.startswith("node1: v2 failed its health check") and "node2 not switched" in error, error
+    assert node1.path("/etc/caddy/Caddyfile").read_text().endswith("# with v2\n")  # batch 1 got it
+    assert node2.path("/etc/caddy/Caddyfile").read_text() == old  # batch 2 held back, like its switch
+    node1.unit_dropin("refuse-v2", "")
+    run_up(d)
+    assert node2.path("/etc/caddy/Caddyfile").read_text().endswith("# with v2\n")
+
+
+def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, node_app, tmp_path):
+    import subprocess
+
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    new_key = tmp_path / "rotated"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_key)], check=True)
+    with open(node.path("/root/.ssh/authorized_keys"), "a") as fh:
+        fh.write(new_key.with_suffix(".pub").read_text())
+    d.set_secret("sshPrivateKey", new_key.read_text())
+    _, planned = run_preview(d)
+    assert "node1-host" not in planned, planned
+    events = node.unit_events()
+    run_up(d)
+    assert node.unit_events() == events  # nothing reloaded or restarted
+    # the old key removed from authorized_keys (README: key rotation): sando still gets in
+    node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
+    _, changed = run_up(d)
+    assert "node1-host" not in changed
