@@ -30,8 +30,8 @@ from .target import NodeTarget
 ITEMS: dict[str, tuple[str, object, int]] = {
     "caddyfile": ("caddyfile", lambda s: paths.CADDYFILE, 0o644),
     "unit": ("unit", paths.unit, 0o644),
-    "sshdGit": ("sshd_git", lambda s: paths.SSHD_GIT, 0o644),
-    "fail2ban": ("fail2ban", lambda s: paths.FAIL2BAN_JAIL, 0o644),
+    "sshdGit": ("sshd_git", lambda s: paths.for_service(paths.SSHD_GIT, s), 0o644),
+    "fail2ban": ("fail2ban", lambda s: paths.for_service(paths.FAIL2BAN_JAIL, s), 0o644),
     "firewall": ("firewall", lambda s: paths.FIREWALL_SCRIPT, 0o755),
     "backup": ("backup_script", lambda s: paths.BACKUP_SCRIPT, 0o755),
 }
@@ -148,6 +148,8 @@ def host_files(cfg: StackConfig, sources: HostSources) -> dict[str, dict]:
         else:
             dest, mode = ITEMS[item][1](cfg.service), ITEMS[item][2]
         out[item] = {"path": dest, "mode": mode, "source": sources.sources[item], "content": text}
+        if item in paths.LEGACY:
+            out[item]["legacy"] = paths.LEGACY[item]
     return out
 
 

@@ -23,8 +23,11 @@ ERROR_PAGES = "error-pages"
 # Bootstrap destinations of the design doc's node-bootstrap items.
 CADDYFILE = "/etc/caddy/Caddyfile"
 UNIT_DIR = "/etc/systemd/system"
-SSHD_GIT = "/etc/ssh/sshd_config.d/sshd-git.conf"
-FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sshd.conf"
+# the sshd drop-in and the fail2ban jail go where their own headers say (e.g. "# /etc/fail2ban/jail.d/
+# makenotwork-sshd.conf"); earlier sando versions put them at the LEGACY paths (removed when identical)
+SSHD_GIT = "/etc/ssh/sshd_config.d/{service}-git.conf"
+FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/{service}-sshd.conf"
+LEGACY = {"sshdGit": "/etc/ssh/sshd_config.d/sshd-git.conf", "fail2ban": "/etc/fail2ban/jail.d/sshd.conf"}
 FIREWALL_SCRIPT = "/usr/local/sbin/setup-firewall.sh"
 BACKUP_SCRIPT = "/usr/local/sbin/backup-db.sh"
 CRON_DIR = "/etc/cron.d"
@@ -70,7 +73,8 @@ def cron(service: str) -> str:
 
 def host_files(service: str) -> list[str]:
     """Every host file sando may manage on a node (the node probe reads their sums and modes)."""
-    return [CADDYFILE, unit(service), SSHD_GIT, FAIL2BAN_JAIL, FIREWALL_SCRIPT, BACKUP_SCRIPT, cron(service)]
+    return [CADDYFILE, unit(service), for_service(SSHD_GIT, service), for_service(FAIL2BAN_JAIL, service),
+            FIREWALL_SCRIPT, BACKUP_SCRIPT, cron(service), *LEGACY.values()]
 
 
 def for_service(template: str, service: str) -> str:

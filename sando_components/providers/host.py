@@ -40,10 +40,16 @@ def desired(props: dict) -> dict[str, tuple[str, int]]:
 
 
 def drift(props: dict, state) -> list[str]:
-    """Items whose file on the node differs from the committed one (content or mode), or is missing."""
+    """Items whose file on the node differs from the committed one (content or mode), or is missing,
+    or still has an identical copy where an earlier sando version installed it."""
     have = state.host.files if state.host else {}
-    return [item for item, f in (props.get("files") or {}).items()
-            if have.get(f["path"]) != (_sha(f["content"]), int(f["mode"]))]
+    out = []
+    for item, f in (props.get("files") or {}).items():
+        want = (_sha(f["content"]), int(f["mode"]))
+        legacy = have.get(f.get("legacy") or "")
+        if have.get(f["path"]) != want or (legacy and legacy[0] == want[0]):
+            out.append(item)
+    return out
 
 
 def caddy_down(props: dict, state) -> str | None:
@@ -65,7 +71,8 @@ ORDER = ["caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron
 
 def plan(props: dict) -> str:
     files = props.get("files") or {}
-    return "\n".join(f"{item} {int(files[item]['mode']):o} {files[item]['path']} {files[item]['source']}"
+    return "\n".join(f"{item} {int(files[item]['mode']):o} {files[item]['path']} {files[item]['source']} "
+                     f"{files[item].get('legacy') or '-'}"
                      for item in sorted(files, key=lambda i: ORDER.index(i) if i in ORDER else len(ORDER)))
 
 

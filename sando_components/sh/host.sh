@@ -11,7 +11,9 @@
 #
 # Parameters:
 #   MODE            check (stage and check only: the preview) | apply
-#   PLAN            one line per item: ITEM MODE DEST SOURCE (SOURCE: path in the repo, for messages)
+#   PLAN            one line per item: ITEM MODE DEST SOURCE LEGACY (SOURCE: path in the repo, for
+#                   messages; LEGACY: where earlier sando versions installed the file, or -: an
+#                   identical copy there is removed, a different one is left with a warning)
 #   SERVICE         the app's unit name (without .service)
 #   RELEASE_ROOT    the release root (its releases/ dir is made; chowned to OWNER when set)
 #   OWNER           user[:group] to chown the release root to, or empty
@@ -56,10 +58,12 @@ changed() {
   return 1
 }
 
-while read -r item fmode dest src; do
+while read -r item fmode dest src legacy; do
   [ -n "$item" ] || continue
   [ -f "$STAGE/$item" ] || fail "$EX_HOST_INPUT" error "$item was not sent"
-  if same "$item" "$dest" "$fmode"; then
+  if [ "$legacy" != - ] && [ -f "$legacy" ] && cmp -s "$STAGE/$item" "$legacy"; then
+    CHANGED="$CHANGED $item" # an old identical copy to remove
+  elif same "$item" "$dest" "$fmode"; then
     report unchanged "$item"
   else
     CHANGED="$CHANGED $item"
@@ -120,7 +124,7 @@ check_staged() { # ITEM SOURCE: the checks that need no live file
   esac
 }
 
-while read -r item fmode dest src; do
+while read -r item fmode dest src legacy; do
   if [ -n "$item" ] && changed "$item"; then check_staged "$item" "$src"; fi
 done <<EOF
 $PLAN
@@ -139,9 +143,19 @@ mkdir -p "$PREV_DIR"
 chmod 0700 "$PREV_DIR"
 if [ -n "$OWNER" ]; then chown -R "$OWNER" "$RELEASE_ROOT"; fi
 
-# install ITEM MODE DEST: atomically, the previous copy kept as PREV_DIR/ITEM (or none)
+# install ITEM MODE DEST LEGACY: atomically, the previous copy kept as PREV_DIR/ITEM (or none); an
+# identical copy at LEGACY (an earlier sando's path) moved to PREV_DIR/ITEM.legacy
 install_file() {
-  rm -f "$PREV_DIR/$1" "$PREV_DIR/$1.none"
+  rm -f "$PREV_DIR/$1" "$PREV_DIR/$1.none" "$PREV_DIR/$1.legacy" "$PREV_DIR/$1.legacy-path"
+  if [ "$4" != - ] && [ -f "$4" ]; then
+    if cmp -s "$STAGE/$1" "$4"; then
+      mv -f "$4" "$PREV_DIR/$1.legacy"
+      printf '%s\n' "$4" >"$PREV_DIR/$1.legacy-path"
+      report removed-legacy "$1 $4"
+    else
+      report warning "$4 (where earlier sando versions installed $1) differs from the committed file: left in place; remove it by hand if it is an old copy"
+    fi
+  fi
   if [ -f "$3" ]; then cp -p "$3" "$PREV_DIR/$1"; else : >"$PREV_DIR/$1.none"; fi
   (umask 022 && mkdir -p "$(dirname "$3")")
   NEWTMP=$(mktemp "$(dirname "$3")/.sando-new.XXXXXX")
@@ -154,6 +168,7 @@ install_file() {
 
 # put_back ITEM DEST: the previous copy back in place (or the file removed when there was none)
 put_back() {
+  if [ -f "$PREV_DIR/$1.legacy" ]; then mv -f "$PREV_DIR/$1.legacy" "$(cat "$PREV_DIR/$1.legacy-path")"; fi
   if [ -f "$PREV_DIR/$1.none" ]; then
     rm -f "$2"
   else
@@ -263,13 +278,13 @@ check_in_place() { # ITEM DEST SOURCE COMMAND...
 }
 
 UNIT_CHANGED=''
-while read -r item fmode dest src; do
+while read -r item fmode dest src legacy; do
   [ -n "$item" ] || continue
   if ! changed "$item"; then
     if [ "$item" = caddyfile ] && [ "$CADDY" = 1 ]; then ensure_caddy "$item" "$dest" "$src" 0; fi
     continue
   fi
-  install_file "$item" "$fmode" "$dest"
+  install_file "$item" "$fmode" "$dest" "$legacy"
   case $item in
     caddyfile)
       ensure_caddy "$item" "$dest" "$src" 1

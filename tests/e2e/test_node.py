@@ -14,8 +14,8 @@ DEPLOY = "server/deploy"
 INSTALLED = {  # source in the server repo -> (path on the node, mode)
     "Caddyfile": ("/etc/caddy/Caddyfile", 0o644),
     "makenotwork.service": ("/etc/systemd/system/makenotwork.service", 0o644),
-    "sshd-git.conf": ("/etc/ssh/sshd_config.d/sshd-git.conf", 0o644),
-    "fail2ban-sshd.conf": ("/etc/fail2ban/jail.d/sshd.conf", 0o644),
+    "sshd-git.conf": ("/etc/ssh/sshd_config.d/makenotwork-git.conf", 0o644),  # as its header says
+    "fail2ban-sshd.conf": ("/etc/fail2ban/jail.d/makenotwork-sshd.conf", 0o644),
     "setup-firewall.sh": ("/usr/local/sbin/setup-firewall.sh", 0o755),
     "backup-db.sh": ("/usr/local/sbin/backup-db.sh", 0o755),
 }
@@ -219,14 +219,33 @@ def test_a_broken_sshd_drop_in_is_put_back_and_sshd_keeps_serving(make_nodes, ma
     (node,) = make_nodes(1)
     d = make_deploy([node], repo=node_app)
     run_up(d)
-    good = node.path("/etc/ssh/sshd_config.d/sshd-git.conf").read_text()
+    good = node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text()
     commit(node_app, f"{DEPLOY}/sshd-git.conf", good + "NoSuchSshdOption yes\n")
     out = d.up_fails()
-    assert "node1: server/deploy/sshd-git.conf -> /etc/ssh/sshd_config.d/sshd-git.conf" in out, out
+    assert "node1: server/deploy/sshd-git.conf -> /etc/ssh/sshd_config.d/makenotwork-git.conf" in out, out
     assert "fails sshd -t" in out and "NoSuchSshdOption" in out
-    assert node.path("/etc/ssh/sshd_config.d/sshd-git.conf").read_text() == good
+    assert node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text() == good
     commit(node_app, f"{DEPLOY}/sshd-git.conf", good)
     run_up(d)  # sando still gets in: sshd was never restarted or reloaded with the broken file
+
+
+def test_copies_where_earlier_sando_versions_put_the_files_are_cleaned_up(make_nodes, make_deploy, node_app):
+    """Issue 18.6: earlier versions installed the sshd drop-in and the jail under names their headers
+    do not say; an identical copy there is removed, a different file is left with a warning."""
+    (node,) = make_nodes(1)
+    sshd = (node_app.path / DEPLOY / "sshd-git.conf").read_text()
+    node.path("/etc/ssh/sshd_config.d/sshd-git.conf").write_text(sshd)
+    node.path("/etc/fail2ban/jail.d").mkdir(parents=True, exist_ok=True)
+    node.path("/etc/fail2ban/jail.d/sshd.conf").write_text("[sshd]\nenabled = false\n")  # the operator's own
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    assert node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text() == sshd
+    assert not node.path("/etc/ssh/sshd_config.d/sshd-git.conf").exists()
+    assert node.path("/etc/fail2ban/jail.d/sshd.conf").read_text() == "[sshd]\nenabled = false\n"
+    assert "/etc/fail2ban/jail.d/sshd.conf (where earlier sando versions installed fail2ban) differs" \
+        in "\n".join(d.log)
+    _, changed = run_up(d)
+    assert changed == {}
 
 
 def _nodes(node, **change):

@@ -3,6 +3,8 @@ real hosts too)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sando_components import paths
@@ -29,8 +31,11 @@ def test_release_paths_are_the_real_ones():
 
 def test_bootstrap_destinations_are_the_real_ones():
     assert paths.CADDYFILE == "/etc/caddy/Caddyfile"
-    assert paths.SSHD_GIT == "/etc/ssh/sshd_config.d/sshd-git.conf"
-    assert paths.FAIL2BAN_JAIL == "/etc/fail2ban/jail.d/sshd.conf"
+    # where the files' own headers say they go
+    assert paths.for_service(paths.SSHD_GIT, "makenotwork") == "/etc/ssh/sshd_config.d/makenotwork-git.conf"
+    assert paths.for_service(paths.FAIL2BAN_JAIL, "makenotwork") == "/etc/fail2ban/jail.d/makenotwork-sshd.conf"
+    assert paths.LEGACY == {"sshdGit": "/etc/ssh/sshd_config.d/sshd-git.conf",
+                            "fail2ban": "/etc/fail2ban/jail.d/sshd.conf"}
     assert paths.FIREWALL_SCRIPT == "/usr/local/sbin/setup-firewall.sh"
     assert paths.BACKUP_SCRIPT == "/usr/local/sbin/backup-db.sh"
     assert paths.unit("makenotwork") == "/etc/systemd/system/makenotwork.service"
@@ -81,3 +86,11 @@ def test_version_of_target(target, version):
 def test_version_of_target_inverts_link_target():
     for v in ("v1", "2024.05.01", "v1.2.3-rc.1+build"):
         assert NodePaths.version_of_target(NodePaths.link_target(v)) == v
+
+
+def test_host_files_are_installed_where_their_headers_say():
+    """Issue 18.6: the example's sshd drop-in and jail name their installed path in their first line."""
+    deploy = Path(__file__).resolve().parents[2] / "examples" / "makenotwork" / "server" / "deploy"
+    for src, template in (("sshd-git.conf", paths.SSHD_GIT), ("fail2ban-sshd.conf", paths.FAIL2BAN_JAIL)):
+        header = (deploy / src).read_text().splitlines()[0]
+        assert header == "# " + paths.for_service(template, "makenotwork"), src
