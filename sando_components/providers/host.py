@@ -27,7 +27,8 @@ from . import warning as warning_step
 from .base import NodeProvider, NodeResource, conn_of, node_of, node_state, public
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
-        "fail2ban": "fail2ban-client -t", "firewall": "sh -n", "backup": "sh -n"}
+        "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
+        "backup": "sh -n (bash -n by its #! line)"}
 
 
 def _sha(text: str) -> str:
