@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from datetime import datetime, timezone
 import tarfile
 
 import pulumi
@@ -239,6 +240,13 @@ def _actions(props: dict, report: scripts.Report) -> list[str]:
             out.append(f"restarted {unit}: {why}")
         elif key in ("unit-restart", "note", "warning"):
             out.append(value)
+        elif key == "warning-sent":
+            at = datetime.fromtimestamp(int(value), timezone.utc).isoformat(timespec="seconds") \
+                if value.isdigit() else value
+            seconds = int((props.get("warning") or {}).get("seconds") or 0)
+            out.append(f"restart warning sent at {at}, {seconds}s before the restart")
+        elif key == "warning-failed":
+            out.append(f"restart warning failed: {value}")
     return out
 
 

@@ -395,3 +395,23 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
     node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
     _, changed = run_up(d)
     assert "node1-host" not in changed
+
+
+def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_deploy, node_app):
+    import os
+
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=node_app, restartWarningSeconds=1)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)
+    unit = node_app.path / DEPLOY / "makenotwork.service"
+    commit(node_app, f"{DEPLOY}/makenotwork.service", unit.read_text().replace("RestartSec=2", "RestartSec=3"))
+    warned = node.journal("makenotwork").count("restart-warning: received")
+    run_up(d)
+    said = node.journal("makenotwork")
+    assert said.count("restart-warning: received") == warned + 1, d.node_out(node)["hostConfig"]["actions"]
+    assert said.rindex("restart-warning: received") < said.rindex("Stopping makenotwork")
+    assert d.node_out(node)["hostConfig"]["actions"][2].startswith("restart warning sent at ")
+    assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
+    assert token not in "\n".join(d.log)
