@@ -22,18 +22,20 @@ for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
         after_reach = stack.reach(target)  # a node that cannot be reached fails here, once
-        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources), after_reach)
+        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
+                                             after=earlier), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
                                                               commit=source.commit, repo=source.repo), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
-            bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources), batch=number,
+            bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,
             after=earlier), after_reach)
         pointers.append(pointer.pointer)
-        nodes[node.name] = stack.node_outputs(node, number, release, pointer)
+        nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)
     earlier = pointers[-len(batch):]
 verdict(pointers)
 
 pulumi.export("version", cfg.version)
 pulumi.export("commit", source.commit)
+pulumi.export("hostConfig", {"ref": sources.ref, "commit": sources.commit})  # sando promote carries it
 pulumi.export("nodes", nodes)

@@ -338,6 +338,20 @@ class Project:
         """sando:source.repo of the stack (relative to the project dir, as the program reads it)."""
         return repo_path(self.dir, self.config(name, "sando:source"))
 
+    def host_ref(self, name: str) -> str | None:
+        """sando:bootstrap.ref of the stack (host config), or None."""
+        try:
+            return self._stack(name).get_config("sando:bootstrap.ref", path=True).value
+        except self.auto.errors.CommandError:
+            return None
+
+    def pin_host(self, name: str, ref: str | None) -> None:
+        """Set (or with None remove) sando:bootstrap.ref: promote carries the host config commit."""
+        if ref is None:
+            self._stack(name).remove_config("sando:bootstrap.ref", path=True)
+        else:
+            self._stack(name).set_config("sando:bootstrap.ref", self.auto.ConfigValue(ref), path=True)
+
     def pin(self, name: str, version: str | None) -> None:
         if version is None:
             self._stack(name).remove_config("sando:version")
@@ -410,11 +424,16 @@ def _live(outputs: dict) -> str:
     return ", ".join(sorted({str(n.get("liveVersion")) for n in nodes_of(outputs).values()})) or "nothing"
 
 
-def _deploy(project: Project, stack: str, version: str, commit: str, message: str, yes: bool, ctx: Context) -> int:
-    """Pin `version`, preview, confirm, up, then check that `version` at `commit` is live on every
-    node. The pin is put back if the preview fails or the operator says no."""
+def _deploy(project: Project, stack: str, version: str, commit: str, message: str, yes: bool, ctx: Context,
+            host: str | None = None) -> int:
+    """Pin `version` (and with `host` the host config commit, sando:bootstrap.ref), preview, confirm,
+    up, then check that `version` at `commit` is live on every node. The pins are put back if the
+    preview fails or the operator says no."""
     before = project.config(stack, "sando:version")
+    host_before = project.host_ref(stack) if host else None
     project.pin(stack, version)
+    if host:
+        project.pin_host(stack, host)
     try:
         ctx.out.write(f"sando: preview of {stack} with sando:version {version}:\n")
         project.preview(stack, ctx.out, ctx.err)
@@ -422,6 +441,8 @@ def _deploy(project: Project, stack: str, version: str, commit: str, message: st
             raise Refused(f"not deployed; {stack}'s sando:version is back to {before or '(unset)'}")
     except BaseException:
         project.pin(stack, before)
+        if host:
+            project.pin_host(stack, host_before)
         raise
     try:
         outputs = project.up(stack, ctx.out, ctx.err, message)
@@ -429,6 +450,9 @@ def _deploy(project: Project, stack: str, version: str, commit: str, message: st
         raise Refused(f"{exc}\n{stack}'s sando:version stays {version} (was {before or '(unset)'}); "
                       f"see `sando status {stack}`") from None
     problems = deployed_problems(outputs, version, commit)
+    if host and (outputs.get("hostConfig") or {}).get("commit") != host:
+        problems.append(f"host config is at {short(str((outputs.get('hostConfig') or {}).get('commit')))}, "
+                        f"not {short(host)}")
     if problems:
         raise Refused(f"{stack} does NOT run {version} at {short(commit)} after the up: " + "; ".join(problems))
     sent = sum(int((n.get("lastTransfer") or {}).get("bytesSent") or 0) for n in nodes_of(outputs).values())
@@ -458,11 +482,14 @@ def cmd_promote(args, ctx: Context) -> int:
     if problems:
         raise Refused(f"{source} is not promotable: " + "; ".join(problems))
     version, commit = outputs["version"], outputs["commit"]
+    host = (outputs.get("hostConfig") or {}).get("commit")  # the host config commit the source runs
     _same_commit(project, target, version, commit, "the source runs")
     ctx.out.write(f"sando: promote {source} -> {target}: {version} ({short(commit)}); "
                   f"{target} runs {_live(project.outputs(target))} now\n")
     message = f"sando promote {source} -> {target}: {version} ({short(commit)}) by {_who()}"
-    return _deploy(project, target, version, commit, message, args.yes, ctx)
+    if host:
+        ctx.out.write(f"sando: and the host config {source} runs: sando:bootstrap.ref {short(host)}\n")
+    return _deploy(project, target, version, commit, message, args.yes, ctx, host)
 
 
 def cmd_rollback(args, ctx: Context) -> int:

@@ -28,7 +28,15 @@ HOSTKEY_TYPES = {
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
 }
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+# One field of a cron schedule (crontab(5)): a list of `*`, N, N-M or a name (jan, mon), each
+# with an optional /step. Nothing else: the schedule is written into a root cron line.
+_CRON_ITEM = r"(\*|[0-9]{1,2}(-[0-9]{1,2})?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]{1,2})?"
+CRON_FIELD_RE = re.compile(rf"{_CRON_ITEM}(,{_CRON_ITEM})*")
+# A POSIX-portable user or group name (useradd's default NAME_REGEX, at most 32 characters).
+POSIX_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A git ref or commit as an operator writes one (no option-like '-', no '..', no spaces or shell
+# characters); git itself then says whether it names a commit.
+GIT_REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}")
 BOOTSTRAP_ITEMS = ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup")
 
 
@@ -142,11 +150,14 @@ class HealthCheckConfig(_Model):
     timeout_seconds: float = Field(30, alias="timeoutSeconds")
     interval_seconds: float = Field(1, alias="intervalSeconds")
     expect_version: bool = Field(False, alias="expectVersion")
+    # the site through Caddy on the node (as users reach it), checked after a Caddyfile change and
+    # after a unit restart; None: only the app's url is checked
+    caddy_url: str | None = Field(None, alias="caddyUrl")
 
-    @field_validator("url")
+    @field_validator("url", "caddy_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/'\"`$\\]+(/[^\s'\"`$\\]*)?", v):
             raise ValueError("must be an http(s) URL")
         return v
 
@@ -158,7 +169,17 @@ class HealthCheckConfig(_Model):
         return v
 
 
+def _repo_path(v: str) -> str:
+    """A bootstrap source: a plain relative path inside the server repo (read there with git)."""
+    if not v or v.startswith("/") or "\\" in v or any(p in ("", ".", "..") for p in v.split("/")) \
+            or not re.fullmatch(r"[A-Za-z0-9._/+@-]+", v):
+        raise ValueError("must be a relative path inside the server repo (letters, digits, '.', '_', '-', '/'; "
+                         "no '..', no leading '/'), e.g. server/deploy/Caddyfile")
+    return v
+
+
 class BootstrapConfig(_Model):
+    ref: str | None = None  # tag, branch or commit of the server repo the host files come from
     caddyfile: str = "server/deploy/Caddyfile"
     unit: str = "server/deploy/makenotwork.service"
     sshd_git: str = Field("server/deploy/sshd-git.conf", alias="sshdGit")
@@ -170,13 +191,35 @@ class BootstrapConfig(_Model):
     manage: tuple[str, ...] = BOOTSTRAP_ITEMS
     owner: str | None = None  # chown of the release root, e.g. "makenotwork:makenotwork"
 
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and (".." in v or v.endswith(("/", ".lock")) or not GIT_REF_RE.fullmatch(v)):
+            raise ValueError("must be a tag, branch or commit of the server repo, e.g. main, host-7 or a commit id")
+        return v
+
+    @field_validator("caddyfile", "unit", "sshd_git", "fail2ban", "firewall", "backup_script")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _repo_path(v)
+
     @field_validator("backup_schedule")
     @classmethod
     def _schedule(cls, v: str) -> str:
-        fields = v.split()
+        fields = v.strip(" ").split(" ")
+        fields = [f for f in fields if f]
         if len(fields) != 5 or not all(CRON_FIELD_RE.fullmatch(f) for f in fields):
-            raise ValueError("must be a 5-field cron schedule such as '17 3 * * *'")
+            raise ValueError("must be a 5-field cron schedule such as '17 3 * * *' (digits, names, '*', ',', "
+                             "'-', '/' only: it is written into a root cron line)")
         return " ".join(fields)
+
+    @field_validator("backup_user")
+    @classmethod
+    def _backup_user(cls, v: str) -> str:
+        if not POSIX_NAME_RE.fullmatch(v):
+            raise ValueError("must be a user name (lower-case letters, digits, '_', '-'; at most 32): "
+                             "it is written into a cron line")
+        return v
 
     @field_validator("manage")
     @classmethod
@@ -189,8 +232,9 @@ class BootstrapConfig(_Model):
     @field_validator("owner")
     @classmethod
     def _owner(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z_][a-z0-9_.-]*(:[a-z_][a-z0-9_.-]*)?", v):
-            raise ValueError("must be 'user' or 'user:group'")
+        if v is not None and not re.fullmatch(rf"{POSIX_NAME_RE.pattern}(:{POSIX_NAME_RE.pattern})?", v):
+            raise ValueError("must be 'user' or 'user:group' (user and group names: lower-case letters, digits, "
+                             "'_', '-')")
         return v
 
 
@@ -437,6 +481,7 @@ HOW_TO_SET = {  # how an operator sets a key (by its path with indexes as [i])
     "sshPrivateKey": "pulumi config set --secret sando:sshPrivateKey < KEYFILE",
     "nodeKeys": "pulumi config set --secret --path 'sando:nodeKeys.NODE' < KEYFILE",
     "cliServiceToken": "pulumi config set --secret sando:cliServiceToken < TOKENFILE",
+    "bootstrap.ref": "pulumi config set --path 'sando:bootstrap.ref' TAG-OR-COMMIT",
 }
 
 
@@ -560,6 +605,11 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
             loc = _loc(err["loc"])
             if f"sando:{loc}" not in said:  # a placeholder is not also "must be a DNS name"
                 msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
+    bootstrap = data.get("bootstrap", {})
+    if (isinstance(bootstrap, dict) and bootstrap.get("manage", True) and not bootstrap.get("ref")
+            and not any(m.startswith(("sando:bootstrap:", "sando:bootstrap.")) for m in msgs)):
+        msgs.append("sando:bootstrap.ref: is required: the tag, branch or commit of the server repo whose host files "
+                    "(Caddyfile, unit, ...) the nodes get: " + how_to_set("bootstrap.ref") + " (README 'Host config')")
     if len(msgs) == 1:
         raise ConfigError(msgs[0])
     if msgs:

@@ -23,11 +23,15 @@ ERROR_PAGES = "error-pages"
 # Bootstrap destinations of the design doc's node-bootstrap items.
 CADDYFILE = "/etc/caddy/Caddyfile"
 UNIT_DIR = "/etc/systemd/system"
-SSHD_GIT = "/etc/ssh/sshd_config.d/sshd-git.conf"
-FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/sshd.conf"
+# the sshd drop-in and the fail2ban jail go where their own headers say (e.g. "# /etc/fail2ban/jail.d/
+# makenotwork-sshd.conf"); earlier sando versions put them at the LEGACY paths (removed when identical)
+SSHD_GIT = "/etc/ssh/sshd_config.d/{service}-git.conf"
+FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/{service}-sshd.conf"
+LEGACY = {"sshdGit": "/etc/ssh/sshd_config.d/sshd-git.conf", "fail2ban": "/etc/fail2ban/jail.d/sshd.conf"}
 FIREWALL_SCRIPT = "/usr/local/sbin/setup-firewall.sh"
 BACKUP_SCRIPT = "/usr/local/sbin/backup-db.sh"
 CRON_DIR = "/etc/cron.d"
+HOST_PREV_DIR = "/var/lib/sando/host-prev"  # the previous copy of each host file sando replaced
 
 # Where the service keeps its data (defaults; the migration gate reads the unit's env file).
 DEFAULT_DATABASE = "/var/lib/{service}/{service}.db"
@@ -65,6 +69,12 @@ def unit(service: str) -> str:
 
 def cron(service: str) -> str:
     return posixpath.join(CRON_DIR, f"{service}-backup")
+
+
+def host_files(service: str) -> list[str]:
+    """Every host file sando may manage on a node (the node probe reads their sums and modes)."""
+    return [CADDYFILE, unit(service), for_service(SSHD_GIT, service), for_service(FAIL2BAN_JAIL, service),
+            FIREWALL_SCRIPT, BACKUP_SCRIPT, cron(service), *LEGACY.values()]
 
 
 def for_service(template: str, service: str) -> str:

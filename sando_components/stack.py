@@ -82,7 +82,7 @@ def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
     return m.group(1) if m else paths.for_service(paths.DEFAULT_ENV_FILE, cfg.service)
 
 
-def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
+def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None) -> dict:
     """What `pulumi stack output nodes` says about a node after this run."""
     p = pointer.pointer
     return {
@@ -90,6 +90,8 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
+        **({"hostConfig": {"files": bootstrap.host_config.installed, "actions": bootstrap.host_config.actions}}
+           if bootstrap is not None else {}),
     }
 
 

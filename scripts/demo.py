@@ -90,7 +90,8 @@ def make_stack(name: str, env: dict, node, app: AppRepo, **extra) -> auto.Stack:
     stack = auto.create_stack(name, work_dir=str(REPO), opts=opts)
     config = {"nodes": [node.config()], "version": "v1", "source": {"repo": str(app.path)},
               "binNames": ["makenotwork", "mnw-admin"],
-              "healthCheck": {"timeoutSeconds": 15, "intervalSeconds": 0.2, "expectVersion": True}, **extra}
+              "healthCheck": {"timeoutSeconds": 15, "intervalSeconds": 0.2, "expectVersion": True},
+              "bootstrap": {"ref": "main"}, **extra}
     stack.set_all_config({f"sando:{k}": auto.ConfigValue(v if isinstance(v, str) else json.dumps(v))
                           for k, v in config.items()})
     secret("sshPrivateKey", Path(node.privateKeyPath).read_text(), name, env)

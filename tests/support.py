@@ -300,6 +300,7 @@ class Deploy:
             "source": {"repo": str(self.repo.path)},
             "binNames": ["makenotwork", "mnw-admin"],
             "healthCheck": {"timeoutSeconds": 10, "intervalSeconds": 0.2, "expectVersion": True},
+            "bootstrap": {"ref": "main"},  # the AppRepo's branch: host files as committed there
         }
         base.update(overrides)
         self.set(**base)

@@ -14,6 +14,7 @@ from pulumi.dynamic import ResourceProvider
 from . import base
 from .commands import RemoteCommand, RemoteCommandProvider
 from .files import RemoteFile, RemoteFileProvider
+from .host import HostConfig, HostConfigProvider
 from .pointer import Pointer, PointerProvider, Verdict, VerdictProvider
 from .reach import Reach, ReachProvider
 from .release import ReleaseFiles, ReleaseProvider
@@ -27,5 +28,6 @@ class RestartWarningProvider(ResourceProvider):
         pass
 
 
-__all__ = ["Pointer", "PointerProvider", "Reach", "ReachProvider", "ReleaseFiles", "ReleaseProvider", "RemoteCommand", "RemoteCommandProvider",
+__all__ = ["HostConfig", "HostConfigProvider", "Pointer", "PointerProvider", "Reach", "ReachProvider", "ReleaseFiles",
+           "ReleaseProvider", "RemoteCommand", "RemoteCommandProvider",
            "RemoteFile", "RemoteFileProvider", "RestartWarningProvider", "Verdict", "VerdictProvider", "base"]

@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource, ResourceProvider
 
-from .. import commands, paths, ssh
+from .. import commands, paths, scripts, ssh
 from ..transfer import NodeRelease
 
 SECRET_OUTPUTS = ["privateKey", "token"]
@@ -68,6 +68,33 @@ class NodeResource(Resource):
 # --- what a node holds ------------------------------------------------------------------------
 
 
+# host config (issue 18.5): the same read also takes the sums and modes of the managed host files
+# and Caddy's state (sh/host-probe.sh, its JSON report lines beside the probe's own lines), so a
+# plain preview sees a hand edit at no extra round trip
+
+
+@dataclass(frozen=True)
+class HostState:
+    files: dict[str, tuple[str, int]]  # path -> (sha256, mode) of each managed file that exists
+    caddy_active: str = "unknown"  # systemctl is-active caddy
+    caddy_enabled: str = "unknown"  # systemctl is-enabled caddy
+
+
+def host_probe(service: str) -> str:
+    return scripts.command("host-probe", FILES="\n".join(paths.host_files(service)), CADDY=1)
+
+
+def parse_host_state(out: str) -> HostState:
+    report = scripts.Report.parse(out)
+    files = {}
+    for value in report.all("host-file"):
+        digest, mode, path = value.split(" ", 2)
+        files[path] = (digest, int(mode, 8))
+    caddy = (report.one("host-caddy") or "").split() + ["unknown", "unknown"]
+    return HostState(files, caddy[0], caddy[1])
+
+
+
 @dataclass(frozen=True)
 class NodeState:
     live: str | None  # version `current` points at
@@ -77,6 +104,7 @@ class NodeState:
     active: bool  # the service runs
     releases: dict[str, NodeRelease] = field(default_factory=dict)  # sando's, by version
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
+    host: HostState | None = None  # the host files as the node has them (host config, issue 18.5)
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -99,12 +127,13 @@ def releases_of(out: str, tag: str = "") -> tuple[dict[str, NodeRelease], tuple[
 
 def parse_state(out: str) -> NodeState:
     report = dict(commands.parse_report(out))
+    host = parse_host_state(out)
     releases, foreign = releases_of(out)
     free = report.get("free", "").strip()
     return NodeState(live=_version(report.get("current", "")), previous=_version(report.get("previous", "")),
                      free_kib=int(free) if free.isdigit() else 0, zstd=report.get("zstd") == "yes",
                      active=report.get("active", "").strip() in ("active", "reloading", "activating"),
-                     releases=releases, foreign=foreign)
+                     releases=releases, foreign=foreign, host=host)
 
 
 _states: dict[tuple, NodeState] = {}
@@ -124,8 +153,8 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
         lock = _state_locks.setdefault(key, threading.Lock())
     with lock:
         if fresh or key not in _states:
-            _states[key] = parse_state(ssh.run(conn_of(props), commands.probe(props["releaseRoot"],
-                                                                                props["service"])).out)
+            _states[key] = parse_state(ssh.run(conn_of(props), commands.probe(props["releaseRoot"], props["service"])
+                                               + "\n" + host_probe(props["service"])).out)
         return _states[key]
 
 

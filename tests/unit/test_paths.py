@@ -3,6 +3,8 @@ real hosts too)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sando_components import paths
@@ -53,3 +55,11 @@ def test_version_of_target(target, version):
 def test_version_of_target_inverts_link_target():
     for v in ("v1", "2024.05.01", "v1.2.3-rc.1+build"):
         assert NodePaths.version_of_target(NodePaths.link_target(v)) == v
+
+
+def test_host_files_are_installed_where_their_headers_say():
+    """Issue 18.6: the example's sshd drop-in and jail name their installed path in their first line."""
+    deploy = Path(__file__).resolve().parents[2] / "examples" / "makenotwork" / "server" / "deploy"
+    for src, template in (("sshd-git.conf", paths.SSHD_GIT), ("fail2ban-sshd.conf", paths.FAIL2BAN_JAIL)):
+        header = (deploy / src).read_text().splitlines()[0]
+        assert header == "# " + paths.for_service(template, "makenotwork"), src

@@ -27,8 +27,7 @@ MAIN = REPO / "__main__.py"
 DEPLOY = REPO / "examples" / "makenotwork" / "server" / "deploy"
 DYNAMIC = "pulumi-python:dynamic:Resource"
 STACK_URN = "urn:pulumi:t::sando::pulumi:pulumi:Stack::sando-t"
-NODE_CHILDREN = ["layout", "caddyfile", "caddy-reload", "unit", "daemon-reload", "sshdGit", "fail2ban", "firewall",
-                 "backup", "cron"]
+NODE_CHILDREN = ["host"]  # one host-config resource per node (issue 18: fewer resources, one script)
 
 
 # --- the mock engine ------------------------------------------------------------------------------
@@ -150,6 +149,7 @@ def config(server_repo, ed25519_key):
             "sando:source": json.dumps({"repo": str(server_repo["path"])}),
             "sando:binNames": '["makenotwork", "mnw-admin"]',
             "sando:sshPrivateKey": private,
+            "sando:bootstrap": '{"ref": "HEAD"}',  # the repo's newest commit
         }
         raw.update({f"sando:{k}": v for k, v in extra.items()})
         secrets = ["sando:sshPrivateKey"] + (["sando:cliServiceToken"] if "cliServiceToken" in extra else [])
@@ -202,9 +202,10 @@ def test_dynamic_children_are_named_and_parented_by_their_component(config):
 
 
 def test_bootstrap_subset_declares_only_those_children(config):
-    run = run_program(*config(nodes=("n1",), bootstrap='{"manage": ["caddyfile"]}'))
-    assert {n for n in run.names(DYNAMIC)} == {"n1-layout", "n1-caddyfile", "n1-caddy-reload", "n1-release-files",
-                                               "n1-current-switch", "n1-reach", "verdict"}
+    run = run_program(*config(nodes=("n1",), bootstrap='{"ref": "HEAD", "manage": ["caddyfile"]}'))
+    assert {n for n in run.names(DYNAMIC)} == {"n1-host", "n1-release-files", "n1-current-switch", "n1-reach",
+                                               "verdict"}
+    assert list(run.inputs("n1-host")["files"]) == ["caddyfile"]
 
 
 # --- the inputs the program computes -------------------------------------------------------------------
@@ -212,20 +213,34 @@ def test_bootstrap_subset_declares_only_those_children(config):
 
 def test_node_children_inputs(config, server_repo):
     run = run_program(*config())
+    deploy = server_repo["path"] / "server" / "deploy"
     for node in ("n1", "n2"):  # real paths on every node: no root prefix
-        assert run.inputs(f"{node}-unit")["path"] == "/etc/systemd/system/makenotwork.service"
-        assert run.inputs(f"{node}-layout")["create"] == "mkdir -p /opt/makenotwork/releases"
-    caddy = (server_repo["path"] / "server" / "deploy" / "Caddyfile").read_text()
-    assert run.inputs("n1-caddyfile")["content"] == caddy and run.inputs("n1-caddyfile")["mode"] == 0o644
-    assert run.inputs("n1-caddy-reload")["create"] == "systemctl try-reload-or-restart caddy"
-    assert run.inputs("n1-daemon-reload")["create"] == commands.install_unit("makenotwork")
-    assert run.inputs("n1-firewall")["mode"] == 0o755 and run.inputs("n1-sshdGit")["mode"] == 0o644
-    assert run.inputs("n1-cron")["path"] == "/etc/cron.d/makenotwork-backup"
-    assert run.inputs("n1-cron")["content"].endswith("17 3 * * * root /usr/local/sbin/backup-db.sh\n")
-    assert run.inputs("n2-unit")["connection"] == {"host": "127.0.0.3", "port": 2223, "user": "deploy",
+        files = run.inputs(f"{node}-host")["files"]
+        assert set(files) == {"caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron"}
+        assert files["unit"]["path"] == "/etc/systemd/system/makenotwork.service"
+    files = run.inputs("n1-host")["files"]
+    assert files["caddyfile"] == {"path": "/etc/caddy/Caddyfile", "mode": 0o644, "source": "server/deploy/Caddyfile",
+                                  "content": (deploy / "Caddyfile").read_text()}
+    assert files["firewall"]["mode"] == 0o755 and files["sshdGit"]["mode"] == 0o644
+    assert files["cron"]["path"] == "/etc/cron.d/makenotwork-backup"
+    assert files["cron"]["source"] == "sando:bootstrap.backupSchedule"
+    assert files["cron"]["content"].endswith("17 3 * * * root /usr/local/sbin/backup-db.sh\n")
+    host = run.inputs("n1-host")
+    assert (host["ref"], host["commit"]) == ("HEAD", server_repo["commit"])
+    assert host["healthCheck"] == {"url": "http://127.0.0.1:3000/", "timeoutSeconds": 30, "intervalSeconds": 1}
+    assert run.inputs("n2-host")["connection"] == {"host": "127.0.0.3", "port": 2223, "user": "deploy",
                                                    "hostKey": json.loads(config()[0]["sando:nodes"])[1]["hostKey"],
                                                    "insecure": False}
-    assert run.inputs("n1-unit")["node"] == "n1"
+    assert run.inputs("n1-host")["node"] == "n1"
+    assert run.exports["hostConfig"] == {"ref": "HEAD", "commit": server_repo["commit"]}
+
+
+def test_host_files_come_from_the_ref_not_the_working_tree(config, server_repo):
+    caddyfile = server_repo["path"] / "server" / "deploy" / "Caddyfile"
+    committed = caddyfile.read_text()
+    caddyfile.write_text(committed + "# uncommitted\n")
+    run = run_program(*config(nodes=("n1",)))
+    assert run.inputs("n1-host")["files"]["caddyfile"]["content"] == committed
 
 
 def test_release_inputs(config, server_repo):
@@ -287,8 +302,6 @@ def test_pointer_waits_for_its_bootstrap_and_its_release(config):
         assert run.urn(f"{node}-release-files") in set(reg.propertyDependencies["release"].urns)
         other = "n2" if node == "n1" else "n1"
         assert not any(urn_name(d).startswith(other) for d in deps)
-    assert list(run.regs["n1-daemon-reload"].dependencies) == [run.urn("n1-unit")]
-    assert list(run.regs["n1-caddy-reload"].dependencies) == [run.urn("n1-caddyfile")]
 
 
 def test_the_verdict_waits_for_every_pointer(config):
@@ -311,6 +324,10 @@ def test_rollout_batches_chain_the_pointers(config):
     assert set(run.regs["n2-current-switch"].propertyDependencies["after"].urns) == {run.urn("n1-current-switch")}
     assert set(run.regs["n3-current-switch"].propertyDependencies["after"].urns) == {run.urn("n2-current-switch")}
     assert [run.exports["nodes"][n]["batch"] for n in ("n1", "n2", "n3")] == [0, 1, 2]
+    # host config follows the batches too: a node's host config waits for the previous batch's outcome
+    assert not run.regs["n1-host"].propertyDependencies["after"].urns
+    assert set(run.regs["n2-host"].propertyDependencies["after"].urns) == {run.urn("n1-current-switch")}
+    assert set(run.regs["n3-host"].propertyDependencies["after"].urns) == {run.urn("n2-current-switch")}
 
 
 def test_without_rollout_pointers_do_not_wait_for_each_other(config):
@@ -351,8 +368,9 @@ def test_private_key_and_token_only_travel_as_secrets(config, ed25519_key):
         for where, text in _walk_plain(args.inputs):
             assert key_body not in text and token not in text, (args.name, where)
     for node in ("n1", "n2"):
-        t = run.inputs(f"{node}-current-switch")["token"]
-        assert rpc.is_rpc_secret(t) and rpc.unwrap_rpc_secret(t) == token
+        for name in (f"{node}-current-switch", f"{node}-host"):  # the host config warns before a unit restart
+            t = run.inputs(name)["token"]
+            assert rpc.is_rpc_secret(t) and rpc.unwrap_rpc_secret(t) == token
     for reg in run.monitor.registrations:
         if reg.type == DYNAMIC:  # state keeps them encrypted too
             assert {"privateKey", "token"} <= set(reg.additionalSecretOutputs), reg.name
@@ -401,6 +419,7 @@ def test_config_error_exits_32_before_any_resource(config, server_repo, caplog, 
 
 def test_missing_bootstrap_file_exits_before_any_resource(config, server_repo, caplog):
     (server_repo["path"] / "server" / "deploy" / "fail2ban-sshd.conf").unlink()
+    commit_all(server_repo["path"], "no jail")
     with pytest.raises(SystemExit) as exc:
         run_program(*config(nodes=("n1",)))
     assert exc.value.code == 32
@@ -411,6 +430,7 @@ def test_missing_bootstrap_file_exits_before_any_resource(config, server_repo, c
 def test_unit_not_under_release_root_exits_before_any_resource(config, server_repo, caplog):
     unit = server_repo["path"] / "server" / "deploy" / "makenotwork.service"
     unit.write_text(unit.read_text().replace("/opt/makenotwork/current/", "/usr/local/bin/"))
+    commit_all(server_repo["path"], "unit elsewhere")
     with pytest.raises(SystemExit) as exc:
         run_program(*config(nodes=("n1",)))
     assert exc.value.code == 32
@@ -422,7 +442,7 @@ def test_env_file_is_the_units_environment_file(config, server_repo):
     unit = server_repo["path"] / "server" / "deploy" / "makenotwork.service"
     unit.write_text(unit.read_text().replace("EnvironmentFile=-/etc/makenotwork/makenotwork.env",
                                              "EnvironmentFile=/srv/mnw/settings.env"))
-    commit_all(server_repo["path"], "another env file")  # (bootstrap files are read from the working tree)
+    commit_all(server_repo["path"], "another env file")  # host files are read at sando:bootstrap.ref
     run = run_program(*config(nodes=("n1",)))
     assert run.inputs("n1-current-switch")["gate"]["envFile"] == "/srv/mnw/settings.env"
 

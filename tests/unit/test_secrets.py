@@ -57,7 +57,8 @@ def test_a_badly_typed_secret_is_not_quoted_in_the_error(node_raw):
 def node_raw(ed25519_key):
     public, private = ed25519_key
     raw = {"sando:nodes": '[{"name": "node1", "host": "10.0.0.1", "hostKey": "%s"}]' % public,
-           "sando:version": "v1", "sando:source": '{"repo": "/srv/repo"}', "sando:sshPrivateKey": private}
+           "sando:version": "v1", "sando:source": '{"repo": "/srv/repo"}', "sando:sshPrivateKey": private,
+           "sando:bootstrap": '{"ref": "main"}'}
     return raw, private
 
 

@@ -36,8 +36,10 @@ def filled_in(stack: str) -> tuple[dict, set]:
     """The tier file with its placeholders filled in, as an operator does."""
     config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
     nodes = [dict(n, host="192.0.2.10", hostKey=HOST_KEY) for n in config["sando:nodes"]]
+    bootstrap = {**config["sando:bootstrap"], "ref": "host-7"}  # prod: what sando promote sets
     return as_pulumi_passes_it(stack, **{"sando:nodes": json.dumps(nodes),
-                                         "sando:source": json.dumps({**config["sando:source"], "repo": "/srv/mnw"})})
+                                         "sando:source": json.dumps({**config["sando:source"], "repo": "/srv/mnw"}),
+                                         "sando:bootstrap": json.dumps(bootstrap)})
 
 
 def test_prod_warns_users_and_refuses_destructive_migrations():
@@ -73,6 +75,16 @@ def test_every_placeholder_and_missing_setting_is_said_at_once(stack):
         "'sando:nodes[0].hostKey' \"$(ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-)\" "
         "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
     ] + (["sando:cliServiceToken: is required (as a secret) when sando:restartWarningSeconds > 0: "
-          "pulumi config set --secret sando:cliServiceToken < TOKENFILE"] if stack == "prod" else [])
+          "pulumi config set --secret sando:cliServiceToken < TOKENFILE",
+          "sando:bootstrap.ref: still the tier file's placeholder <host-config commit; sando promote sets it>: "
+          "pulumi config set --path 'sando:bootstrap.ref' TAG-OR-COMMIT"] if stack == "prod" else [])
     assert lines[0] == f"{len(expected)} problems in the stack configuration:"
     assert sorted(line.strip() for line in lines[1:]) == sorted(expected)
+
+
+def test_tiers_name_the_host_config_ref_and_check_health_through_caddy():
+    config = {s: yaml.safe_load((REPO / f"Pulumi.{s}.yaml").read_text())["config"] for s in ("testnot", "prod")}
+    assert config["testnot"]["sando:bootstrap"]["ref"] == "main"  # testnot follows the server repo's main
+    assert config["prod"]["sando:bootstrap"]["ref"].startswith("<")  # prod: only what sando promote carries
+    for s in ("testnot", "prod"):
+        assert load(*filled_in(s)).health_check.caddy_url == "http://127.0.0.1/"

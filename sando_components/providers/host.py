@@ -1,0 +1,259 @@
+"""The host config of one node as one resource: every managed host file, checked, installed and
+applied by one node-side script (sh/host.sh) in one round trip.
+
+Diff compares the files the program read at sando:bootstrap.ref with the sums and modes the node
+really has (read with the node's other state: base.node_state, no extra round trip), so a plain
+`pulumi preview` names a file edited by hand and `pulumi up` puts it back; Caddy stopped or
+disabled is a change too (Caddy must run when sando manages its Caddyfile). A changed file is
+checked on the node by its own tool during the diff already (`caddy validate`, `systemd-analyze
+verify`, `sh -n`: the preview fails quoting the tool), and again right before it is installed.
+
+How sando connects (a rotated key, another user) is no change on the node: the diff ignores it
+(this resource's delete touches nothing on the node, so old credentials are never needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timezone
+import tarfile
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
+
+from .. import diagnostics, paths, scripts, ssh
+from ..errors import OperatorError
+from . import warning as warning_step
+from .base import NodeProvider, NodeResource, conn_of, node_of, node_state, public
+
+TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
+        "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
+        "backup": "sh -n (bash -n by its #! line)"}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def desired(props: dict) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, mode)} the node must have."""
+    return {f["path"]: (_sha(f["content"]), int(f["mode"])) for f in (props.get("files") or {}).values()}
+
+
+def drift(props: dict, state) -> list[str]:
+    """Items whose file on the node differs from the committed one (content or mode), or is missing,
+    or still has an identical copy where an earlier sando version installed it."""
+    have = state.host.files if state.host else {}
+    out = []
+    for item, f in (props.get("files") or {}).items():
+        want = (_sha(f["content"]), int(f["mode"]))
+        legacy = have.get(f.get("legacy") or "")
+        if have.get(f["path"]) != want or (legacy and legacy[0] == want[0]):
+            out.append(item)
+    return out
+
+
+def caddy_down(props: dict, state) -> str | None:
+    """Why Caddy needs starting or enabling (when the Caddyfile is managed), else None."""
+    if "caddyfile" not in (props.get("files") or {}) or not state.host:
+        return None
+    h = state.host
+    if h.caddy_active not in ("active", "reloading"):
+        return f"caddy is {h.caddy_active}"
+    if h.caddy_enabled not in ("enabled", "static", "alias", "enabled-runtime"):
+        return f"caddy is {h.caddy_enabled} (it would not start at boot)"
+    return None
+
+
+# the order host.sh applies the items in (Pulumi hands a provider the files dict in key order):
+# Caddy first, so a unit restart's health check can go through it
+ORDER = ["caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron"]
+
+
+def plan(props: dict) -> str:
+    files = props.get("files") or {}
+    return "\n".join(f"{item} {int(files[item]['mode']):o} {files[item]['path']} {files[item]['source']} "
+                     f"{files[item].get('legacy') or '-'}"
+                     for item in sorted(files, key=lambda i: ORDER.index(i) if i in ORDER else len(ORDER)))
+
+
+def payload(props: dict, token: str | None) -> bytes:
+    """stdin of host.sh: the bearer header line (or an empty line), then a tar of the files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for item, f in (props.get("files") or {}).items():
+            data = f["content"].encode()
+            info = tarfile.TarInfo(item)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    head = f"Authorization: Bearer {token}\n" if token else "\n"
+    return head.encode() + buf.getvalue()
+
+
+def script(props: dict, mode: str, restart_unit: bool) -> str:
+    hc, warn = props.get("healthCheck") or {}, props.get("warning") or {}
+    return scripts.command(
+        "host", MODE=mode, PLAN=plan(props), SERVICE=props["service"], RELEASE_ROOT=props["releaseRoot"],
+        OWNER=props.get("owner") or "", CADDY=1 if "caddyfile" in (props.get("files") or {}) else 0,
+        RESTART_UNIT=1 if restart_unit else 0, HEALTH_URL=hc.get("url") or "", CADDY_URL=hc.get("caddyUrl") or "",
+        HEALTH_TIMEOUT=f"{float(hc.get('timeoutSeconds') or 30):g}",
+        HEALTH_INTERVAL=f"{float(hc.get('intervalSeconds') or 1):g}",
+        WARN_URL=warn.get("url") or "", WARN_SECONDS=int(warn.get("seconds") or 0) if props.get("token") else 0,
+        WARN_ABORT=1 if warn.get("onFailure") == "abort" else 0, PREV_DIR=paths.HOST_PREV_DIR)
+
+
+def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
+    """One or two lines: what failed on which node, from which source at which ref, the tool's words."""
+    node, files = node_of(props), props.get("files") or {}
+    at = f"sando:bootstrap.ref {props.get('ref')} ({str(props.get('commit'))[:12]})"
+
+    def src(item: str) -> str:
+        f = files.get(item) or {}
+        return f"{f.get('source', item)} -> {f.get('path', '?')}"
+
+    name = scripts.name_of(rc)
+    if name == "EX_HOST_CHECK":
+        item, _, msg = (report.all("check-failed") or ["? "])[0].partition(" ")
+        return (f"{node}: {src(item)} at {at} fails {TOOL.get(item, 'its check')}: {msg.strip()}; "
+                f"the live file is unchanged. Fix it in the server repo, commit, and point sando:bootstrap.ref at it")
+    if name in ("EX_HOST_RELOAD", "EX_HOST_HEALTH"):
+        failed = report.all("reload-failed")
+        if failed:
+            item, _, msg = failed[0].partition(" ")
+            return f"{node}: {src(item)} at {at} was not taken: {msg.strip()}"
+        why = "; ".join(report.all("restart-failed") + [h for h in report.all("health") if h.startswith("fail")])
+        back = (report.all("unit-reverted") or ["the previous unit is back"])[0]
+        return (f"{node}: {props['service']} failed after its unit changed ({src('unit')} at {at}): {why}; {back}. "
+                "(sando:healthCheck)")
+    if name == "EX_HOST_WARNING":
+        return (f"{node}: the restart warning failed ({'; '.join(report.all('warning-failed'))}) and "
+                "sando:restartWarningOnFailure is abort; the unit change was not applied, nothing restarted")
+    if name == "EX_HOST_INPUT":
+        return f"{node}: the host files did not arrive whole ({'; '.join(report.all('error'))}); nothing changed"
+    return f"{node}: the host config step failed (exit {rc}: {err.strip()[-300:]})"
+
+
+class HostConfigProvider(NodeProvider):
+    def diff(self, _id, olds, news):
+        if not isinstance(news.get("files"), dict):
+            return DiffResult(changes=True, replaces=[])  # unknown in a preview: it will be applied
+        state = node_state(news)
+        node, files = node_of(news), news["files"]
+        items = drift(news, state)
+        changes = bool(items) or olds.get("owner") != news.get("owner")
+        repo_changed = [i for i in items if (olds.get("files") or {}).get(i, {}).get("content")
+                        != files[i]["content"] or (olds.get("files") or {}).get(i, {}).get("mode") != files[i]["mode"]]
+        by_hand = [i for i in items if i not in repo_changed and i in (olds.get("files") or {})]
+        if repo_changed:
+            diagnostics.log("info", f"{node}: " + ", ".join(f"{files[i]['source']} -> {files[i]['path']}"
+                                                              for i in repo_changed)
+                            + f" changed at sando:bootstrap.ref {news.get('ref')} ({str(news.get('commit'))[:12]})")
+        if by_hand:
+            diagnostics.log("warning", f"{node}: " + ", ".join(files[i]["path"] for i in by_hand)
+                            + " changed on the node (not as committed at sando:bootstrap.ref "
+                              f"{news.get('ref')}); `pulumi up` puts the committed "
+                            + ("copy" if len(by_hand) == 1 else "copies") + " back")
+        down = caddy_down(news, state)
+        if down:
+            changes = True
+            diagnostics.log("warning", f"{node}: {down}; `pulumi up` starts and enables it")
+        if items:
+            self._check(news, items)
+        return DiffResult(changes=changes, replaces=[])
+
+    def _check(self, props: dict, items: list[str]) -> None:
+        """The changed files, checked on the node by their own tools (the preview fails here)."""
+        checkable = {"caddyfile", "unit", "firewall", "backup"} & set(items)
+        if not checkable:
+            return
+        sub = {**props, "files": {i: f for i, f in props["files"].items() if i in checkable}}
+        res = ssh.run(conn_of(props), script(sub, "check", False), stdin=payload(sub, None), check=False)
+        report = scripts.Report.parse(res.out, node_of(props))
+        if res.rc != 0:
+            raise OperatorError(failure(props, res.rc, report, res.err))
+
+    def create(self, props):
+        return CreateResult(id_=f"{props['connection']['host']}:host", outs=self._apply(props, {}))
+
+    def update(self, _id, olds, news):
+        return UpdateResult(outs=self._apply(news, olds))
+
+    def delete(self, _id, props):
+        paths_ = ", ".join(f["path"] for f in (props.get("files") or {}).values())
+        if paths_:
+            diagnostics.log("info", f"{node_of(props)}: left {paths_} in place (no longer managed by sando: the "
+                                    "live service needs them)")
+
+    def read(self, id_, props):
+        state = node_state(props, fresh=True)
+        have = state.host.files if state.host else {}
+        return ReadResult(id_=id_, outs={**props, "installed": {
+            item: _installed(have.get(f["path"]), f["path"]) for item, f in (props.get("files") or {}).items()}})
+
+    def _apply(self, props: dict, olds: dict) -> dict:
+        node = node_of(props)
+        if any(o and not o.get("ok") for o in props.get("after") or []):
+            diagnostics.log("warning", f"{node}: host config not applied: an earlier rollout batch failed")
+            return {**public(olds or props), **{k: props.get(k) for k in ("connection", "privateKey")},
+                    "installed": olds.get("installed") or {}, "actions": ["held back: an earlier rollout batch failed"],
+                    "heldBack": True}
+        state = node_state(props)
+        token = props.get("token") if warning_step.step(props.get("warning"), props.get("token")) else None
+        restart_unit = state.live == props.get("version")  # else the switch that follows restarts it
+        res = ssh.run(conn_of(props), script(props, "apply", restart_unit), stdin=payload(props, token),
+                      timeout=900 + 2 * float((props.get("healthCheck") or {}).get("timeoutSeconds") or 30)
+                      + float((props.get("warning") or {}).get("seconds") or 0), check=False)
+        report = scripts.Report.parse(res.out, node)
+        if res.rc != 0:
+            raise OperatorError(failure(props, res.rc, report, res.err))
+        actions = _actions(props, report)
+        for note in report.all("warning"):
+            diagnostics.log("warning", f"{node}: {note}")
+        for a in actions:
+            if a.startswith(("started", "restarted")):
+                diagnostics.log("info", f"{node}: {a}")
+        want = desired(props)
+        return {**public(props), "installed": {item: {"path": f["path"], "sha256": want[f["path"]][0],
+                                                      "mode": int(f["mode"])} for item, f in props["files"].items()},
+                "actions": actions, "heldBack": False}
+
+
+def _installed(have, path: str) -> dict:
+    return {"path": path, "sha256": have[0], "mode": have[1]} if have else {"path": path, "sha256": None, "mode": None}
+
+
+def _actions(props: dict, report: scripts.Report) -> list[str]:
+    """What the step did, in an operator's words, in order."""
+    files, out = props.get("files") or {}, []
+    for key, value in report.entries:
+        if key == "installed":
+            f = files.get(value, {})
+            out.append(f"installed {f.get('path', value)} from {f.get('source', '?')}")
+        elif key in ("reloaded", "daemon-reload", "enabled"):
+            out.append(f"{key} {value}")
+        elif key == "started":
+            unit, _, why = value.partition(" ")
+            out.append(f"started {unit} ({why})")
+        elif key == "restarted":
+            unit, _, why = value.partition(" ")
+            out.append(f"restarted {unit}: {why}")
+        elif key in ("unit-restart", "note", "warning"):
+            out.append(value)
+        elif key == "warning-sent":
+            at = datetime.fromtimestamp(int(value), timezone.utc).isoformat(timespec="seconds") \
+                if value.isdigit() else value
+            seconds = int((props.get("warning") or {}).get("seconds") or 0)
+            out.append(f"restart warning sent at {at}, {seconds}s before the restart")
+        elif key == "warning-failed":
+            out.append(f"restart warning failed: {value}")
+    return out
+
+
+class HostConfig(NodeResource):
+    _provider_class, _output_names = HostConfigProvider, ("installed", "actions", "heldBack")
+    installed: pulumi.Output[dict]  # item -> {path, sha256, mode} as installed
+    actions: pulumi.Output[list]  # what the last apply did (installed, reloaded, started, restarted ...)
+
+    def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(name, props, opts)
