@@ -367,8 +367,8 @@ def test_host_config_follows_the_rollout_batches(make_nodes, make_deploy, node_a
                                    "'readlink /opt/makenotwork/current | grep -qvx releases/v2'")
     commit(node_app, f"{DEPLOY}/Caddyfile", old + "# with v2\n")
     d.set(version="v2")
-    (error,) = d.errors(d.up_fails())
-    assert error.startswith("node1: v2 failed its health check") and "node2 not switched" in error, error
+    errors = d.errors(d.up_fails())
+    assert errors[0].startswith("node1: v2 failed its health check") and "node2 not switched" in " ".join(errors), errors
     assert node1.path("/etc/caddy/Caddyfile").read_text().endswith("# with v2\n")  # batch 1 got it
     assert node2.path("/etc/caddy/Caddyfile").read_text() == old  # batch 2 held back, like its switch
     node1.unit_dropin("refuse-v2", "")
