@@ -52,7 +52,9 @@ class _SshEndpoint(_Model):
 
     @field_validator("host")
     @classmethod
-    def _host(cls, v: str) -> str:
+    def _host(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         try:
             ipaddress.ip_address(v)
         except ValueError:
@@ -97,7 +99,12 @@ class ProxyJumpConfig(_SshEndpoint):
 
 
 class NodeConfig(_SshEndpoint):
+    """A node reached over SSH, or (local: true) the machine sando runs on, reached through a
+    local shell: no host, port, user, hostKey, proxyJump or SSH key (see StackConfig._cross)."""
+
+    host: str | None = None  # required unless local (StackConfig._cross names the key)
     name: str
+    local: bool = False
     app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
     proxy_jump: ProxyJumpConfig | None = Field(None, alias="proxyJump")
 
@@ -359,13 +366,26 @@ class StackConfig(_Model):
         for name in self.node_keys:
             if name not in names:
                 raise _KeyError(f"nodeKeys.{name}", f"names no node of sando:nodes ({', '.join(sorted(names))})")
+        for i, n in enumerate(self.nodes):
+            if n.local:
+                ssh_only = sorted(LOCAL_EXCLUDES[f] for f in n.model_fields_set & set(LOCAL_EXCLUDES))
+                if ssh_only:
+                    raise _KeyError(f"nodes[{i}].{ssh_only[0]}", "a local node (local: true) is the machine sando "
+                                    "runs on, reached without SSH: remove its " + ", ".join(ssh_only))
+                if n.name in self.node_keys:
+                    raise _KeyError(f"nodeKeys.{n.name}", f"{n.name} is a local node (local: true): it needs no "
+                                    "SSH key; remove it")
+            elif n.host is None:
+                raise _KeyError(f"nodes[{i}].host", "is required (or local: true for the machine sando runs on)")
         if self.ssh_private_key is None and not self.ssh_agent:
-            keyless = [n.name for n in self.nodes if n.name not in self.node_keys]
+            keyless = [n.name for n in self.nodes if n.name not in self.node_keys and not n.local]
             if keyless:
                 raise _KeyError("sshPrivateKey", "is required (set it with --secret) unless sando:sshAgent is true "
                                 f"or every node has its own key in sando:nodeKeys (missing: {', '.join(keyless)})")
         if not self.insecure_skip_host_key_check:
             for i, n in enumerate(self.nodes):
+                if n.local:
+                    continue
                 for where, end in ((f"nodes[{i}]", n), (f"nodes[{i}].proxyJump", n.proxy_jump)):
                     if end is not None and not end.host_key:
                         raise _KeyError(
@@ -379,7 +399,9 @@ class StackConfig(_Model):
 
     def private_key(self, node: NodeConfig) -> SecretStr | None:
         """The key sando logs in to `node` with: its own (sando:nodeKeys), else sando:sshPrivateKey;
-        None = the SSH agent."""
+        None = the SSH agent, or no key at all (a local node)."""
+        if node.local:
+            return None
         return self.node_keys.get(node.name) or self.ssh_private_key
 
     def app_url(self, node: NodeConfig) -> str:
@@ -402,6 +424,10 @@ class StackConfig(_Model):
         """The nodes in rollout batches, in config order."""
         size = self.rollout.batch_size or len(self.nodes)
         return [self.nodes[i:i + size] for i in range(0, len(self.nodes), size)]
+
+
+# NodeConfig fields that only an SSH node has, by their config key
+LOCAL_EXCLUDES = {"host": "host", "port": "port", "user": "user", "host_key": "hostKey", "proxy_jump": "proxyJump"}
 
 
 class _KeyError(ValueError):

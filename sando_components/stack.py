@@ -37,7 +37,10 @@ def resolve_source(cfg: StackConfig) -> Source:
 
 def connection(cfg: StackConfig, node) -> dict:
     """How to reach a node: host, port, user, pinned host key, and the bastion it is reached
-    through (proxyJump, same fields), if any."""
+    through (proxyJump, same fields), if any. A local node: `local: true` (a local shell, as
+    whoever runs sando; host and port only name it, for the providers' bookkeeping)."""
+    if node.local:
+        return {"local": True, "host": "localhost", "port": 0}
     def endpoint(e) -> dict:
         return {"host": e.host, "port": e.port, "user": e.user, "hostKey": e.host_key,
                 "insecure": cfg.insecure_skip_host_key_check and not e.host_key}
@@ -74,7 +77,7 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
     """What `pulumi stack output nodes` says about a node after this run."""
     p = pointer.pointer
     return {
-        "host": node.host, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
+        "host": node.host or "localhost", "local": node.local, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
