@@ -4,7 +4,7 @@ import sys
 
 import pulumi
 
-from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget, Release,
+from sando_components import (ConfigError, OperatorError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget, Release,
                               ReleaseArgs, bootstrap_sources, stack, verdict)
 
 try:
@@ -12,7 +12,8 @@ try:
     source = stack.resolve_source(cfg)
     sources = bootstrap_sources(cfg, source.repo)
     migrations = stack.release_migrations(cfg, source)
-except ConfigError as err:  # before any resource exists, so before any remote change
+    stack.check_local_nodes(cfg)  # a local node's sudo
+except (ConfigError, OperatorError) as err:  # before any resource exists, so before any remote change
     pulumi.log.error(str(err))
     sys.exit(32)  # "error already shown" to the language host
 

@@ -85,7 +85,7 @@ class Conn:
     @property
     def label(self) -> str:
         if self.local:
-            where = "local" if self.user == "root" else f"local, {self.user} with sudo"
+            where = "local" if self.user == "root" else f"local, as {self.user}"
             return f"{self.node} ({where})" if self.node else where
         where = f"{self.user}@{self.host}:{self.port}"
         if self.jump is not None:

@@ -51,6 +51,16 @@ def connection(cfg: StackConfig, node) -> dict:
     return conn
 
 
+def check_local_nodes(cfg: StackConfig) -> None:
+    """A local node run by a non-root sando: can it use `sudo -n`? Asked once here, before any
+    resource exists, so that a preview already says it (a create is not diffed: no read would)."""
+    from . import localnode, ssh
+
+    for node in cfg.nodes:
+        if node.local:
+            localnode.check_sudo(ssh.Conn.local_node(node.name))
+
+
 def private_key(cfg: StackConfig, node: NodeConfig) -> pulumi.Output[str] | None:
     """The node's key (sando:nodeKeys, else sando:sshPrivateKey) as a secret; None = SSH agent."""
     key = cfg.private_key(node)
@@ -84,5 +94,5 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
     }
 
 
-__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "env_file", "load_config", "node_outputs", "private_key",
            "release_migrations", "resolve_source", "service_token"]

@@ -1,5 +1,6 @@
 """Pulumi.testnot.yaml and Pulumi.prod.yaml carry each tier's real settings (issue 10), and
-their placeholders must be filled in before a deploy: the config check says which key."""
+their placeholders must be filled in before a deploy: the config check says which key.
+testnot is the operator's own machine, a local node (issue 21); prod is reached over SSH."""
 
 from __future__ import annotations
 
@@ -44,13 +45,27 @@ def test_prod_warns_users_and_refuses_destructive_migrations():
 
 
 def test_testnot_neither_warns_nor_refuses():
-    cfg = load(*with_host_key("testnot"))
+    cfg = load(*as_pulumi_passes_it("testnot"))
     assert cfg.restart_warning_seconds == 0
     assert cfg.migrations.refuse_destructive is False
     assert cfg.bin_names == ("makenotwork", "mnw-admin")
 
 
-@pytest.mark.parametrize("stack", ["testnot", "prod"])
-def test_the_host_key_placeholder_must_be_filled_in(stack):
+def test_testnot_is_a_local_node_with_no_ssh_and_no_secret():
+    config = yaml.safe_load((REPO / "Pulumi.testnot.yaml").read_text())["config"]
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    cfg = load(raw, set())  # no sando:sshPrivateKey: none is needed
+    (node,) = cfg.nodes
+    assert node.local and node.host is None and cfg.private_key(node) is None
+    # the app's own pieces only: no sshd, fail2ban or firewall config on the operator's machine
+    assert cfg.bootstrap.manage == ("caddyfile", "unit", "backup")
+
+
+def test_prod_stays_ssh():
+    (node,) = load(*with_host_key("prod")).nodes
+    assert not node.local and node.host == "makenotwork.com"
+
+
+def test_the_host_key_placeholder_must_be_filled_in():
     with pytest.raises(ConfigError, match=r"^sando:nodes\[0\]\.hostKey: is required"):
-        load(*as_pulumi_passes_it(stack))
+        load(*as_pulumi_passes_it("prod"))
