@@ -366,6 +366,10 @@ class StackConfig(_Model):
         for name in self.node_keys:
             if name not in names:
                 raise _KeyError(f"nodeKeys.{name}", f"names no node of sando:nodes ({', '.join(sorted(names))})")
+        local = [i for i, n in enumerate(self.nodes) if n.local]
+        if len(local) > 1:
+            raise _KeyError(f"nodes[{local[1]}].local", f"only one node can be the machine sando runs on "
+                            f"(nodes[{local[0]}] is local too)")
         for i, n in enumerate(self.nodes):
             if n.local:
                 ssh_only = sorted(LOCAL_EXCLUDES[f] for f in n.model_fields_set & set(LOCAL_EXCLUDES))

@@ -106,6 +106,9 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
         rc = proc.wait()
         for t in readers:
             t.join()
+    except BaseException:  # the stdin source failed (e.g. a build error): end the command, then say why
+        _kill(proc, threading.Event())
+        raise
     finally:
         timer.cancel()
         if proc.stdin and not proc.stdin.closed:

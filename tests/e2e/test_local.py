@@ -187,6 +187,12 @@ def local_node(tmp_path, shared, local_app, sysvenv):
         nodes.stop()
 
 
+def built(cache: Path, repo: AppRepo, version: str) -> dict[str, str]:
+    """{relative path: sha256} of a version's build in the cache."""
+    index = json.loads((cache / "builds" / repo.commit(version) / "artifacts.json").read_text())
+    return {rel: digest for rel, digest, _ in index["files"]}
+
+
 def current(node: Node) -> str:
     return node.exec("readlink", f"{ROOT}/current", check=True).stdout.strip()
 
@@ -205,9 +211,10 @@ def scenarios(s: LocalSando, repo: AppRepo, cache: Path) -> None:
     assert node.exec("systemctl", "is-active", "makenotwork").stdout.strip() == "active"
     out = s.out()
     assert (out["liveVersion"], out["liveCommit"]) == ("v1", repo.commit("v1"))
-    files = len(json.loads((cache / "builds" / repo.commit("v1") / "artifacts.json").read_text())["files"])
+    files = built(cache, repo, "v1")
     t = out["lastTransfer"]
-    assert (t["version"], t["bytesSent"], t["local"], t["linked"], t["patched"], t["full"]) == ("v1", 0, files, 0, 0, 0)
+    assert (t["version"], t["bytesSent"], t["local"], t["linked"], t["patched"], t["full"]) == (
+        "v1", 0, len(files), 0, 0, 0)
     art = f"{s.home}/cache/builds/{repo.commit('v1')}/artifacts/makenotwork"
     assert inode(node, f"{ROOT}/releases/v1/makenotwork") == inode(node, art)  # a hard link: 0 bytes copied
     assert node.exec("stat", "-c", "%U", f"{ROOT}/releases/v1/makenotwork").stdout.strip() == "root"
@@ -217,14 +224,19 @@ def scenarios(s: LocalSando, repo: AppRepo, cache: Path) -> None:
     s.up()
     assert current(node) == "releases/v2" and node.served()["version"] == "v2"
     t = s.out()["lastTransfer"]
-    assert (t["version"], t["bytesSent"], t["patched"], t["full"]) == ("v2", 0, 0, 0) and t["local"] >= 2
+    changed = {rel for rel, digest in built(cache, repo, "v2").items() if files.get(rel) != digest}
+    assert changed and len(changed) < len(files)  # the bump changes some files, not all
+    assert (t["version"], t["bytesSent"], t["local"], t["linked"], t["patched"], t["full"]) == (
+        "v2", 0, len(changed), len(files) - len(changed), 0, 0)
 
     # rollback by pin: a retained release, nothing taken again
     s.set(version="v1")
     s.up()
     assert current(node) == "releases/v1" and node.served()["version"] == "v1"
     out = s.out()
-    assert out["previousVersion"] == "v2" and out["lastTransfer"]["bytesSent"] == 0
+    t = out["lastTransfer"]
+    assert out["previousVersion"] == "v2"
+    assert (t["version"], t["bytesSent"], t["linked"], t["full"]) == ("v1", 0, len(files), 0) and "local" not in t
 
     # a version that exits at start: switched back, the run fails naming the node
     s.set(version="v3")
@@ -263,7 +275,8 @@ def test_local_node_as_root(local_node):
 def test_local_node_with_sudo_and_without(local_node):
     node, repo, cache, project = local_node
     # a user without sudo: the first read fails at preview, in one line; nothing changed on the node
-    before = node.exec("sh", "-c", f"ls -A {ROOT}; ls /etc/systemd/system", check=True).stdout
+    look = f"ls -A {ROOT}; ls /etc/systemd/system; md5sum /etc/caddy/Caddyfile; ls /etc/cron.d"
+    before = node.exec("sh", "-c", look, check=True).stdout
     nosudo = LocalSando(node, "plain", repo, cache, project)
     res = nosudo.preview(check=False)
     assert res.returncode != 0
@@ -274,7 +287,7 @@ def test_local_node_with_sudo_and_without(local_node):
     assert (res.stdout + res.stderr).count("sudo would ask") == 1, res.stdout
     seen = nosudo.up_fails()
     assert errors(seen) == [error]
-    assert node.exec("sh", "-c", f"ls -A {ROOT}; ls /etc/systemd/system", check=True).stdout == before
+    assert node.exec("sh", "-c", look, check=True).stdout == before
     # a user with passwordless sudo: every scenario, each node-side step under sudo -n
     s = LocalSando(node, "op", repo, cache, project, sudo=True)
     scenarios(s, repo, cache)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,12 @@ def test_mixed_stack_needs_a_key_for_its_ssh_nodes_only():
     assert stack.connection(c, c.nodes[1])["host"] == "10.0.0.2"
 
 
+def test_one_local_node_at_most():
+    with pytest.raises(ConfigError) as err:
+        cfg([{"name": "a", "local": True}, {"name": "b", "local": True}])
+    assert str(err.value) == "sando:nodes[1].local: only one node can be the machine sando runs on (nodes[0] is local too)"
+
+
 def test_a_key_for_a_local_node_is_refused():
     with pytest.raises(ConfigError) as err:
         cfg([{"name": "testnot", "local": True}], nodeKeys={"testnot": KEY})
@@ -122,7 +129,6 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(conn, tmp_path)
     with pytest.raises(ssh.RemoteError) as err:
         ssh.run(conn, f"(sleep 3; touch {marker}) & sleep 30", timeout=0.5)
     assert str(err.value) == f"{conn.label}: a command did not finish within 0.5s and was stopped"
-    import time
     time.sleep(3.5)
     assert not marker.exists()  # the whole process group was ended
 
@@ -239,3 +245,16 @@ def test_an_artifact_that_no_longer_matches_its_sha256_is_refused(node, conn, tm
     _, res = receive_local(node, conn, art, "v1")
     assert res.rc == 65 and "@sums-failed" in res.out
     assert node.versions() == []  # nothing kept, no staging dir left
+
+
+def test_a_failing_stdin_source_ends_the_command(conn, tmp_path):
+    marker = tmp_path / "finished"
+
+    def chunks():
+        yield b"x" * 10
+        raise RuntimeError("zstd failed while packing the release")
+
+    with pytest.raises(RuntimeError, match="zstd failed"):
+        ssh.run(conn, f"cat >/dev/null; sleep 2; touch {marker}", stdin=chunks)
+    time.sleep(2.5)
+    assert not marker.exists()
