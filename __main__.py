@@ -4,8 +4,8 @@ import sys
 
 import pulumi
 
-from sando_components import (ConfigError, OperatorError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget, Release,
-                              ReleaseArgs, bootstrap_sources, stack, verdict)
+from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget,
+                              OperatorError, Release, ReleaseArgs, bootstrap_sources, stack, verdict)
 
 try:
     cfg = stack.load_config()
