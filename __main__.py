@@ -4,15 +4,16 @@ import sys
 
 import pulumi
 
-from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget, Release,
-                              ReleaseArgs, bootstrap_sources, stack, verdict)
+from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget,
+                              OperatorError, Release, ReleaseArgs, bootstrap_sources, stack, verdict)
 
 try:
     cfg = stack.load_config()
     source = stack.resolve_source(cfg)
     sources = bootstrap_sources(cfg, source.repo)
     migrations = stack.release_migrations(cfg, source)
-except ConfigError as err:  # before any resource exists, so before any remote change
+    stack.check_local_nodes(cfg)  # a local node's sudo
+except (ConfigError, OperatorError) as err:  # before any resource exists, so before any remote change
     pulumi.log.error(str(err))
     sys.exit(32)  # "error already shown" to the language host
 

@@ -7,7 +7,7 @@ Names are imported on first use, so a provider process (which needs only
 from importlib import import_module
 
 _WHERE = {
-    "ConfigError": "errors", "StackConfig": "config", "CurrentPointer": "current_pointer",
+    "ConfigError": "errors", "OperatorError": "errors", "StackConfig": "config", "CurrentPointer": "current_pointer",
     "CurrentPointerArgs": "current_pointer", "verdict": "current_pointer", "Node": "node", "NodeArgs": "node",
     "bootstrap_sources": "node", "Release": "release", "ReleaseArgs": "release", "NodeTarget": "target",
     "stack": None,

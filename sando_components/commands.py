@@ -135,17 +135,33 @@ def unpatch(base: str, rel: str, patch: str, mode: int) -> str:
                 shlex.join(["chmod", format(mode, "04o"), rel]))
 
 
+def link_local(source: str, rel: str, mode: int) -> str:
+    """A local node: take a file from the local build's artifacts (`source`, absolute) by hard link,
+    or a copy when they are on another file system; owned by root like an unpacked upload (the
+    inode is shared with the build cache: the operator can no longer write the live binary)."""
+    return _and(mkdir_p(posixpath.dirname(rel) or "."),
+                "{ " + shlex.join(["ln", "--", source, rel]) + " 2>/dev/null || "
+                + shlex.join(["cp", "--", source, rel]) + "; }",
+                shlex.join(["chown", "0:0", rel]), shlex.join(["chmod", format(mode, "04o"), rel]))
+
+
+def write_text(rel: str, text: str) -> str:
+    """Write a small text file (a manifest, the sums) from the script itself: no stdin."""
+    return _and(mkdir_p(posixpath.dirname(rel) or "."), f"printf '%s' {q(text)} > {q(rel)}")
+
+
 def receive_release(release_root: str, version: str, token: str, need_kib: int, steps: Iterable[str],
-                    compression: str) -> str:
+                    compression: str | None) -> str:
     """Receive a release streamed on stdin (a tar, compressed with `compression`: zstd or gzip) into
     a staging dir, apply the per-file `steps` (links, patches), verify every file against
     SHA256SUMS, then rename it to releases/<version>. Leftover staging dirs are removed first;
     this upload's staging dir is removed on any failure. Exit 75 with `@free <KiB>` when the
     free space under releases/ is less than need_kib; 17 when releases/<version> exists; 65
-    (`@sums-failed`) when a rebuilt file does not match its sha256."""
+    (`@sums-failed`) when a rebuilt file does not match its sha256. compression None: nothing is
+    streamed (a local node: the steps take every file from the local build, see transfer.plan_local)."""
     staging = posixpath.join(paths.RELEASES, f"{paths.STAGING_PREFIX}{version}-{token}")
     final = paths.NodePaths.link_target(version)
-    decompress = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}[compression]
+    decompress = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c", None: None}[compression]
     return _lines(
         "set -e",
         f"cd {q(release_root)}",
@@ -159,7 +175,7 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
         "trap 'rm -rf \"$S\"' EXIT",
         "trap 'rm -rf \"$S\"; exit 1' HUP INT TERM PIPE",
         'mkdir "$S"',
-        f'{decompress} | tar -x -C "$S" -f -',
+        decompress and f'{decompress} | tar -x -C "$S" -f -',
         'cd "$S"',
         *steps,
         f"rm -rf {q(paths.MANIFEST_DIR + '/in')}",

@@ -60,7 +60,9 @@ class _SshEndpoint(_Model):
 
     @field_validator("host")
     @classmethod
-    def _host(cls, v: str) -> str:
+    def _host(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         try:
             ipaddress.ip_address(v)
         except ValueError:
@@ -105,7 +107,12 @@ class ProxyJumpConfig(_SshEndpoint):
 
 
 class NodeConfig(_SshEndpoint):
+    """A node reached over SSH, or (local: true) the machine sando runs on, reached through a
+    local shell: no host, port, user, hostKey, proxyJump or SSH key (see config._unset)."""
+
+    host: str | None = None  # required unless local (config._unset names the key)
     name: str
+    local: bool = False
     app_url: str | None = Field(None, alias="appUrl")  # base URL of the app as seen on the node
     proxy_jump: ProxyJumpConfig | None = Field(None, alias="proxyJump")
 
@@ -399,7 +406,9 @@ class StackConfig(_Model):
 
     def private_key(self, node: NodeConfig) -> SecretStr | None:
         """The key sando logs in to `node` with: its own (sando:nodeKeys), else sando:sshPrivateKey;
-        None = the SSH agent."""
+        None = the SSH agent, or no key at all (a local node)."""
+        if node.local:
+            return None
         return self.node_keys.get(node.name) or self.ssh_private_key
 
     def app_url(self, node: NodeConfig) -> str:
@@ -422,6 +431,10 @@ class StackConfig(_Model):
         """The nodes in rollout batches, in config order."""
         size = self.rollout.batch_size or len(self.nodes)
         return [self.nodes[i:i + size] for i in range(0, len(self.nodes), size)]
+
+
+# NodeConfig fields that only an SSH node has, by their config key
+LOCAL_EXCLUDES = ("host", "port", "user", "hostKey", "proxyJump")
 
 
 SECRET_KEYS = {"sshPrivateKey", "cliServiceToken", "nodeKeys"}
@@ -512,10 +525,29 @@ def _unset(data: dict[str, Any], env: dict[str, str] | None) -> list[tuple[str, 
     node_keys = data.get("nodeKeys") if isinstance(data.get("nodeKeys"), dict) else {}
     nodes = data.get("nodes")
     names = [n.get("name") for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
-    keyless = [n for n in names if n not in node_keys]
+    local = {i for i, n in enumerate(nodes) if isinstance(n, dict) and _truthy(n.get("local"))} \
+        if isinstance(nodes, list) else set()
+    for i in sorted(local)[1:]:
+        out.append((f"nodes[{i}].local", f"only one node can be the machine sando runs on "
+                                         f"(nodes[{min(local)}] is local too)"))
+    for i in sorted(local):
+        ssh_only = [k for k in LOCAL_EXCLUDES if k in nodes[i]]
+        if ssh_only:
+            out.append((f"nodes[{i}].{ssh_only[0]}", "a local node (local: true) is the machine sando runs on, "
+                        "reached without SSH: remove its " + ", ".join(ssh_only)))
+        if nodes[i].get("name") in node_keys:
+            out.append((f"nodeKeys.{nodes[i]['name']}", f"{nodes[i]['name']} is a local node (local: true): it "
+                        "needs no SSH key; remove it"))
+    for i, n in enumerate(nodes if isinstance(nodes, list) else []):
+        if isinstance(n, dict) and i not in local and not n.get("host"):
+            out.append((f"nodes[{i}].host", "is required (or local: true for the machine sando runs on): "
+                        + how_to_set(f"nodes[{i}].host")))
+    remote = [n.get("name") for i, n in enumerate(nodes) if isinstance(n, dict) and i not in local] \
+        if isinstance(nodes, list) else []
+    keyless = [n for n in remote if n not in node_keys]
     if data.get("sshPrivateKey") is None and not agent and (keyless or not names):
         also = (f", or every node's own key in sando:nodeKeys; without one: {', '.join(map(str, keyless))}"
-                if node_keys else "")
+                if node_keys or local else "")
         out.append(("sshPrivateKey", f"is required (or sando:sshAgent: true{also}): " + how_to_set("sshPrivateKey")))
     elif isinstance(data.get("sshPrivateKey"), str):
         unreadable = private_key_problem(data["sshPrivateKey"])
@@ -533,6 +565,8 @@ def _unset(data: dict[str, Any], env: dict[str, str] | None) -> list[tuple[str, 
                                 "(eval \"$(ssh-agent)\" && ssh-add KEYFILE) or set sando:sshPrivateKey"))
     if isinstance(nodes, list) and not _truthy(data.get("insecureSkipHostKeyCheck")):
         for i, n in enumerate(nodes):
+            if i in local:
+                continue
             jump = n.get("proxyJump") if isinstance(n, dict) else None
             for where, end in ((f"nodes[{i}]", n), (f"nodes[{i}].proxyJump", jump)):
                 if isinstance(end, dict) and not end.get("hostKey"):

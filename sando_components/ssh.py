@@ -6,6 +6,10 @@ handshake once per node. Everything sando does on a node is one `exec` channel
 (a command, its stdin streamed in, its output read back): no SFTP, so each step
 costs one round trip. The private key stays in memory: it is never written to
 disk or passed on a command line.
+
+A local node (`sando:nodes[i].local: true`: the machine sando runs on) takes the same
+commands through a local `/bin/sh -c` instead of an SSH exec (localnode.py): as root
+directly, otherwise under `sudo -n`; same stdin streaming, same Result, same messages.
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ class Conn:
     node: str | None = None  # the node's name in sando:nodes, for messages
     jump: "Conn | None" = None  # the bastion the node is reached through (sando:nodes[].proxyJump)
     pinned_in: str = "sando:nodes[].hostKey"  # the config key of host_key, for messages
+    local: bool = False  # the machine sando runs on: a local shell, no SSH (user = who runs sando)
 
     @classmethod
     def from_props(cls, connection: dict, private_key: str | None, node: str | None = None) -> "Conn":
+        if connection.get("local"):
+            return cls.local_node(node)
         jump = connection.get("proxyJump")
         return cls(
             host=connection["host"],
@@ -67,8 +74,19 @@ class Conn:
                           pinned_in="sando:nodes[].proxyJump.hostKey") if jump else None),
         )
 
+    @classmethod
+    def local_node(cls, node: str | None) -> "Conn":
+        """The machine sando runs on, as the user running it (root, or a user with sudo)."""
+        import pwd
+
+        return cls(host="localhost", port=0, user=pwd.getpwuid(os.geteuid()).pw_name, host_key=None, insecure=False,
+                   private_key=None, node=node, local=True)
+
     @property
     def label(self) -> str:
+        if self.local:
+            where = "local" if self.user == "root" else f"local, as {self.user}"
+            return f"{self.node} ({where})" if self.node else where
         where = f"{self.user}@{self.host}:{self.port}"
         if self.jump is not None:
             where += f" via {self.jump.user}@{self.jump.host}:{self.jump.port}"
@@ -298,7 +316,12 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     `stdin` is bytes, or a callable returning an iterable of chunks (streamed, so a release
     never sits in memory whole; a callable can be replayed when `retry` is set). Only
     idempotent work may set `retry`: it is then run once more on a fresh connection after a
-    transport failure. Otherwise a connection lost mid-command is an error."""
+    transport failure. Otherwise a connection lost mid-command is an error.
+    A local node runs it in a local shell (localnode.run), same Result, same messages."""
+    if conn.local:
+        from . import localnode
+
+        return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check)
     import paramiko
 
     sent = 0

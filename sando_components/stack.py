@@ -37,7 +37,10 @@ def resolve_source(cfg: StackConfig) -> Source:
 
 def connection(cfg: StackConfig, node) -> dict:
     """How to reach a node: host, port, user, pinned host key, and the bastion it is reached
-    through (proxyJump, same fields), if any."""
+    through (proxyJump, same fields), if any. A local node: `local: true` (a local shell, as
+    whoever runs sando; host and port only name it, for the providers' bookkeeping)."""
+    if node.local:
+        return {"local": True, "host": "localhost", "port": 0}
     def endpoint(e) -> dict:
         return {"host": e.host, "port": e.port, "user": e.user, "hostKey": e.host_key,
                 "insecure": cfg.insecure_skip_host_key_check and not e.host_key}
@@ -58,6 +61,16 @@ def reach(target) -> pulumi.ResourceOptions:
                                       "privateKey": target.private_key, "releaseRoot": cfg.release_root,
                                       "service": cfg.service})
     return pulumi.ResourceOptions(depends_on=[r])
+
+
+def check_local_nodes(cfg: StackConfig) -> None:
+    """A local node run by a non-root sando: can it use `sudo -n`? Asked once here, before any
+    resource exists, so that a preview already says it (a create is not diffed: no read would)."""
+    from . import localnode, ssh
+
+    for node in cfg.nodes:
+        if node.local:
+            localnode.check_sudo(ssh.Conn.local_node(node.name))
 
 
 def private_key(cfg: StackConfig, node: NodeConfig) -> pulumi.Output[str] | None:
@@ -86,7 +99,7 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
     """What `pulumi stack output nodes` says about a node after this run."""
     p = pointer.pointer
     return {
-        "host": node.host, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
+        "host": node.host or "localhost", "local": node.local, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
@@ -95,5 +108,6 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
     }
 
 
-__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key", "reach",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "env_file", "load_config", "node_outputs",
+           "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

@@ -13,5 +13,5 @@ from .config import NodeConfig, StackConfig
 class NodeTarget:
     cfg: StackConfig
     node: NodeConfig
-    connection: dict  # host, port, user, hostKey, insecure (see stack.connection)
+    connection: dict  # host, port, user, hostKey, insecure; or local (see stack.connection)
     private_key: pulumi.Input[str] | None  # secret; None = SSH agent

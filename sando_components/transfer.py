@@ -94,6 +94,28 @@ def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bo
     return p
 
 
+def plan_local(art: build.Artifacts, manifest: dict, held: list[NodeRelease]) -> Plan:
+    """A local node (the machine that built `art`): nothing travels. A file a held release has is
+    linked from it, as for any node; every other one is hard-linked (copied across file systems)
+    from the build's artifacts dir; the manifest and sums are written by the script itself. The
+    receive step checks every sha256 as for an upload."""
+    p = Plan()
+    p.counts["local"] = 0
+    root = os.path.abspath(art.root)
+    for rel, digest, mode in art.files:
+        same = next((r for r in held if r.files.get(rel) == digest), None)
+        if same is not None:
+            p.steps.append(commands.link_from(same.version, rel))
+            p.counts["linked"] += 1
+            continue
+        p.steps.append(commands.link_local(os.path.join(root, rel), rel, mode))
+        p.counts["local"] += 1
+        p.need_bytes += art.size(rel)  # nothing when linked; a copy (another file system) needs it
+    p.steps.append(commands.write_text(paths.SUMS, art.sums()))
+    p.steps.append(commands.write_text(paths.MANIFEST, json.dumps(manifest, separators=(",", ":"))))
+    return p
+
+
 _patch_lock = threading.Lock()
 _patch_locks: dict[str, threading.Lock] = {}
 

@@ -32,9 +32,11 @@ TOXIPROXY_VERSION=v2.5.0
 # nsenter, setpriv are essential packages) and what deploys use on a node (zstd; rsync for make bench's baseline); patch applies engine/python/language-host.patch.
 # postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
 # postgres:// state backend (README "Several operators"); Debian's own `main`
-# cluster on port 5432 is left alone.
+# cluster on port 5432 is left alone. sudo: a local node run by a non-root operator (tests/e2e/test_local.py);
+# python3-venv: the system-python venv below.
 apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps
-  systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client shellcheck socat)
+  systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client shellcheck socat
+  sudo python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -113,6 +115,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$tools/stamps/venv" 2>/dev/null)" != "
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" >"$tools/stamps/venv"
+fi
+# .tools/sysvenv: the same packages for the system's /usr/bin/python3. A test node hides /root
+# (where a pyenv or ~/.local Python lives), so sando run inside a node (tests/e2e/test_local.py:
+# a local node) uses this one, handed over with SANDO_VENV; it is made here, where PyPI is reachable.
+want=$(RECIPE=sysvenv stamp_of requirements.txt)
+if [ -x /usr/bin/python3 ] && { [ ! -x "$tools/sysvenv/bin/python" ] || [ "$(cat "$tools/stamps/sysvenv" 2>/dev/null)" != "$want" ]; }; then
+  say "creating .tools/sysvenv (/usr/bin/python3) from requirements.txt"
+  rm -rf "$tools/sysvenv"
+  /usr/bin/python3 -m venv "$tools/sysvenv"
+  "$tools/sysvenv/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" >"$tools/stamps/sysvenv"
 fi
 
 # --- 4. the `sando` operator command (sando_components/cli.py) as .venv/bin/sando --------

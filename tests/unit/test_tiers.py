@@ -1,5 +1,6 @@
 """Pulumi.testnot.yaml and Pulumi.prod.yaml carry each tier's real settings (issue 10), and
-their placeholders must be filled in before a deploy: the config check says which key."""
+their placeholders must be filled in before a deploy: the config check says which key.
+testnot is the operator's own machine, a local node (issue 21); prod is reached over SSH."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def as_pulumi_passes_it(stack: str, secrets: bool = True, **extra) -> tuple[dict
 def filled_in(stack: str) -> tuple[dict, set]:
     """The tier file with its placeholders filled in, as an operator does."""
     config = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
-    nodes = [dict(n, host="192.0.2.10", hostKey=HOST_KEY) for n in config["sando:nodes"]]
+    nodes = [n if n.get("local") else dict(n, host="192.0.2.10", hostKey=HOST_KEY) for n in config["sando:nodes"]]
     bootstrap = {**config["sando:bootstrap"], "ref": "host-7"}  # prod: what sando promote sets
     return as_pulumi_passes_it(stack, **{"sando:nodes": json.dumps(nodes),
                                          "sando:source": json.dumps({**config["sando:source"], "repo": "/srv/mnw"}),
@@ -67,6 +68,7 @@ def test_every_placeholder_and_missing_setting_is_said_at_once(stack):
     expected = [
         f"sando:source.repo: still the tier file's placeholder <path of the makenotwork server checkout>: "
         "pulumi config set --path 'sando:source.repo' PATH-OF-THE-SERVER-CHECKOUT",
+    ] + ([
         f"sando:nodes[0].host: still the tier file's placeholder <{stack} host address>: "
         "pulumi config set --path 'sando:nodes[0].host' ADDRESS",
         "sando:sshPrivateKey: is required (or sando:sshAgent: true): "
@@ -74,12 +76,15 @@ def test_every_placeholder_and_missing_setting_is_said_at_once(stack):
         "sando:nodes[0].hostKey: is required: every connection pins the host key: pulumi config set --path "
         "'sando:nodes[0].hostKey' \"$(ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-)\" "
         "(sando:insecureSkipHostKeyCheck=true is for throwaway local nodes only)",
-    ] + (["sando:cliServiceToken: is required (as a secret) when sando:restartWarningSeconds > 0: "
+        "sando:cliServiceToken: is required (as a secret) when sando:restartWarningSeconds > 0: "
           "pulumi config set --secret sando:cliServiceToken < TOKENFILE",
           "sando:bootstrap.ref: still the tier file's placeholder <host-config commit; sando promote sets it>: "
           "pulumi config set --path 'sando:bootstrap.ref' TAG-OR-COMMIT"] if stack == "prod" else [])
-    assert lines[0] == f"{len(expected)} problems in the stack configuration:"
-    assert sorted(line.strip() for line in lines[1:]) == sorted(expected)
+    if len(expected) == 1:  # testnot (a local node): only the checkout's path is left to say
+        assert lines == expected
+    else:
+        assert lines[0] == f"{len(expected)} problems in the stack configuration:"
+        assert sorted(line.strip() for line in lines[1:]) == sorted(expected)
 
 
 def test_tiers_name_the_host_config_ref_and_check_health_through_caddy():
@@ -88,3 +93,19 @@ def test_tiers_name_the_host_config_ref_and_check_health_through_caddy():
     assert config["prod"]["sando:bootstrap"]["ref"].startswith("<")  # prod: only what sando promote carries
     for s in ("testnot", "prod"):
         assert load(*filled_in(s)).health_check.caddy_url == "http://127.0.0.1/"
+
+
+def test_testnot_is_a_local_node_with_no_ssh_and_no_secret():
+    config = yaml.safe_load((REPO / "Pulumi.testnot.yaml").read_text())["config"]
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    raw["sando:source"] = json.dumps({"repo": "/srv/mnw"})
+    cfg = load(raw, set())  # no sando:sshPrivateKey: none is needed
+    (node,) = cfg.nodes
+    assert node.local and node.host is None and cfg.private_key(node) is None
+    # the app's own pieces only: no sshd, fail2ban or firewall config on the operator's machine
+    assert cfg.bootstrap.manage == ("caddyfile", "unit", "backup")
+
+
+def test_prod_stays_ssh():
+    (node,) = load(*filled_in("prod")).nodes
+    assert not node.local and node.host == "192.0.2.10"

@@ -1,0 +1,146 @@
+"""The transport of a local node (`sando:nodes[i].local: true`): the machine sando runs on.
+
+Every node-side step is the same shell text an SSH node gets, run here by `/bin/sh -c`: as
+root directly, otherwise under `sudo -n` (never a password prompt: sando runs unattended).
+Stdin is streamed as over SSH, and the Result and the messages naming the node are the same.
+The command runs in a clean environment (the login-like one sshd gives, not the provider's,
+which holds Pulumi's variables), from `/`, in its own process group, so a timeout ends all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+from .ssh import CHUNK, COMMAND_TIMEOUT, Conn, RemoteError, Result, Stdin
+
+SH = "/bin/sh"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SUDO = ("sudo", "-n", "--")
+
+_checked: set[str] = set()  # users whose `sudo -n` was seen to work in this process
+_check_lock = threading.Lock()
+_runs = 0  # commands run (stats, as ssh.stats counts exec channels)
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def argv(command: str) -> list[str]:
+    """How a node-side command runs here: `/bin/sh -c`, under `sudo -n` unless sando is root."""
+    return [SH, "-c", command] if as_root() else [*SUDO, SH, "-c", command]
+
+
+def _env() -> dict[str, str]:
+    """What sshd would give a root login: no variable of the provider's (PULUMI_*, secrets)."""
+    return {"PATH": PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8", "SHELL": SH}
+
+
+def sudo_refusal(conn: Conn) -> str:
+    """The one line said when `sudo -n` would ask for a password (or refuses)."""
+    return (f"{conn.label}: sudo would ask {conn.user} for a password, and sando never types one: run `sudo -v` "
+            f"in this terminal first, or add the sudoers rule `{conn.user} ALL=(root) NOPASSWD: {SH}` "
+            "(visudo -f /etc/sudoers.d/sando), or run sando as root")
+
+
+def check_sudo(conn: Conn) -> None:
+    """Before the first command of a non-root sando: can it run the node-side shell without a
+    password? Once per user and process (the first read of a node, in a preview too)."""
+    if as_root():
+        return
+    with _check_lock:
+        if conn.user in _checked:
+            return
+        try:
+            res = subprocess.run([*SUDO, SH, "-c", "true"], env=_env(), cwd="/", stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            raise RemoteError(f"{conn.label}: sando runs as {conn.user}, not root, and sudo is not installed: "
+                              "install sudo (apt-get install sudo) or run sando as root") from None
+        except subprocess.TimeoutExpired:
+            raise RemoteError(sudo_refusal(conn)) from None
+        if res.returncode != 0:
+            raise RemoteError(sudo_refusal(conn))
+        _checked.add(conn.user)
+
+
+def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
+        check: bool = True) -> Result:
+    """ssh.run for a local node: the same command, stdin and Result, through a local shell."""
+    global _runs
+    check_sudo(conn)
+    try:
+        proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
+                                process_group=0)  # own group (for a timeout), same session (sudo's tty ticket)
+    except OSError as exc:
+        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
+    _runs += 1
+    sent = 0
+    outs: dict[str, bytes] = {}
+
+    def drain(name: str, pipe) -> None:
+        outs[name] = pipe.read()
+
+    readers = [threading.Thread(target=drain, args=(n, p), daemon=True)
+               for n, p in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    expired = threading.Event()
+    timer = threading.Timer(timeout, _kill, args=(proc, expired))
+    timer.start()
+    try:
+        if stdin is not None:  # the command reads stdin until EOF (or exits early: stop sending)
+            chunks = [stdin] if isinstance(stdin, bytes) else stdin()
+            try:
+                for chunk in chunks:
+                    for i in range(0, len(chunk), CHUNK):
+                        proc.stdin.write(chunk[i:i + CHUNK])
+                        sent += len(chunk[i:i + CHUNK])
+                proc.stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass  # the command exited before reading all its input, as over SSH: its status says
+        rc = proc.wait()
+        for t in readers:
+            t.join()
+    except BaseException:  # the stdin source failed (e.g. a build error): end the command, then say why
+        _kill(proc, threading.Event())
+        raise
+    finally:
+        timer.cancel()
+        if proc.stdin and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+    if expired.is_set():
+        raise RemoteError(f"{conn.label}: a command did not finish within {timeout:g}s and was stopped")
+    if rc < 0:  # killed by a signal: as SSH reports a session that ended without an exit status
+        raise RemoteError(f"{conn.label}: a command was killed by signal {-rc}")
+    o, e = outs.get("out", b"").decode(errors="replace"), outs.get("err", b"").decode(errors="replace")
+    if check and rc != 0:
+        raise RemoteError(f"{conn.label}: a remote command exited {rc}: {(e.strip() or o.strip())[-500:]}")
+    return Result(rc, o, e, sent)
+
+
+def _kill(proc: subprocess.Popen, expired: threading.Event) -> None:
+    """A timeout: end the command's whole process group (sudo passes the signal on); what
+    ignores SIGTERM for 5 s more gets SIGKILL."""
+    expired.set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stats() -> dict[str, int]:
+    return {"execs": _runs}
