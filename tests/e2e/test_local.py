@@ -113,7 +113,7 @@ class LocalSando:
         self.sh(f"git config --global --add safe.directory {shlex.quote(str(repo.path))}")
         self.pulumi("stack", "init")
         self.set(version="v1", source={"repo": str(repo.path)}, binNames=BINS,
-                 nodes=[{"name": "testnot", "local": True}],
+                 nodes=[{"name": "testnot", "local": True}], bootstrap={"ref": "main"},
                  healthCheck={"timeoutSeconds": 10, "intervalSeconds": 0.2, "expectVersion": True})
 
     def sh(self, script: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
