@@ -214,6 +214,14 @@ def test_a_unit_change_restarts_the_service_and_the_app_sees_it(make_nodes, make
     assert "MNW_FEATURE=on" in node.path("/etc/systemd/system/makenotwork.service").read_text()
     assert node.served()["version"] == "v1"
 
+    # a unit systemd would read differently than written: refused by systemd-analyze verify, never live
+    events = node.unit_events()
+    commit(node_app, f"{DEPLOY}/makenotwork.service", unit.read_text().replace("Type=simple", "Type=bogus"))
+    out = d.up_fails()
+    assert "fails systemd-analyze verify: server/deploy/makenotwork.service:" in out and "bogus" in out, out
+    assert "Type=simple" in node.path("/etc/systemd/system/makenotwork.service").read_text()
+    assert node.unit_events()[len(events):] == []
+
 
 def test_a_broken_sshd_drop_in_is_put_back_and_sshd_keeps_serving(make_nodes, make_deploy, node_app):
     (node,) = make_nodes(1)
