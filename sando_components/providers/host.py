@@ -25,7 +25,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import NodeProvider, NodeResource, conn_of, node_of, node_state, public
+from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
@@ -160,6 +160,11 @@ class HostConfigProvider(NodeProvider):
             diagnostics.log("warning", f"{node}: {down}; `pulumi up` starts and enables it")
         if items:
             self._check(news, items)
+        auth = changed(olds, news, AUTH)
+        if auth and not changes:  # the outputs must carry the new credentials (refresh, delete)
+            diagnostics.log("info", f"{node}: host config: only how sando connects changed ({', '.join(auth)}); "
+                                    "nothing on the node changes")
+            return DiffResult(changes=True, replaces=[])
         return DiffResult(changes=changes, replaces=[])
 
     def _check(self, props: dict, items: list[str]) -> None:
@@ -177,6 +182,11 @@ class HostConfigProvider(NodeProvider):
         return CreateResult(id_=f"{props['connection']['host']}:host", outs=self._apply(props, {}))
 
     def update(self, _id, olds, news):
+        state = node_state(news)
+        if not drift(news, state) and not caddy_down(news, state) and olds.get("owner") == news.get("owner") \
+                and not any(o and not o.get("ok") for o in news.get("after") or []):
+            return UpdateResult(outs={**public(news), "installed": olds.get("installed") or {},
+                                      "actions": olds.get("actions") or [], "heldBack": False})  # nothing to do
         return UpdateResult(outs=self._apply(news, olds))
 
     def delete(self, _id, props):

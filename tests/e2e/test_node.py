@@ -395,14 +395,17 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
         fh.write(new_key.with_suffix(".pub").read_text())
     d.set_secret("sshPrivateKey", new_key.read_text())
     _, planned = run_preview(d)
-    assert "node1-host" not in planned, planned
+    # the preview says so: the host config only records the new credentials (for refresh and delete)
+    assert "node1: host config: only how sando connects changed (privateKey); nothing on the node changes" \
+        in "\n".join(d.log)
     events = node.unit_events()
     run_up(d)
     assert node.unit_events() == events  # nothing reloaded or restarted
-    # the old key removed from authorized_keys (README: key rotation): sando still gets in
+    # the old key removed from authorized_keys (README: key rotation): sando still gets in, also to refresh
     node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
-    _, changed = run_up(d)
+    _, changed = run_up(d, refresh=True)
     assert "node1-host" not in changed
+    assert node.unit_events() == events
 
 
 def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_deploy, node_app):
