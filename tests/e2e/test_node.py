@@ -82,6 +82,7 @@ def test_host_config_from_the_ref_installed_once_and_applied_only_on_change(make
     new = commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "\n# tuned by the operator\n")
     _, planned = run_preview(d)
     assert planned == {"node1-host": "update"}
+    assert "node1-host update [diff: ~caddyfile,commit]" in "\n".join(d.log)  # the file, by name
     assert f"server/deploy/Caddyfile -> /etc/caddy/Caddyfile changed at sando:bootstrap.ref main ({new[:12]})" \
         in "\n".join(d.log)
     _, changed = run_up(d)
