@@ -166,7 +166,7 @@ class Node(pulumi.ComponentResource):
             f"{name}-host",
             {"node": args.node.name, "connection": args.connection, "privateKey": args.private_key,
              "releaseRoot": cfg.release_root, "service": cfg.service,
-             "ref": args.sources.ref, "commit": args.sources.commit, "files": files,
+             "ref": args.sources.ref, "commit": args.sources.commit, **files,  # one input per file
              "owner": cfg.bootstrap.owner, "version": args.version,
              "healthCheck": {"url": cfg.health_url(args.node), "caddyUrl": hc.caddy_url,
                              "timeoutSeconds": hc.timeout_seconds, "intervalSeconds": hc.interval_seconds},

@@ -94,7 +94,6 @@ def parse_host_state(out: str) -> HostState:
     return HostState(files, caddy[0], caddy[1])
 
 
-
 @dataclass(frozen=True)
 class NodeState:
     live: str | None  # version `current` points at

@@ -1,4 +1,6 @@
-"""A file on a node with given content and mode (bootstrap: Caddyfile, unit, hardening, backup)."""
+"""A file on a node with given content and mode. No longer declared by the program (host files are
+one HostConfig resource per node now: host.py); kept so stacks deployed by earlier versions can
+drop their per-file resources (the delete leaves the file where it is)."""
 
 from __future__ import annotations
 

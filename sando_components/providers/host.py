@@ -25,11 +25,27 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import NodeProvider, NodeResource, conn_of, node_of, node_state, public
+from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
         "backup": "sh -n (bash -n by its #! line)"}
+
+
+# Each managed file is an input of its own, named by its item, so the preview's diff names the
+# changed files (`[diff: ~caddyfile]`). The order host.sh applies them in (Pulumi hands a provider
+# its inputs in key order): Caddy first, so a unit restart's health check can go through it.
+ORDER = ["caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron"]
+
+
+def files_of(props: dict) -> dict[str, dict]:
+    """{item: {path, mode, source, content[, legacy]}} of the managed files, in apply order."""
+    return {item: props[item] for item in ORDER if isinstance(props.get(item), dict)}
+
+
+def with_files(props: dict, files: dict[str, dict]) -> dict:
+    """props with exactly these managed files."""
+    return {**{k: v for k, v in props.items() if k not in ORDER}, **files}
 
 
 def _sha(text: str) -> str:
@@ -38,7 +54,7 @@ def _sha(text: str) -> str:
 
 def desired(props: dict) -> dict[str, tuple[str, int]]:
     """{path: (sha256, mode)} the node must have."""
-    return {f["path"]: (_sha(f["content"]), int(f["mode"])) for f in (props.get("files") or {}).values()}
+    return {f["path"]: (_sha(f["content"]), int(f["mode"])) for f in files_of(props).values()}
 
 
 def drift(props: dict, state) -> list[str]:
@@ -46,7 +62,7 @@ def drift(props: dict, state) -> list[str]:
     or still has an identical copy where an earlier sando version installed it."""
     have = state.host.files if state.host else {}
     out = []
-    for item, f in (props.get("files") or {}).items():
+    for item, f in files_of(props).items():
         want = (_sha(f["content"]), int(f["mode"]))
         legacy = have.get(f.get("legacy") or "")
         if have.get(f["path"]) != want or (legacy and legacy[0] == want[0]):
@@ -56,7 +72,7 @@ def drift(props: dict, state) -> list[str]:
 
 def caddy_down(props: dict, state) -> str | None:
     """Why Caddy needs starting or enabling (when the Caddyfile is managed), else None."""
-    if "caddyfile" not in (props.get("files") or {}) or not state.host:
+    if "caddyfile" not in files_of(props) or not state.host:
         return None
     h = state.host
     if h.caddy_active not in ("active", "reloading"):
@@ -66,23 +82,16 @@ def caddy_down(props: dict, state) -> str | None:
     return None
 
 
-# the order host.sh applies the items in (Pulumi hands a provider the files dict in key order):
-# Caddy first, so a unit restart's health check can go through it
-ORDER = ["caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron"]
-
-
 def plan(props: dict) -> str:
-    files = props.get("files") or {}
-    return "\n".join(f"{item} {int(files[item]['mode']):o} {files[item]['path']} {files[item]['source']} "
-                     f"{files[item].get('legacy') or '-'}"
-                     for item in sorted(files, key=lambda i: ORDER.index(i) if i in ORDER else len(ORDER)))
+    return "\n".join(f"{item} {int(f['mode']):o} {f['path']} {f['source']} {f.get('legacy') or '-'}"
+                     for item, f in files_of(props).items())
 
 
 def payload(props: dict, token: str | None) -> bytes:
     """stdin of host.sh: the bearer header line (or an empty line), then a tar of the files."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for item, f in (props.get("files") or {}).items():
+        for item, f in files_of(props).items():
             data = f["content"].encode()
             info = tarfile.TarInfo(item)
             info.size, info.mode = len(data), 0o600
@@ -95,7 +104,7 @@ def script(props: dict, mode: str, restart_unit: bool) -> str:
     hc, warn = props.get("healthCheck") or {}, props.get("warning") or {}
     return scripts.command(
         "host", MODE=mode, PLAN=plan(props), SERVICE=props["service"], RELEASE_ROOT=props["releaseRoot"],
-        OWNER=props.get("owner") or "", CADDY=1 if "caddyfile" in (props.get("files") or {}) else 0,
+        OWNER=props.get("owner") or "", CADDY=1 if "caddyfile" in files_of(props) else 0,
         RESTART_UNIT=1 if restart_unit else 0, HEALTH_URL=hc.get("url") or "", CADDY_URL=hc.get("caddyUrl") or "",
         HEALTH_TIMEOUT=f"{float(hc.get('timeoutSeconds') or 30):g}",
         HEALTH_INTERVAL=f"{float(hc.get('intervalSeconds') or 1):g}",
@@ -105,7 +114,7 @@ def script(props: dict, mode: str, restart_unit: bool) -> str:
 
 def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
     """One or two lines: what failed on which node, from which source at which ref, the tool's words."""
-    node, files = node_of(props), props.get("files") or {}
+    node, files = node_of(props), files_of(props)
     at = f"sando:bootstrap.ref {props.get('ref')} ({str(props.get('commit'))[:12]})"
 
     def src(item: str) -> str:
@@ -136,15 +145,13 @@ def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
 
 class HostConfigProvider(NodeProvider):
     def diff(self, _id, olds, news):
-        if not isinstance(news.get("files"), dict):
-            return DiffResult(changes=True, replaces=[])  # unknown in a preview: it will be applied
         state = node_state(news)
-        node, files = node_of(news), news["files"]
+        node, files, old_files = node_of(news), files_of(news), files_of(olds)
         items = drift(news, state)
         changes = bool(items) or olds.get("owner") != news.get("owner")
-        repo_changed = [i for i in items if (olds.get("files") or {}).get(i, {}).get("content")
-                        != files[i]["content"] or (olds.get("files") or {}).get(i, {}).get("mode") != files[i]["mode"]]
-        by_hand = [i for i in items if i not in repo_changed and i in (olds.get("files") or {})]
+        repo_changed = [i for i in items if old_files.get(i, {}).get("content") != files[i]["content"]
+                        or old_files.get(i, {}).get("mode") != files[i]["mode"]]
+        by_hand = [i for i in items if i not in repo_changed and i in old_files]
         if repo_changed:
             diagnostics.log("info", f"{node}: " + ", ".join(f"{files[i]['source']} -> {files[i]['path']}"
                                                               for i in repo_changed)
@@ -160,6 +167,11 @@ class HostConfigProvider(NodeProvider):
             diagnostics.log("warning", f"{node}: {down}; `pulumi up` starts and enables it")
         if items:
             self._check(news, items)
+        auth = changed(olds, news, AUTH)
+        if auth and not changes:  # the outputs must carry the new credentials (refresh, delete)
+            diagnostics.log("info", f"{node}: host config: only how sando connects changed ({', '.join(auth)}); "
+                                    "nothing on the node changes")
+            return DiffResult(changes=True, replaces=[])
         return DiffResult(changes=changes, replaces=[])
 
     def _check(self, props: dict, items: list[str]) -> None:
@@ -167,7 +179,7 @@ class HostConfigProvider(NodeProvider):
         checkable = {"caddyfile", "unit", "firewall", "backup"} & set(items)
         if not checkable:
             return
-        sub = {**props, "files": {i: f for i, f in props["files"].items() if i in checkable}}
+        sub = with_files(props, {i: f for i, f in files_of(props).items() if i in checkable})
         res = ssh.run(conn_of(props), script(sub, "check", False), stdin=payload(sub, None), check=False)
         report = scripts.Report.parse(res.out, node_of(props))
         if res.rc != 0:
@@ -177,10 +189,15 @@ class HostConfigProvider(NodeProvider):
         return CreateResult(id_=f"{props['connection']['host']}:host", outs=self._apply(props, {}))
 
     def update(self, _id, olds, news):
+        state = node_state(news)
+        if not drift(news, state) and not caddy_down(news, state) and olds.get("owner") == news.get("owner") \
+                and not any(o and not o.get("ok") for o in news.get("after") or []):
+            return UpdateResult(outs={**public(news), "installed": olds.get("installed") or {},
+                                      "actions": olds.get("actions") or [], "heldBack": False})  # nothing to do
         return UpdateResult(outs=self._apply(news, olds))
 
     def delete(self, _id, props):
-        paths_ = ", ".join(f["path"] for f in (props.get("files") or {}).values())
+        paths_ = ", ".join(f["path"] for f in files_of(props).values())
         if paths_:
             diagnostics.log("info", f"{node_of(props)}: left {paths_} in place (no longer managed by sando: the "
                                     "live service needs them)")
@@ -189,7 +206,7 @@ class HostConfigProvider(NodeProvider):
         state = node_state(props, fresh=True)
         have = state.host.files if state.host else {}
         return ReadResult(id_=id_, outs={**props, "installed": {
-            item: _installed(have.get(f["path"]), f["path"]) for item, f in (props.get("files") or {}).items()}})
+            item: _installed(have.get(f["path"]), f["path"]) for item, f in files_of(props).items()}})
 
     def _apply(self, props: dict, olds: dict) -> dict:
         node = node_of(props)
@@ -215,7 +232,7 @@ class HostConfigProvider(NodeProvider):
                 diagnostics.log("info", f"{node}: {a}")
         want = desired(props)
         return {**public(props), "installed": {item: {"path": f["path"], "sha256": want[f["path"]][0],
-                                                      "mode": int(f["mode"])} for item, f in props["files"].items()},
+                                                      "mode": int(f["mode"])} for item, f in files_of(props).items()},
                 "actions": actions, "heldBack": False}
 
 
@@ -225,7 +242,7 @@ def _installed(have, path: str) -> dict:
 
 def _actions(props: dict, report: scripts.Report) -> list[str]:
     """What the step did, in an operator's words, in order."""
-    files, out = props.get("files") or {}, []
+    files, out = files_of(props), []
     for key, value in report.entries:
         if key == "installed":
             f = files.get(value, {})

@@ -111,8 +111,9 @@ check_staged() { # ITEM SOURCE: the checks that need no live file
       mkdir -p "$STAGE/unit-check"
       cp "$STAGE/$1" "$STAGE/unit-check/$SERVICE.service"
       systemd-analyze verify --man=no "$STAGE/unit-check/$SERVICE.service" >"$out" 2>&1
-      # before the first release the binary under current/ does not exist yet: not the unit's fault
-      grep -v -e "$RELEASE_ROOT/current/" -e '^$' "$out" >"$out.real" || true
+      # what it says about this unit (not about other units of the host); before the first release
+      # the binary under current/ does not exist yet: not the unit's fault
+      grep -F "$SERVICE.service" "$out" | grep -v -F "$RELEASE_ROOT/current/" >"$out.real" || true
       if [ -s "$out.real" ]; then check_failed "$1" "$2" "$out.real"; fi
       report checked "$1" "systemd-analyze verify"
       ;;

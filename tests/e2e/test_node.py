@@ -82,6 +82,7 @@ def test_host_config_from_the_ref_installed_once_and_applied_only_on_change(make
     new = commit(node_app, f"{DEPLOY}/Caddyfile", caddyfile.read_text() + "\n# tuned by the operator\n")
     _, planned = run_preview(d)
     assert planned == {"node1-host": "update"}
+    assert "node1-host update [diff: ~caddyfile,commit]" in "\n".join(d.log)  # the file, by name
     assert f"server/deploy/Caddyfile -> /etc/caddy/Caddyfile changed at sando:bootstrap.ref main ({new[:12]})" \
         in "\n".join(d.log)
     _, changed = run_up(d)
@@ -213,6 +214,14 @@ def test_a_unit_change_restarts_the_service_and_the_app_sees_it(make_nodes, make
     assert "the previous unit is back and makenotwork is healthy with it" in out
     assert "MNW_FEATURE=on" in node.path("/etc/systemd/system/makenotwork.service").read_text()
     assert node.served()["version"] == "v1"
+
+    # a unit systemd would read differently than written: refused by systemd-analyze verify, never live
+    events = node.unit_events()
+    commit(node_app, f"{DEPLOY}/makenotwork.service", unit.read_text().replace("Type=simple", "Type=bogus"))
+    out = d.up_fails()
+    assert "fails systemd-analyze verify: server/deploy/makenotwork.service:" in out and "bogus" in out, out
+    assert "Type=simple" in node.path("/etc/systemd/system/makenotwork.service").read_text()
+    assert node.unit_events()[len(events):] == []
 
 
 def test_a_broken_sshd_drop_in_is_put_back_and_sshd_keeps_serving(make_nodes, make_deploy, node_app):
@@ -388,14 +397,17 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
         fh.write(new_key.with_suffix(".pub").read_text())
     d.set_secret("sshPrivateKey", new_key.read_text())
     _, planned = run_preview(d)
-    assert "node1-host" not in planned, planned
+    # the preview says so: the host config only records the new credentials (for refresh and delete)
+    assert "node1: host config: only how sando connects changed (privateKey); nothing on the node changes" \
+        in "\n".join(d.log)
     events = node.unit_events()
     run_up(d)
     assert node.unit_events() == events  # nothing reloaded or restarted
-    # the old key removed from authorized_keys (README: key rotation): sando still gets in
+    # the old key removed from authorized_keys (README: key rotation): sando still gets in, also to refresh
     node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
-    _, changed = run_up(d)
+    _, changed = run_up(d, refresh=True)
     assert "node1-host" not in changed
+    assert node.unit_events() == events
 
 
 def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_deploy, node_app):

@@ -30,7 +30,7 @@ FILES = {  # as Pulumi hands them to the provider: keys sorted
     "backup": {"path": "/usr/local/sbin/backup-db.sh", "mode": 0o755, "source": "deploy/backup-db.sh",
                "content": "#!/bin/sh\n"},
 }
-PROPS = {"node": "n1", "service": "mnw", "releaseRoot": "/opt/mnw", "files": FILES, "ref": "host-7",
+PROPS = {"node": "n1", "service": "mnw", "releaseRoot": "/opt/mnw", **FILES, "ref": "host-7",
          "commit": "3f2a" + "0" * 36, "connection": {"host": "10.0.0.1", "port": 22}}
 
 
@@ -94,7 +94,7 @@ def test_an_old_copy_that_differs_is_no_drift_it_is_left_alone():
     ("active", "disabled", "caddy is disabled (it would not start at boot)")])
 def test_caddy_down_or_disabled_is_a_change_when_the_caddyfile_is_managed(active, enabled, why):
     assert host.caddy_down(PROPS, state(installed(), active, enabled)) == why
-    unmanaged = {**PROPS, "files": {k: v for k, v in FILES.items() if k != "caddyfile"}}
+    unmanaged = host.with_files(PROPS, {k: v for k, v in FILES.items() if k != "caddyfile"})
     assert host.caddy_down(unmanaged, state(installed(), active, enabled)) is None
 
 

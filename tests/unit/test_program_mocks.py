@@ -18,7 +18,7 @@ import pytest
 from pulumi.runtime import mocks as pm
 from pulumi.runtime import rpc, settings
 
-from sando_components import commands
+from sando_components.providers import host
 
 from unit_helpers import commit_all, git, init_repo
 
@@ -205,7 +205,7 @@ def test_bootstrap_subset_declares_only_those_children(config):
     run = run_program(*config(nodes=("n1",), bootstrap='{"ref": "HEAD", "manage": ["caddyfile"]}'))
     assert {n for n in run.names(DYNAMIC)} == {"n1-host", "n1-release-files", "n1-current-switch", "n1-reach",
                                                "verdict"}
-    assert list(run.inputs("n1-host")["files"]) == ["caddyfile"]
+    assert list(host.files_of(run.inputs("n1-host"))) == ["caddyfile"]
 
 
 # --- the inputs the program computes -------------------------------------------------------------------
@@ -215,19 +215,19 @@ def test_node_children_inputs(config, server_repo):
     run = run_program(*config())
     deploy = server_repo["path"] / "server" / "deploy"
     for node in ("n1", "n2"):  # real paths on every node: no root prefix
-        files = run.inputs(f"{node}-host")["files"]
+        files = host.files_of(run.inputs(f"{node}-host"))
         assert set(files) == {"caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backup", "cron"}
         assert files["unit"]["path"] == "/etc/systemd/system/makenotwork.service"
-    files = run.inputs("n1-host")["files"]
+    files = host.files_of(run.inputs("n1-host"))
     assert files["caddyfile"] == {"path": "/etc/caddy/Caddyfile", "mode": 0o644, "source": "server/deploy/Caddyfile",
                                   "content": (deploy / "Caddyfile").read_text()}
     assert files["firewall"]["mode"] == 0o755 and files["sshdGit"]["mode"] == 0o644
     assert files["cron"]["path"] == "/etc/cron.d/makenotwork-backup"
     assert files["cron"]["source"] == "sando:bootstrap.backupSchedule"
     assert files["cron"]["content"].endswith("17 3 * * * root /usr/local/sbin/backup-db.sh\n")
-    host = run.inputs("n1-host")
-    assert (host["ref"], host["commit"]) == ("HEAD", server_repo["commit"])
-    assert host["healthCheck"] == {"url": "http://127.0.0.1:3000/", "timeoutSeconds": 30, "intervalSeconds": 1}
+    inputs = run.inputs("n1-host")
+    assert (inputs["ref"], inputs["commit"]) == ("HEAD", server_repo["commit"])
+    assert inputs["healthCheck"] == {"url": "http://127.0.0.1:3000/", "timeoutSeconds": 30, "intervalSeconds": 1}
     assert run.inputs("n2-host")["connection"] == {"host": "127.0.0.3", "port": 2223, "user": "deploy",
                                                    "hostKey": json.loads(config()[0]["sando:nodes"])[1]["hostKey"],
                                                    "insecure": False}
@@ -240,7 +240,7 @@ def test_host_files_come_from_the_ref_not_the_working_tree(config, server_repo):
     committed = caddyfile.read_text()
     caddyfile.write_text(committed + "# uncommitted\n")
     run = run_program(*config(nodes=("n1",)))
-    assert run.inputs("n1-host")["files"]["caddyfile"]["content"] == committed
+    assert run.inputs("n1-host")["caddyfile"]["content"] == committed
 
 
 def test_release_inputs(config, server_repo):
