@@ -17,6 +17,7 @@ except ConfigError as err:  # before any resource exists, so before any remote c
     sys.exit(32)  # "error already shown" to the language host
 
 key, token = stack.private_key(cfg), stack.service_token(cfg)
+deploy = stack.deployer()  # who runs this and how (SANDO_VIA): recorded with each switch
 nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
@@ -27,7 +28,7 @@ for number, batch in enumerate(cfg.batches()):
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources), batch=number,
-            after=earlier))
+            after=earlier, deploy=deploy))
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer)
     earlier = pointers[-len(batch):]

@@ -343,15 +343,22 @@ READ_TOKEN = "IFS= read -r AUTH || AUTH=''"  # the restart warning's bearer head
 
 def pointer_script(*, release_root: str, version: str, service: str, health: str, expect: str,
                    gate_step: str | None, backup_step: str | None, warning_step: str | None, prune_ok: str,
-                   prune_failed: str) -> str:
+                   prune_failed: str, history: str | None = None) -> str:
     """The whole switch of one node as one script (one round trip). Nothing user-visible happens
     before the gate passed; once the warning went out (or the switch began) the script ignores a
     lost connection and runs to the end, so a node is never left half-switched.
 
     Exit codes: 0 ok (switched, or already live and healthy); 21 release missing; 22 release
     files changed on the node; 23 already live but unhealthy; 30-33 gate; 40 warning (abort
-    mode); 50 unhealthy with nothing to switch back to; 51 unhealthy, switched back."""
+    mode); 50 unhealthy with nothing to switch back to; 51 unhealthy, switched back.
+
+    `history` (issue 20.2, sh/history.sh rendered with its parameters) defines `sando_history`,
+    called after a switch held or was switched back: the node's record of who switched what."""
     target = paths.NodePaths.link_target(version)
+
+    def recorded(result: str) -> str | None:  # --- issue 20.2 hook: the switch history (sh/history.sh)
+        return f"  sando_history {result}" if history else None
+
     healthy = _lines(  # what follows a passed health check: the release is good, prune, report
         f"  rm -f {q(posixpath.join(target, paths.FAILED))}",
         f"  {prune_ok}",
@@ -363,6 +370,7 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         READ_TOKEN if warning_step else None,
         "exec < /dev/null",
         f"cd {q(release_root)} || exit 20",
+        history,  # issue 20.2 hook: defines sando_history
         f"live=$(readlink {paths.CURRENT} 2>/dev/null); prev=$(readlink {paths.PREVIOUS} 2>/dev/null)",
         # a link written by hand may be absolute: releases/<v> is what sando compares and writes
         f"case $live in */{paths.RELEASES}/*) live={paths.RELEASES}/${{live##*/}};; esac",
@@ -384,12 +392,15 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         switch(version),
         restart(service),
         f"if [ \"$rc\" = 0 ] && health {q(expect)}; then",
+        recorded("ok"),
         healthy,
         "fi",
         "why=$(if [ \"$rc\" != 0 ]; then echo \"restart failed: $out\"; else echo \"$last\"; fi)",
         mark_failed(version),
-        "if [ -z \"$live\" ]; then echo '@final'; " + _list_releases("final-") + "; exit 50; fi",
+        "if [ -z \"$live\" ]; then " + ("sando_history 'failed: nothing to switch back to'; " if history else "")
+        + "echo '@final'; " + _list_releases("final-") + "; exit 50; fi",
         switch_back(),
+        recorded('"failed: switched back to ${live##*/}"'),
         restart(service),
         "if [ \"$rc\" = 0 ]; then health ''; fi",
         prune_failed,

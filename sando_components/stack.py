@@ -12,6 +12,7 @@ import pulumi.runtime.config as runtime_config
 
 from . import build, migrations, paths
 from .config import ConfigError, NodeConfig, StackConfig, load
+from .history import deployer
 
 
 def load_config() -> StackConfig:
@@ -70,8 +71,9 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
+        "lastDeploy": p.lastDeploy,  # who switched what, when, how (the node's .sando/history)
     }
 
 
-__all__ = ["ConfigError", "Source", "connection", "env_file", "load_config", "node_outputs", "private_key",
+__all__ = ["ConfigError", "Source", "connection", "deployer", "env_file", "load_config", "node_outputs", "private_key",
            "release_migrations", "resolve_source", "service_token"]

@@ -1,16 +1,22 @@
-"""Issue 10's operator commands through the real engine, two stacks (testnot, prod) of one project
-on two real-systemd nodes: promote moves exactly testnot's commit, status shows both stacks,
-rollback goes back one version with no upload, a moved tag is refused."""
+"""The operator commands through the real engine, two stacks (testnot, prod) of one project on
+real-systemd nodes: promote moves exactly testnot's commit, status reads every node now,
+rollback goes back one version with no upload, a moved tag is refused (issues 10 and 20)."""
 
 from __future__ import annotations
 
+import getpass
 import io
+import json
 import os
+import socket
+import stat
 
 import pytest
 
 from sando_components import cli
 from tests.support import TOOLS, AppRepo, run_up
+
+ME = f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @pytest.fixture
@@ -23,8 +29,15 @@ def sando(monkeypatch, engine):
     def run(project, *argv) -> tuple[int, str]:
         out, err = io.StringIO(), io.StringIO()
         code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
+        run.out = out.getvalue()  # stdout alone (--json)
         return code, out.getvalue() + err.getvalue()
     return run
+
+
+def history_of(node) -> list[dict]:
+    """The node's switch history (<releaseRoot>/.sando/history), one dict per line."""
+    path = node.release_root / ".sando" / "history"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_promote_status_rollback(make_nodes, make_deploy, sando, tmp_path):
@@ -60,7 +73,7 @@ def test_promote_status_rollback(make_nodes, make_deploy, sando, tmp_path):
         "version": "v1", "bytesSent": 0, "linked": 5, "patched": 0, "full": 0, "at": None}
 
     code, said = sando(testnot.project, "rollback", "-s", prod.name, "--to", "v9", "--yes")
-    assert code == 2 and "--to: v9 is not retained on node2" in said
+    assert code == 2 and "--to: v9 is not retained on any node (retained: node2: v1, v2)" in said
 
 
 def test_promote_refuses_a_moved_tag_and_an_unhealthy_source(make_nodes, make_deploy, sando, tmp_path):
@@ -87,3 +100,88 @@ def test_promote_refuses_a_moved_tag_and_an_unhealthy_source(make_nodes, make_de
     code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
     assert code == 1 and "node1" in said, said
     assert p_node.served()["version"] == "v1"
+
+
+def test_status_reads_every_node_now(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.1: status says what the nodes do now, not what the last run's outputs said: a
+    service stopped by hand, a `current` moved by hand, an unreachable node (one line, why)."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    a, b = make_nodes(2)
+    d = make_deploy([a, b], repo=repo)
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+
+    code, said = sando(d.project, "status", d.name, "--json")
+    assert code == 0, said
+    [st] = json.loads(sando.out)["stacks"]
+    assert (st["stack"], st["version"], st["commit"]) == (d.name, "v2", repo.commit("v2"))
+    na = st["nodes"][0]
+    assert (na["node"], na["reachable"], na["liveVersion"], na["previousVersion"], na["liveCommit"]) == (
+        a.name, True, "v2", "v1", repo.commit("v2"))
+    assert na["unit"] == "active running" and na["health"]["ok"] and na["health"]["says"] == "ok (serves v2)", na
+    assert na["caddy"] == "active" and na["caddyHealth"]["ok"], na
+    assert na["appliedMigrations"] == ["1 init"] and na["pendingMigrations"] == [], na  # the app applied it
+    assert na["freeKiB"] > 0 and na["releases"][0]["createdAt"].endswith("Z")
+    assert na["lastDeploy"] | {"at": None} == {"at": None, "version": "v2", "commit": repo.commit("v2"), "from": "v1",
+                                               "result": "ok", "by": ME, "via": "pulumi up",
+                                               "warning": "none configured"}
+
+    # by hand: a's service stopped, b's `current` moved back to v1 (as a broken-off deploy leaves it)
+    a.exec("systemctl", "stop", "makenotwork", check=True)
+    b.exec("sh", "-c", "cd /opt/makenotwork && ln -sfn releases/v1 current", check=True)
+    code, said = sando(d.project, "status", d.name)
+    assert code == 0, said
+    rows = {line.split()[1]: line for line in said.splitlines()[1:]}
+    assert rows[a.name].split()[2:6] == ["v2", "v1", repo.commit("v2")[:7], "inactive"], said
+    assert "no answer" in rows[a.name], said
+    assert rows[b.name].split()[2:4] == ["v1", "(pin"] and "ok (serves v2)" in rows[b.name], said
+    assert f"v2 {na['lastDeploy']['at'][:16]}Z by {ME} (pulumi up)" in rows[a.name], said
+
+    b.exec("systemctl", "stop", "ssh", check=True)
+    try:
+        code, said = sando(d.project, "status", d.name)
+    finally:
+        b.exec("systemctl", "start", "ssh", check=True)
+    assert code == 1, said
+    line = next(line for line in said.splitlines() if line.split()[:2] == [d.name, b.name])
+    assert "unreachable: cannot connect:" in line and "Connection refused" in line, said
+    assert f"could not read {d.name}/{b.name}" in said
+
+
+def test_each_switch_is_recorded_on_the_node_and_in_the_outputs(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.2: who switched what, when and how: on the node (.sando/history, 0600) and in the
+    outputs, for a plain `pulumi up`, `sando promote` and `sando rollback`; how a run was started
+    is no diff by itself."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t_node, p_node = make_nodes(2)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project)
+    run_up(testnot)
+    run_up(prod)
+    [line] = history_of(t_node)
+    assert line | {"at": None} == {"at": None, "version": "v1", "commit": repo.commit("v1"), "from": "",
+                                   "result": "ok", "by": ME, "via": "pulumi up", "warning": "none configured"}
+    assert line["at"].endswith("Z") and line["at"][:4] == "20" + line["at"][2:4]
+    assert stat.S_IMODE((t_node.release_root / ".sando" / "history").stat().st_mode) == 0o600
+    assert testnot.node_out(t_node)["lastDeploy"] == line
+
+    testnot.stack.workspace.env_vars["SANDO_VIA"] = "something else"  # how: not a diff by itself
+    _, changed = run_up(testnot)
+    assert changed == {} and len(history_of(t_node)) == 1, changed
+    del testnot.stack.workspace.env_vars["SANDO_VIA"]
+
+    testnot.set(version="v2")
+    run_up(testnot)
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes")
+    assert code == 0, said
+    lines = history_of(p_node)
+    assert [(h["version"], h["from"], h["via"], h["by"]) for h in lines] == [
+        ("v1", "", "pulumi up", ME), ("v2", "v1", "sando promote", ME), ("v1", "v2", "sando rollback", ME)]
+    assert prod.node_out(p_node)["lastDeploy"] == lines[-1]
+    code, said = sando(testnot.project, "status", prod.name)
+    assert f"by {ME} (sando rollback)" in said, said
