@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,77 @@ def test_each_switch_is_recorded_on_the_node_and_in_the_outputs(make_nodes, make
     assert prod.node_out(p_node)["lastDeploy"] == lines[-1]
     code, said = sando(testnot.project, "status", prod.name)
     assert f"by {ME} (sando rollback)" in said, said
+
+
+def test_rollback_walks_back_through_good_versions(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.3/20.4: v1, v2, crash1 (failed: v2 live again, pinned crash1): the rollback pins v2,
+    what runs, restarting nothing; then v4, v5: rollbacks go to v4, then v2 (not forward to v5);
+    never onto crash1 without --allow-failed; a release removed by hand is said to be sent, and is."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo, healthCheck={"timeoutSeconds": 3, "intervalSeconds": 0.2, "expectVersion": True})
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+    repo.version("crash1", ("crash-at-start",))
+    d.set(version="crash1")
+    d.up_fails()
+    assert n.served()["version"] == "v2"
+
+    starts = len(n.restart_times())
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert "every node runs v2 but the stack pins crash1" in said and "nothing restarts" in said, said
+    assert d.stack.get_config("sando:version").value == "v2" and len(n.restart_times()) == starts
+
+    for v in ("v4", "v5"):
+        repo.version(v, ("fix",))
+        d.set(version=v)
+        run_up(d)
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0 and "back from v5 to v4" in said and n.served()["version"] == "v4", said
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0 and "back from v4 to v2" in said and n.served()["version"] == "v2", said
+    assert [h["via"] for h in history_of(n)][-2:] == ["sando rollback", "sando rollback"]
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--to", "crash1", "--yes")
+    assert code == 1 and "crash1 failed on node1" in said and "--allow-failed" in said, said
+    assert n.served()["version"] == "v2"
+
+    n.exec("rm", "-rf", "/opt/makenotwork/releases/v1", check=True)
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert "back from v2 to v1" in said and "not retained on node1: it is built and sent there" in said, said
+    assert n.served()["version"] == "v1" and d.node_out(n)["lastTransfer"]["bytesSent"] > 0
+
+
+def test_rollback_with_a_new_node_and_promote_from_a_stopped_source(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.7: a node added later (no earlier version) does not block the fleet's rollback: it
+    is sent the target, and said so. Issue 20.3: promote reads the source's nodes now: a service
+    stopped by hand (the outputs still say healthy) is refused."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t, p1, p2 = make_nodes(3)
+    testnot = make_deploy([t], repo=repo, version="v2")
+    prod = make_deploy([p1], repo=repo, project=testnot.project)
+    prod.set_secret("sshPrivateKey", Path(t.privateKeyPath).read_text())  # node1's key is in every node
+    run_up(testnot)
+    run_up(prod)
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    prod.set(nodes=[p1.config(), p2.config()])
+    run_up(prod)  # p2 joins on v2
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes")
+    assert code == 0, said
+    assert f"back from v2 to v1" in said and f"retained on {p1.name}: nothing sent there; not retained on " \
+        f"{p2.name}: it is built and sent there" in said, said
+    assert p1.served()["version"] == p2.served()["version"] == "v1"
+    assert prod.node_out(p1)["lastTransfer"]["bytesSent"] == 0 < prod.node_out(p2)["lastTransfer"]["bytesSent"]
+
+    t.exec("systemctl", "stop", "makenotwork", check=True)
+    assert testnot.node_out(t)["health"] == "ok"  # what the outputs still say
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert f"{testnot.name} is not promotable (read from its nodes now): {t.name}'s service is inactive" in said
+    assert p1.served()["version"] == "v1"
