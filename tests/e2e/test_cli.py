@@ -8,6 +8,7 @@ import getpass
 import io
 import json
 import os
+import re
 import socket
 import stat
 from pathlib import Path
@@ -27,12 +28,17 @@ def sando(monkeypatch, engine):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
 
-    def run(project, *argv) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
+    def run(project, *argv, tty: bool = False) -> tuple[int, str]:
+        out, err = io.StringIO(), (Tty() if tty else io.StringIO())
         code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
         run.out = out.getvalue()  # stdout alone (--json)
         return code, out.getvalue() + err.getvalue()
     return run
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
 
 
 def history_of(node) -> list[dict]:
@@ -260,3 +266,37 @@ def test_rollback_with_a_new_node_and_promote_from_a_stopped_source(make_nodes, 
     assert code == 1, said
     assert f"{testnot.name} is not promotable (read from its nodes now): {t.name}'s service is inactive" in said
     assert p1.served()["version"] == "v1"
+
+
+def test_now_skips_the_restart_warning_and_says_by_whom(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.6: `--now` sends no restart warning for that run and does not wait out the notice
+    (history and outputs say it was skipped, by whom); without it the console counts down."""
+    import time
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    token = "tok-" + os.urandom(8).hex()
+    t, p = make_nodes(2, token=token)
+    testnot = make_deploy([t], repo=repo, version="v2")
+    prod = make_deploy([p], repo=repo, project=testnot.project, restartWarningSeconds=30)
+    prod.set_secret("cliServiceToken", token)
+    prod.set_secret("sshPrivateKey", Path(t.privateKeyPath).read_text())
+    run_up(testnot)
+    run_up(prod)  # v1 (nothing ran yet: no one to warn)
+    received = len(re.findall(r"restart-warning: received", p.journal("makenotwork")))
+
+    started = time.monotonic()
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes", "--now")
+    assert code == 0, said
+    assert time.monotonic() - started < 30  # the 30 s notice was not waited out
+    assert len(re.findall(r"restart-warning: received", p.journal("makenotwork"))) == received
+    assert history_of(p)[-1]["warning"] == f"skipped (--now) by {ME}"
+    assert prod.node_out(p)["restartWarning"] == f"skipped (--now) by {ME}"
+    assert "no warning" in sando(testnot.project, "status", prod.name)[1]
+
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes", tty=True)
+    assert code == 0, said
+    assert "users get 30s notice before each restart (--now skips it)" in said
+    assert "restart warning: up to 30s before the restart" in said and "up to 25s" in said, said
+    assert len(re.findall(r"restart-warning: received", p.journal("makenotwork"))) == received + 1
+    assert history_of(p)[-1]["warning"] == "sent 30s"
