@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import fleet, history
+from . import fleet, history, scripts, ssh
 from .config import StackConfig
 from .errors import ConfigError
 from .fleet import NodeNow
@@ -727,6 +727,96 @@ def _status_json(r: dict) -> dict:
     return out
 
 
+def _node_names(cfg: StackConfig, name: str | None, stack: str) -> list:
+    """The stack's nodes, or the one named (Usage naming NODE when there is no such node)."""
+    if name is None:
+        return list(cfg.nodes)
+    found = [n for n in cfg.nodes if n.name == name]
+    if not found:
+        raise Usage("NODE", f"no node {name!r} in {stack} (nodes: {', '.join(n.name for n in cfg.nodes)})")
+    return found
+
+
+def cmd_logs(args, ctx: Context) -> int:
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    nodes = _node_names(cfg, args.node, stack)
+    lines = args.lines if args.lines is not None or args.since else 100
+    command = fleet.logs_command(cfg.service, lines, args.since, args.follow)
+    lock = threading.Lock()
+    codes: dict[str, int] = {}
+
+    def one(node) -> None:
+        prefix = f"{node.name} | " if len(nodes) > 1 else ""
+        try:
+            codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, prefix, lock=lock)
+        except Exception as exc:  # noqa: BLE001 - one node's failure is said, the others go on
+            with lock:
+                ctx.err.write(f"sando: {node.name}: {one_line(str(exc))}\n")
+            codes[node.name] = 1
+
+    threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:  # the end of a follow
+        return 0
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def cmd_ssh(args, ctx: Context) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    [node] = _node_names(cfg, args.node, stack)
+    return fleet.interactive(fleet.conn(cfg, node), " ".join(command) or None, ctx.stdin, ctx.out)
+
+
+RESTART_OUTCOMES = {120: "systemctl restart failed", 121: "the service restarted but fails its health check",
+                    122: "no release is live there"}
+
+
+def cmd_restart(args, ctx: Context) -> int:
+    _need_terminal(args, ctx)
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    chosen = _node_names(cfg, args.node, stack)
+    now = {n.name: n for n in project.nodes_now(cfg)}
+    unreachable([now[n.name] for n in chosen], "restart")
+    warn = cfg.restart_warning_seconds > 0 and not args.now
+    notice = (f"users get {cfg.restart_warning_seconds}s notice first (--now skips it)" if warn else
+              "no restart warning (--now)" if cfg.restart_warning_seconds > 0 else "no restart warning configured")
+    names = ", ".join(n.name for n in chosen)
+    ctx.out.write(f"sando: restart {cfg.service} on {names} of {stack}, one node at a time; {notice}\n")
+    if not args.yes and not _confirm(f"Restart {cfg.service} on {names}?", ctx):
+        raise Refused("nothing restarted")
+    deploy = {"by": history.operator(), "via": "sando restart", "now": args.now}
+    for node in chosen:
+        with _countdown(ctx, cfg.restart_warning_seconds if warn else 0):
+            res = ssh.run(fleet.conn(cfg, node), fleet.restart_command(cfg, node, now[node.name].live_commit, deploy,
+                                                                       warn),
+                          stdin=fleet.restart_stdin(cfg, warn), timeout=300 + cfg.restart_warning_seconds
+                          + cfg.health_check.timeout_seconds, check=False)
+        report = scripts.Report.parse(res.out, node.name)
+        if res.rc != 0:
+            why = RESTART_OUTCOMES.get(res.rc) or f"exit {res.rc}: {(res.err or res.out).strip()[-200:]}"
+            detail = report.one("health") or report.one("restart") or report.one("error") or ""
+            rest = [n.name for n in chosen[chosen.index(node) + 1:]]
+            raise Refused(f"{node.name}: {why} ({detail})" + (f"; not restarted: {', '.join(rest)}" if rest else "")
+                          + f"; see `sando logs -s {stack.split('/')[-1]} {node.name}`")
+        warned = report.one("warning") or ("skipped (--now)" if args.now and cfg.restart_warning_seconds else "none")
+        ctx.out.write(f"sando: {node.name}: restarted, healthy now (warning: {warned})\n")
+    return 0
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -833,6 +923,43 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
     now(p)
     cwd(p)
     p.set_defaults(run=cmd_rollback)
+
+    p = sub.add_parser("logs", help="the service's journal on a node (or every node)", **common, description=(
+        "journalctl of the service on NODE (default: every node, each line after its name), over\n"
+        "SSH with the stack's key and pinned host key (the key never leaves this process).\n"
+        "Without -n or --since: the last 100 entries.\n\n"
+        "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", nargs="?", metavar="NODE", help="one node (default: every node)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries (Ctrl-C ends)")
+    p.add_argument("-n", "--lines", type=int, metavar="N", help="the last N entries")
+    p.add_argument("--since", metavar="T", help="entries since T (journalctl's --since: '10 min ago', a date)")
+    cwd(p)
+    p.set_defaults(run=cmd_logs)
+
+    p = sub.add_parser("ssh", help="a shell (or one command) on a node", **common, description=(
+        "A shell on NODE, or CMD, as the stack's user, with the stack's key and pinned host key,\n"
+        "through sando's own SSH client (paramiko): the key stays in this process's memory (never\n"
+        "on disk, in an agent or on a command line). On a terminal: a pty. Exit status: CMD's.\n\n"
+        "example: sando ssh -s prod node1        sando ssh -s prod node1 -- systemctl status makenotwork"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", metavar="NODE", help="the node")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="a command instead of a shell")
+    p.set_defaults(run=cmd_ssh)
+
+    p = sub.add_parser("restart", help="restart the service on a node (or every node, one at a time)", **common,
+                       description=(
+                           "Restart the service on NODE (default: every node, one at a time, stopping at the\n"
+                           "first that fails), each with the restart warning when the stack has one\n"
+                           "(sando:restartWarningSeconds; --now skips it), then its health check. Recorded in\n"
+                           "the node's history (`sando restart` by you). Asks first (or --yes).\n\n"
+                           "example: sando restart -s prod node1        sando restart -s prod --now --yes"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", nargs="?", metavar="NODE", help="one node (default: every node)")
+    p.add_argument("--yes", "-y", action="store_true", help="restart without asking (needed without a terminal)")
+    now(p)
+    cwd(p)
+    p.set_defaults(run=cmd_restart)
     return parser
 
 

@@ -10,8 +10,12 @@ from its config. The key is only ever in memory (the config comes from `pulumi c
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shlex
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -244,3 +248,139 @@ def read(cfg: config_model.StackConfig) -> list[NodeNow]:
     """Every node of the stack now, all at once, in config order."""
     with ThreadPoolExecutor(max_workers=min(64, len(cfg.nodes))) as pool:
         return list(pool.map(lambda n: read_node(cfg, n), cfg.nodes))
+
+
+# --- logs, a shell, a restart (issue 20.8) ----------------------------------------------------------
+# Over paramiko, as the providers connect: the stack's key stays in this process's memory and the
+# host key is the pinned one; nothing is written to disk and no key is on any command line.
+
+
+def logs_command(service: str, lines: int | None = None, since: str | None = None, follow: bool = False) -> str:
+    """journalctl of the service: the last `lines` entries (and --since), then follow."""
+    args = ["journalctl", "--no-pager", "-u", f"{service}.service", "-o", "short-iso"]
+    if lines is not None:
+        args += ["-n", str(lines)]
+    if since:
+        args += ["--since", since]
+    if follow:
+        args.append("-f")
+    return shlex.join(args)
+
+
+def restart_command(cfg: config_model.StackConfig, node: config_model.NodeConfig, commit: str | None,
+                    deploy: dict, warn: bool) -> str:
+    """sh/restart.sh (with sh/history.sh) for one node: warning, restart, health check, history."""
+    seconds = cfg.restart_warning_seconds if warn else 0
+    text = scripts.render_inline(
+        scripts.params(SERVICE=cfg.service, RELEASE_ROOT=cfg.release_root, HEALTH_URL=cfg.health_url(node),
+                       TIMEOUT=int(cfg.health_check.timeout_seconds + 0.999), WARN_URL=cfg.restart_warning_url(node),
+                       WARN_SECONDS=seconds, H_FILE=paths.HISTORY, H_VERSION="", H_COMMIT=commit or "",
+                       H_BY=deploy["by"], H_VIA=deploy["via"],
+                       H_NOW="1" if deploy.get("now") and cfg.restart_warning_seconds > 0 else "",
+                       H_WARN_SECONDS=seconds, H_KEEP=history.KEEP),
+        scripts.source("history.sh") + "\n" + scripts.source("restart.sh"))
+    return shlex.join(["sh", "-c", text, "sando-restart"])
+
+
+def restart_stdin(cfg: config_model.StackConfig, warn: bool) -> bytes:
+    """The bearer header line restart.sh reads first (an empty line: no warning)."""
+    token = cfg.cli_service_token.get_secret_value() if cfg.cli_service_token else ""
+    return (f"Authorization: Bearer {token}\n" if warn and token and cfg.restart_warning_seconds > 0 else "\n").encode()
+
+
+def _client(c: ssh.Conn):
+    """A connection of its own (not the pool's): it may stay open as long as a shell or a follow."""
+    return ssh._connect(c)
+
+
+def stream(c: ssh.Conn, command: str, out, prefix: str = "", stdin: bytes | None = None,
+           lock: threading.Lock | None = None) -> int:
+    """Run a command, writing its output (stdout and stderr) to `out` line by line as it comes,
+    each line after `prefix`; returns its exit status. Ctrl-C closes the channel."""
+    client = _client(c)
+    try:
+        chan = client.get_transport().open_session(timeout=ssh.CONNECT_TIMEOUT)
+        chan.set_combine_stderr(True)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin)
+        pending = b""
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                break
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                text = "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
+                with lock or contextlib.nullcontext():
+                    out.write(text)
+                    out.flush()
+        if pending:
+            with lock or contextlib.nullcontext():
+                out.write(f"{prefix}{pending.decode(errors='replace')}\n")
+        return chan.recv_exit_status()
+    finally:
+        client.close()
+
+
+def _fileno(stream) -> int | None:
+    """The stream's file descriptor, None for an in-memory one (tests)."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+
+
+def interactive(c: ssh.Conn, command: str | None, stdin, stdout) -> int:
+    """A shell (or `command`) on the node. On a terminal: a pty of the terminal's size, the local
+    terminal in raw mode until the session ends. Otherwise stdin is sent as it is read and the
+    output copied; the exit status is the remote one."""
+    import select
+    import shutil
+    import termios
+    import tty
+
+    fd_in = _fileno(stdin)
+    is_tty = fd_in is not None and os.isatty(fd_in)
+    client = _client(c)
+    saved = None
+    try:
+        chan = client.get_transport().open_session(timeout=ssh.CONNECT_TIMEOUT)
+        if is_tty:
+            size = shutil.get_terminal_size()
+            chan.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
+        if command:
+            chan.exec_command(command)
+        else:
+            chan.invoke_shell()
+        out_fd = _fileno(stdout)
+        if is_tty:
+            saved = termios.tcgetattr(fd_in)
+            tty.setraw(fd_in, termios.TCSADRAIN)  # keeps what was typed ahead
+        sources = [chan] + ([fd_in] if fd_in is not None else [])
+        while True:
+            ready, _, _ = select.select(sources, [], [], 1.0)
+            if chan in ready or chan.recv_ready():
+                data = chan.recv(65536)
+                if not data:
+                    break
+                if out_fd is not None:
+                    os.write(out_fd, data)
+                else:
+                    stdout.write(data.decode(errors="replace"))
+                    stdout.flush()
+            if fd_in is not None and fd_in in ready:
+                data = os.read(fd_in, 4096)
+                if data:
+                    chan.sendall(data)
+                else:
+                    chan.shutdown_write()
+                    sources.remove(fd_in)
+            if fd_in is None and chan.exit_status_ready() and not chan.recv_ready():
+                break
+        return chan.recv_exit_status()
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)
+        client.close()

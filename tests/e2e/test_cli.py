@@ -30,7 +30,7 @@ def sando(monkeypatch, engine):
 
     def run(project, *argv, tty: bool = False) -> tuple[int, str]:
         out, err = io.StringIO(), (Tty() if tty else io.StringIO())
-        code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
+        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
         run.out = out.getvalue()  # stdout alone (--json)
         return code, out.getvalue() + err.getvalue()
     return run
@@ -300,3 +300,86 @@ def test_now_skips_the_restart_warning_and_says_by_whom(make_nodes, make_deploy,
     assert "restart warning: up to 30s before the restart" in said and "up to 25s" in said, said
     assert len(re.findall(r"restart-warning: received", p.journal("makenotwork"))) == received + 1
     assert history_of(p)[-1]["warning"] == "sent 30s"
+
+
+def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando, engine, tmp_path):
+    """Issue 20.8: the service's journal (one node, every node, followed), a command and an
+    interactive shell on a node, a restart with the restart warning (--now without), all with the
+    stack's key and pinned host key from its config."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    token = "tok-" + os.urandom(8).hex()
+    a, b = make_nodes(2, token=token)
+    d = make_deploy([a, b], restartWarningSeconds=2)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)
+
+    code, said = sando(d.project, "logs", "-s", d.name, a.name, "-n", "3")
+    assert code == 0 and said.count("\n") == 3 and "makenotwork v1" in said, said
+    code, said = sando(d.project, "logs", "-s", d.name, "--since", "1 hour ago")
+    assert code == 0 and f"{a.name} | " in said and f"{b.name} | " in said and "listening on" in said, said
+    code, said = sando(d.project, "logs", "-s", d.name, "node9")
+    assert code == 2 and "NODE: no node 'node9'" in said
+
+    code, said = sando(d.project, "ssh", "-s", d.name, b.name, "--", "cat /etc/hostname; exit 3")
+    assert code == 3 and said.strip() == b.exec("cat", "/etc/hostname").stdout.strip(), said
+
+    env = {**os.environ, **engine, "PATH": f"{TOOLS / 'bin'}:{os.environ['PATH']}"}
+    sando_cmd = [sys.executable, "-m", "sando_components.cli", "--cwd", str(d.project)]
+
+    def pty_session(*argv, send: bytes, until: bytes, timeout: float = 60) -> bytes:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([*sando_cmd, *argv], stdin=slave, stdout=slave, stderr=slave, env=env,
+                                cwd=str(Path(cli.__file__).parents[1]))
+        os.close(slave)
+        seen, deadline, sent = b"", time.monotonic() + timeout, False
+        while until not in seen and time.monotonic() < deadline:
+            if not sent and seen.rstrip().endswith(b"#"):  # the node's shell prompts: type
+                os.write(master, send)
+                sent = True
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(master)
+        return seen
+
+    seen = pty_session("ssh", "-s", d.name, a.name, send=b"tty && echo in-$((40 + 2))\nexit\n", until=b"in-42")
+    assert b"in-42" in seen and b"/dev/pts/" in seen, seen  # a shell on a pty on the node
+
+    started = len(a.restart_times())
+    code, said = sando(d.project, "restart", "-s", d.name, a.name, "--yes")
+    assert code == 0, said
+    assert f"{a.name}: restarted, healthy now (warning: sent " in said, said
+    assert len(a.restart_times()) == started + 1 and len(b.restart_times()) == 1
+    assert len(re.findall(r"restart-warning: received", a.journal("makenotwork"))) == 1
+    last = history_of(a)[-1]
+    assert (last["result"], last["via"], last["by"], last["version"], last["warning"]) == (
+        "restarted", "sando restart", ME, "v1", "sent 2s")
+
+    code, said = sando(d.project, "restart", "-s", d.name, "--yes", "--now")
+    assert code == 0 and said.count("restarted, healthy now (warning: skipped (--now))") == 2, said
+    assert len(re.findall(r"restart-warning: received", a.journal("makenotwork"))) == 1
+    assert history_of(b)[-1]["warning"] == f"skipped (--now) by {ME}"
+
+    # follow: what the node logs after the start is printed as it comes
+    proc = subprocess.Popen([*sando_cmd, "logs", "-s", d.name, a.name, "-f", "-n", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(Path(cli.__file__).parents[1]))
+    try:
+        time.sleep(3)  # connected and following
+        a.exec("systemctl", "restart", "makenotwork", check=True)
+        deadline, seen = time.monotonic() + 60, b""
+        while b"listening on" not in seen and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        assert b"listening on" in seen, seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -346,7 +346,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh
 def config(version, *names, **extra):
     nodes = "[" + ",".join('{"name": "%s", "host": "10.0.0.1", "hostKey": "%s"}' % (n, KEY) for n in names) + "]"
     return load({"sando:nodes": nodes, "sando:version": version, "sando:source": '{"repo": "../app"}',
-                 "sando:sshAgent": "true", **{f"sando:{k}": v for k, v in extra.items()}})
+                 "sando:sshAgent": "true", **{f"sando:{k}": v for k, v in extra.items()}},
+                frozenset({"sando:cliServiceToken"}))
 
 
 class FakeProject:
@@ -527,3 +528,25 @@ def test_failures_are_one_line_without_traceback(fake, monkeypatch):
     assert (code, err) == (1, "sando: the backend is unreachable\n")
     monkeypatch.setenv("SANDO_DEBUG", "1")
     assert "Traceback" in run("rollback", "-s", "prod", "--yes")[2]
+
+
+def test_logs_command_by_exact_string():
+    from sando_components import fleet
+    assert fleet.logs_command("makenotwork", 100) == \
+        "journalctl --no-pager -u makenotwork.service -o short-iso -n 100"
+    assert fleet.logs_command("mnw", None, "1 hour ago", True) == \
+        "journalctl --no-pager -u mnw.service -o short-iso --since '1 hour ago' -f"
+
+
+def test_restart_stdin_carries_the_token_only_when_warning():
+    from sando_components import fleet
+    cfg = config("v1", "n1", restartWarningSeconds="30", cliServiceToken="s3cret")
+    assert fleet.restart_stdin(cfg, True) == b"Authorization: Bearer s3cret\n"
+    assert fleet.restart_stdin(cfg, False) == b"\n"
+    assert "s3cret" not in fleet.restart_command(cfg, cfg.nodes[0], A, {"by": "x@y", "via": "sando restart"}, True)
+
+
+@pytest.mark.parametrize("command", [["logs"], ["ssh"], ["restart"]])
+def test_new_commands_help_fits_a_screen(command):
+    code, out, err = run(*command, "--help")
+    assert code == 0 and err == "" and len(out.splitlines()) < 40
