@@ -18,10 +18,9 @@ import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from . import config as config_model
-from . import history, paths, scripts, ssh
+from . import history, paths, scripts, ssh, times
 from .errors import OperatorError
 from .transfer import NodeRelease
 
@@ -158,11 +157,7 @@ def _probe_json(p: Probe | None) -> dict | None:
     return None if p is None else {"ok": p.ok, "status": p.code, "says": p.text()}
 
 
-def iso(epoch: float | int | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC (`2026-12-04T07:55:02Z`)."""
-    if not epoch:
-        return None
-    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+iso = times.iso  # the one time format (issue 20.9)
 
 
 # --- the read (one exec per node) ------------------------------------------------------------------

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from .. import commands, diagnostics, history, paths, ssh
+from .. import commands, diagnostics, history, paths, ssh, times
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from . import gate, warning
@@ -40,7 +39,7 @@ def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str |
 
 
 def _iso(epoch: str | None) -> str | None:
-    return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds") if epoch else None
+    return times.iso(epoch) if epoch else None  # issue 20.9: one time format
 
 
 class PointerProvider(NodeProvider):
@@ -122,7 +121,7 @@ class PointerProvider(NodeProvider):
             "previousVersion": state.previous,
             "switchedAt": switched_at or olds.get("switchedAt"),
             "health": health,
-            "releases": [{"version": r.version, "commit": r.commit, "createdAt": r.created_at, "failed": r.failed}
+            "releases": [{"version": r.version, "commit": r.commit, "createdAt": times.iso(r.created_at), "failed": r.failed}
                          for r in sorted(state.releases.values(), key=lambda r: r.created_at)],
             "foreign": list(state.foreign),
             "pruned": [v for k, v in report or [] if k == "pruned"],
