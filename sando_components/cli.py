@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import fleet, history, scripts, ssh
+from . import fleet, history, passphrase, scripts, ssh
 from .config import StackConfig
 from .errors import ConfigError
 from .fleet import NodeNow
@@ -437,6 +437,9 @@ class Project:
         """The stack's validated config, secrets decrypted in memory (`pulumi config --show-secrets
         --json` on a pipe: never on disk or argv); a bad key is named as the program would."""
         if name not in self._config:
+            unsafe = passphrase.problem(self.dir, name)
+            if unsafe:
+                raise Refused(unsafe)
             res = self._pulumi(["config", "--json", "--show-secrets", "--stack", name])
             try:
                 self._config[name] = fleet.stack_config(json.loads(res.stdout or "{}"))

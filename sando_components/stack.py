@@ -16,7 +16,15 @@ from .history import deployer
 
 
 def load_config() -> StackConfig:
-    """Validate the `sando:` namespace once; ConfigError names the key."""
+    """Validate the `sando:` namespace once; ConfigError names the key. A stack whose secrets are
+    under the demo's public passphrase (or none) is refused (passphrase.py)."""
+    from pathlib import Path
+
+    from . import passphrase
+
+    unsafe = passphrase.problem(Path.cwd(), pulumi.get_stack(), need=False)
+    if unsafe:
+        raise ConfigError(unsafe)
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     secret = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
     return load(raw, frozenset(secret))
