@@ -236,8 +236,11 @@ def matching_backup(node: NodeNow, target: str) -> str | None:
 
 
 def restore_command(service: str, database: str, backup: str) -> str:
+    """The command that puts the backup back as the live database (run on the node, as root)."""
+    name = backup if re.fullmatch(r"[\w./+-]+", backup) else "'" + backup.replace("'", "''") + "'"
     return (f"systemctl stop {service} && sqlite3 {shlex.quote(database)} "
-            f"{shlex.quote(f'.restore {backup!r}')} && systemctl start {service}")
+            f"{shlex.quote(f'.restore {name}') if chr(39) in name else chr(34) + '.restore ' + name + chr(34)} "
+            f"&& systemctl start {service}")
 
 
 # --- status ---------------------------------------------------------------------------------

@@ -383,3 +383,38 @@ def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_rollback_across_applied_migrations_names_them_and_the_backup(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.5: the database is ahead of the rollback target by a destructive migration: the
+    rollback names it, says it is destructive, names the pre-migration backup and the exact
+    command to restore it, and --yes alone does not pass (--accept-destructive does); the command
+    it printed restores the database."""
+    import shlex
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v3", ("destructive-migration",))
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo)
+    run_up(d)  # v1: its start creates the database, migration 1
+    d.set(version="v3")
+    run_up(d)  # the gate backs the database up, v3's start applies migration 2 (a DROP TABLE)
+    backups = sorted(p.name for p in n.path("/var/backups/makenotwork").iterdir())
+    assert len(backups) == 1 and backups[0].startswith("pre-v3-"), backups
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 1, said
+    m = re.search(r"WARNING node1: the database \((\S+)\) is ahead of v1 by migration\(s\) 2 (.+?); DESTRUCTIVE: 2 .+?\. "
+                  r"The backup from before them: (\S+); to restore it after the rollback: "
+                  rf"sando ssh -s {d.name} node1 -- (.+)\n", said)
+    assert m and m.group(3) == f"/var/backups/makenotwork/{backups[0]}", said
+    assert "not rolled back" in said and "--accept-destructive" in said
+    assert n.served()["version"] == "v3"
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes", "--accept-destructive")
+    assert code == 0 and n.served()["version"] == "v1", said
+
+    code, said = sando(d.project, "ssh", "-s", d.name, "node1", "--", *shlex.split(m.group(4)))
+    assert code == 0, said
+    applied = n.exec("sqlite3", m.group(1), "SELECT version FROM _sqlx_migrations", check=True).stdout.split()
+    assert applied == ["1"] and n.served()["version"] == "v1"

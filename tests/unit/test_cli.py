@@ -171,8 +171,10 @@ def test_migrations_ahead_name_the_destructive_ones_and_the_backup():
     assert (ahead.migrations, ahead.destructive) == (["2 add_x", "3 drop_extra"], ["3 drop_extra"])
     assert cli.matching_backup(n, "v1") == "/var/backups/m/pre-v7-20260102T0304Z.db"
     assert cli.migrations_ahead(n, list(known.values()), known) is None
-    assert cli.restore_command("mnw", "/var/lib/m.db", "/b/pre-v7.db") == \
-        "systemctl stop mnw && sqlite3 /var/lib/m.db '.restore '\"'\"'/b/pre-v7.db'\"'\"'' && systemctl start mnw"
+    assert cli.restore_command("mnw", "/var/lib/m.db", "/b/pre-v7-20260102T0304Z.db") == \
+        'systemctl stop mnw && sqlite3 /var/lib/m.db ".restore /b/pre-v7-20260102T0304Z.db" && systemctl start mnw'
+    assert cli.restore_command("mnw", "/var/lib/m.db", "/my b/x.db") == \
+        "systemctl stop mnw && sqlite3 /var/lib/m.db '.restore '\"'\"'/my b/x.db'\"'\"'' && systemctl start mnw"
 
 
 # --- after the up -------------------------------------------------------------------------------
