@@ -246,6 +246,10 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
         f"for m in {' '.join(q(m) for m in migrations) or ':'}; do [ \"$m\" = : ] && continue; "
         "case \" $applied \" in *\" $m \"*) ;; *) PENDING=\"$PENDING $m\";; esac; done",
         "echo \"@pending$PENDING\"",
+        # issue 20.7 hook: a database that does not exist yet or holds no table (a new node) has no
+        # data a destructive migration could destroy: it passes, with a note
+        "EMPTY=''; if [ ! -f \"$DB\" ] || [ \"$(sqlite3 -readonly \"$DB\" \".timeout 10000\" \"SELECT count(*) FROM "
+        "sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'\" 2>/dev/null)\" = 0 ]; then EMPTY=1; fi",
         "if [ -n \"$PENDING\" ]; then",
         f"  for m in {' '.join(q(m) for m in destructive) or ':'}; do case \" $PENDING \" in *\" $m \"*) "
         "echo \"@destructive $m\";; esac; done",
@@ -258,12 +262,13 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
         "  case $rc in",
         "    0) ;;",
         "    3) " + mark_failed(version, "the migration dry run failed") + "; exit 30;;",
-        "    4) " + (":" if allow_destructive else "exit 31") + ";;",
+        "    4) " + (":" if allow_destructive else "[ -n \"$EMPTY\" ] || exit 31") + ";;",
         "    *) exit 32;;",
         "  esac",
         "  " + (":" if allow_destructive else
                 f"for m in {' '.join(q(m) for m in destructive) or ':'}; do case \" $PENDING \" in *\" $m \"*) "
-                "exit 31;; esac; done"),
+                "if [ -n \"$EMPTY\" ]; then echo '@gate-note the database is empty (a new node): nothing to "
+                "destroy, so its destructive migrations pass'; break; fi; exit 31;; esac; done"),
         "fi",
     )
 

@@ -418,3 +418,20 @@ def test_rollback_across_applied_migrations_names_them_and_the_backup(make_nodes
     assert code == 0, said
     applied = n.exec("sqlite3", m.group(1), "SELECT version FROM _sqlx_migrations", check=True).stdout.split()
     assert applied == ["1"] and n.served()["version"] == "v1"
+
+
+def test_a_new_nodes_empty_database_passes_the_destructive_gate_with_a_note(make_nodes, make_deploy, tmp_path):
+    """Issue 20.7: on a brand-new node (no database yet: no data to destroy) a release with a
+    destructive migration passes sando:migrations.refuseDestructive, with a note; once the
+    database holds data, the next destructive one is refused again."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2", ("destructive-migration",))
+    repo.version("v3", ("good-migration",), ("destructive-migration",))
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo, version="v2", migrations={"refuseDestructive": True})
+    run_up(d)
+    assert n.served()["version"] == "v2"
+    assert "empty (a new node): nothing to destroy" in d.node_out(n)["migrations"]["note"]
+    d.set(version="v3")
+    said = d.up_fails()
+    assert "has destructive migrations pending" in said and n.served()["version"] == "v2", said
