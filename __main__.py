@@ -17,7 +17,8 @@ except ConfigError as err:  # before any resource exists, so before any remote c
     sys.exit(32)  # "error already shown" to the language host
 
 key, token = stack.private_key(cfg), stack.service_token(cfg)
-deploy = stack.deployer()  # who runs this and how (SANDO_VIA): recorded with each switch
+deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
+known = stack.known_destructive(cfg, source, migrations)
 nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
@@ -28,7 +29,7 @@ for number, batch in enumerate(cfg.batches()):
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources), batch=number,
-            after=earlier, deploy=deploy))
+            after=earlier, deploy=deploy, known_destructive=known))
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer)
     earlier = pointers[-len(batch):]

@@ -19,9 +19,7 @@ import argparse
 import functools
 import json
 import os
-import posixpath
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -32,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import fleet, history, passphrase, scripts, ssh
+from . import ahead, fleet, history, passphrase, scripts, ssh
 from .config import StackConfig
 from .errors import ConfigError
 from .fleet import NodeNow
@@ -202,45 +200,18 @@ def deployed_problems(nodes: list[NodeNow], version: str, commit: str | None) ->
 # --- migrations the database is ahead of a target by (issue 20.5) ------------------------------------
 
 
-@dataclass
-class Ahead:
-    """Migrations a node's database has applied that the target release does not know."""
-
-    node: str
-    migrations: list[str]  # "3 drop_extra"
-    destructive: list[str]
-    backup: str | None  # the pre-migration backup taken before they were applied
-    database: str
-
-
 def migrations_ahead(node: NodeNow, target: list[Migration], known: dict[str, Migration]) -> Ahead | None:
     """`target`: the target release's migrations; `known`: every migration sando can read by version
     (the live release's), for the destructive flag."""
-    have = {m.version for m in target}
-    ahead = [(v, d) for v, d in node.applied if v not in have]
-    if not ahead:
-        return None
-    destructive = [f"{v} {d}" for v, d in ahead if v in known and known[v].destructive]
-    return Ahead(node.name, [f"{v} {d}" for v, d in ahead], destructive, None, node.database)
+    return ahead.migrations_ahead(node.name, node.applied, node.database, {m.version for m in target},
+                                  {v for v, m in known.items() if m.destructive})
 
 
 def matching_backup(node: NodeNow, target: str) -> str | None:
-    """The backup taken right before the switch away from `target` whose migrations moved the
-    database on (`pre-<that version>-<UTC minute>.db`): the newest of that version."""
-    after = [h.get("version") for h in node.history if h.get("from") == target and h.get("version") != target]
-    for version in reversed(after):
-        found = [b for b in node.backups if posixpath.basename(b).startswith(f"pre-{version}-")]
-        if found:
-            return found[0]  # newest first
-    return None
+    return ahead.matching_backup(node.history, node.backups, target)
 
 
-def restore_command(service: str, database: str, backup: str) -> str:
-    """The command that puts the backup back as the live database (run on the node, as root)."""
-    name = backup if re.fullmatch(r"[\w./+-]+", backup) else "'" + backup.replace("'", "''") + "'"
-    return (f"systemctl stop {service} && sqlite3 {shlex.quote(database)} "
-            f"{shlex.quote(f'.restore {name}') if chr(39) in name else chr(34) + '.restore ' + name + chr(34)} "
-            f"&& systemctl start {service}")
+restore_command = ahead.restore_command
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -628,7 +599,7 @@ def cmd_promote(args, ctx: Context) -> int:
     return _deploy(project, target, tcfg, version, commit, "sando promote", message, args, ctx)
 
 
-def _ahead_warnings(project: Project, cfg: StackConfig, plan: Plan, nodes: list[NodeNow]) -> list[Ahead]:
+def _ahead_warnings(project: Project, cfg: StackConfig, plan: Plan, nodes: list[NodeNow]) -> list[ahead.Ahead]:
     """Per node, the migrations its database is ahead of the target by (issue 20.5)."""
     if plan.pin_only or not cfg.migrations.gate:
         return []
@@ -669,16 +640,11 @@ def cmd_rollback(args, ctx: Context) -> int:
             where += ("; " if where else "") + f"not retained on {', '.join(plan.send)}: it is built and sent there"
         ctx.out.write(f"sando: roll {stack} back from {live} to {plan.version} ({short(plan.commit)}): {plan.why}; "
                       f"{where}\n")
-    ahead = _ahead_warnings(project, cfg, plan, nodes)
-    for a in ahead:
-        ctx.out.write(f"sando: WARNING {a.node}: the database ({a.database}) is ahead of {plan.version} by "
-                      f"migration(s) {', '.join(a.migrations)}"
-                      + (f"; DESTRUCTIVE: {', '.join(a.destructive)}" if a.destructive else "") + ". "
-                      + (f"The backup from before them: {a.backup}; to restore it after the rollback: "
-                         f"sando ssh -s {stack.split('/')[-1]} {a.node} -- "
-                         f"{shlex.quote(restore_command(cfg.service, a.database, a.backup))}"
-                         if a.backup else "No backup from before them was found on the node.") + "\n")
-    if any(a.destructive for a in ahead) and not args.accept_destructive:
+    found = _ahead_warnings(project, cfg, plan, nodes)
+    for a in found:
+        ctx.out.write("sando: WARNING " + ahead.describe(a, plan.version, cfg.service,
+                                                          f"sando ssh -s {stack.split('/')[-1]} {a.node} --") + "\n")
+    if any(a.destructive for a in found) and not args.accept_destructive:
         raise Refused(f"not rolled back: the database is ahead of {plan.version} by destructive migrations (see "
                       "above); if the data loss is understood, run again with --accept-destructive")
     via = "sando rollback"

@@ -65,6 +65,20 @@ def release_migrations(cfg: StackConfig, source: Source) -> list[migrations.Migr
     return migrations.of_release(source.repo, source.commit, cfg.migrations.dir) if cfg.migrations.gate else []
 
 
+def known_destructive(cfg: StackConfig, source: Source, release: list[migrations.Migration]) -> list[str]:
+    """Every destructive migration of the pinned release and of the repo's HEAD (which usually holds
+    every migration ever written): a preview pinning an older version names what the database is
+    ahead by, and which of those were destructive (issue 20.5)."""
+    found = {m.version for m in release if m.destructive}
+    if cfg.migrations.gate:
+        try:
+            head = build.resolve_commit(source.repo, "HEAD")
+            found |= {m.version for m in migrations.of_release(source.repo, head, cfg.migrations.dir) if m.destructive}
+        except Exception:  # noqa: BLE001 - only for a warning
+            pass
+    return sorted(found, key=lambda v: (len(v), v))
+
+
 def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
     """The unit's EnvironmentFile (where the service reads DATABASE_PATH), else the default."""
     m = re.search(r"^EnvironmentFile=-?(\S+)", sources.get("unit", ""), re.M)
@@ -83,5 +97,5 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer) -> dict:
     }
 
 
-__all__ = ["ConfigError", "Source", "connection", "deployer", "env_file", "load_config", "node_outputs", "private_key",
+__all__ = ["ConfigError", "Source", "connection", "deployer", "env_file", "known_destructive", "load_config", "node_outputs", "private_key",
            "release_migrations", "resolve_source", "service_token"]

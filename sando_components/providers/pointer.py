@@ -19,7 +19,7 @@ from dataclasses import replace
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from .. import commands, diagnostics, history, paths, ssh, times
+from .. import ahead, commands, diagnostics, history, paths, ssh, times
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from . import gate, warning
@@ -45,6 +45,8 @@ def _iso(epoch: str | None) -> str | None:
 class PointerProvider(NodeProvider):
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
+        if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
+            ahead.warn_at_preview(news, olds)
         if not changes:
             state = node_state(news)
             if state.live != news["version"]:

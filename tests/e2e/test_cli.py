@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sando_components import cli
-from tests.support import TOOLS, AppRepo, run_up
+from tests.support import TOOLS, AppRepo, run_preview, run_up
 
 ME = f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -401,6 +401,14 @@ def test_rollback_across_applied_migrations_names_them_and_the_backup(make_nodes
     run_up(d)  # the gate backs the database up, v3's start applies migration 2 (a DROP TABLE)
     backups = sorted(p.name for p in n.path("/var/backups/makenotwork").iterdir())
     assert len(backups) == 1 and backups[0].startswith("pre-v3-"), backups
+
+    d.set(version="v1")  # a manual pin: its preview says the same
+    run_preview(d)
+    shown = "\n".join(d.log)
+    assert re.search(r"node1: the database \(\S+\) is ahead of v1 by migration\(s\) 2 .+?; DESTRUCTIVE: 2 .+?\. "
+                     rf"The backup from before them: /var/backups/makenotwork/{backups[0]}; to restore it after the "
+                     rf"rollback: sando ssh -s {d.name} node1 -- 'systemctl stop makenotwork && ", shown), shown
+    d.set(version="v3")
 
     code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
     assert code == 1, said
