@@ -36,8 +36,8 @@ from .errors import ConfigError
 from .fleet import NodeNow
 from .migrations import Migration, of_release
 
-EXIT_CODES = ("Exit codes: 0 ok; 1 refused (stack state) or failed; 2 bad arguments (unknown flag or\n"
-              "stack, --to not retained, no --yes without a terminal).")
+EXIT_CODES = ("Exit codes: 0 ok; 1 refused (what the nodes say) or failed; 2 bad arguments (unknown flag,\n"
+              "stack or node, --to not retained, no --yes without a terminal); sando ssh: the command's.")
 ENGINE_NOTE = ("Works on the Pulumi project in the current directory (--cwd DIR for another) with its\n"
                ".tools/bin/pulumi if there is one, else pulumi on PATH, and your backend and passphrase\n"
                "(PULUMI_BACKEND_URL or `pulumi login`, PULUMI_CONFIG_PASSPHRASE).")
@@ -818,8 +818,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(out: TextIO) -> argparse.ArgumentParser:
     parser = _Parser(prog="sando", out=out, description=(
-        "Operator commands for sando's Pulumi stacks. Thin wrappers over the Automation API:\n"
-        "`pulumi up -s STACK` keeps working and stays the primary interface."),
+        "Operator commands for sando's Pulumi stacks: they read the nodes now (the stack's key and\n"
+        "pinned host keys from its config) and drive Pulumi's CLI; `pulumi up -s STACK` keeps\n"
+        "working and stays the primary interface."),
         epilog=f"{ENGINE_NOTE}\n{EXIT_CODES}\nSANDO_DEBUG=1 shows Python tracebacks.")
     parser.add_argument("--cwd", default=".", metavar="DIR", help="the Pulumi project (default: .)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
