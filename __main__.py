@@ -18,6 +18,8 @@ except (ConfigError, OperatorError) as err:  # before any resource exists, so be
     sys.exit(32)  # "error already shown" to the language host
 
 token = stack.service_token(cfg)
+deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
+known = stack.known_destructive(cfg, source, migrations)
 nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
@@ -30,7 +32,7 @@ for number, batch in enumerate(cfg.batches()):
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,
-            after=earlier), after_reach)
+            after=earlier, deploy=deploy, known_destructive=known), after_reach)
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)
     earlier = pointers[-len(batch):]

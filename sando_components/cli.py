@@ -1,27 +1,28 @@
-"""`sando`: three operator commands over Pulumi's Automation API. Plain `pulumi up -s STACK`
-stays the primary interface; these only save typing and refuse what is plainly wrong.
+"""`sando`: operator commands over Pulumi's Automation API and the nodes themselves. Plain
+`pulumi up -s STACK` stays the primary interface; these save typing, read the nodes now and
+refuse what is plainly wrong.
 
-    sando promote --from testnot --to prod [--yes]
-    sando status [STACK ...]
-    sando rollback -s STACK [--to VERSION] [--yes]
+    sando status [STACK ...] [--json]
+    sando promote --from testnot --to prod [--yes] [--now]
+    sando rollback -s STACK [--to VERSION] [--yes] [--now] [--allow-failed] [--accept-destructive]
 
-Decisions are pure functions of stack outputs (check_promotable, moved_tag, rollback_target,
-deployed_problems, status_rows, render_status); `Project` is the thin layer that talks to the
-engine; `main(argv, out=, err=, stdin=, project=) -> exit code` is the entry (`python -m
-sando_components.cli`, or .venv/bin/sando from `make setup`); nothing here calls sys.exit.
+Decisions are pure functions of what the nodes say now (fleet.NodeNow: check_promotable,
+rollback_plan, migrations_ahead, deployed_problems, status_rows, render_status); `Project` is the
+thin layer that talks to the engine (one pulumi command per call); `main(argv, out=, err=,
+stdin=, project=) -> exit code` is the entry (`python -m sando_components.cli`, or
+.venv/bin/sando from `make setup`); nothing here calls sys.exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import getpass
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,8 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-EXIT_CODES = ("Exit codes: 0 ok; 1 refused (stack state) or failed; 2 bad arguments (unknown flag or\n"
-              "stack, --to not retained, no --yes without a terminal).")
+from . import ahead, fleet, history, passphrase, scripts, ssh
+from .config import StackConfig
+from .errors import ConfigError
+from .fleet import NodeNow
+from .migrations import Migration, of_release
+
+EXIT_CODES = ("Exit codes: 0 ok; 1 refused (what the nodes say) or failed; 2 bad arguments (unknown flag,\n"
+              "stack or node, --to not retained, no --yes without a terminal); sando ssh: the command's.")
 ENGINE_NOTE = ("Works on the Pulumi project in the current directory (--cwd DIR for another) with its\n"
                ".tools/bin/pulumi if there is one, else pulumi on PATH, and your backend and passphrase\n"
                "(PULUMI_BACKEND_URL or `pulumi login`, PULUMI_CONFIG_PASSPHRASE).")
@@ -48,38 +55,37 @@ class Refused(Exception):
 
 
 # --- pure decisions ------------------------------------------------------------------------
+# Every decision reads the nodes now (fleet.NodeNow: one exec per node, all at once), never a
+# previous run's outputs, which an interrupted run or a hand-stopped service leaves stale.
 
 
 def short(commit: str | None, n: int = 12) -> str:
     return commit[:n] if commit else "-"
 
 
-def nodes_of(outputs: dict) -> dict[str, dict]:
-    """The `nodes` output, in rollout order (batch, then name)."""
-    nodes = outputs.get("nodes")
-    if not isinstance(nodes, dict):
-        return {}
-    return dict(sorted(nodes.items(), key=lambda kv: (kv[1].get("batch") or 0, kv[0])))
+def unreachable(nodes: list[NodeNow], what: str) -> None:
+    """Refuse to decide `what` without every node (one line per node: why it could not be read)."""
+    bad = [n for n in nodes if not n.reachable]
+    if bad:
+        raise Refused(f"cannot {what} without reading every node: "
+                      + "; ".join(f"{n.name}: {n.error}" for n in bad))
 
 
-def check_promotable(outputs: dict, last: dict | None = None) -> list[str]:
-    """Why the source stack does not run one healthy version on every node ([] = promotable).
-    `last` is its last update ({result, when, ...}): one that failed means the source is not clean."""
-    version, commit, nodes = outputs.get("version"), outputs.get("commit"), nodes_of(outputs)
-    if not (version and commit and nodes):
-        return ["it has no version, commit or nodes in its outputs (never deployed?)"]
+def check_promotable(pin: str, pin_commit: str | None, nodes: list[NodeNow]) -> list[str]:
+    """Why the source stack's nodes do not all serve its pinned version healthily now ([] = promotable)."""
+    if not nodes:
+        return ["it has no nodes"]
     problems = []
-    if last and last.get("result") != "succeeded":
-        problems.append(f"its last update ({last.get('when') or '?'}) {last.get('result') or 'did not finish'} "
-                        "(a failed switch or a half-finished rollout?)")
-    for name, node in nodes.items():
-        if node.get("health") != "ok":
-            problems.append(f"{name}'s health is {node.get('health') or 'unknown'}")
-        if node.get("liveVersion") != version:
-            problems.append(f"{name} runs {node.get('liveVersion') or 'nothing'} but the stack pins {version} "
-                            "(a half-finished rollout)")
-        elif node.get("liveCommit") != commit:
-            problems.append(f"{name} runs commit {short(node.get('liveCommit'))}, the stack's is {short(commit)}")
+    for n in nodes:
+        problems += n.problems()
+        if not n.reachable:
+            continue
+        if n.live != pin:
+            problems.append(f"{n.name} runs {n.live or 'nothing'} but the stack pins {pin} "
+                            "(a failed or half-finished rollout?)")
+        elif pin_commit and n.live_commit != pin_commit:
+            problems.append(f"{n.name} runs commit {short(n.live_commit)}, {pin} is {short(pin_commit)} "
+                            "in the stack's source repo (the tag moved?)")
     return problems
 
 
@@ -93,64 +99,127 @@ def moved_tag(version: str, commit: str, resolved: str | None, where: str, runs:
             "the name moved; deploy that commit under a new version name")
 
 
-def _retained(node: dict) -> dict[str, dict]:
-    return {r.get("version"): r for r in node.get("releases") or [] if isinstance(r, dict)}
+def _listing(node: NodeNow) -> str:
+    held = sorted(node.releases.values(), key=lambda r: r.created_at)
+    return ", ".join(f"{r.version} (failed)" if r.failed else r.version for r in held) or "none"
 
 
-def _listing(held: dict[str, dict]) -> str:
-    return ", ".join(f"{v} (failed)" if r.get("failed") else str(v) for v, r in held.items()) or "none"
+def _failed_on(node: NodeNow, version: str) -> bool:
+    """The node marked the release failed (its switch failed), or its history has only failed switches to it."""
+    r = node.releases.get(version)
+    if r is not None and r.failed:
+        return True
+    results = [h.get("result") for h in node.history if h.get("version") == version]
+    return bool(results) and "ok" not in results
 
 
-def rollback_target(outputs: dict, to: str | None = None) -> tuple[str, str]:
-    """(version, commit) to pin: `to`, or the nodes' common previous version; it must be retained
-    on every node (so nothing is sent) and built from one commit."""
-    nodes, given = nodes_of(outputs), to is not None
-    if not nodes:
-        raise Refused("the stack has no nodes in its outputs (never deployed?)")
-    if not given:
-        previous = {name: n.get("previousVersion") for name, n in nodes.items()}
-        if len(set(previous.values())) > 1:
-            listed = ", ".join(f"{k}: {v or 'none'}" for k, v in previous.items())
-            raise Refused(f"the nodes disagree on the previous version ({listed}); choose one with --to")
-        to = next(iter(previous.values()))
-        if not to:
-            first = next(iter(nodes.values()))
-            raise Refused(f"no previous version is recorded on the nodes; choose a retained one with --to "
-                          f"(retained: {_listing(_retained(first))})")
-    commits = {}
-    for name, node in nodes.items():
-        held = _retained(node)
-        if to not in held:
-            message = f"{to} is not retained on {name} (retained: {_listing(held)})"
-            raise Usage("--to", message) if given else Refused(f"the previous version {message}")
-        commits[name] = held[to].get("commit")
-    if len(set(commits.values())) != 1 or not next(iter(commits.values())):
-        listed = ", ".join(f"{k}: {short(v)}" for k, v in commits.items())
-        raise Refused(f"{to} is not one commit on every node ({listed})")
-    return to, next(iter(commits.values()))
+def _walk_back(node: NodeNow) -> str | None:
+    """The version this node's rollback goes to: the newest good version before the live one on
+    its history's line (history.good_line), else its `previous` link (nodes from before the
+    history), skipping failed releases; None when there is none (a fresh node)."""
+    line = history.good_line(node.history)
+    if line and node.live in line:
+        candidates = line[:line.index(node.live)]
+    elif line:
+        candidates = line
+    else:
+        candidates = [node.previous] if node.previous else []
+    for v in reversed(candidates):
+        if v != node.live and not _failed_on(node, v):
+            return v
+    return None
 
 
-def deployed_problems(outputs: dict, version: str, commit: str) -> list[str]:
-    """What differs, after an up, from `version` at `commit` live and healthy on every node."""
+@dataclass
+class Plan:
+    """What a rollback will do: pin `version` (built from `commit`), sent to the nodes in `send`."""
+
+    version: str
+    commit: str | None
+    why: str
+    retained: list[str]  # nodes that hold the release: nothing sent to them
+    send: list[str]  # nodes that do not: the up uploads it there
+    pin_only: bool = False  # every node runs it already: pinning it restarts nothing
+
+
+def rollback_plan(pin: str | None, nodes: list[NodeNow], to: str | None = None,
+                  allow_failed: bool = False) -> Plan:
+    """Where `sando rollback` goes, decided from the nodes as they are now."""
+    unreachable(nodes, "roll back")
+    lives = {n.live for n in nodes}
+    if to is None and len(lives) == 1 and None not in lives and next(iter(lives)) != pin:
+        live = next(iter(lives))
+        commits = {n.live_commit for n in nodes}
+        return Plan(live, commits.pop() if len(commits) == 1 else None,
+                    f"every node runs {live} but the stack pins {pin or '(nothing)'} (a failed or interrupted "
+                    f"deploy): pin {live}, what runs; nothing restarts", [n.name for n in nodes], [], pin_only=True)
+    if to is None:
+        votes = {n.name: _walk_back(n) for n in nodes}
+        chosen = {v for v in votes.values() if v}
+        if not chosen:
+            raise Refused("no earlier good version is recorded on the nodes; choose one with --to (retained: "
+                          + "; ".join(f"{n.name}: {_listing(n)}" for n in nodes) + ")")
+        if len(chosen) > 1:
+            listed = ", ".join(f"{k}: {v or 'none'}" for k, v in votes.items())
+            raise Refused(f"the nodes disagree on the version to roll back to ({listed}); choose one with --to")
+        to = chosen.pop()
+        why = f"the last good version before what runs now ({', '.join(sorted(filter(None, lives)))})"
+    else:
+        why = "chosen with --to"
+    failed = [n.name for n in nodes if _failed_on(n, to)]
+    if failed and not allow_failed:
+        raise Refused(f"{to} failed on {', '.join(failed)} (marked failed there: its start or health check "
+                      "failed); pass --allow-failed to roll back onto it anyway")
+    commits = {n.releases[to].commit for n in nodes if to in n.releases}
+    commits |= {h.get("commit") for n in nodes for h in n.history
+                if h.get("version") == to and h.get("commit") and to not in n.releases}
+    if len(commits) > 1:
+        raise Refused(f"{to} is not one commit on every node ({', '.join(short(c) for c in sorted(commits))})")
+    retained = [n.name for n in nodes if to in n.releases]
+    send = [n.name for n in nodes if to not in n.releases]
+    if not retained and why == "chosen with --to" and not any(h.get("version") == to for n in nodes
+                                                              for h in n.history):
+        raise Usage("--to", f"{to} is not retained on any node (retained: "
+                    + "; ".join(f"{n.name}: {_listing(n)}" for n in nodes) + ")")
+    return Plan(to, commits.pop() if commits else None, why, retained, send)
+
+
+def deployed_problems(nodes: list[NodeNow], version: str, commit: str | None) -> list[str]:
+    """What differs, read from the nodes after an up, from `version` at `commit` live and healthy everywhere."""
     problems = []
-    if outputs.get("version") != version:
-        problems.append(f"the stack's version output is {outputs.get('version') or 'missing'}, not {version}")
-    if outputs.get("commit") != commit:
-        problems.append(f"the stack's commit is {short(outputs.get('commit'))}, not {short(commit)}")
-    nodes = nodes_of(outputs)
-    if not nodes:
-        problems.append("no nodes in the outputs")
-    for name, node in nodes.items():
-        if (node.get("liveVersion"), node.get("liveCommit")) != (version, commit):
-            problems.append(f"{name} runs {node.get('liveVersion') or 'nothing'} "
-                            f"(commit {short(node.get('liveCommit'))})")
-        elif node.get("health") != "ok":
-            problems.append(f"{name}'s health is {node.get('health') or 'unknown'}")
+    for n in nodes:
+        if not n.reachable:
+            problems.append(f"{n.name} cannot be read ({n.error})")
+        elif n.live != version or (commit and n.live_commit != commit):
+            problems.append(f"{n.name} runs {n.live or 'nothing'} (commit {short(n.live_commit)})")
+        else:
+            problems += n.problems()
     return problems
 
 
+# --- migrations the database is ahead of a target by (issue 20.5) ------------------------------------
+
+
+def migrations_ahead(node: NodeNow, target: list[Migration], known: dict[str, Migration]) -> Ahead | None:
+    """`target`: the target release's migrations; `known`: every migration sando can read by version
+    (the live release's), for the destructive flag."""
+    return ahead.migrations_ahead(node.name, node.applied, node.database, {m.version for m in target},
+                                  {v for v, m in known.items() if m.destructive})
+
+
+def matching_backup(node: NodeNow, target: str) -> str | None:
+    return ahead.matching_backup(node.history, node.backups, target)
+
+
+restore_command = ahead.restore_command
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
 def when(value: str | datetime | None) -> str | None:
-    """A time as `YYYY-MM-DD HH:MMZ` (UTC); ISO strings and naive datetimes are taken as UTC."""
+    """A time as ISO 8601 UTC to the minute (`2026-01-02T03:04Z`); ISO strings and naive datetimes
+    are taken as UTC."""
     if not value:
         return None
     try:
@@ -158,64 +227,92 @@ def when(value: str | datetime | None) -> str | None:
     except ValueError:
         return str(value)
     t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%MZ")
-
-
-def describe_update(last: dict | None) -> str | None:
-    """One line for a history entry: when, what, result, message (-m), git.author of the checkout."""
-    if not last:
-        return None
-    text = " ".join(str(x) for x in (last.get("when"), last.get("kind"), last.get("result")) if x)
-    if last.get("message"):
-        text += f' "{last["message"]}"'
-    if last.get("author"):
-        text += f" (git.author {last['author']})"
-    return text
+    return t.strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _cut(text, width: int = 32) -> str | None:
     return None if text is None else str(text) if len(str(text)) <= width else str(text)[:width - 1] + "…"
 
 
-def _migrations(m) -> str | None:
-    if not isinstance(m, dict):
+def _size(kib: int) -> str:
+    for unit, div in (("TB", 1024 ** 3), ("GB", 1024 ** 2), ("MB", 1024)):
+        if kib >= div:
+            return f"{kib / div:.1f} {unit}"
+    return f"{kib} KB"
+
+
+def describe_deploy(d: dict | None) -> str | None:
+    """One line for a node's last switch record: version, when, who, how."""
+    if not d:
         return None
-    pending, destructive = m.get("pending") or [], m.get("destructive") or []
-    text = _cut(", ".join(pending) or "none")
-    return f"{text} ({len(destructive)} destructive)" if destructive else text
+    text = f"{d.get('version')} {when(d.get('at')) or '?'} by {d.get('by') or '?'} ({d.get('via') or '?'})"
+    if d.get("result") != "ok":
+        text += f" {d.get('result')}"
+    if str(d.get("warning", "")).startswith("skipped"):
+        text += " no warning"
+    return text
 
 
-def status_rows(stack: str, outputs: dict, last: dict | None = None, error: str | None = None) -> list[dict]:
-    """One row per node of a stack; the stack's last update is shown on its first row."""
-    nodes, pinned = nodes_of(outputs), outputs.get("version")
-    last_text = f"error: {error}" if error else describe_update(last) or "never updated"
-    if not nodes:
-        return [{"stack": stack, "last": last_text}]
+def pending_of(node: NodeNow, release: list[Migration] | None) -> list[Migration] | None:
+    """The pinned release's migrations the node's database has not applied (None: unknown)."""
+    if release is None or not node.reachable or node.db.startswith("unreadable"):
+        return None
+    have = {v for v, _ in node.applied}
+    return [m for m in release if m.version not in have]
+
+
+def _pending_text(pending: list[Migration] | None) -> str | None:
+    if pending is None:
+        return None
+    return _cut(", ".join(f"{m.version} {m.description}" + (" (destructive)" if m.destructive else "")
+                          for m in pending) or "none")
+
+
+def status_rows(stack: str, pin: str | None, nodes: list[NodeNow], release: list[Migration] | None = None,
+                error: str | None = None) -> list[dict]:
+    """One row per node of a stack, read now."""
+    if error:
+        return [{"stack": stack, "error": f"cannot read the stack: {error}"}]
     rows = []
-    for i, (name, n) in enumerate(nodes.items()):
-        live = n.get("liveVersion")
+    for n in nodes:
+        if not n.reachable:
+            rows.append({"stack": stack, "node": n.name, "error": f"unreachable: {n.error}"})
+            continue
+        caddy = n.caddy or None
+        if caddy and n.caddy_health is not None:
+            caddy = f"{caddy}, {n.caddy_health.text()}"
         rows.append({
-            "stack": stack, "node": name,
-            "live": f"{live} (pin {pinned})" if live and pinned and live != pinned else live,
-            "previous": n.get("previousVersion"), "commit": short(n.get("liveCommit"), 7),
-            "health": _cut(n.get("health")), "switched": when(n.get("switchedAt")),
-            "migrations": _migrations(n.get("migrations")),
-            "last": last_text if i == 0 else "",
+            "stack": stack, "node": n.name,
+            "live": f"{n.live} (pin {pin})" if n.live and pin and n.live != pin else n.live,
+            "previous": n.previous, "commit": short(n.live_commit, 7),
+            "unit": _cut(n.unit.split()[0] if n.unit.split()[:1] == ["active"] else n.unit, 20),
+            "health": _cut(n.health.text() if n.health else None),
+            "caddy": _cut(caddy), "migrations": _pending_text(pending_of(n, release)),
+            "free": _size(n.free_kib), "last": describe_deploy(n.last_deploy),
         })
     return rows
 
 
 COLUMNS = (("stack", "STACK"), ("node", "NODE"), ("live", "LIVE"), ("previous", "PREVIOUS"), ("commit", "COMMIT"),
-           ("health", "HEALTH"), ("switched", "SWITCHED"), ("migrations", "PENDING MIGRATIONS"),
-           ("last", "LAST UPDATE"))
+           ("unit", "UNIT"), ("health", "HEALTH"), ("caddy", "CADDY"), ("migrations", "PENDING MIGRATIONS"),
+           ("free", "FREE"), ("last", "LAST DEPLOY"))
 
 
 def render_status(rows: list[dict]) -> str:
-    """A plain-text table; a missing value shows as '-'."""
+    """A plain-text table; a missing value shows as '-'; a node or stack that could not be read is
+    one line saying why."""
     cells = [[title for _, title in COLUMNS]]
     cells += [["-" if row.get(key) is None else str(row[key]) for key, _ in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells) + "\n"
+    plain = [line for line, row in zip(cells, [None, *rows]) if row is None or not row.get("error")]
+    widths = [max(len(line[i]) for line in (cells if i < 2 else plain)) for i in range(len(COLUMNS))]
+    out = []
+    for line, row in zip(cells, [None, *rows]):
+        if row is not None and row.get("error"):
+            head = [row["stack"].ljust(widths[0]), (row.get("node") or "-").ljust(widths[1]), row["error"]]
+            out.append("  ".join(head))
+        else:
+            out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    return "\n".join(out) + "\n"
 
 
 GENERIC_ERRORS = ("update failed", "preview failed", "resource monitor has terminated")
@@ -253,17 +350,6 @@ def one_line(text: str) -> str:
 # --- the engine (Automation API) ----------------------------------------------------------
 
 
-def repo_path(project: Path, source: str | None) -> Path | None:
-    """The repo of a `sando:source` value: an object (`config set --path sando:source.repo ...`) or
-    the same as a JSON string; both are JSON text to `pulumi config get`."""
-    try:
-        repo = json.loads(source or "null")
-    except ValueError:
-        return None
-    repo = repo.get("repo") if isinstance(repo, dict) else None
-    return (project / repo).resolve() if isinstance(repo, str) and repo else None
-
-
 def git_commit(repo: Path, ref: str) -> str | None:
     res = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
                          capture_output=True, text=True)
@@ -271,8 +357,10 @@ def git_commit(repo: Path, ref: str) -> str | None:
 
 
 class Project:
-    """The Pulumi project in a directory, driven through the Automation API. Stacks are named by
-    strings; the operator's selected stack (`pulumi stack select`) is never changed."""
+    """The Pulumi project in a directory, driven through the Automation API's command runner. Stacks
+    are named by strings; the operator's selected stack (`pulumi stack select`) is never changed.
+    Each method is one pulumi command at most: no `stack output`/`stack history` runs the
+    Automation API's Stack.up adds (issue 24)."""
 
     def __init__(self, directory: str):
         from pulumi import automation as auto
@@ -295,6 +383,20 @@ class Project:
         env.setdefault("PULUMI_PARALLEL", os.environ.get("PULUMI_PARALLEL", "64"))  # every node at once
         self.ws = Workspace(work_dir=str(self.dir), pulumi_command=command, env_vars=env)
         self._names: list[str] | None = None
+        self._config: dict[str, StackConfig] = {}
+
+    def _pulumi(self, args: list[str], env: dict | None = None, out: TextIO | None = None,
+                err: TextIO | None = None):
+        try:
+            return self.ws.pulumi_command.run(args, str(self.dir), {**self.ws.env_vars, **(env or {})},
+                                              _printer(out) if out else None, _printer(err) if err else None)
+        except self.auto.errors.ConcurrentUpdateError:
+            stack = args[args.index("--stack") + 1] if "--stack" in args else "the stack"
+            raise Refused(f"{stack} is locked by another update (`pulumi cancel -s {stack}` clears a stale lock)") \
+                from None
+        except self.auto.errors.CommandError as exc:
+            what = " ".join(a for a in args[:2] if not a.startswith("-"))
+            raise Refused(f"pulumi {what} failed: {engine_error(str(exc)) or one_line(str(exc))}") from None
 
     def stack_names(self) -> list[str]:
         if self._names is None:
@@ -309,73 +411,74 @@ class Project:
             raise Usage(flag, f"no stack {name!r} in {self.dir} (stacks: {', '.join(names) or 'none'})")
         return full
 
-    def _stack(self, name: str):
-        return self.auto.Stack.select(name, self.ws)
+    def config(self, name: str) -> StackConfig:
+        """The stack's validated config, secrets decrypted in memory (`pulumi config --show-secrets
+        --json` on a pipe: never on disk or argv); a bad key is named as the program would."""
+        if name not in self._config:
+            unsafe = passphrase.problem(self.dir, name)
+            if unsafe:
+                raise Refused(unsafe)
+            res = self._pulumi(["config", "--json", "--show-secrets", "--stack", name])
+            try:
+                self._config[name] = fleet.stack_config(json.loads(res.stdout or "{}"))
+            except ConfigError as exc:
+                raise Refused(f"{name}: {exc}") from None
+        return self._config[name]
 
-    def outputs(self, name: str) -> dict:
-        """`pulumi stack output --json`: sando's outputs hold no secrets, so no passphrase is needed
-        (the Automation API's stack.outputs() also asks for --show-secrets)."""
-        res = self.ws.pulumi_command.run(["stack", "output", "--json", "--stack", name], str(self.dir),
-                                         self.ws.env_vars)
-        return json.loads(res.stdout or "{}")
+    def nodes_now(self, cfg: StackConfig) -> list[NodeNow]:
+        """Every node of the stack as it is now (one exec per node, all at once)."""
+        return fleet.read(cfg)
 
-    def last_update(self, name: str, kinds: tuple[str, ...] = ()) -> dict | None:
-        """The newest history entry (of one of `kinds`, if given) as {when, kind, result, message, author}."""
-        for h in self._stack(name).history(page_size=20, show_secrets=False):
-            if not kinds or h.kind in kinds:
-                env = h.environment or {}
-                return {"when": when(h.end_time or h.start_time), "kind": h.kind, "result": h.result,
-                        "message": (h.message or "").strip() or None, "author": env.get("git.author")}
-        return None
+    def source_repo(self, cfg: StackConfig) -> Path:
+        """sando:source.repo (relative to the project dir, as the program reads it)."""
+        return (self.dir / cfg.source.repo).resolve()
 
-    def config(self, name: str, key: str) -> str | None:
+    def commit_of(self, cfg: StackConfig, version: str) -> str | None:
+        return git_commit(self.source_repo(cfg), version)
+
+    def migrations(self, cfg: StackConfig, commit: str | None) -> list[Migration] | None:
+        """The release's migrations at `commit` (None: the gate is off or the commit cannot be read)."""
+        if not cfg.migrations.gate or not commit:
+            return None
         try:
-            return self._stack(name).get_config(key).value
-        except self.auto.errors.CommandError:  # `pulumi config get` fails for a key that is not set
+            return of_release(str(self.source_repo(cfg)), commit, cfg.migrations.dir)
+        except Exception:  # noqa: BLE001 - a status without the pending column, not a failed status
             return None
 
-    def source_repo(self, name: str) -> Path | None:
-        """sando:source.repo of the stack (relative to the project dir, as the program reads it)."""
-        return repo_path(self.dir, self.config(name, "sando:source"))
-
-    def host_ref(self, name: str) -> str | None:
-        """sando:bootstrap.ref of the stack (host config), or None."""
+    def host_commit(self, name: str) -> str | None:
+        """The host-config commit the stack's last up installed (its `hostConfig` output), or None."""
         try:
-            return self._stack(name).get_config("sando:bootstrap.ref", path=True).value
-        except self.auto.errors.CommandError:
-            return None
+            res = self._pulumi(["stack", "output", "--json", "hostConfig", "--stack", name])
+            return (json.loads(res.stdout or "{}") or {}).get("commit")
+        except (Refused, ValueError, AttributeError):
+            return None  # no such output (a stack deployed before host config was tracked)
 
     def pin_host(self, name: str, ref: str | None) -> None:
         """Set (or with None remove) sando:bootstrap.ref: promote carries the host config commit."""
         if ref is None:
-            self._stack(name).remove_config("sando:bootstrap.ref", path=True)
+            self._pulumi(["config", "rm", "--path", "sando:bootstrap.ref", "--stack", name])
         else:
-            self._stack(name).set_config("sando:bootstrap.ref", self.auto.ConfigValue(ref), path=True)
+            self._pulumi(["config", "set", "--path", "sando:bootstrap.ref", ref, "--stack", name])
 
     def pin(self, name: str, version: str | None) -> None:
         if version is None:
-            self._stack(name).remove_config("sando:version")
+            self._pulumi(["config", "rm", "sando:version", "--stack", name])
         else:
-            self._stack(name).set_config("sando:version", self.auto.ConfigValue(version))
+            self._pulumi(["config", "set", "sando:version", version, "--stack", name])
 
-    def preview(self, name: str, out: TextIO, err: TextIO) -> None:
-        self._run(name, "preview", out, err)
+    def preview(self, name: str, out: TextIO, err: TextIO, env: dict | None = None) -> None:
+        self._pulumi(["preview", "--stack", name, "--color", "never", "--suppress-progress", "--non-interactive"],
+                     env, out, err)
 
-    def up(self, name: str, out: TextIO, err: TextIO, message: str) -> dict:
-        result = self._run(name, "up", out, err, message=message)
-        return {k: v.value for k, v in result.outputs.items()}
+    def up(self, name: str, out: TextIO, err: TextIO, message: str, env: dict | None = None) -> None:
+        self._pulumi(["up", "--yes", "--skip-preview", "--stack", name, "--message", message, "--color", "never",
+                      "--suppress-progress", "--suppress-outputs", "--non-interactive"], env, out, err)
 
-    def _run(self, name: str, op: str, out: TextIO, err: TextIO, **kw):
-        """`pulumi preview` / `pulumi up`, pulumi's own output on out/err; Refused on failure."""
-        try:
-            return getattr(self._stack(name), op)(color="never", suppress_outputs=True, suppress_progress=True,
-                                                   on_output=_printer(out), on_error=_printer(err), **kw)
-        except self.auto.errors.ConcurrentUpdateError:
-            raise Refused(f"{name} is locked by another update (`pulumi cancel -s {name}` clears a stale lock)") \
-                from None
-        except self.auto.errors.CommandError as exc:
-            raise Refused(f"{name}: pulumi {op} failed: {engine_error(str(exc)) or 'see the output above'}") \
-                from None
+    def sent(self, name: str) -> dict[str, int]:
+        """Bytes each node was sent by the last up (`pulumi stack output`: no secrets, no passphrase)."""
+        res = self._pulumi(["stack", "output", "--json", "nodes", "--stack", name])
+        nodes = json.loads(res.stdout or "{}") or {}
+        return {k: int(((v or {}).get("lastTransfer") or {}).get("bytesSent") or 0) for k, v in nodes.items()}
 
 
 def _printer(stream: TextIO) -> Callable[[str], None]:
@@ -396,13 +499,6 @@ class Context:
     project: Callable[[str], Project] = Project  # tests pass a fake
 
 
-def _who() -> str:
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:  # noqa: BLE001 - no user name in this environment
-        return "unknown"
-
-
 def _need_terminal(args, ctx: Context) -> None:
     if not args.yes and not (hasattr(ctx.stdin, "isatty") and ctx.stdin.isatty()):
         raise Usage("--yes", "no terminal to confirm on (stdin is not a TTY); pass --yes to deploy without asking")
@@ -420,52 +516,91 @@ def _confirm(question: str, ctx: Context) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _live(outputs: dict) -> str:
-    return ", ".join(sorted({str(n.get("liveVersion")) for n in nodes_of(outputs).values()})) or "nothing"
+def _live(nodes: list[NodeNow]) -> str:
+    return ", ".join(sorted({str(n.live) for n in nodes if n.reachable})) or "nothing"
 
 
-def _deploy(project: Project, stack: str, version: str, commit: str, message: str, yes: bool, ctx: Context,
-            host: str | None = None) -> int:
+def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit: str | None, via: str,
+            message: str, args, ctx: Context, host: str | None = None) -> int:
     """Pin `version` (and with `host` the host config commit, sando:bootstrap.ref), preview, confirm,
-    up, then check that `version` at `commit` is live on every node. The pins are put back if the
+    up (SANDO_VIA tells the program how it was started, so each switch records it on the node), then
+    read the nodes: `version` at `commit` live and healthy on every one. The pins are put back if the
     preview fails or the operator says no."""
-    before = project.config(stack, "sando:version")
-    host_before = project.host_ref(stack) if host else None
+    before = cfg.version
+    host_before = cfg.bootstrap.ref if host else None
+    env = {"SANDO_VIA": via, "SANDO_BY": history.operator()}
+    if getattr(args, "now", False):
+        env["SANDO_NOW"] = "1"
     project.pin(stack, version)
     if host:
         project.pin_host(stack, host)
     try:
         ctx.out.write(f"sando: preview of {stack} with sando:version {version}:\n")
-        project.preview(stack, ctx.out, ctx.err)
-        if not yes and not _confirm(f"Deploy {version} ({short(commit)}) to {stack}?", ctx):
+        project.preview(stack, ctx.out, ctx.err, env)
+        if not args.yes and not _confirm(f"Deploy {version} ({short(commit)}) to {stack}?", ctx):
             raise Refused(f"not deployed; {stack}'s sando:version is back to {before or '(unset)'}")
     except BaseException:
         project.pin(stack, before)
         if host:
             project.pin_host(stack, host_before)
         raise
+    if cfg.restart_warning_seconds > 0 and not getattr(args, "now", False):
+        ctx.out.write(f"sando: users get {cfg.restart_warning_seconds}s notice before each restart "
+                      "(--now skips it)\n")
     try:
-        outputs = project.up(stack, ctx.out, ctx.err, message)
+        with _countdown(ctx, cfg.restart_warning_seconds if not getattr(args, "now", False) else 0):
+            project.up(stack, ctx.out, ctx.err, message, env)
     except Refused as exc:
         raise Refused(f"{exc}\n{stack}'s sando:version stays {version} (was {before or '(unset)'}); "
-                      f"see `sando status {stack}`") from None
-    problems = deployed_problems(outputs, version, commit)
-    if host and (outputs.get("hostConfig") or {}).get("commit") != host:
-        problems.append(f"host config is at {short(str((outputs.get('hostConfig') or {}).get('commit')))}, "
-                        f"not {short(host)}")
+                      f"see `sando status {stack.split('/')[-1]}`") from None
+    nodes = project.nodes_now(cfg)
+    problems = deployed_problems(nodes, version, commit)
+    if host and project.host_commit(stack) != host:
+        problems.append(f"host config is at {short(str(project.host_commit(stack)))}, not {short(host)}")
     if problems:
         raise Refused(f"{stack} does NOT run {version} at {short(commit)} after the up: " + "; ".join(problems))
-    sent = sum(int((n.get("lastTransfer") or {}).get("bytesSent") or 0) for n in nodes_of(outputs).values())
-    ctx.out.write(f"sando: {stack} runs {version} ({short(commit)}) on every node ({', '.join(nodes_of(outputs))}); "
-                  f"{sent} bytes sent. Commit Pulumi.{stack.split('/')[-1]}.yaml to record the pin.\n")
+    sent = project.sent(stack)
+    ctx.out.write(f"sando: {stack} runs {version} ({short(commit)}) on every node ({', '.join(n.name for n in nodes)}),"
+                  f" healthy now; {sum(sent.values())} bytes sent"
+                  + (f" ({', '.join(f'{k}: {v}' for k, v in sent.items() if v)})" if any(sent.values()) else "")
+                  + f". Commit Pulumi.{stack.split('/')[-1]}.yaml to record the pin.\n")
     return 0
 
 
-def _same_commit(project: Project, stack: str, version: str, commit: str, runs: str) -> None:
+class _countdown:
+    """On a terminal, the restart warning's notice counted down on one line while the up runs
+    (issue 20.6); nothing otherwise."""
+
+    def __init__(self, ctx: Context, seconds: int):
+        self.ctx, self.seconds = ctx, seconds
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.seconds > 0 and hasattr(self.ctx.err, "isatty") and self.ctx.err.isatty():
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        for left in range(self.seconds, 0, -1):
+            self.ctx.err.write(f"\rsando: restart warning: up to {left}s before the restart... ")
+            self.ctx.err.flush()
+            if self.stop.wait(1):
+                break
+        self.ctx.err.write("\r" + " " * 60 + "\r")
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+
+
+def _same_commit(project: Project, stack: str, cfg: StackConfig, version: str, commit: str, runs: str) -> None:
     """The program resolves the pin in the stack's sando:source.repo: it must name `commit` there."""
-    repo = project.source_repo(stack)
-    if repo is None or not repo.is_dir():
-        raise Refused(f"{stack}'s sando:source.repo {'is not set' if repo is None else f'{repo} is not a directory'}")
+    repo = project.source_repo(cfg)
+    if not repo.is_dir():
+        raise Refused(f"{stack}'s sando:source.repo {repo} is not a directory")
     moved = moved_tag(version, commit, git_commit(repo, version), f"{stack}'s source repo {repo}", runs)
     if moved:
         raise Refused(moved)
@@ -477,36 +612,74 @@ def cmd_promote(args, ctx: Context) -> int:
         raise Usage("--to", "is the same stack as --from")
     project = ctx.project(args.cwd)
     source, target = project.stack(args.source, "--from"), project.stack(args.target, "--to")
-    outputs = project.outputs(source)
-    problems = check_promotable(outputs, project.last_update(source, ("update", "destroy")))
+    scfg, tcfg = project.config(source), project.config(target)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both fleets at once
+        src_nodes, dst_nodes = pool.map(project.nodes_now, (scfg, tcfg))
+    problems = check_promotable(scfg.version, project.commit_of(scfg, scfg.version), src_nodes)
     if problems:
-        raise Refused(f"{source} is not promotable: " + "; ".join(problems))
-    version, commit = outputs["version"], outputs["commit"]
-    host = (outputs.get("hostConfig") or {}).get("commit")  # the host config commit the source runs
-    _same_commit(project, target, version, commit, "the source runs")
-    ctx.out.write(f"sando: promote {source} -> {target}: {version} ({short(commit)}); "
-                  f"{target} runs {_live(project.outputs(target))} now\n")
-    message = f"sando promote {source} -> {target}: {version} ({short(commit)}) by {_who()}"
+        raise Refused(f"{source} is not promotable (read from its nodes now): " + "; ".join(problems))
+    version, commit = scfg.version, src_nodes[0].live_commit
+    _same_commit(project, target, tcfg, version, commit, "the source runs")
+    ctx.out.write(f"sando: promote {source} -> {target}: {version} ({short(commit)}), healthy on every {source} "
+                  f"node now; {target} runs {_live(dst_nodes)} now\n")
+    message = f"sando promote {source} -> {target}: {version} ({short(commit)}) by {history.operator()}"
+    host = project.host_commit(source)  # the host config commit the source runs
     if host:
         ctx.out.write(f"sando: and the host config {source} runs: sando:bootstrap.ref {short(host)}\n")
-    return _deploy(project, target, version, commit, message, args.yes, ctx, host)
+    return _deploy(project, target, tcfg, version, commit, "sando promote", message, args, ctx, host)
+
+
+def _ahead_warnings(project: Project, cfg: StackConfig, plan: Plan, nodes: list[NodeNow]) -> list[ahead.Ahead]:
+    """Per node, the migrations its database is ahead of the target by (issue 20.5)."""
+    if plan.pin_only or not cfg.migrations.gate:
+        return []
+    target = project.migrations(cfg, plan.commit)
+    if target is None:
+        return []
+    known: dict[str, Migration] = {}
+    for commit in {n.live_commit for n in nodes if n.live_commit}:
+        known.update({m.version: m for m in project.migrations(cfg, commit) or []})
+    found = []
+    for n in nodes:
+        a = migrations_ahead(n, target, known)
+        if a:
+            a.backup = matching_backup(n, plan.version)
+            found.append(a)
+    return found
 
 
 def cmd_rollback(args, ctx: Context) -> int:
     _need_terminal(args, ctx)
     project = ctx.project(args.cwd)
     stack = project.stack(args.stack, "-s")
-    outputs = project.outputs(stack)
-    version, commit = rollback_target(outputs, args.to)
-    _same_commit(project, stack, version, commit, "the retained release is")
-    live = _live(outputs)
-    if live == version:
-        ctx.out.write(f"sando: {stack} already runs {version} ({short(commit)}) everywhere; deploying it again\n")
+    cfg = project.config(stack)
+    nodes = project.nodes_now(cfg)
+    plan = rollback_plan(cfg.version, nodes, args.to, args.allow_failed)
+    if plan.commit is None:
+        plan.commit = project.commit_of(cfg, plan.version)
+    if plan.commit is None:
+        raise Refused(f"{plan.version} is not a tag, branch or commit in {stack}'s source repo "
+                      f"{project.source_repo(cfg)}")
+    _same_commit(project, stack, cfg, plan.version, plan.commit, "the nodes' release is")
+    live = _live(nodes)
+    if plan.pin_only:
+        ctx.out.write(f"sando: {stack}: {plan.why}\n")
     else:
-        ctx.out.write(f"sando: roll {stack} back from {live} to {version} ({short(commit)}), retained on every "
-                      "node: nothing to send\n")
-    message = f"sando rollback {stack}: {live} -> {version} ({short(commit)}) by {_who()}"
-    return _deploy(project, stack, version, commit, message, args.yes, ctx)
+        where = (f"retained on {', '.join(plan.retained)}: nothing sent there" if plan.retained else "")
+        if plan.send:
+            where += ("; " if where else "") + f"not retained on {', '.join(plan.send)}: it is built and sent there"
+        ctx.out.write(f"sando: roll {stack} back from {live} to {plan.version} ({short(plan.commit)}): {plan.why}; "
+                      f"{where}\n")
+    found = _ahead_warnings(project, cfg, plan, nodes)
+    for a in found:
+        ctx.out.write("sando: WARNING " + ahead.describe(a, plan.version, cfg.service,
+                                                          f"sando ssh -s {stack.split('/')[-1]} {a.node} --") + "\n")
+    if any(a.destructive for a in found) and not args.accept_destructive:
+        raise Refused(f"not rolled back: the database is ahead of {plan.version} by destructive migrations (see "
+                      "above); if the data loss is understood, run again with --accept-destructive")
+    via = "sando rollback"
+    message = f"sando rollback {stack}: {live} -> {plan.version} ({short(plan.commit)}) by {history.operator()}"
+    return _deploy(project, stack, cfg, plan.version, plan.commit, via, message, args, ctx)
 
 
 def cmd_status(args, ctx: Context) -> int:
@@ -516,19 +689,134 @@ def cmd_status(args, ctx: Context) -> int:
         ctx.out.write(f"sando: no stacks in {project.dir} (pulumi stack init NAME)\n")
         return 0
 
-    def one(stack: str) -> list[dict]:
+    def one(stack: str) -> dict:
         try:
-            return status_rows(stack, project.outputs(stack), project.last_update(stack))
+            cfg = project.config(stack)
+            nodes = project.nodes_now(cfg)
+            commit = project.commit_of(cfg, cfg.version)
+            return {"stack": stack, "cfg": cfg, "nodes": nodes, "commit": commit,
+                    "release": project.migrations(cfg, commit)}
         except Exception as exc:  # noqa: BLE001 - one unreadable stack must not hide the others
-            return status_rows(stack, {}, error=one_line(str(exc)))
+            return {"stack": stack, "error": one_line(str(exc))}
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        rows = [row for rows in pool.map(one, stacks) for row in rows]
-    ctx.out.write(render_status(rows))
-    failed = [r["stack"] for r in rows if str(r.get("last", "")).startswith("error: ")]
-    if failed:
-        ctx.err.write(f"sando: could not read {', '.join(failed)}\n")
-    return 1 if failed else 0
+        read = list(pool.map(one, stacks))
+    if args.json:
+        ctx.out.write(json.dumps({"stacks": [_status_json(r) for r in read]}, indent=2) + "\n")
+    else:
+        rows = [row for r in read for row in status_rows(
+            r["stack"], r["cfg"].version if "cfg" in r else None, r.get("nodes") or [], r.get("release"),
+            r.get("error"))]
+        ctx.out.write(render_status(rows))
+    failed = [r["stack"] for r in read if r.get("error")]
+    down = [f"{r['stack']}/{n.name}" for r in read for n in r.get("nodes") or [] if not n.reachable]
+    if failed or down:
+        ctx.err.write(f"sando: could not read {', '.join(failed + down)}\n")
+    return 1 if failed or down else 0
+
+
+def _status_json(r: dict) -> dict:
+    if r.get("error"):
+        return {"stack": r["stack"], "error": r["error"]}
+    out = {"stack": r["stack"], "version": r["cfg"].version, "commit": r["commit"], "nodes": []}
+    for n in r["nodes"]:
+        node = n.as_json()
+        pending = pending_of(n, r["release"])
+        if n.reachable:
+            node["pendingMigrations"] = None if pending is None else [
+                {"version": m.version, "description": m.description, "destructive": m.destructive} for m in pending]
+        out["nodes"].append(node)
+    return out
+
+
+def _node_names(cfg: StackConfig, name: str | None, stack: str) -> list:
+    """The stack's nodes, or the one named (Usage naming NODE when there is no such node)."""
+    if name is None:
+        return list(cfg.nodes)
+    found = [n for n in cfg.nodes if n.name == name]
+    if not found:
+        raise Usage("NODE", f"no node {name!r} in {stack} (nodes: {', '.join(n.name for n in cfg.nodes)})")
+    return found
+
+
+def cmd_logs(args, ctx: Context) -> int:
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    nodes = _node_names(cfg, args.node, stack)
+    lines = args.lines if args.lines is not None or args.since else 100
+    command = fleet.logs_command(cfg.service, lines, args.since, args.follow)
+    lock = threading.Lock()
+    codes: dict[str, int] = {}
+
+    def one(node) -> None:
+        prefix = f"{node.name} | " if len(nodes) > 1 else ""
+        try:
+            codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, prefix, lock=lock)
+        except Exception as exc:  # noqa: BLE001 - one node's failure is said, the others go on
+            with lock:
+                ctx.err.write(f"sando: {node.name}: {one_line(str(exc))}\n")
+            codes[node.name] = 1
+
+    threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:  # the end of a follow
+        return 0
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def cmd_ssh(args, ctx: Context) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    [node] = _node_names(cfg, args.node, stack)
+    return fleet.interactive(fleet.conn(cfg, node), " ".join(command) or None, ctx.stdin, ctx.out)
+
+
+RESTART_OUTCOMES = {120: "systemctl restart failed", 121: "the service restarted but fails its health check",
+                    122: "no release is live there"}
+
+
+def cmd_restart(args, ctx: Context) -> int:
+    _need_terminal(args, ctx)
+    project = ctx.project(args.cwd)
+    stack = project.stack(args.stack, "-s")
+    cfg = project.config(stack)
+    chosen = _node_names(cfg, args.node, stack)
+    now = {n.name: n for n in project.nodes_now(cfg)}
+    unreachable([now[n.name] for n in chosen], "restart")
+    warn = cfg.restart_warning_seconds > 0 and not args.now
+    notice = (f"users get {cfg.restart_warning_seconds}s notice first (--now skips it)" if warn else
+              "no restart warning (--now)" if cfg.restart_warning_seconds > 0 else "no restart warning configured")
+    names = ", ".join(n.name for n in chosen)
+    ctx.out.write(f"sando: restart {cfg.service} on {names} of {stack}, one node at a time; {notice}\n")
+    if not args.yes and not _confirm(f"Restart {cfg.service} on {names}?", ctx):
+        raise Refused("nothing restarted")
+    deploy = {"by": history.operator(), "via": "sando restart", "now": args.now}
+    for node in chosen:
+        with _countdown(ctx, cfg.restart_warning_seconds if warn else 0):
+            res = ssh.run(fleet.conn(cfg, node), fleet.restart_command(cfg, node, now[node.name].live_commit, deploy,
+                                                                       warn),
+                          stdin=fleet.restart_stdin(cfg, warn), timeout=300 + cfg.restart_warning_seconds
+                          + cfg.health_check.timeout_seconds, check=False)
+        report = scripts.Report.parse(res.out, node.name)
+        if res.rc != 0:
+            why = RESTART_OUTCOMES.get(res.rc) or f"exit {res.rc}: {(res.err or res.out).strip()[-200:]}"
+            detail = report.one("health") or report.one("restart") or report.one("error") or ""
+            rest = [n.name for n in chosen[chosen.index(node) + 1:]]
+            raise Refused(f"{node.name}: {why} ({detail})" + (f"; not restarted: {', '.join(rest)}" if rest else "")
+                          + f"; see `sando logs -s {stack.split('/')[-1]} {node.name}`")
+        warned = report.one("warning") or ("skipped (--now)" if args.now and cfg.restart_warning_seconds else "none")
+        ctx.out.write(f"sando: {node.name}: restarted, healthy now (warning: {warned})\n")
+    return 0
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -560,8 +848,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(out: TextIO) -> argparse.ArgumentParser:
     parser = _Parser(prog="sando", out=out, description=(
-        "Operator commands for sando's Pulumi stacks. Thin wrappers over the Automation API:\n"
-        "`pulumi up -s STACK` keeps working and stays the primary interface."),
+        "Operator commands for sando's Pulumi stacks: they read the nodes now (the stack's key and\n"
+        "pinned host keys from its config) and drive Pulumi's CLI; `pulumi up -s STACK` keeps\n"
+        "working and stays the primary interface."),
         epilog=f"{ENGINE_NOTE}\n{EXIT_CODES}\nSANDO_DEBUG=1 shows Python tracebacks.")
     parser.add_argument("--cwd", default=".", metavar="DIR", help="the Pulumi project (default: .)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
@@ -575,47 +864,105 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
         p.add_argument("--yes", "-y", action="store_true",
                        help="deploy without asking (needed without a terminal)")
 
+    def now(p):
+        p.add_argument("--now", action="store_true",
+                       help="skip the restart warning this time (recorded on the nodes, with who)")
+
     p = sub.add_parser("promote", help="deploy the version live on one stack to another", **common, description=(
         "Deploy to --to exactly the version and commit live on --from:\n"
-        "  1. refuse unless every --from node is healthy and on the stack's pinned version and its\n"
-        "     last update succeeded (no half-finished rollout);\n"
+        "  1. read every --from node now: refuse unless each serves the stack's pinned version and\n"
+        "     commit, its service runs and its health check (and Caddy's) answers now;\n"
         "  2. refuse if that version name resolves to another commit in --to's sando:source.repo;\n"
         "  3. set --to's sando:version, show its preview, ask (or --yes), run its up;\n"
-        "  4. check that every --to node now runs that commit, and fail loudly if not.\n"
-        "The pin is put back if the preview fails or you answer no.\n\n"
+        "  4. read every --to node: it must run that commit, healthy, or sando fails loudly.\n"
+        "The pin is put back if the preview fails or you answer no. Each switch is recorded on the\n"
+        "node as `sando promote` by you (sando status shows it).\n\n"
         "example: sando promote --from testnot --to prod"))
     p.add_argument("--from", dest="source", required=True, metavar="STACK", help="stack to copy the version from")
     p.add_argument("--to", dest="target", required=True, metavar="STACK", help="stack to deploy it to")
     yes(p)
+    now(p)
     cwd(p)
     p.set_defaults(run=cmd_promote)
 
-    p = sub.add_parser("status", help="one table: per node its live and previous version, health, ...", **common,
-                       description=(
-                           "One table over the given stacks (default: all of the project): per node the live and\n"
-                           "previous version, commit, health, when it switched (UTC), the migrations its last switch\n"
-                           "found pending (from the stack outputs), and the stack's last update from `pulumi stack\n"
-                           "history`: when, result, the -m message (sando's names who ran it) and git.author of\n"
-                           "the checkout. LIVE shows '(pin V)' when a node is not on the stack's pinned version.\n"
-                           "Outputs say what each node serves after the last up, also a failed one (a switch that\n"
-                           "failed, a rollout that stopped); an up that broke off (Ctrl-C, no SSH) may leave them old.\n\n"
-                           "example: sando status            sando status prod"))
+    p = sub.add_parser("status", help="every node now: versions, service, health, migrations, who deployed",
+                       **common, description=(
+                           "Reads every node of the given stacks now (default: all of the project), all at\n"
+                           "once, one SSH round trip each, with the stack's own key and pinned host keys:\n"
+                           "LIVE/PREVIOUS version ('(pin V)' when the node is not on the pinned one), COMMIT,\n"
+                           "UNIT (systemd's state), HEALTH (the health URL now), CADDY (its state and the\n"
+                           "same URL through it), PENDING MIGRATIONS (the pinned release's migrations the\n"
+                           "node's database has not applied), FREE (disk under releases/), LAST DEPLOY (the\n"
+                           "node's last switch: version, UTC time, user@host, how: pulumi up / sando ...).\n"
+                           "A node that cannot be read is one line saying why. Exit 1 when a stack or node\n"
+                           "could not be read. --json: the same, for scripts (times ISO 8601 UTC).\n\n"
+                           "example: sando status            sando status prod --json"))
     p.add_argument("stacks", nargs="*", metavar="STACK", help="stacks to show (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     cwd(p)
     p.set_defaults(run=cmd_status)
 
-    p = sub.add_parser("rollback", help="pin the previous retained version (or --to one) and deploy it", **common,
+    p = sub.add_parser("rollback", help="go back to the last good version (or --to one) and deploy it", **common,
                        description=(
-                           "Pin the nodes' previous version (refused if they disagree: choose with --to) or\n"
-                           "--to VERSION (refused unless every node retains it), then preview, ask (or --yes),\n"
-                           "run the up and check every node runs it. A retained release sends no bytes.\n"
-                           "The pin is put back if the preview fails or you answer no.\n\n"
+                           "Reads every node now, then pins and deploys:\n"
+                           "  - when every node runs one version but the stack pins another (a failed or\n"
+                           "    interrupted deploy): that version, what runs; nothing restarts;\n"
+                           "  - else the last good version before the live one, from each node's switch\n"
+                           "    history (.sando/history): rollbacks walk back v5 -> v4 -> v2, skipping\n"
+                           "    failed releases (--allow-failed to go onto one with --to); nodes without\n"
+                           "    history or the release (a new node) get it built and sent (named);\n"
+                           "  - --to VERSION: that one.\n"
+                           "When a node's database is ahead of the target by migrations, it names them, the\n"
+                           "destructive ones, the backup from before them and the command to restore it;\n"
+                           "a destructive case needs --accept-destructive as well as --yes.\n"
+                           "Then preview, ask (or --yes), up, and read the nodes again.\n\n"
                            "example: sando rollback -s prod            sando rollback -s prod --to v41"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="stack to roll back")
-    p.add_argument("--to", metavar="VERSION", help="a version every node retains (default: previous)")
+    p.add_argument("--to", metavar="VERSION", help="the version to go to (default: the last good one)")
+    p.add_argument("--allow-failed", action="store_true", help="allow a release marked failed as the target")
+    p.add_argument("--accept-destructive", action="store_true",
+                   help="roll back although the database is ahead by destructive migrations")
     yes(p)
+    now(p)
     cwd(p)
     p.set_defaults(run=cmd_rollback)
+
+    p = sub.add_parser("logs", help="the service's journal on a node (or every node)", **common, description=(
+        "journalctl of the service on NODE (default: every node, each line after its name), over\n"
+        "SSH with the stack's key and pinned host key (the key never leaves this process).\n"
+        "Without -n or --since: the last 100 entries.\n\n"
+        "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", nargs="?", metavar="NODE", help="one node (default: every node)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries (Ctrl-C ends)")
+    p.add_argument("-n", "--lines", type=int, metavar="N", help="the last N entries")
+    p.add_argument("--since", metavar="T", help="entries since T (journalctl's --since: '10 min ago', a date)")
+    cwd(p)
+    p.set_defaults(run=cmd_logs)
+
+    p = sub.add_parser("ssh", help="a shell (or one command) on a node", **common, description=(
+        "A shell on NODE, or CMD, as the stack's user, with the stack's key and pinned host key,\n"
+        "through sando's own SSH client (paramiko): the key stays in this process's memory (never\n"
+        "on disk, in an agent or on a command line). On a terminal: a pty. Exit status: CMD's.\n\n"
+        "example: sando ssh -s prod node1        sando ssh -s prod node1 -- systemctl status makenotwork"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", metavar="NODE", help="the node")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="a command instead of a shell")
+    p.set_defaults(run=cmd_ssh)
+
+    p = sub.add_parser("restart", help="restart the service on a node (or every node, one at a time)", **common,
+                       description=(
+                           "Restart the service on NODE (default: every node, one at a time, stopping at the\n"
+                           "first that fails), each with the restart warning when the stack has one\n"
+                           "(sando:restartWarningSeconds; --now skips it), then its health check. Recorded in\n"
+                           "the node's history (`sando restart` by you). Asks first (or --yes).\n\n"
+                           "example: sando restart -s prod node1        sando restart -s prod --now --yes"))
+    p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
+    p.add_argument("node", nargs="?", metavar="NODE", help="one node (default: every node)")
+    p.add_argument("--yes", "-y", action="store_true", help="restart without asking (needed without a terminal)")
+    now(p)
+    cwd(p)
+    p.set_defaults(run=cmd_restart)
     return parser
 
 
@@ -640,6 +987,8 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
             text = one_line(text)
         err.write(f"sando: {text}\n")
         return 1
+    finally:
+        fleet.disconnect()
 
 
 if __name__ == "__main__":

@@ -262,6 +262,10 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
         f"for m in {' '.join(q(m) for m in migrations) or ':'}; do [ \"$m\" = : ] && continue; "
         "case \" $applied \" in *\" $m \"*) ;; *) PENDING=\"$PENDING $m\";; esac; done",
         "echo \"@pending$PENDING\"",
+        # issue 20.7 hook: a database that does not exist yet or holds no table (a new node) has no
+        # data a destructive migration could destroy: it passes, with a note
+        "EMPTY=''; if [ ! -f \"$DB\" ] || [ \"$(sqlite3 -readonly \"$DB\" \".timeout 10000\" \"SELECT count(*) FROM "
+        "sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'\" 2>/dev/null)\" = 0 ]; then EMPTY=1; fi",
         "if [ -n \"$PENDING\" ]; then",
         f"  for m in {' '.join(q(m) for m in destructive) or ':'}; do case \" $PENDING \" in *\" $m \"*) "
         "echo \"@destructive $m\";; esac; done",
@@ -274,12 +278,13 @@ def gate(version: str, migrations: list[str], destructive: list[str], database: 
         "  case $rc in",
         "    0) ;;",
         "    3) " + mark_failed(version, "the migration dry run failed") + "; exit 30;;",
-        "    4) " + (":" if allow_destructive else "exit 31") + ";;",
+        "    4) " + (":" if allow_destructive else "[ -n \"$EMPTY\" ] || exit 31") + ";;",
         "    *) exit 32;;",
         "  esac",
         "  " + (":" if allow_destructive else
                 f"for m in {' '.join(q(m) for m in destructive) or ':'}; do case \" $PENDING \" in *\" $m \"*) "
-                "exit 31;; esac; done"),
+                "if [ -n \"$EMPTY\" ]; then echo '@gate-note the database is empty (a new node): nothing to "
+                "destroy, so its destructive migrations pass'; break; fi; exit 31;; esac; done"),
         "fi",
     )
 
@@ -361,15 +366,22 @@ READ_TOKEN = "IFS= read -r AUTH || AUTH=''"  # the restart warning's bearer head
 
 def pointer_script(*, release_root: str, version: str, service: str, health: str, expect: str,
                    gate_step: str | None, backup_step: str | None, warning_step: str | None, prune_ok: str,
-                   prune_failed: str) -> str:
+                   prune_failed: str, history: str | None = None) -> str:
     """The whole switch of one node as one script (one round trip). Nothing user-visible happens
     before the gate passed; once the warning went out (or the switch began) the script ignores a
     lost connection and runs to the end, so a node is never left half-switched.
 
     Exit codes: 0 ok (switched, or already live and healthy); 21 release missing; 22 release
     files changed on the node; 23 already live but unhealthy; 30-33 gate; 40 warning (abort
-    mode); 50 unhealthy with nothing to switch back to; 51 unhealthy, switched back."""
+    mode); 50 unhealthy with nothing to switch back to; 51 unhealthy, switched back.
+
+    `history` (issue 20.2, sh/history.sh rendered with its parameters) defines `sando_history`,
+    called after a switch held or was switched back: the node's record of who switched what."""
     target = paths.NodePaths.link_target(version)
+
+    def recorded(result: str) -> str | None:  # --- issue 20.2 hook: the switch history (sh/history.sh)
+        return f"  sando_history {result}" if history else None
+
     healthy = _lines(  # what follows a passed health check: the release is good, prune, report
         f"  rm -f {q(posixpath.join(target, paths.FAILED))}",
         f"  {prune_ok}",
@@ -381,6 +393,7 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         READ_TOKEN if warning_step else None,
         "exec < /dev/null",
         f"cd {q(release_root)} || exit 20",
+        history,  # issue 20.2 hook: defines sando_history
         f"live=$(readlink {paths.CURRENT} 2>/dev/null); prev=$(readlink {paths.PREVIOUS} 2>/dev/null)",
         # a link written by hand may be absolute: releases/<v> is what sando compares and writes
         f"case $live in */{paths.RELEASES}/*) live={paths.RELEASES}/${{live##*/}};; esac",
@@ -402,12 +415,15 @@ def pointer_script(*, release_root: str, version: str, service: str, health: str
         switch(version),
         restart(service),
         f"if [ \"$rc\" = 0 ] && health {q(expect)}; then",
+        recorded("ok"),
         healthy,
         "fi",
         "why=$(if [ \"$rc\" != 0 ]; then echo \"restart failed: $out\"; else echo \"$last\"; fi)",
         mark_failed(version),
-        "if [ -z \"$live\" ]; then echo '@final'; " + _list_releases("final-") + "; exit 50; fi",
+        "if [ -z \"$live\" ]; then " + ("sando_history 'failed: nothing to switch back to'; " if history else "")
+        + "echo '@final'; " + _list_releases("final-") + "; exit 50; fi",
         switch_back(),
+        recorded('"failed: switched back to ${live##*/}"'),
         restart(service),
         "if [ \"$rc\" = 0 ]; then health ''; fi",
         prune_failed,

@@ -29,6 +29,8 @@ class CurrentPointerArgs(NodeTarget):
     env_file: str | None = None  # the unit's EnvironmentFile (where DATABASE_PATH is)
     batch: int = 0
     after: list[Pointer] = field(default_factory=list)  # pointers of the previous batch
+    deploy: dict | None = None  # who/how (history.deployer): recorded on the node, not a diff by itself
+    known_destructive: list[str] = field(default_factory=list)  # every destructive migration sando knows
 
 
 class CurrentPointer(pulumi.ComponentResource):
@@ -54,7 +56,9 @@ class CurrentPointer(pulumi.ComponentResource):
                       "backupDir": mig.backup_dir,
                       "allowDestructive": not mig.refuse_destructive or args.version in mig.allow_destructive},
              "rollout": {"batch": args.batch, "pauseSeconds": cfg.rollout.pause_seconds},
-             "after": [p.outcome for p in args.after]},  # held back when an earlier batch failed
+             "after": [p.outcome for p in args.after],
+             "deploy": args.deploy,  # issue 20.2 hook: not in pointer.INPUTS, so never a diff by itself
+             "knownDestructive": args.known_destructive},  # issue 20.5: for the preview's warning, no diff  # held back when an earlier batch failed
             pulumi.ResourceOptions(parent=self, depends_on=[args.bootstrap] if args.bootstrap else None),
         )
         self.pointer = pointer

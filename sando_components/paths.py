@@ -19,6 +19,7 @@ MANIFEST = f"{MANIFEST_DIR}/manifest.json"
 SUMS = f"{MANIFEST_DIR}/SHA256SUMS"
 FAILED = f"{MANIFEST_DIR}/failed"  # written into a release that failed its start or health check
 ERROR_PAGES = "error-pages"
+HISTORY = f"{MANIFEST_DIR}/history"  # <release root>/.sando/history: one JSON line per switch (who, what, how)
 
 # Bootstrap destinations of the design doc's node-bootstrap items.
 CADDYFILE = "/etc/caddy/Caddyfile"

@@ -12,10 +12,19 @@ import pulumi.runtime.config as runtime_config
 
 from . import build, migrations, paths
 from .config import ConfigError, NodeConfig, StackConfig, load
+from .history import deployer
 
 
 def load_config() -> StackConfig:
-    """Validate the `sando:` namespace once; ConfigError names the key."""
+    """Validate the `sando:` namespace once; ConfigError names the key. A stack whose secrets are
+    under the demo's public passphrase (or none) is refused (passphrase.py)."""
+    from pathlib import Path
+
+    from . import passphrase
+
+    unsafe = passphrase.problem(Path.cwd(), pulumi.get_stack(), need=False)
+    if unsafe:
+        raise ConfigError(unsafe)
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     secret = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
     return load(raw, frozenset(secret), env=dict(os.environ))
@@ -89,6 +98,20 @@ def release_migrations(cfg: StackConfig, source: Source) -> list[migrations.Migr
     return migrations.of_release(source.repo, source.commit, cfg.migrations.dir) if cfg.migrations.gate else []
 
 
+def known_destructive(cfg: StackConfig, source: Source, release: list[migrations.Migration]) -> list[str]:
+    """Every destructive migration of the pinned release and of the repo's HEAD (which usually holds
+    every migration ever written): a preview pinning an older version names what the database is
+    ahead by, and which of those were destructive (issue 20.5)."""
+    found = {m.version for m in release if m.destructive}
+    if cfg.migrations.gate:
+        try:
+            head = build.resolve_commit(source.repo, "HEAD")
+            found |= {m.version for m in migrations.of_release(source.repo, head, cfg.migrations.dir) if m.destructive}
+        except Exception:  # noqa: BLE001 - only for a warning
+            pass
+    return sorted(found, key=lambda v: (len(v), v))
+
+
 def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
     """The unit's EnvironmentFile (where the service reads DATABASE_PATH), else the default."""
     m = re.search(r"^EnvironmentFile=-?(\S+)", sources.get("unit", ""), re.M)
@@ -103,11 +126,12 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
+        "lastDeploy": p.lastDeploy,  # who switched what, when, how (the node's .sando/history)
         **({"hostConfig": {"files": bootstrap.host_config.installed, "actions": bootstrap.host_config.actions}}
            if bootstrap is not None else {}),
     }
 
 
-__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "env_file", "load_config", "node_outputs",
-           "private_key", "reach",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "deployer", "env_file", "known_destructive",
+           "load_config", "node_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

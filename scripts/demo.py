@@ -45,6 +45,7 @@ def engine_env(work: Path) -> dict[str, str]:
         "PULUMI_HOME": str(TOOLS / "pulumi-home"),
         "PULUMI_BACKEND_URL": os.environ.get("PULUMI_BACKEND_URL", f"file://{REPO / '.pulumi-state'}"),
         "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE", "sando-local"),
+        "SANDO_DEMO": "1",  # the demo's throwaway stacks may use the public passphrase (passphrase.py)
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_PARALLEL": os.environ.get("PULUMI_PARALLEL", "64"),
@@ -173,12 +174,13 @@ def main() -> int:
     timed(f"sando status {testnot_name} {prod_name}", lambda: sando(env, "status", testnot_name, prod_name))
 
     say("done")
+    pp = "" if "PULUMI_CONFIG_PASSPHRASE" in os.environ else "export PULUMI_CONFIG_PASSPHRASE=sando-local && "
     print(f"""   The nodes keep running. Look around:
-     . scripts/env.sh && pulumi stack history -s {prod_name}
+     . scripts/env.sh && {pp}pulumi stack history -s {prod_name}
      scripts/testnodes exec {testnot_node.name} --state-dir {args.state_dir} -- journalctl -u makenotwork
    Stop and clean up:
      scripts/testnodes stop --state-dir {args.state_dir}
-     . scripts/env.sh && pulumi stack rm -y --force {testnot_name} && pulumi stack rm -y --force {prod_name}""")
+     . scripts/env.sh && {pp}pulumi stack rm -y --force {testnot_name} && pulumi stack rm -y --force {prod_name}""")
     return 0
 
 

@@ -5,13 +5,15 @@
 #   - the backend is the local file backend under .pulumi-state/ unless
 #     PULUMI_BACKEND_URL is already set (bring your own backend that way)
 #   - PULUMI_PARALLEL defaults to 64 (Pulumi's own default, 4 x CPUs, would make nodes wait)
-#   - PULUMI_CONFIG_PASSPHRASE defaults to "sando-local" for local stacks;
-#     set your own before creating a stack you care about (prod!).
+#   - .venv/bin (the `sando` command) is on PATH too
+#   - no passphrase is set here: export your own PULUMI_CONFIG_PASSPHRASE (or
+#     PULUMI_CONFIG_PASSPHRASE_FILE), or use a KMS, before creating or using a stack;
+#     sando refuses a stack under none or under the demo's public one (`make demo` sets
+#     its own for its throwaway stacks)
 _sando_repo=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
-export PATH="$_sando_repo/.tools/bin:$PATH"
+export PATH="$_sando_repo/.tools/bin:$_sando_repo/.venv/bin:$PATH"
 export PULUMI_HOME="${PULUMI_HOME:-$_sando_repo/.tools/pulumi-home}"
 export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$_sando_repo/.pulumi-state}"
-export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE-sando-local}"
 export PULUMI_SKIP_UPDATE_CHECK=true
 # Pulumi runs at most 4 x CPUs resource operations at once; sando works on every node at once
 export PULUMI_PARALLEL="${PULUMI_PARALLEL:-64}"

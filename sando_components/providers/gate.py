@@ -41,6 +41,7 @@ def verdict(report: list[tuple[str, str]], names: dict[str, str] | None = None) 
         "destructive": destructive,
         "dryRun": (dry[-1] if dry else ("not needed" if "pending" in get else "not run")),
         "backup": get.get("backup"),
+        **({"note": get["gate-note"]} if "gate-note" in get else {}),  # issue 20.7 hook: e.g. an empty database
     }
 
 

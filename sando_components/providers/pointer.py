@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from .. import commands, diagnostics, paths, ssh
+from .. import ahead, commands, diagnostics, history, paths, ssh, times
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from . import gate, warning
@@ -40,12 +39,14 @@ def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str |
 
 
 def _iso(epoch: str | None) -> str | None:
-    return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds") if epoch else None
+    return times.iso(epoch) if epoch else None  # issue 20.9: one time format
 
 
 class PointerProvider(NodeProvider):
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
+        if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
+            ahead.warn_at_preview(news, olds)
         if not changes:
             state = node_state(news)
             if state.live != news["version"]:
@@ -76,7 +77,7 @@ class PointerProvider(NodeProvider):
         if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
             time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
         script, timeout = self._script(props, state)
-        res = ssh.run(conn, script, stdin=warning.stdin(props.get("warning"), props.get("token")), timeout=timeout,
+        res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
                       check=False)
         report = commands.parse_report(res.out)
         get = dict(report)
@@ -95,7 +96,9 @@ class PointerProvider(NodeProvider):
         state = replace(state, releases=releases or state.releases, foreign=foreign if releases else state.foreign,
                         active=res.rc == 0 or state.active)
         remember(props, state)
-        status = warning.status(props.get("warning"), get, switched)
+        status = warning.status(_warning(props), get, switched)
+        if props.get("warning") and (props.get("deploy") or {}).get("now") and switched:  # issue 20.6 hook
+            status = f"skipped (--now) by {props['deploy'].get('by')}"
         if status.startswith("failed") and res.rc != 40:
             diagnostics.log("warning", f"{node}: the restart warning was not delivered ({status}); "
                                        "restarted anyway (sando:restartWarningOnFailure=warn)")
@@ -106,13 +109,14 @@ class PointerProvider(NodeProvider):
             return self._outs(props, olds, state, health=health,
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
-                              report=report, status=status)
+                              report=report, status=status, report_text=res.out)
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
-                          status=status, switched_at=_iso(get.get("switched")))
+                          status=status, switched_at=_iso(get.get("switched")), report_text=res.out)
 
     @staticmethod
     def _outs(props: dict, olds: dict, state: NodeState, *, health: str, outcome: dict,
-              report: list | None = None, status: str | None = None, switched_at: str | None = None) -> dict:
+              report: list | None = None, status: str | None = None, switched_at: str | None = None,
+              report_text: str = "") -> dict:
         live = state.releases.get(state.live) if state.live else None
         return {
             **public(props),
@@ -120,13 +124,15 @@ class PointerProvider(NodeProvider):
             "previousVersion": state.previous,
             "switchedAt": switched_at or olds.get("switchedAt"),
             "health": health,
-            "releases": [{"version": r.version, "commit": r.commit, "createdAt": r.created_at, "failed": r.failed}
+            "releases": [{"version": r.version, "commit": r.commit, "createdAt": times.iso(r.created_at), "failed": r.failed}
                          for r in sorted(state.releases.values(), key=lambda r: r.created_at)],
             "foreign": list(state.foreign),
             "pruned": [v for k, v in report or [] if k == "pruned"],
             "restartWarning": status or olds.get("restartWarning") or "not sent: nothing restarted",
             "migrations": gate.verdict(report or [], (props.get("gate") or {}).get("names")),
             "outcome": outcome,
+            # issue 20.2 hook: this run's switch record (sh/history.sh), else the last one's
+            "lastDeploy": (history.last(report_text) if report_text else None) or olds.get("lastDeploy"),
         }
 
     def _script(self, props: dict, state: NodeState) -> tuple[str, float]:
@@ -138,13 +144,15 @@ class PointerProvider(NodeProvider):
         prune_ok = to_prune({**held, version: replace(mine, failed=False)}, ok_live, ok_prev, keep)
         prune_failed = to_prune({**held, version: replace(mine, failed=True)}, state.live, state.previous, keep)
         gate_step, backup_step = gate.steps(props.get("gate") or {}, root, service, version)
-        warning_step = warning.step(props.get("warning"), props.get("token"))
+        warning_step = warning.step(_warning(props), props.get("token"))
         script = commands.pointer_script(
             release_root=root, version=version, service=service, expect=version if hc.get("expectVersion") else "",
             health=commands.health_function(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
                                             props["commit"]),
             gate_step=gate_step, backup_step=backup_step, warning_step=warning_step,
-            prune_ok=commands.prune(prune_ok), prune_failed=commands.prune(prune_failed))
+            prune_ok=commands.prune(prune_ok), prune_failed=commands.prune(prune_failed),
+            history=history.step(props.get("deploy"), version, props["commit"],  # issue 20.2 hook
+                                 int((props.get("warning") or {}).get("seconds") or 0)))
         notice = int((props.get("warning") or {}).get("seconds") or 0)
         return script, 900 + notice + 2 * (120 + float(hc["timeoutSeconds"]))
 
@@ -201,10 +209,16 @@ class PointerProvider(NodeProvider):
         return msg
 
 
+def _warning(props: dict) -> dict | None:
+    """The restart warning of this run: none when the operator said --now (issue 20.6 hook;
+    `deploy` is not a diff by itself, see history.deployer)."""
+    return None if (props.get("deploy") or {}).get("now") else props.get("warning")
+
+
 class Pointer(NodeResource):
     _provider_class = PointerProvider
     _output_names = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "foreign",
-                     "pruned", "restartWarning", "migrations", "outcome")
+                     "pruned", "restartWarning", "migrations", "outcome", "lastDeploy")
     liveVersion: pulumi.Output[str]
     liveCommit: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
@@ -215,6 +229,7 @@ class Pointer(NodeResource):
     restartWarning: pulumi.Output[str]
     migrations: pulumi.Output[dict]
     outcome: pulumi.Output[dict]  # {ok, node, message | heldBack}: the Verdict fails the run on a bad one
+    lastDeploy: pulumi.Output[dict]  # the node's last switch record: {at, version, commit, from, result, by, via, warning}
 
 
 FAILED_ON = "the deploy failed on"  # the verdict's first line: "the deploy failed on node1, node2:"

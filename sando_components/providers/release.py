@@ -16,7 +16,7 @@ import time
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .. import build, commands, diagnostics, paths, ssh, transfer
+from .. import build, commands, diagnostics, paths, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
@@ -144,7 +144,7 @@ class ReleaseProvider(NodeProvider):
     def _outs(props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
         return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
                 "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
-                "createdAt": created_at, "lastTransfer": transfer_}
+                "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
 
 
 def _now() -> str:

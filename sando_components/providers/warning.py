@@ -6,9 +6,9 @@ follows, and a re-run after an interrupted deploy warns them afresh."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
-from .. import commands
+
+from .. import commands, times
 
 
 def step(warning: dict | None, token: str | None) -> str | None:
@@ -30,6 +30,6 @@ def status(warning: dict | None, report: dict[str, str], switched: bool) -> str:
     if value is None:
         return "not sent: nothing restarted" if not switched else "not sent"
     if value.startswith("sent "):
-        at = datetime.fromtimestamp(int(value.split()[1]), timezone.utc).isoformat(timespec="seconds")
+        at = times.iso(value.split()[1])  # issue 20.9: one time format
         return f"sent at {at}, {warning['seconds']}s before the restart"
     return value  # "failed HTTP 500 ..."

@@ -1,16 +1,24 @@
-"""Issue 10's operator commands through the real engine, two stacks (testnot, prod) of one project
-on two real-systemd nodes: promote moves exactly testnot's commit, status shows both stacks,
-rollback goes back one version with no upload, a moved tag is refused."""
+"""The operator commands through the real engine, two stacks (testnot, prod) of one project on
+real-systemd nodes: promote moves exactly testnot's commit, status reads every node now,
+rollback goes back one version with no upload, a moved tag is refused (issues 10 and 20)."""
 
 from __future__ import annotations
 
+import getpass
 import io
+import json
 import os
+import re
+import socket
+import stat
+from pathlib import Path
 
 import pytest
 
 from sando_components import cli
-from tests.support import TOOLS, AppRepo, run_up
+from tests.support import TOOLS, AppRepo, run_preview, run_up
+
+ME = f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @pytest.fixture
@@ -20,11 +28,23 @@ def sando(monkeypatch, engine):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
 
-    def run(project, *argv) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
+    def run(project, *argv, tty: bool = False) -> tuple[int, str]:
+        out, err = io.StringIO(), (Tty() if tty else io.StringIO())
+        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+        run.out = out.getvalue()  # stdout alone (--json)
         return code, out.getvalue() + err.getvalue()
     return run
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def history_of(node) -> list[dict]:
+    """The node's switch history (<releaseRoot>/.sando/history), one dict per line."""
+    path = node.release_root / ".sando" / "history"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_promote_status_rollback(make_nodes, make_deploy, sando, tmp_path):
@@ -60,7 +80,7 @@ def test_promote_status_rollback(make_nodes, make_deploy, sando, tmp_path):
         "version": "v1", "bytesSent": 0, "linked": 5, "patched": 0, "full": 0, "at": None}
 
     code, said = sando(testnot.project, "rollback", "-s", prod.name, "--to", "v9", "--yes")
-    assert code == 2 and "--to: v9 is not retained on node2" in said
+    assert code == 2 and "--to: v9 is not retained on any node (retained: node2: v1, v2)" in said
 
 
 def test_promote_refuses_a_moved_tag_and_an_unhealthy_source(make_nodes, make_deploy, sando, tmp_path):
@@ -87,3 +107,339 @@ def test_promote_refuses_a_moved_tag_and_an_unhealthy_source(make_nodes, make_de
     code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
     assert code == 1 and "node1" in said, said
     assert p_node.served()["version"] == "v1"
+
+
+def test_status_reads_every_node_now(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.1: status says what the nodes do now, not what the last run's outputs said: a
+    service stopped by hand, a `current` moved by hand, an unreachable node (one line, why)."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    a, b = make_nodes(2)
+    d = make_deploy([a, b], repo=repo)
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+
+    code, said = sando(d.project, "status", d.name, "--json")
+    assert code == 0, said
+    [st] = json.loads(sando.out)["stacks"]
+    assert (st["stack"], st["version"], st["commit"]) == (d.name, "v2", repo.commit("v2"))
+    na = st["nodes"][0]
+    assert (na["node"], na["reachable"], na["liveVersion"], na["previousVersion"], na["liveCommit"]) == (
+        a.name, True, "v2", "v1", repo.commit("v2"))
+    assert na["unit"] == "active running" and na["health"]["ok"] and na["health"]["says"] == "ok (serves v2)", na
+    assert na["caddy"] == "active" and na["caddyHealth"]["ok"], na
+    assert na["appliedMigrations"] == ["1 init"] and na["pendingMigrations"] == [], na  # the app applied it
+    assert na["freeKiB"] > 0 and na["releases"][0]["createdAt"].endswith("Z")
+    assert na["lastDeploy"] | {"at": None} == {"at": None, "version": "v2", "commit": repo.commit("v2"), "from": "v1",
+                                               "result": "ok", "by": ME, "via": "pulumi up",
+                                               "warning": "none configured"}
+
+    # by hand: a's service stopped, b's `current` moved back to v1 (as a broken-off deploy leaves it)
+    a.exec("systemctl", "stop", "makenotwork", check=True)
+    b.exec("sh", "-c", "cd /opt/makenotwork && ln -sfn releases/v1 current", check=True)
+    code, said = sando(d.project, "status", d.name)
+    assert code == 0, said
+    rows = {line.split()[1]: line for line in said.splitlines()[1:]}
+    assert rows[a.name].split()[2:6] == ["v2", "v1", repo.commit("v2")[:7], "inactive"], said
+    assert "no answer" in rows[a.name], said
+    assert rows[b.name].split()[2:4] == ["v1", "(pin"] and "ok (serves v2)" in rows[b.name], said
+    assert f"v2 {na['lastDeploy']['at'][:16]}Z by {ME} (pulumi up)" in rows[a.name], said
+
+    b.exec("systemctl", "stop", "ssh", check=True)
+    try:
+        code, said = sando(d.project, "status", d.name)
+    finally:
+        b.exec("systemctl", "start", "ssh", check=True)
+    assert code == 1, said
+    line = next(line for line in said.splitlines() if line.split()[:2] == [d.name, b.name])
+    assert "unreachable: cannot connect:" in line and "Connection refused" in line, said
+    assert f"could not read {d.name}/{b.name}" in said
+
+
+def test_each_switch_is_recorded_on_the_node_and_in_the_outputs(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.2: who switched what, when and how: on the node (.sando/history, 0600) and in the
+    outputs, for a plain `pulumi up`, `sando promote` and `sando rollback`; how a run was started
+    is no diff by itself."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t_node, p_node = make_nodes(2)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project)
+    run_up(testnot)
+    run_up(prod)
+    [line] = history_of(t_node)
+    assert line | {"at": None} == {"at": None, "version": "v1", "commit": repo.commit("v1"), "from": "",
+                                   "result": "ok", "by": ME, "via": "pulumi up", "warning": "none configured"}
+    assert line["at"].endswith("Z") and line["at"][:4] == "20" + line["at"][2:4]
+    assert stat.S_IMODE((t_node.release_root / ".sando" / "history").stat().st_mode) == 0o600
+    assert testnot.node_out(t_node)["lastDeploy"] == line
+
+    testnot.stack.workspace.env_vars["SANDO_VIA"] = "something else"  # how: not a diff by itself
+    _, changed = run_up(testnot)
+    assert changed == {} and len(history_of(t_node)) == 1, changed
+    del testnot.stack.workspace.env_vars["SANDO_VIA"]
+
+    testnot.set(version="v2")
+    run_up(testnot)
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes")
+    assert code == 0, said
+    lines = history_of(p_node)
+    assert [(h["version"], h["from"], h["via"], h["by"]) for h in lines] == [
+        ("v1", "", "pulumi up", ME), ("v2", "v1", "sando promote", ME), ("v1", "v2", "sando rollback", ME)]
+    assert prod.node_out(p_node)["lastDeploy"] == lines[-1]
+    code, said = sando(testnot.project, "status", prod.name)
+    assert f"by {ME} (sando rollback)" in said, said
+
+
+def test_rollback_walks_back_through_good_versions(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.3/20.4: v1, v2, crash1 (failed: v2 live again, pinned crash1): the rollback pins v2,
+    what runs, restarting nothing; then v4, v5: rollbacks go to v4, then v2 (not forward to v5);
+    never onto crash1 without --allow-failed; a release removed by hand is said to be sent, and is."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo, healthCheck={"timeoutSeconds": 3, "intervalSeconds": 0.2, "expectVersion": True})
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+    repo.version("crash1", ("crash-at-start",))
+    d.set(version="crash1")
+    d.up_fails()
+    assert n.served()["version"] == "v2"
+
+    starts = len(n.restart_times())
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert "every node runs v2 but the stack pins crash1" in said and "nothing restarts" in said, said
+    assert d.stack.get_config("sando:version").value == "v2" and len(n.restart_times()) == starts
+
+    for v in ("v4", "v5"):
+        repo.version(v, ("fix",))
+        d.set(version=v)
+        run_up(d)
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0 and "back from v5 to v4" in said and n.served()["version"] == "v4", said
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0 and "back from v4 to v2" in said and n.served()["version"] == "v2", said
+    assert [h["via"] for h in history_of(n)][-2:] == ["sando rollback", "sando rollback"]
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--to", "crash1", "--yes")
+    assert code == 1 and "crash1 failed on node1" in said and "--allow-failed" in said, said
+    assert n.served()["version"] == "v2"
+
+    n.exec("rm", "-rf", "/opt/makenotwork/releases/v1", check=True)
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert "back from v2 to v1" in said and "not retained on node1: it is built and sent there" in said, said
+    assert n.served()["version"] == "v1" and d.node_out(n)["lastTransfer"]["bytesSent"] > 0
+
+
+def test_rollback_with_a_new_node_and_promote_from_a_stopped_source(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.7: a node added later (no earlier version) does not block the fleet's rollback: it
+    is sent the target, and said so. Issue 20.3: promote reads the source's nodes now: a service
+    stopped by hand (the outputs still say healthy) is refused."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t, p1, p2 = make_nodes(3)
+    testnot = make_deploy([t], repo=repo, version="v2")
+    prod = make_deploy([p1], repo=repo, project=testnot.project)
+    prod.set_secret("sshPrivateKey", Path(t.privateKeyPath).read_text())  # node1's key is in every node
+    run_up(testnot)
+    run_up(prod)
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    prod.set(nodes=[p1.config(), p2.config()])
+    run_up(prod)  # p2 joins on v2
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes")
+    assert code == 0, said
+    assert f"back from v2 to v1" in said and f"retained on {p1.name}: nothing sent there; not retained on " \
+        f"{p2.name}: it is built and sent there" in said, said
+    assert p1.served()["version"] == p2.served()["version"] == "v1"
+    assert prod.node_out(p1)["lastTransfer"]["bytesSent"] == 0 < prod.node_out(p2)["lastTransfer"]["bytesSent"]
+
+    t.exec("systemctl", "stop", "makenotwork", check=True)
+    assert testnot.node_out(t)["health"] == "ok"  # what the outputs still say
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert f"{testnot.name} is not promotable (read from its nodes now): {t.name}'s service is inactive" in said
+    assert p1.served()["version"] == "v1"
+
+
+def test_now_skips_the_restart_warning_and_says_by_whom(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.6: `--now` sends no restart warning for that run and does not wait out the notice
+    (history and outputs say it was skipped, by whom); without it the console counts down."""
+    import time
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    token = "tok-" + os.urandom(8).hex()
+    t, p = make_nodes(2, token=token)
+    testnot = make_deploy([t], repo=repo, version="v2")
+    prod = make_deploy([p], repo=repo, project=testnot.project, restartWarningSeconds=30)
+    prod.set_secret("cliServiceToken", token)
+    prod.set_secret("sshPrivateKey", Path(t.privateKeyPath).read_text())
+    run_up(testnot)
+    run_up(prod)  # v1 (nothing ran yet: no one to warn)
+    received = len(re.findall(r"restart-warning: received", p.journal("makenotwork")))
+
+    started = time.monotonic()
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes", "--now")
+    assert code == 0, said
+    assert time.monotonic() - started < 30  # the 30 s notice was not waited out
+    assert len(re.findall(r"restart-warning: received", p.journal("makenotwork"))) == received
+    assert history_of(p)[-1]["warning"] == f"skipped (--now) by {ME}"
+    assert prod.node_out(p)["restartWarning"] == f"skipped (--now) by {ME}"
+    assert "no warning" in sando(testnot.project, "status", prod.name)[1]
+
+    code, said = sando(testnot.project, "rollback", "-s", prod.name, "--yes", tty=True)
+    assert code == 0, said
+    assert "users get 30s notice before each restart (--now skips it)" in said
+    assert "restart warning: up to 30s before the restart" in said and "up to 25s" in said, said
+    assert len(re.findall(r"restart-warning: received", p.journal("makenotwork"))) == received + 1
+    assert history_of(p)[-1]["warning"] == "sent 30s"
+
+
+def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando, engine, tmp_path):
+    """Issue 20.8: the service's journal (one node, every node, followed), a command and an
+    interactive shell on a node, a restart with the restart warning (--now without), all with the
+    stack's key and pinned host key from its config."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    token = "tok-" + os.urandom(8).hex()
+    a, b = make_nodes(2, token=token)
+    d = make_deploy([a, b], restartWarningSeconds=2)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)
+
+    code, said = sando(d.project, "logs", "-s", d.name, a.name, "-n", "3")
+    assert code == 0 and said.count("\n") == 3 and "makenotwork v1" in said, said
+    code, said = sando(d.project, "logs", "-s", d.name, "--since", "1 hour ago")
+    assert code == 0 and f"{a.name} | " in said and f"{b.name} | " in said and "listening on" in said, said
+    code, said = sando(d.project, "logs", "-s", d.name, "node9")
+    assert code == 2 and "NODE: no node 'node9'" in said
+
+    code, said = sando(d.project, "ssh", "-s", d.name, b.name, "--", "cat /etc/hostname; exit 3")
+    assert code == 3 and said.strip() == b.exec("cat", "/etc/hostname").stdout.strip(), said
+
+    env = {**os.environ, **engine, "PATH": f"{TOOLS / 'bin'}:{os.environ['PATH']}"}
+    sando_cmd = [sys.executable, "-m", "sando_components.cli", "--cwd", str(d.project)]
+
+    def pty_session(*argv, send: bytes, until: bytes, timeout: float = 60) -> bytes:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([*sando_cmd, *argv], stdin=slave, stdout=slave, stderr=slave, env=env,
+                                cwd=str(Path(cli.__file__).parents[1]))
+        os.close(slave)
+        seen, deadline, sent = b"", time.monotonic() + timeout, False
+        while until not in seen and time.monotonic() < deadline:
+            if not sent and seen.rstrip().endswith(b"#"):  # the node's shell prompts: type
+                os.write(master, send)
+                sent = True
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(master)
+        return seen
+
+    seen = pty_session("ssh", "-s", d.name, a.name, send=b"tty && echo in-$((40 + 2))\nexit\n", until=b"in-42")
+    assert b"in-42" in seen and b"/dev/pts/" in seen, seen  # a shell on a pty on the node
+
+    started = len(a.restart_times())
+    code, said = sando(d.project, "restart", "-s", d.name, a.name, "--yes")
+    assert code == 0, said
+    assert f"{a.name}: restarted, healthy now (warning: sent " in said, said
+    assert len(a.restart_times()) == started + 1 and len(b.restart_times()) == 1
+    assert len(re.findall(r"restart-warning: received", a.journal("makenotwork"))) == 1
+    last = history_of(a)[-1]
+    assert (last["result"], last["via"], last["by"], last["version"], last["warning"]) == (
+        "restarted", "sando restart", ME, "v1", "sent 2s")
+
+    code, said = sando(d.project, "restart", "-s", d.name, "--yes", "--now")
+    assert code == 0 and said.count("restarted, healthy now (warning: skipped (--now))") == 2, said
+    assert len(re.findall(r"restart-warning: received", a.journal("makenotwork"))) == 1
+    assert history_of(b)[-1]["warning"] == f"skipped (--now) by {ME}"
+
+    # follow: what the node logs after the start is printed as it comes
+    proc = subprocess.Popen([*sando_cmd, "logs", "-s", d.name, a.name, "-f", "-n", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(Path(cli.__file__).parents[1]))
+    try:
+        time.sleep(3)  # connected and following
+        a.exec("systemctl", "restart", "makenotwork", check=True)
+        deadline, seen = time.monotonic() + 60, b""
+        while b"listening on" not in seen and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        assert b"listening on" in seen, seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_rollback_across_applied_migrations_names_them_and_the_backup(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 20.5: the database is ahead of the rollback target by a destructive migration: the
+    rollback names it, says it is destructive, names the pre-migration backup and the exact
+    command to restore it, and --yes alone does not pass (--accept-destructive does); the command
+    it printed restores the database."""
+    import shlex
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v3", ("destructive-migration",))
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo)
+    run_up(d)  # v1: its start creates the database, migration 1
+    d.set(version="v3")
+    run_up(d)  # the gate backs the database up, v3's start applies migration 2 (a DROP TABLE)
+    backups = sorted(p.name for p in n.path("/var/backups/makenotwork").iterdir())
+    assert len(backups) == 1 and backups[0].startswith("pre-v3-"), backups
+
+    d.set(version="v1")  # a manual pin: its preview says the same
+    run_preview(d)
+    shown = "\n".join(d.log)
+    assert re.search(r"node1: the database \(\S+\) is ahead of v1 by migration\(s\) 2 .+?; DESTRUCTIVE: 2 .+?\. "
+                     rf"The backup from before them: /var/backups/makenotwork/{backups[0]}; to restore it after the "
+                     rf"rollback: sando ssh -s {d.name} node1 -- 'systemctl stop makenotwork && ", shown), shown
+    d.set(version="v3")
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes")
+    assert code == 1, said
+    m = re.search(r"WARNING node1: the database \((\S+)\) is ahead of v1 by migration\(s\) 2 (.+?); DESTRUCTIVE: 2 .+?\. "
+                  r"The backup from before them: (\S+); to restore it after the rollback: "
+                  rf"sando ssh -s {d.name} node1 -- (.+)\n", said)
+    assert m and m.group(3) == f"/var/backups/makenotwork/{backups[0]}", said
+    assert "not rolled back" in said and "--accept-destructive" in said
+    assert n.served()["version"] == "v3"
+
+    code, said = sando(d.project, "rollback", "-s", d.name, "--yes", "--accept-destructive")
+    assert code == 0 and n.served()["version"] == "v1", said
+
+    code, said = sando(d.project, "ssh", "-s", d.name, "node1", "--", *shlex.split(m.group(4)))
+    assert code == 0, said
+    applied = n.exec("sqlite3", m.group(1), "SELECT version FROM _sqlx_migrations", check=True).stdout.split()
+    assert applied == ["1"] and n.served()["version"] == "v1"
+
+
+def test_a_new_nodes_empty_database_passes_the_destructive_gate_with_a_note(make_nodes, make_deploy, tmp_path):
+    """Issue 20.7: on a brand-new node (no database yet: no data to destroy) a release with a
+    destructive migration passes sando:migrations.refuseDestructive, with a note; once the
+    database holds data, the next destructive one is refused again."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2", ("destructive-migration",))
+    repo.version("v3", ("good-migration",), ("destructive-migration",))
+    [n] = make_nodes(1)
+    d = make_deploy([n], repo=repo, version="v2", migrations={"refuseDestructive": True})
+    run_up(d)
+    assert n.served()["version"] == "v2"
+    assert "empty (a new node): nothing to destroy" in d.node_out(n)["migrations"]["note"]
+    d.set(version="v3")
+    said = d.up_fails()
+    assert "has destructive migrations pending" in said and n.served()["version"] == "v2", said

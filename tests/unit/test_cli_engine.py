@@ -1,6 +1,8 @@
 """`sando promote / rollback / status` through the real engine (.tools/bin/pulumi, a file backend)
 on a scratch project: a tiny stand-in program whose outputs are shaped like sando's, with each
-node's state in a JSON file. No SSH, no test nodes; about 20 s. Skipped without `make setup`."""
+node's state in a JSON file that stands in for the node (Project.nodes_now reads it instead of
+SSH). No test nodes; about 20 s. Skipped without `make setup`. It also pins which pulumi
+commands each sando command runs (issue 24: no extra ones)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from sando_components import cli
+from sando_components.fleet import NodeNow, Probe
+from sando_components.transfer import NodeRelease
 from unit_helpers import commit_all, git, init_repo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +61,8 @@ class Node(ResourceProvider):
                                    "failed": False})
         if st["live"] != p["version"]:
             st["previous"], st["live"] = st["live"], p["version"]
+            st.setdefault("history", []).append({"version": p["version"], "commit": p["commit"], "result": "ok",
+                                                 "via": p["via"], "from": st["previous"] or ""})
         json.dump(st, open(path, "w"))
         return {**p, "liveVersion": p["version"], "liveCommit": p["commit"], "previousVersion": st["previous"],
                 "switchedAt": "2026-01-02T03:04:05+00:00", "health": "ok", "releases": st["releases"],
@@ -77,9 +83,9 @@ class Pointer(pulumi.dynamic.Resource):
 
 
 nodes = {}
-for name in cfg.require_object("nodes"):
+for name in [n["name"] for n in cfg.require_object("nodes")]:
     r = Pointer(Node(), f"{name}-current", {"node": name, "state": state, "version": version, "commit": commit,
-                                            **dict.fromkeys(OUTS)})
+                                            "via": os.environ.get("SANDO_VIA", "pulumi up"), **dict.fromkeys(OUTS)})
     nodes[name] = {**{k: getattr(r, k) for k in OUTS}, "migrations": {"pending": [], "destructive": []}}
 pulumi.export("version", version)
 pulumi.export("commit", commit)
@@ -121,16 +127,53 @@ def scratch(tmp_path, monkeypatch):
         pulumi("stack", "init", name)
         pulumi("config", "set", "-s", name, "sando:version", "v1")
         pulumi("config", "set", "-s", name, "--path", "sando:source.repo", "../app")
-        pulumi("config", "set", "-s", name, "sando:nodes", json.dumps(nodes))
+        pulumi("config", "set", "-s", name, "sando:nodes", json.dumps([{"name": n, "host": "10.0.0.1", "hostKey": KEY}
+                                                                       for n in nodes]))
+        pulumi("config", "set", "-s", name, "sando:sshAgent", "true")
+        pulumi("config", "set", "-s", name, "--path", "sando:bootstrap.ref", "main")
     pulumi("up", "-s", "testnot", "--yes", "--skip-preview")
     pulumi("config", "set", "-s", "testnot", "sando:version", "v2")
     pulumi("up", "-s", "testnot", "--yes", "--skip-preview")
     return project, app, commits
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+RAN: list[list[str]] = []  # the pulumi commands sando ran
+
+
+class StandInProject(cli.Project):
+    """cli.Project with the stand-in's JSON files as the nodes, counting pulumi commands."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        run = self.ws.pulumi_command.run
+
+        def counted(args, *rest, **kw):
+            words = [a for a in args if not a.startswith("-")]
+            RAN.append(words[:2] if words[0] == "stack" or words[1:2] in (["set"], ["rm"]) else words[:1])
+            return run(args, *rest, **kw)
+        self.ws.pulumi_command.run = counted
+
+    def nodes_now(self, cfg):
+        stack = next(s for s, c in self._config.items() if c is cfg)
+        nodes = []
+        for n in cfg.nodes:
+            path = self.dir / "nodes-state" / stack / f"{n.name}.json"
+            if not path.exists():  # never deployed to: a fresh node
+                nodes.append(NodeNow(n.name, n.host, unit="inactive dead", health=Probe(0, "")))
+                continue
+            st = json.loads(path.read_text())
+            releases = {r["version"]: NodeRelease(r["version"], r["commit"], r["createdAt"], {}, r["failed"])
+                        for r in st["releases"]}
+            nodes.append(NodeNow(n.name, n.host, live=st["live"], previous=st["previous"], releases=releases,
+                                 unit="active running", health=Probe(200, "{}"), history=st.get("history", [])))
+        return nodes
+
+
 def sando(project: Path, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+    RAN.clear()
+    code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO(), project=StandInProject)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -152,20 +195,25 @@ def test_promote_rollback_status_through_the_engine(scratch):
     code, out, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
     assert (code, err) == (0, ""), out
     assert "Previewing update (prod)" in out and "Updating (prod)" in out
+    assert RAN == [["stack", "ls"], ["config"], ["config"], ["stack", "output"], ["config", "set"], ["preview"],
+                   ["up"], ["stack", "output"]]  # the source's host config; no `stack output` x2 + `stack history`
+    # after the up
     prod = outputs(project, "prod")
     assert prod["commit"] == commits["v2"] and prod["nodes"]["prod"]["liveCommit"] == commits["v2"]
     assert "sando:version: v2" in (project / "Pulumi.prod.yaml").read_text()
+    state = json.loads((project / "nodes-state" / "prod" / "prod.json").read_text())
+    assert [h["via"] for h in state["history"]] == ["sando promote"]  # SANDO_VIA reached the program
 
     code, _, err = sando(project, "rollback", "-s", "testnot", "--to", "v9", "--yes")
-    assert (code, err) == (2, "sando: --to: v9 is not retained on tn1 (retained: v1, v2)\n")
+    assert (code, err) == (2, "sando: --to: v9 is not retained on any node (retained: tn1: v1, v2; tn2: v1, v2)\n")
 
     code, out, err = sando(project, "rollback", "-s", "testnot", "--yes")
     assert (code, err) == (0, ""), out
-    assert f"testnot runs v1 ({commits['v1'][:12]}) on every node (tn1, tn2); 0 bytes sent" in out
+    assert f"testnot runs v1 ({commits['v1'][:12]}) on every node (tn1, tn2), healthy now; 0 bytes sent" in out
     assert {n["liveVersion"] for n in outputs(project, "testnot")["nodes"].values()} == {"v1"}
 
     code, out, err = sando(project, "status")
     assert (code, err) == (0, ""), err
     rows = [line.split()[:4] for line in out.splitlines()[1:]]
     assert rows == [["prod", "prod", "v2", "-"], ["testnot", "tn1", "v1", "v2"], ["testnot", "tn2", "v1", "v2"]]
-    assert '"sando promote testnot -> prod: v2' in out and '"sando rollback testnot: v2 -> v1' in out
+    assert RAN == [["stack", "ls"], ["config"], ["config"]]  # one engine command per stack

@@ -163,7 +163,7 @@ def test_warning_status():
     assert warning.status(W, {}, False) == "not sent: nothing restarted"
     assert warning.status(W, {}, True) == "not sent"
     assert warning.status(W, {"warning": "sent 1700000000"}, True) == \
-        "sent at 2023-11-14T22:13:20+00:00, 30s before the restart"
+        "sent at 2023-11-14T22:13:20Z, 30s before the restart"
     assert warning.status(W, {"warning": "failed HTTP 500 boom"}, True) == "failed HTTP 500 boom"
 
 

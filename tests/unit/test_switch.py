@@ -415,8 +415,9 @@ def test_provider_outputs_after_a_switch(provider_node):
     live_v1(node)
     outs = PointerProvider().create(props(node, "v2", warn=WARNING, token=TOKEN)).outs
     assert (outs["liveVersion"], outs["previousVersion"], outs["liveCommit"]) == ("v2", "v1", "c-v2")
-    assert outs["switchedAt"].endswith("+00:00") and outs["health"] == "ok"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", outs["switchedAt"]) and outs["health"] == "ok"
     assert [(r["version"], r["failed"]) for r in outs["releases"]] == [("v1", False), ("v2", False)]
+    assert all(r["createdAt"] is None or r["createdAt"].endswith("Z") for r in outs["releases"])  # ISO UTC
     assert outs["restartWarning"].startswith("sent at ") and outs["restartWarning"].endswith(
         ", 1s before the restart")
     assert outs["migrations"] == {"database": None, "pending": [], "destructive": [], "dryRun": "not run",

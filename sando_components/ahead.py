@@ -1,0 +1,97 @@
+"""A database ahead of the release it goes to (issue 20.5): the migrations it applied that the
+target release does not know, which of them were destructive, the pre-migration backup taken
+before them, and the command that restores it. Used by `sando rollback` and, at preview, by a
+manual pin (the pointer's diff): light (no pydantic, no sqlglot), so the provider process may
+import it."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+
+
+@dataclass
+class Ahead:
+    """Migrations a node's database has applied that the target release does not know."""
+
+    node: str
+    migrations: list[str]  # "3 drop_extra"
+    destructive: list[str]
+    backup: str | None  # the pre-migration backup taken before they were applied
+    database: str
+
+
+def migrations_ahead(node: str, applied: list[tuple[str, str]], database: str, target: set[str],
+                     destructive: set[str]) -> Ahead | None:
+    """`applied`: (version, description) the database has; `target`: the target release's migration
+    versions; `destructive`: the versions sando knows to be destructive."""
+    ahead = [(v, d) for v, d in applied if v not in target]
+    if not ahead:
+        return None
+    return Ahead(node, [f"{v} {d}" for v, d in ahead], [f"{v} {d}" for v, d in ahead if v in destructive], None,
+                 database)
+
+
+def matching_backup(history: list[dict], backups: list[str], target: str) -> str | None:
+    """The backup taken right before the switch away from `target` whose migrations moved the
+    database on (`pre-<that version>-<UTC minute>.db`): the newest of that version. `backups`
+    newest first."""
+    after = [h.get("version") for h in history if h.get("from") == target and h.get("version") != target]
+    for version in reversed(after):
+        found = [b for b in backups if posixpath.basename(b).startswith(f"pre-{version}-")]
+        if found:
+            return found[0]
+    return None
+
+
+def restore_command(service: str, database: str, backup: str) -> str:
+    """The command that puts the backup back as the live database (run on the node, as root)."""
+    name = backup if re.fullmatch(r"[\w./+-]+", backup) else "'" + backup.replace("'", "''") + "'"
+    dot = f'".restore {name}"' if "'" not in name else shlex.quote(f".restore {name}")
+    return f"systemctl stop {service} && sqlite3 {shlex.quote(database)} {dot} && systemctl start {service}"
+
+
+def describe(a: Ahead, target: str, service: str, ssh_hint: str) -> str:
+    """One paragraph for the operator; `ssh_hint` is how to run a command on the node."""
+    text = (f"{a.node}: the database ({a.database}) is ahead of {target} by migration(s) {', '.join(a.migrations)}"
+            + (f"; DESTRUCTIVE: {', '.join(a.destructive)}" if a.destructive else "") + ". ")
+    if a.backup:
+        return text + (f"The backup from before them: {a.backup}; to restore it after the rollback: "
+                       f"{ssh_hint} {shlex.quote(restore_command(service, a.database, a.backup))}")
+    return text + "No backup from before them was found on the node."
+
+
+def warn_at_preview(props: dict, olds: dict) -> None:
+    """A manual pin (the pointer's version changes): when the node's database is ahead of the new
+    version, say so in the preview (one read of the node, only when the version changes).
+    Nothing here fails the run."""
+    from . import diagnostics, history, paths, scripts, ssh
+
+    gate = props.get("gate") or {}
+    version, service = props.get("version"), props.get("service")
+    if not gate.get("enabled") or not isinstance(version, str) or olds.get("version") == version:
+        return
+    try:
+        conn = ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
+        res = ssh.run(conn, scripts.command(
+            "status", SERVICE=service, RELEASE_ROOT=props["releaseRoot"],
+            HEALTH_URL=(props.get("healthCheck") or {}).get("url") or "", CADDY_URL="",
+            DATABASE=gate.get("database") or "",
+            ENV_FILE=gate.get("envFile") or paths.for_service(paths.DEFAULT_ENV_FILE, service),
+            DEFAULT_DATABASE=paths.for_service(paths.DEFAULT_DATABASE, service),
+            BACKUP_DIR=gate.get("backupDir") or paths.for_service(paths.DEFAULT_BACKUP_DIR, service),
+            HISTORY=paths.HISTORY, HISTORY_LINES=200), timeout=60, check=False)
+        report = scripts.Report.parse(res.out)
+        applied = [(row.partition(" ")[0], row.partition(" ")[2]) for row in report.all("applied")]
+        found = migrations_ahead(props.get("node") or conn.host, applied, report.one("database") or "?",
+                                 set(gate.get("migrations") or []),
+                                 set(props.get("knownDestructive") or []) | set(gate.get("destructive") or []))
+        if found:
+            records = [r for r in map(history.parse, report.all("history")) if r]
+            found.backup = matching_backup(records, report.all("backup"), version)
+            stack = (props.get("deploy") or {}).get("stack") or "STACK"
+            diagnostics.log("warning", describe(found, version, service, f"sando ssh -s {stack} {found.node} --"))
+    except Exception:  # noqa: BLE001 - a warning that cannot be made must not fail the preview
+        return

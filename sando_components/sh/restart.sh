@@ -1,0 +1,56 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2154,SC2034  # parameters are set by scripts.render; H_VERSION is read by history.sh
+# restart (`sando restart`): the restart warning when one is configured (the bearer header is
+# the first line of stdin: never argv), the notice waited out, `systemctl restart`, the health
+# check; recorded in the node's switch history (sh/history.sh, result "restarted"). Parameters:
+#   SERVICE, RELEASE_ROOT, HEALTH_URL, TIMEOUT (seconds for the health check)
+#   WARN_URL, WARN_SECONDS (0: no warning), plus history.sh's H_* (H_VERSION is read here)
+# Reports: warning (sent EPOCH | failed ...), restart (RC DETAIL), health (ok BODY | fail ERROR),
+# history. Exits EX_RESTART_NOTHING_LIVE, EX_RESTART_FAILED, EX_RESTART_UNHEALTHY.
+
+IFS= read -r AUTH || AUTH=''
+exec </dev/null
+cd "$RELEASE_ROOT" || fail "$EX_RESTART_NOTHING_LIVE" error "no release root $RELEASE_ROOT"
+live=$(readlink current 2>/dev/null) || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
+# shellcheck disable=SC2034  # read by sando_history (history.sh)
+H_VERSION=${live##*/}
+trap '' HUP PIPE # once the warning is out, a lost connection does not stop the restart halfway
+
+code=''
+if [ "$WARN_SECONDS" -gt 0 ] && [ -n "$AUTH" ]; then
+  werr=$(mktemp)
+  code=$(printf '%s\n' "$AUTH" | curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H @- \
+    -H 'Content-Type: application/json' --data "{\"seconds\": $WARN_SECONDS}" "$WARN_URL" 2>"$werr") || :
+  AUTH=''
+  case $code in
+    2??)
+      report warning "sent $(date +%s)"
+      sleep "$WARN_SECONDS"
+      ;;
+    *) report warning "failed HTTP ${code:-000} $(head -c 200 "$werr")" ;;
+  esac
+  rm -f "$werr"
+fi
+
+systemctl reset-failed "$SERVICE.service" 2>/dev/null
+out=$(systemctl restart "$SERVICE.service" 2>&1)
+rc=$?
+report restart "$rc $out"
+if [ "$rc" != 0 ]; then
+  sando_history "failed: restart exited $rc"
+  exit "$EX_RESTART_FAILED"
+fi
+end=$(($(date +%s) + TIMEOUT))
+while :; do
+  if body=$(curl -fsS --max-time 3 "$HEALTH_URL" 2>&1); then
+    report health "ok $(printf '%s' "$body" | head -c 300)"
+    sando_history restarted
+    exit 0
+  fi
+  if [ "$(date +%s)" -ge "$end" ]; then
+    report health "fail $(printf '%s' "$body" | tail -n 1 | head -c 300)"
+    sando_history "failed: not healthy after the restart"
+    exit "$EX_RESTART_UNHEALTHY"
+  fi
+  sleep 0.2
+done

@@ -1,0 +1,80 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2154  # parameters are set by scripts.render
+# status: what an operator asks of a node now, read-only, in one exec (sando status, promote,
+# rollback). Parameters:
+#   SERVICE          the unit (without .service)
+#   RELEASE_ROOT     where releases/, current and .sando/history are
+#   HEALTH_URL       the app's health URL on the node
+#   CADDY_URL        the same through Caddy ('' = Caddy is not sando's: not probed)
+#   DATABASE         sando:migrations.database ('' = DATABASE_PATH of the unit's EnvironmentFile)
+#   ENV_FILE         the env file to read when the unit names none
+#   DEFAULT_DATABASE when no env file names DATABASE_PATH
+#   BACKUP_DIR       where pre-migration backups are
+#   HISTORY          the switch history file (relative to RELEASE_ROOT)
+#   HISTORY_LINES    how many of its last lines to report
+# Reports: unit, unit-since, health, caddy, caddy-health, database, db, applied (one per
+# migration: "VERSION DESCRIPTION"), history (one per line, oldest first), backup (newest first).
+
+report unit "$(systemctl show -p ActiveState --value "$SERVICE.service" 2>/dev/null) $(systemctl show -p SubState --value "$SERVICE.service" 2>/dev/null)"
+report unit-since "$(systemctl show -p ActiveEnterTimestamp --value "$SERVICE.service" 2>/dev/null)"
+
+# probe URL: "CODE BODY" of one GET (CODE 000 and curl's error when nothing answered)
+probe() {
+  _body=$(mktemp)
+  _code=$(curl -sS -o "$_body" -w '%{http_code}' --max-time 5 "$1" 2>"$_body.err") || :
+  if [ "${_code:-000}" = 000 ]; then
+    printf '000 %s' "$(head -c 200 "$_body.err")"
+  else
+    printf '%s %s' "$_code" "$(head -c 300 "$_body")"
+  fi
+  rm -f "$_body" "$_body.err"
+}
+
+report health "$(probe "$HEALTH_URL")"
+report caddy "$(systemctl is-active caddy.service 2>/dev/null)"
+if [ -n "$CADDY_URL" ]; then
+  report caddy-health "$(probe "$CADDY_URL")"
+fi
+
+# the database the gate reads: sando:migrations.database, else DATABASE_PATH of the unit's env file
+db=$DATABASE
+if [ -z "$db" ]; then
+  envf=$(systemctl show -p EnvironmentFiles --value "$SERVICE.service" 2>/dev/null | sed -n '1s/ .*//p')
+  envf=${envf#-}
+  [ -n "$envf" ] || envf=$ENV_FILE
+  db=$(sed -n 's/^DATABASE_PATH=//p' "$envf" 2>/dev/null | tail -n 1 | tr -d "\"'")
+  [ -n "$db" ] || db=$DEFAULT_DATABASE
+fi
+report database "$db"
+if [ ! -f "$db" ]; then
+  report db missing
+elif ! command -v sqlite3 >/dev/null 2>&1; then
+  report db "unreadable: no sqlite3 on the node"
+elif ! has=$(sqlite3 -readonly "$db" ".timeout 5000" \
+  "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" 2>&1); then
+  report db "unreadable: $has"
+elif [ "$has" != 1 ]; then
+  report db "no migrations table"
+else
+  if rows=$(sqlite3 -readonly -separator ' ' "$db" ".timeout 5000" \
+    'SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version' 2>&1); then
+    report db ok
+    printf '%s\n' "$rows" | while IFS= read -r row; do
+      [ -n "$row" ] && report applied "$row"
+    done
+  else
+    report db "unreadable: $rows"
+  fi
+fi
+
+if [ -f "$RELEASE_ROOT/$HISTORY" ]; then
+  tail -n "$HISTORY_LINES" "$RELEASE_ROOT/$HISTORY" | while IFS= read -r line; do
+    report history "$line"
+  done
+fi
+if [ -d "$BACKUP_DIR" ]; then
+  # shellcheck disable=SC2012,SC2010  # names are sando's own (pre-<version>-<UTC minute>[-n].db)
+  ls -1t "$BACKUP_DIR" 2>/dev/null | grep '^pre-.*\.db$' | head -n 20 | while IFS= read -r b; do
+    report backup "$BACKUP_DIR/$b"
+  done
+fi

@@ -1,0 +1,20 @@
+"""The one time format of sando's outputs, history and status (issue 20.9): ISO 8601 in UTC to the
+second, `2026-12-04T07:55:02Z`."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def iso(epoch: float | int | str | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC (None for none)."""
+    if epoch is None or epoch == "" or float(epoch) == 0:
+        return None
+    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime(FORMAT)
+
+
+def now() -> str:
+    return time.strftime(FORMAT, time.gmtime())
