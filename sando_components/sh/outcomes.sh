@@ -1,5 +1,20 @@
 # shellcheck shell=sh
 # shellcheck disable=SC2034  # each step uses some of these
 # The exit codes of sando's node-side steps: the one table the scripts and the Python share
-# (scripts.OUTCOMES reads this file). One line per outcome: NAME=CODE  # meaning
+# (scripts.outcomes() reads this file). One line per outcome: NAME=CODE  # meaning
 EX_OK=0  # done
+EX_EXISTS=17  # the release is on the node already (receive)
+EX_NO_ROOT=20  # the release root cannot be entered (switch)
+EX_MISSING=21  # the release to switch to is not on the node
+EX_CHANGED=22  # files of the release no longer match its SHA256SUMS
+EX_LIVE_UNHEALTHY=23  # the release is live already but fails its health check
+EX_UNREADABLE=24  # something the node read needs exists but cannot be read
+EX_DRY_RUN_FAILED=30  # the migration dry run failed: the release is marked failed
+EX_DESTRUCTIVE=31  # a destructive migration is pending and not allowed
+EX_GATE_BROKEN=32  # the migration gate could not run
+EX_BACKUP_FAILED=33  # the pre-migration backup could not be made
+EX_WARNING_FAILED=40  # the restart warning failed and its mode is abort: nothing restarted
+EX_NO_PREVIOUS=50  # not healthy, and nothing to switch back to
+EX_SWITCHED_BACK=51  # not healthy: switched back to what was live
+EX_SUMS_FAILED=65  # a received file does not match its sha256
+EX_NO_SPACE=75  # not enough free space for the release

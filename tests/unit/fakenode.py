@@ -26,7 +26,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from sando_components import commands, paths
+from sando_components import paths
+from sando_components.scripts import Report
 
 SEP = "\037"
 RECORD = r"""{ printf '%s' "${0##*/}"; for a in "$@"; do printf '\037%s' "$a"; done; printf '\n'; } >> "$FAKE_STATE/calls"
@@ -86,14 +87,19 @@ class Run:
     err: str
 
     @property
+    def parsed(self) -> Report:
+        return Report.parse(self.out)
+
+    @property
     def report(self) -> list[tuple[str, str]]:
-        return commands.parse_report(self.out)
+        return list(self.parsed.entries)
 
     def get(self, key: str) -> str | None:
-        return dict(self.report).get(key)
+        """The value of a key reported once (a repeated one is an error)."""
+        return self.parsed.one(key)
 
     def keys(self) -> list[str]:
-        return [k for k, _ in self.report]
+        return self.parsed.keys()
 
 
 def sha(data: bytes) -> str:
@@ -237,6 +243,10 @@ class FakeNode:
         return ssh.Result(r.rc, r.out, r.err, len(data or b""))
 
     scripts: list  # (command, stdin) of every ssh_run, in order
+
+    def steps(self) -> list[str]:
+        """The node-side steps (sh/<step>.sh) ssh_run ran, in order (scripts.command names them)."""
+        return [cmd.rsplit(" sando-", 1)[1] for cmd, _ in self.scripts if " sando-" in cmd]
 
 
 def connection(host: str = "127.0.0.9") -> dict:
