@@ -411,3 +411,49 @@ def test_backup_dir_with_a_quote(node):
     res = run_gate(node, gate_props(node, db, allow=True, backup_dir=node.base / "it's backups"))
     assert res.rc == 0, res.out + res.err
 
+
+# --- private copies and a bounded number of backups ------------------------------------------------
+
+
+def test_backup_and_scratch_are_private_and_owned_like_the_database(node):
+    db = make_db(node.base / "live.db")
+    db.chmod(0o640)
+    res = run_gate(node, gate_props(node, db, allow=True))
+    assert res.rc == 0, res.out + res.err
+    backup = Path(res.get("backup"))
+    st, live = backup.stat(), db.stat()
+    assert st.st_mode & 0o7777 == 0o600  # a copy of the whole database: never readable by others
+    assert (st.st_uid, st.st_gid) == (live.st_uid, live.st_gid)
+    assert (node.state / "dryrun.mode").read_text() == "600\n"
+    assert sorted(os.listdir(node.base / "backups")) == [backup.name]  # no temp file left
+
+
+def test_only_the_newest_backups_are_kept(node):
+    db = make_db(node.base / "live.db")
+    backups = node.base / "backups"
+    backups.mkdir()
+    old = []
+    for i in range(12):  # older backups, oldest first
+        b = backups / f"pre-v0-2025010{i // 10}T00{i % 10}0Z.db"
+        b.write_text("old")
+        os.utime(b, (1_700_000_000 + i, 1_700_000_000 + i))
+        old.append(b.name)
+    (backups / "operator-copy.db").write_text("not sando's: left alone")
+    g = {**gate_props(node, db, allow=True)}
+    values = {**gate.params(g, str(node.root), SERVICE, "v2"), "BACKUP_KEEP": 3}
+    res = node.run(gate_script(node, values))
+    assert res.rc == 0, res.out + res.err
+    new = os.path.basename(res.get("backup"))
+    assert sorted(os.listdir(backups)) == sorted([new, *old[-2:], "operator-copy.db"])
+    assert sorted(os.path.basename(v) for v in res.parsed.all("backup-removed")) == sorted(old[:-2])
+
+
+def test_a_failed_backup_leaves_no_temp_file(node, tmp_path):
+    db = make_db(node.base / "live.db")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "mv").write_text("#!/bin/sh\necho 'mv: no space left on device' >&2\nexit 1\n")
+    (tools / "mv").chmod(0o755)
+    res = run_gate(node, gate_props(node, db, allow=True), PATH=f"{tools}:{node.env()['PATH']}")
+    assert res.rc == scripts.code("EX_BACKUP_FAILED") and res.get("gate") == "cannot-backup"
+    assert os.listdir(node.base / "backups") == []
