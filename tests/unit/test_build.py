@@ -245,3 +245,25 @@ def test_missing_binary_names_bin_names(repo, log):
         built(repo, repo["c1"], log, bins=["makenotwork", "nope", "nada"])
     assert str(exc.value) == ("sando:binNames: nope, nada not built: no such file in out/bin/ after "
                               "sando:source.buildCommand (check the names)")
+
+
+FAILING_CLEAN = """#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = clean ]; then echo "warning: failed to remove stray: Device or resource busy" >&2; exit 1; fi
+done
+exec {git} "$@"
+"""
+
+
+def test_a_failed_git_clean_stops_the_build(repo, log, tmp_path, monkeypatch):
+    """A build tree git could not clean would build with leftover files: no build, a clear error."""
+    built(repo, repo["c1"], log)  # the shared build tree exists, with a stray file in it
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "git").write_text(FAILING_CLEAN.replace("{git}", shutil.which("git")))
+    (tools / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    with pytest.raises(BuildError, match=r"^cannot clean the build tree .* before building "
+                                         + repo["c2"][:12] + r" \(git clean: warning: failed to remove stray"):
+        built(repo, repo["c2"], log)
+    assert len(lines(log)) == 1  # the second build never ran
