@@ -12,6 +12,9 @@ stand-ins on PATH for what a test machine cannot do for real:
   command line, and answers a scripted HTTP status;
 - `sleep` records its argument and sleeps for real.
 
+A stand-in can be told to hang at its next call with a given first argument (`hang`), until the
+test lets it go: the moment to cut a script's connection at a chosen step.
+
 Every stand-in appends one line per call to state/calls: the tool's name and its arguments,
 separated by \\037, so tests can check what ran and in which order.
 """
@@ -31,6 +34,11 @@ from sando_components.scripts import Report
 
 SEP = "\037"
 RECORD = r"""{ printf '%s' "${0##*/}"; for a in "$@"; do printf '\037%s' "$a"; done; printf '\n'; } >> "$FAKE_STATE/calls"
+_hang="$FAKE_STATE/hang-${0##*/}-${1:-}"
+if [ -f "$_hang" ]; then
+  rm -f "$_hang"; : > "$_hang.reached"
+  while [ ! -f "$_hang.go" ]; do "$FAKE_REAL_SLEEP" 0.02; done
+fi
 """
 
 SYSTEMCTL = "#!/bin/sh\n" + RECORD + r"""
@@ -128,7 +136,8 @@ class FakeNode:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "FAKE_STATE": str(self.state),
-                "FAKE_ROOT": str(self.root), "HOME": str(self.base), "LC_ALL": "C", **extra}
+                "FAKE_ROOT": str(self.root), "HOME": str(self.base), "LC_ALL": "C",
+                "FAKE_REAL_SLEEP": shutil.which("sleep", path="/usr/bin:/bin"), **extra}
 
     def run(self, script: str, stdin: bytes = b"", shell: str = "/bin/sh", timeout: float = 60, **env) -> Run:
         res = subprocess.run([shell, "-c", script], input=stdin, capture_output=True, env=self.env(**env),
@@ -220,6 +229,13 @@ class FakeNode:
             (self.state / "warn-code").write_text(code)
         if refused:
             (self.state / "warn-refused").touch()
+
+    def hang(self, tool: str, first_arg: str) -> tuple[Path, Path]:
+        """The next `tool first_arg ...` waits (after recording the call) until the test creates
+        the returned `go` file; it creates `reached` when it starts waiting."""
+        flag = self.state / f"hang-{tool}-{first_arg}"
+        flag.touch()
+        return flag.with_name(flag.name + ".reached"), flag.with_name(flag.name + ".go")
 
     def state_file(self, name: str) -> str | None:
         p = self.state / name

@@ -513,3 +513,60 @@ def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_servi
     node.stop()
     assert PointerProvider().diff("id", p, p).changes is True
 
+
+# --- a lost connection (Ctrl-C, a dropped SSH session) never leaves a node half-switched ---------------
+
+
+def wait_for(cond, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("step", [("sleep", "1"), ("systemctl", "reload-or-restart"), ("curl", "-fsS")],
+                         ids=["during-the-warning-notice", "during-the-restart", "during-the-health-check"])
+@pytest.mark.parametrize("cut", ["closed-pipes", "closed-pipes-and-sighup"])
+def test_a_connection_lost_at_any_user_visible_step_still_runs_the_switch_to_its_end(node, step, cut):
+    """Once users were warned, the switch goes on whatever happens to sando's connection: the script
+    is stopped at a step (a stand-in waits), its stdout/stderr pipes are closed (every later report
+    line hits EPIPE/SIGPIPE) and, as when the session is torn down, the whole process group gets
+    SIGHUP; then it is let go. It still switches, restarts, checks and prunes (the last thing it
+    does: v0 is gone). Without `trap '' HUP PIPE` in switch.sh the shell dies at the cut."""
+    node.release("v0", created_at=0)
+    live_v1(node)
+    p = props(node, "v2", keep=2, warn=WARNING, token=TOKEN, timeout=5)
+    state = parse_state(node.run(commands.probe(str(node.root), "makenotwork")).out)
+    script, _ = PointerProvider()._script(p, state)
+    reached, go = node.hang(*step)
+    node.clear_calls()
+    proc = subprocess.Popen(shlex.split(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=node.env(), cwd=node.base, start_new_session=True)
+    proc.stdin.write(warning.stdin(p["warning"], p["token"]))
+    proc.stdin.close()
+    try:
+        wait_for(reached.exists)
+        proc.stdout.close()  # the connection is gone: nobody reads what the script says any more
+        proc.stderr.close()
+        if cut == "closed-pipes-and-sighup":
+            os.killpg(proc.pid, signal.SIGHUP)
+        go.touch()
+        proc.wait(timeout=60)
+        wait_for(lambda: group_gone(proc.pid))
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert node.readlink("current") == "releases/v2" and node.readlink("previous") == "releases/v1"
+    assert node.running() == "v2" and node.restarts() == 1
+    assert not (node.root / "releases" / "v2" / paths.FAILED).exists()
+    assert node.versions() == ["v1", "v2"]  # pruned: the script's last step ran
+    assert proc.returncode == scripts.code("EX_OK")
