@@ -183,6 +183,11 @@ class Report:
     def keys(self) -> list[str]:
         return [k for k, _ in self.entries]
 
+    def before(self, key: str) -> "Report":
+        """The entries before the first `key` (all of them when it was not reported)."""
+        keys = self.keys()
+        return Report(self.entries[:keys.index(key)]) if key in keys else self
+
     def after(self, key: str) -> "Report":
         """The entries after the first `key` (e.g. what happened after a switch back)."""
         keys = self.keys()

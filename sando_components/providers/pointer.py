@@ -157,6 +157,7 @@ class PointerProvider(NodeProvider):
         """What an operator reads when this node's switch did not happen or did not hold."""
         node, version, outcome = node_of(props), props["version"], scripts.name_of(res.rc)
         stays = f"{live} stays live" if live else "nothing is live yet"
+        journal = ""
         restart = (report.all("restart") or ["0 "])[0].split(" ", 1)
         failed_check = next((v.partition(" ")[2] for v in report.all("health") if v.startswith("fail")), "")
         why = f"restart failed: {restart[-1].strip()}" if restart[0] != "0" else failed_check
@@ -184,6 +185,20 @@ class PointerProvider(NodeProvider):
         elif outcome == "EX_WARNING_FAILED":
             msg = (f"{node}: the restart warning failed ({report.one('warning') or '?'}) and "
                    f"sando:restartWarningOnFailure is abort; nothing was restarted and {stays}")
+        elif outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK") and report.before("reverted").has("crashed"):
+            # the unit died while sando waited for it: said at once, with what it logged
+            tried = report.before("reverted")
+            state = tried.all("crashed")[0].split()[0]
+            if outcome == "EX_NO_PREVIOUS":
+                after = "there is no earlier release to switch back to"
+            elif any(v.startswith("ok") for v in report.after("reverted").all("health")):
+                after = f"{live} is live again"
+            else:
+                after = f"switched back to {live}, but it is not healthy either"
+            msg = f"{node}: {version} exited at start ({props['service']}.service {state}); {after}"
+            lines = tried.all("journal")
+            journal = ("Last lines of its journal:\n" + "\n".join(f"  {line.strip()}" for line in lines) if lines
+                       else f"Its journal says nothing more: `journalctl -u {props['service']}` on the node")
         elif outcome == "EX_NO_PREVIOUS":
             msg = f"{node}: {version} is not healthy ({why}) and there is no earlier release to switch back to"
         elif outcome == "EX_SWITCHED_BACK":
@@ -199,6 +214,8 @@ class PointerProvider(NodeProvider):
             msg += (f". The database was backed up before {version}'s migrations: {backup}; to restore it: "
                     f"systemctl stop {props['service']} && sqlite3 {db} \".restore '{backup}'\" && "
                     f"systemctl start {props['service']}")
+        if journal:  # what the service said, last: its lines follow the sentence
+            msg += f". {journal}"
         return msg
 
 

@@ -31,6 +31,7 @@ bad=$(cd -- "$target" && sha256sum --check --strict --quiet "$P_SUMS" 2>&1) ||
 # ("Start request repeated too quickly") in the way of the release switched back to.
 restart() {
   systemctl reset-failed "$SERVICE" 2>/dev/null
+  unit_mark
   out=$(systemctl reload-or-restart "$SERVICE" 2>&1)
   rc=$?
   report restart "$rc $(printf '%s' "$out" | head -c 300)"

@@ -53,7 +53,22 @@ case "$1" in
       echo "Job for $2.service failed because the control process exited with error code." >&2
       exit 1
     fi
+    if [ -f "$FAKE_STATE/crash-$v" ]; then  # started (Type=simple), then exits: systemd restarts it
+      rm -f "$FAKE_STATE/active" "$FAKE_STATE/running"
+      n=$(cat "$FAKE_STATE/nrestarts" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_STATE/nrestarts"
+      : > "$FAKE_STATE/auto-restart"
+      printf '%s\n' "Started $2.service." "crash-at-start build: exiting" \
+        "$2.service: Main process exited, code=exited, status=1/FAILURE" >> "$FAKE_STATE/journal"
+      exit 0
+    fi
+    rm -f "$FAKE_STATE/auto-restart"
     printf '%s\n' "$v" > "$FAKE_STATE/running"; : > "$FAKE_STATE/active"; exit 0;;
+  show)
+    echo "NRestarts=$(cat "$FAKE_STATE/nrestarts" 2>/dev/null || echo 0)"
+    if [ -f "$FAKE_STATE/auto-restart" ]; then echo ActiveState=activating; echo SubState=auto-restart
+    elif [ -f "$FAKE_STATE/active" ]; then echo ActiveState=active; echo SubState=running
+    else echo ActiveState=inactive; echo SubState=dead; fi
+    exit 0;;
 esac
 exit 0
 """
@@ -86,6 +101,12 @@ printf '{"name":"makenotwork","version":"%s","commit":"c-%s"}\n' "$v" "$v"
 """
 
 SLEEP = "#!/bin/sh\n" + RECORD + 'exec {sleep} "$@"\n'
+
+JOURNALCTL = "#!/bin/sh\n" + RECORD + r"""
+case " $* " in *" --sync "*) exit 0;; esac
+n=5; prev=; for a in "$@"; do [ "$prev" = -n ] && n=$a; prev=$a; done
+tail -n "$n" "$FAKE_STATE/journal" 2>/dev/null
+"""
 
 
 @dataclass
@@ -127,7 +148,8 @@ class FakeNode:
         self.bin.mkdir()
         self.scripts = []
         real_sleep = shutil.which("sleep", path="/usr/bin:/bin")
-        for name, text in (("systemctl", SYSTEMCTL), ("curl", CURL), ("sleep", SLEEP.replace("{sleep}", real_sleep))):
+        for name, text in (("systemctl", SYSTEMCTL), ("curl", CURL), ("sleep", SLEEP.replace("{sleep}", real_sleep)),
+                           ("journalctl", JOURNALCTL)):
             p = self.bin / name
             p.write_text(text)
             p.chmod(0o755)
@@ -144,10 +166,14 @@ class FakeNode:
                              cwd=self.base, timeout=timeout)
         return Run(res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace"))
 
-    def calls(self, tool: str | None = None) -> list[list[str]]:
+    def calls(self, tool: str | None = None, *, watching: bool = False) -> list[list[str]]:
+        """What ran, in order (the arguments only, for one tool). The switch's watching of the unit
+        while it waits (`systemctl show`, `journalctl`) is left out unless `watching`."""
         log = self.state / "calls"
         lines = log.read_text().splitlines() if log.exists() else []
         recs = [line.split(SEP) for line in lines]
+        if not watching:
+            recs = [r for r in recs if not (r[0] == "journalctl" or r[:2] == ["systemctl", "show"])]
         return [r[1:] if tool else r for r in recs if tool is None or r[0] == tool]
 
     def clear_calls(self) -> None:
@@ -216,6 +242,10 @@ class FakeNode:
 
     def fail_restart(self, version: str = "all") -> None:
         (self.state / f"fail-restart-{version}").touch()
+
+    def crash_at_start(self, version: str) -> None:
+        """`version` starts (its restart succeeds, Type=simple), then exits: systemd's auto-restart."""
+        (self.state / f"crash-{version}").touch()
 
     def serve(self, version: str, body: str | None = None, *, error: bool = False) -> None:
         """What the app answers while `version` runs: a body, or an HTTP 500."""

@@ -570,3 +570,41 @@ def test_a_connection_lost_at_any_user_visible_step_still_runs_the_switch_to_its
     assert not (node.root / "releases" / "v2" / paths.FAILED).exists()
     assert node.versions() == ["v1", "v2"]  # pruned: the script's last step ran
     assert proc.returncode == scripts.code("EX_OK")
+
+
+# --- a unit that dies while sando waits for it --------------------------------------------------------
+
+
+def test_a_release_that_exits_at_start_ends_the_wait_at_once(node):
+    """A long health timeout is not waited out: systemd's auto-restart ends the wait at once; the
+    journal since the restart is reported; the previous release is live again."""
+    live_v1(node)
+    node.crash_at_start("v2")
+    started = time.monotonic()
+    res = switch(node, "v2", timeout=120)
+    assert time.monotonic() - started < 20  # not the 120 s of the health timeout
+    assert res.rc == scripts.code("EX_SWITCHED_BACK")
+    tried = res.parsed.before("reverted")
+    assert tried.all("crashed") == ["activating/auto-restart 1"]
+    assert tried.all("journal") == ["Started makenotwork.service.", "crash-at-start build: exiting",
+                                    "makenotwork.service: Main process exited, code=exited, status=1/FAILURE"]
+    assert node.readlink("current") == "releases/v1" and node.running() == "v1"
+    assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == (
+        "exited at start (makenotwork.service activating/auto-restart, restarted 1 times by systemd)\n")
+    (since,) = {c[c.index("--since") + 1] for c in node.calls("journalctl", watching=True) if "--since" in c}
+    assert since.startswith("@") and abs(int(since[1:]) - time.time()) < 60
+
+
+def test_provider_message_of_a_release_that_exits_at_start(provider_node):
+    node = provider_node
+    live_v1(node)
+    node.crash_at_start("v2")
+    outs = PointerProvider().create(props(node, "v2", timeout=120)).outs
+    assert outs["outcome"]["message"] == (
+        "node1: v2 exited at start (makenotwork.service activating/auto-restart); v1 is live again. "
+        "Last lines of its journal:\n"
+        "  Started makenotwork.service.\n"
+        "  crash-at-start build: exiting\n"
+        "  makenotwork.service: Main process exited, code=exited, status=1/FAILURE")
+    assert outs["liveVersion"] == "v1" and outs["health"] == "ok"
+
