@@ -31,6 +31,8 @@ def status(warning: dict | None, report: Report, switched: bool) -> str:
     value = report.one("warning")
     if value is None:
         return "not sent: nothing restarted" if not switched else "not sent"
+    if value == "not-needed":
+        return "not needed: service not running"
     if value.startswith("sent "):
         at = datetime.fromtimestamp(int(value.split()[1]), timezone.utc).isoformat(timespec="seconds")
         return f"sent at {at}, {warning['seconds']}s before the restart"

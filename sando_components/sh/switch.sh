@@ -57,7 +57,10 @@ if [ "$GATE" = 1 ]; then
 fi
 
 trap '' HUP PIPE
-if [ "$WARN" = 1 ]; then warn; fi
+if [ "$WARN" = 1 ]; then
+  # users are warned only when there are users: no running service, no warning (and no refusal)
+  if systemctl is-active --quiet "$SERVICE"; then warn; else report warning not-needed; fi
+fi
 relink "$P_CURRENT" "$target"
 relink "$P_ERROR_PAGES" "$P_CURRENT/$P_ERROR_PAGES"
 if [ -n "$live" ]; then relink "$P_PREVIOUS" "$live"; fi

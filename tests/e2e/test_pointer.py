@@ -157,10 +157,11 @@ def test_restart_warning_right_before_the_restart_and_secrets_stay_secret(make_n
     d = make_deploy([node], repo=repo, restartWarningSeconds=3)
     d.set_secret("cliServiceToken", token)
     key_body = open(node.privateKeyPath).read().splitlines()[1]
-    run_up(d)  # v1: nothing runs yet, the warning fails and the deploy goes on (warn mode), said as a warning
+    run_up(d)  # v1: nothing runs yet: nobody to warn, nothing said
     assert node.served()["version"] == "v1"
     first = "".join(d.log)
-    assert re.search(r"warning: node1: the restart warning was not delivered \(failed HTTP 000", first), first
+    assert "restart warning" not in first, first
+    assert d.node_out(node)["restartWarning"] == "not needed: service not running"
 
     d.set(version="v2")
     run_up(d)
@@ -215,3 +216,21 @@ def test_three_nodes_switch_in_parallel(make_nodes, make_deploy, repo):
         starts.append(n.restart_times("makenotwork")[-1])
     assert max(starts) < min(starts) + 3.0, starts
 
+
+def test_no_restart_warning_when_the_service_is_not_running_even_in_abort_mode(make_nodes, make_deploy, repo):
+    """A first deploy, and a deploy during an outage (service stopped), with
+    restartWarningOnFailure: abort: nobody to warn, so no warning, no message, no refusal."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=2, restartWarningOnFailure="abort")
+    d.set_secret("cliServiceToken", "wrong-" + token)  # a warning would fail (401) and abort
+    run_up(d)  # the first deploy: nothing runs yet
+    assert node.served()["version"] == "v1"
+    assert d.node_out(node)["restartWarning"] == "not needed: service not running"
+    node.exec("systemctl", "stop", "makenotwork")  # an outage
+    d.set(version="v2")
+    run_up(d)
+    assert node.served()["version"] == "v2"
+    assert d.node_out(node)["restartWarning"] == "not needed: service not running"
+    assert "restart warning" not in "".join(d.log)
+    assert "restart-warning: received" not in node.journal("makenotwork")

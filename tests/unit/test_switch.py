@@ -355,8 +355,9 @@ def test_warning_token_only_on_stdin_and_the_notice_is_waited_out(node):
     assert TOKEN not in (node.state / "calls").read_text()
     # the order: the warning, the notice, then the restart
     order = [(c[0], c[1]) for c in node.calls() if c[0] in ("sleep", "systemctl") or "POST" in c]
-    assert order[:3] == [("curl", "-sS"), ("sleep", "1"), ("systemctl", "reset-failed")]
-    assert order[3] == ("systemctl", "reload-or-restart")
+    # is the service running (users to warn)? the warning, the notice, then the restart
+    assert order[:4] == [("systemctl", "is-active"), ("curl", "-sS"), ("sleep", "1"), ("systemctl", "reset-failed")]
+    assert order[4] == ("systemctl", "reload-or-restart")
 
 
 def test_failed_warning_in_warn_mode_goes_on(node):
@@ -608,3 +609,16 @@ def test_provider_message_of_a_release_that_exits_at_start(provider_node):
         "  makenotwork.service: Main process exited, code=exited, status=1/FAILURE")
     assert outs["liveVersion"] == "v1" and outs["health"] == "ok"
 
+
+# --- no running service, no restart warning ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["warn", "abort"])
+def test_no_warning_when_the_service_is_not_running(node, mode):
+    node.release("v1")  # a first deploy: nothing runs yet
+    res = switch(node, "v1", warn={**WARNING, "onFailure": mode}, token=TOKEN)
+    assert res.rc == scripts.code("EX_OK"), res.out + res.err
+    assert res.get("warning") == "not-needed"
+    assert not [c for c in node.calls("curl") if "POST" in c] and ["1"] not in node.calls("sleep")
+    assert warning.status(WARNING, res.parsed, True) == "not needed: service not running"
+    assert node.running() == "v1"
