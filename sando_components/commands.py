@@ -58,10 +58,11 @@ def install_unit(service: str) -> str:
     return _and(daemon_reload(), shlex.join(["systemctl", "enable", "--quiet", "--no-reload", f"{service}.service"]))
 
 
-def write_file(dest: str, mode: int, token: str) -> str:
+def write_file(dest: str, mode: int, token: str, sha256: str | None = None) -> str:
     """Write stdin to dest atomically (sh/write-file.sh): a private temp file beside it, its
-    mode, then a rename; the temp file is removed on any failure."""
-    return scripts.command("write-file", DEST=dest, MODE=format(mode, "04o"), TOKEN=token)
+    mode, then a rename; the temp file is removed on any failure. With `sha256` (of the content
+    sent), a content that arrived incomplete is refused instead of installed."""
+    return scripts.command("write-file", DEST=dest, MODE=format(mode, "04o"), TOKEN=token, SHA256=sha256 or "")
 
 
 def file_state(path: str) -> str:

@@ -59,7 +59,9 @@ def test_systemctl_daemon_reload_install_unit():
 
 def test_write_file_is_the_write_file_step():
     assert c.write_file("/etc/caddy/Caddyfile", 0o644, "0a1b2c3d") == scripts.command(
-        "write-file", DEST="/etc/caddy/Caddyfile", MODE="0644", TOKEN="0a1b2c3d")
+        "write-file", DEST="/etc/caddy/Caddyfile", MODE="0644", TOKEN="0a1b2c3d", SHA256="")
+    assert c.write_file("/etc/x", 0o600, "ff", "ab" * 32) == scripts.command(
+        "write-file", DEST="/etc/x", MODE="0600", TOKEN="ff", SHA256="ab" * 32)
 
 
 def test_file_state():
@@ -392,3 +394,21 @@ def test_mark_failed_keeps_the_reason(root):
     # a release that is gone: no error output, the report line still comes
     res = sh(lib("mark_failed v9 x"), root)
     assert res.returncode == 0 and Report.parse(res.stdout).entries == (("failed", "v9"),)
+
+
+def test_write_file_with_a_digest_refuses_content_that_arrived_incomplete(tmp_path):
+    """A connection cut mid-content gives cat an early end of input: with the digest of what was
+    sent, that truncated content is never installed (the old file stays)."""
+    dest = tmp_path / "etc" / "Caddyfile"
+    dest.parent.mkdir()
+    dest.write_text("the old one")
+    full = b"a whole new Caddyfile\n"
+    digest = hashlib.sha256(full).hexdigest()
+    res = subprocess.run(["/bin/sh", "-c", c.write_file(str(dest), 0o644, "ab", digest)], input=full[:7],
+                         capture_output=True)
+    assert res.returncode != 0 and b"arrived incomplete" in res.stderr
+    assert dest.read_text() == "the old one" and os.listdir(dest.parent) == ["Caddyfile"]
+    res = subprocess.run(["/bin/sh", "-c", c.write_file(str(dest), 0o644, "ab", digest)], input=full,
+                         capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert dest.read_bytes() == full and os.listdir(dest.parent) == ["Caddyfile"]
