@@ -15,7 +15,6 @@ A step on a node is one script in one SSH exec (one round trip). Scripts report 
 from __future__ import annotations
 
 import math
-import posixpath
 import shlex
 from collections.abc import Iterable
 
