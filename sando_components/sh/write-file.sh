@@ -8,7 +8,8 @@
 tmp=$DEST.sando-tmp-$TOKEN
 trap 'rm -f "$tmp"' EXIT
 trap 'rm -f "$tmp"; exit 1' HUP INT TERM PIPE
-mkdir -p -- "$(dirname -- "$DEST")" || exit
+# a directory it makes is not secret (its files' modes say who reads them): made as mkdir -p would be
+(umask 022 && mkdir -p -- "$(dirname -- "$DEST")") || exit
 cat >"$tmp" || exit
 if [ -n "$SHA256" ]; then
   got=$(sha256sum <"$tmp") || exit

@@ -287,6 +287,9 @@ def test_write_file_for_real(tmp_path):
     assert dest.read_bytes() == b"#!/bin/sh\necho hi\n"
     assert dest.stat().st_mode & 0o7777 == 0o750
     assert os.listdir(dest.parent) == ["setup-firewall.sh"]  # no temp file left
+    # the directories it made are readable, as mkdir -p makes them (a Caddyfile in a new /etc/caddy
+    # must stay readable by caddy): only the content is private until its mode is set
+    assert (dest.parent.stat().st_mode & 0o777, dest.parent.parent.stat().st_mode & 0o777) == (0o755, 0o755)
     # again, over the existing file
     res = subprocess.run(["/bin/sh", "-c", c.write_file(str(dest), 0o644, "ff")], input=b"v2", capture_output=True)
     assert res.returncode == 0 and dest.read_bytes() == b"v2" and dest.stat().st_mode & 0o7777 == 0o644
