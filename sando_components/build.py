@@ -255,7 +255,10 @@ def _checkout(repo: Path, src: Path, commit: str, bin_dir: str) -> Path:
         raise BuildError(f"sando:source.repo: cannot check out {commit[:12]}: {res.stderr.strip()}")
     keep = os.path.dirname(bin_dir.rstrip("/"))
     clean = ["clean", "-ffdxq"] + (["-e", f"/{keep}/"] if keep else [])
-    _git(src, *clean)
+    res = _git(src, *clean)
+    if res.returncode != 0:  # leftover files must never end up in a release
+        raise BuildError(f"cannot clean the build tree {src} before building {commit[:12]} "
+                         f"(git clean: {res.stderr.strip()[-300:]}); remove {src} and run again")
     head = _git(src, "rev-parse", "HEAD").stdout.strip()
     if head != commit or _git(src, "status", "--porcelain", "--untracked-files=no").stdout.strip():
         raise BuildError(f"the build tree {src} is not a clean checkout of {commit[:12]}")

@@ -161,8 +161,8 @@ iso = times.iso  # the one time format (issue 20.9)
 
 
 # --- the read (one exec per node) ------------------------------------------------------------------
-# The first part is the providers' own read of what a node holds (providers/base.py): kept behind
-# these two functions so it can be re-pointed when that read moves into sh/*.sh.
+# The first part is the providers' own read of what a node holds (sh/probe.sh, decoded by
+# providers/base.py), then sh/status.sh, in the same exec.
 
 
 def _holdings_command(cfg: config_model.StackConfig) -> str:
@@ -171,10 +171,10 @@ def _holdings_command(cfg: config_model.StackConfig) -> str:
     return commands.probe(cfg.release_root, cfg.service)
 
 
-def _holdings(out: str):
+def _holdings(out: str, node: str = "a node", root: str = ""):
     from .providers.base import parse_state
 
-    return parse_state(out)
+    return parse_state(out, 0, node, root)
 
 
 def caddy_url(cfg: config_model.StackConfig) -> str | None:
@@ -197,7 +197,7 @@ def status_command(cfg: config_model.StackConfig, node: config_model.NodeConfig)
 
 
 def parse(name: str, host: str, out: str) -> NodeNow:
-    state = _holdings(out)
+    state = _holdings(out, name)
     report = scripts.Report.parse(out, name)
     applied = []
     for row in report.all("applied"):
@@ -215,7 +215,7 @@ def parse(name: str, host: str, out: str) -> NodeNow:
 def read_node(cfg: config_model.StackConfig, node: config_model.NodeConfig) -> NodeNow:
     try:
         res = ssh.run(conn(cfg, node), status_command(cfg, node), timeout=60, check=False)
-        if res.rc != 0 and "@current" not in res.out:
+        if res.rc != 0 and not scripts.Report.parse(res.out, node.name).has("current"):
             return NodeNow(node.name, node.host, error=f"the status read exited {res.rc}: "
                                                        f"{(res.err or res.out).strip()[-200:]}")
         return parse(node.name, node.host, res.out)

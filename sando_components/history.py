@@ -38,15 +38,16 @@ def deployer() -> dict:
             "now": os.environ.get("SANDO_NOW", "") not in ("", "0", "false")}
 
 
-def step(deploy: dict | None, version: str, commit: str, warning_seconds: int) -> str:
-    """The switch script's definition of `sando_history` (sh/lib.sh's `report`, sh/history.sh)
-    with its parameters."""
+def params(deploy: dict | None, version: str, commit: str, warning_seconds: int) -> dict[str, object]:
+    """sh/history.sh's parameters (a part of the switch script: `sando_history RESULT`)."""
     deploy = deploy or {}
-    return "\n".join([
-        scripts.params(H_FILE=paths.HISTORY, H_VERSION=version, H_COMMIT=commit,
-                       H_BY=deploy.get("by") or "unknown", H_VIA=deploy.get("via") or VIA_DEFAULT,
-                       H_NOW="1" if deploy.get("now") else "", H_WARN_SECONDS=int(warning_seconds or 0), H_KEEP=KEEP),
-        scripts.source("lib.sh"), scripts.source("history.sh")])
+    return {"H_FILE": paths.HISTORY, "H_VERSION": version, "H_COMMIT": commit, "H_BY": deploy.get("by") or "unknown",
+            "H_VIA": deploy.get("via") or VIA_DEFAULT, "H_NOW": "1" if deploy.get("now") else "",
+            "H_WARN_SECONDS": int(warning_seconds or 0), "H_KEEP": KEEP}
+
+
+HISTORY_OFF = {"H_FILE": "", "H_VERSION": "", "H_COMMIT": "", "H_BY": "", "H_VIA": "", "H_NOW": "",
+               "H_WARN_SECONDS": 0, "H_KEEP": 0}
 
 
 def parse(line: str) -> dict | None:
@@ -58,9 +59,11 @@ def parse(line: str) -> dict | None:
     return record if isinstance(record, dict) and record.get("version") else None
 
 
-def last(out: str) -> dict | None:
+def last(report: "scripts.Report | str") -> dict | None:
     """The record a switch script reported (its last `history` report), for the outputs."""
-    lines = scripts.Report.parse(out).all("history")
+    if isinstance(report, str):
+        report = scripts.Report.parse(report)
+    lines = report.all("history")
     return parse(lines[-1]) if lines else None
 
 

@@ -21,6 +21,15 @@ FAILED = f"{MANIFEST_DIR}/failed"  # written into a release that failed its star
 ERROR_PAGES = "error-pages"
 HISTORY = f"{MANIFEST_DIR}/history"  # <release root>/.sando/history: one JSON line per switch (who, what, how)
 
+# What the node-side scripts (sh/*.sh) call these: scripts.py sets them before every step.
+SCRIPT_PATHS = {
+    "P_RELEASES": RELEASES, "P_CURRENT": CURRENT, "P_PREVIOUS": PREVIOUS, "P_STAGING_PREFIX": STAGING_PREFIX,
+    "P_MANIFEST_DIR": MANIFEST_DIR, "P_MANIFEST": MANIFEST, "P_SUMS": SUMS, "P_FAILED": FAILED,
+    "P_ERROR_PAGES": ERROR_PAGES,
+}
+# Pre-migration backups kept in the backup directory (the newest; older ones are removed).
+BACKUPS_KEPT = 10
+
 # Bootstrap destinations of the design doc's node-bootstrap items.
 CADDYFILE = "/etc/caddy/Caddyfile"
 UNIT_DIR = "/etc/systemd/system"

@@ -7,12 +7,13 @@ For each file of the new release, the cheapest way to get it onto the node:
   - `full`:  send the file.
 Everything travels as one tar, compressed as a whole (zstd, or gzip when the node has no
 zstd), in one SSH exec; the node rebuilds the files, checks every sha256, then renames the
-staging dir into place (commands.receive_release).
+staging dir into place (sh/receive.sh, which reads the plan's steps: `link`, `patch`, `mode`).
 """
 
 from __future__ import annotations
 
 import io
+import base64
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, commands, paths
+from . import build, paths
 
 PATCH_LEVEL = 9  # measured on a 6.9 MB server binary: -19 gives 190 KB in 3.9 s, -9 223 KB in 0.13 s
 STREAM_LEVEL = 3  # the outer stream is made per node: compress fast
@@ -43,17 +44,36 @@ class NodeRelease:
 
     @classmethod
     def from_manifest(cls, version: str, text: str, failed: bool) -> "NodeRelease":
+        """The release its manifest describes; ValueError saying what is wrong with a broken one
+        (a release with an unknown commit must not pass for a release of commit "")."""
         try:
             m = json.loads(text)
-        except json.JSONDecodeError:
-            m = {}
-        return cls(version, str(m.get("commit", "")), float(m.get("createdAt") or 0), dict(m.get("files") or {}),
-                   failed)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(m, dict):
+            raise ValueError("not a JSON object")
+        commit, created, files = m.get("commit"), m.get("createdAt"), m.get("files")
+        if not isinstance(commit, str) or not commit:
+            raise ValueError("no commit")
+        if isinstance(created, bool) or not isinstance(created, (int, float)):
+            raise ValueError("no createdAt")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("no files")
+        return cls(version, commit, float(created), dict(files), failed)
+
+
+def step(kind: str, *fields: str | int) -> str:
+    """One line of receive.sh's STEPS: the fields separated by tabs (a mode in octal)."""
+    words = [kind, *(format(f, "04o") if isinstance(f, int) else f for f in fields)]
+    bad = [w for w in words if not w or any(c in w for c in "\t\n\r")]
+    if bad:
+        raise build.BuildError(f"a release file name cannot hold a tab or a line break: {bad[0]!r}")
+    return "\t".join(words)
 
 
 @dataclass
 class Plan:
-    steps: list[str] = field(default_factory=list)  # shell steps run in the staging dir
+    steps: list[str] = field(default_factory=list)  # receive.sh's steps (see step())
     members: list[tuple[str, str | bytes, int]] = field(default_factory=list)  # (name in the tar, source, mode)
     need_bytes: int = 0  # space the new files take on the node
     deltas: list[Path] = field(default_factory=list)  # cached patch files used
@@ -71,7 +91,7 @@ def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bo
     for i, (rel, digest, mode) in enumerate(art.files):
         same = next((r for r in held if r.files.get(rel) == digest), None)
         if same is not None:
-            p.steps.append(commands.link_from(same.version, rel))
+            p.steps.append(step("link", same.version, rel))
             p.counts["linked"] += 1
             continue
         size = art.size(rel)
@@ -81,38 +101,40 @@ def plan(art: build.Artifacts, manifest: dict, held: list[NodeRelease], zstd: bo
             delta = patch_file(base.files[rel], digest, os.path.join(art.root, rel))
             name = f"{paths.MANIFEST_DIR}/in/{i}.zst"
             p.members.append((name, str(delta), 0o600))
-            p.steps.append(commands.unpatch(base.version, rel, name, mode))
+            p.steps.append(step("patch", base.version, rel, name, mode))
             p.deltas.append(delta)
             p.counts["patched"] += 1
             p.need_bytes += size + delta.stat().st_size
             continue
         p.members.append((rel, os.path.join(art.root, rel), mode))
+        p.steps.append(step("mode", rel, mode))
         p.counts["full"] += 1
         p.need_bytes += size
     p.members.append((paths.SUMS, art.sums().encode(), 0o644))
     p.members.append((paths.MANIFEST, json.dumps(manifest, separators=(",", ":")).encode(), 0o644))
+    p.steps += [step("mode", paths.SUMS, 0o644), step("mode", paths.MANIFEST, 0o644)]
     return p
 
 
 def plan_local(art: build.Artifacts, manifest: dict, held: list[NodeRelease]) -> Plan:
     """A local node (the machine that built `art`): nothing travels. A file a held release has is
     linked from it, as for any node; every other one is hard-linked (copied across file systems)
-    from the build's artifacts dir; the manifest and sums are written by the script itself. The
-    receive step checks every sha256 as for an upload."""
+    from the build's artifacts dir (`local` steps); the sums and the manifest are written by the
+    step itself (`text`, base64). receive.sh checks every sha256 as for an upload."""
     p = Plan()
     p.counts["local"] = 0
     root = os.path.abspath(art.root)
     for rel, digest, mode in art.files:
         same = next((r for r in held if r.files.get(rel) == digest), None)
         if same is not None:
-            p.steps.append(commands.link_from(same.version, rel))
+            p.steps.append(step("link", same.version, rel))
             p.counts["linked"] += 1
             continue
-        p.steps.append(commands.link_local(os.path.join(root, rel), rel, mode))
+        p.steps.append(step("local", os.path.join(root, rel), rel, mode))
         p.counts["local"] += 1
         p.need_bytes += art.size(rel)  # nothing when linked; a copy (another file system) needs it
-    p.steps.append(commands.write_text(paths.SUMS, art.sums()))
-    p.steps.append(commands.write_text(paths.MANIFEST, json.dumps(manifest, separators=(",", ":"))))
+    for rel, text in ((paths.SUMS, art.sums()), (paths.MANIFEST, json.dumps(manifest, separators=(",", ":")))):
+        p.steps += [step("text", rel, base64.b64encode(text.encode()).decode()), step("mode", rel, 0o644)]
     return p
 
 

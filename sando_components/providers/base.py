@@ -18,6 +18,7 @@ import pulumi
 from pulumi.dynamic import Resource, ResourceProvider
 
 from .. import commands, paths, scripts, ssh
+from ..errors import OperatorError
 from ..transfer import NodeRelease
 
 SECRET_OUTPUTS = ["privateKey", "token"]
@@ -104,6 +105,7 @@ class NodeState:
     releases: dict[str, NodeRelease] = field(default_factory=dict)  # sando's, by version
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
     host: HostState | None = None  # the host files as the node has them (host config, issue 18.5)
+    root_missing: bool = False  # no release root yet: nothing deployed here
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -114,25 +116,50 @@ class NodeState:
         return replace(self, releases={**self.releases, r.version: r})
 
 
-def _version(target: str) -> str | None:
+def _version(target: str | None) -> str | None:
     return paths.NodePaths.version_of_target(target) if target and target != "-" else None
 
 
-def releases_of(out: str, tag: str = "") -> tuple[dict[str, NodeRelease], tuple[str, ...]]:
-    manifests, foreign, failed = commands.parse_listing(out, tag)
-    return ({v: NodeRelease.from_manifest(v, text, v in failed) for v, text in manifests.items()},
-            tuple(sorted(foreign)))
+def releases_of(report: scripts.Report, tag: str = "", node: str = "a node",
+                root: str = "") -> tuple[dict[str, NodeRelease], tuple[str, ...]]:
+    """The releases (by version) and foreign directories of a list_releases listing (lib.sh).
+    A release whose manifest cannot be read or makes no sense is an error naming it: it must
+    not pass for a release of another commit, nor be skipped as if absent."""
+    failed = set(report.all(f"{tag}failed"))
+    releases = {}
+    where = f"{root}/{paths.RELEASES}" if root else paths.RELEASES
+    for v, why in report.named(f"{tag}unreadable").items():
+        raise OperatorError(f"{node}: cannot read {where}/{v}/{paths.MANIFEST} ({why.strip()}); fix its "
+                            f"permissions or move releases/{v} away on the node")
+    for v, text in report.named(f"{tag}release").items():
+        try:
+            releases[v] = NodeRelease.from_manifest(v, text, v in failed)
+        except ValueError as exc:
+            raise OperatorError(f"{node}: {where}/{v}/{paths.MANIFEST} is broken ({exc}); sando cannot tell which "
+                                f"commit releases/{v} holds: move it away on the node and run pulumi up again") from None
+    return releases, tuple(sorted(report.all(f"{tag}foreign")))
 
 
-def parse_state(out: str) -> NodeState:
-    report = dict(commands.parse_report(out))
-    host = parse_host_state(out)
-    releases, foreign = releases_of(out)
-    free = report.get("free", "").strip()
-    return NodeState(live=_version(report.get("current", "")), previous=_version(report.get("previous", "")),
-                     free_kib=int(free) if free.isdigit() else 0, zstd=report.get("zstd") == "yes",
-                     active=report.get("active", "").strip() in ("active", "reloading", "activating"),
-                     releases=releases, foreign=foreign, host=host)
+def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err: str = "") -> NodeState:
+    """What sh/probe.sh reported; an OperatorError naming the node and what could not be read."""
+    report = scripts.Report.parse(out, node)
+    if rc == scripts.code("EX_UNREADABLE"):
+        raise OperatorError(f"{node}: cannot read {report.one('unreadable') or '?'}; "
+                            "fix it on the node and run pulumi up again")
+    if rc != 0:
+        raise OperatorError(f"{node}: reading what the node holds failed (exit {rc}: {err.strip()[-300:]}); "
+                            "fix it on the node and run pulumi up again")
+    free = report.one("free") or ""
+    if not free.isdigit():
+        raise OperatorError(f"{node}: cannot read the free space under {root or 'the release root'} ({free!r})")
+    if report.one("root") not in ("ok", "missing"):
+        raise OperatorError(f"{node}: the node read did not say whether {root or 'the release root'} exists")
+    releases, foreign = releases_of(report, "", node, root)
+    return NodeState(live=_version(report.one("current")), previous=_version(report.one("previous")),
+                     free_kib=int(free), zstd=report.one("zstd") == "yes",
+                     active=(report.one("active") or "").strip() in ("active", "reloading", "activating"),
+                     releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
+                     host=parse_host_state(out))
 
 
 _states: dict[tuple, NodeState] = {}
@@ -152,8 +179,11 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
         lock = _state_locks.setdefault(key, threading.Lock())
     with lock:
         if fresh or key not in _states:
-            _states[key] = parse_state(ssh.run(conn_of(props), commands.probe(props["releaseRoot"], props["service"])
-                                               + "\n" + host_probe(props["service"])).out)
+            # one exec: the host files' state (sh/host-probe.sh, host config: issue 18.5), then the
+            # release-path read (sh/probe.sh, last: its exit code is the read's)
+            command = host_probe(props["service"]) + "\n" + commands.probe(props["releaseRoot"], props["service"])
+            res = ssh.run(conn_of(props), command, check=False)
+            _states[key] = parse_state(res.out, res.rc, node_of(props), props["releaseRoot"], res.err)
         return _states[key]
 
 

@@ -1,4 +1,4 @@
-"""The `current` symlink of a node: one script, one round trip (commands.pointer_script).
+"""The `current` symlink of a node: one script, one round trip (sh/switch.sh, commands.switch).
 
 It checks the pinned release against its SHA256SUMS, then, when `current` points elsewhere: the
 migration gate (gate.py), the backup, the restart warning (warning.py), the atomic switch,
@@ -19,15 +19,17 @@ from dataclasses import replace
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from .. import ahead, commands, diagnostics, history, paths, ssh, times
+from .. import ahead, commands, diagnostics, history, paths, scripts, ssh, times
 from ..errors import OperatorError
+from ..scripts import Report
 from ..transfer import NodeRelease
 from . import gate, warning
 from .base import NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
-# exit codes of the switch script that are a node's outcome (reported by the Verdict), not a crash
-OUTCOMES = {21, 22, 23, 30, 31, 32, 33, 40, 50, 51}
+# the switch script's outcomes that are a node's outcome (reported by the Verdict), not a crash
+OUTCOMES = ("EX_MISSING", "EX_CHANGED", "EX_LIVE_UNHEALTHY", "EX_DRY_RUN_FAILED", "EX_DESTRUCTIVE", "EX_GATE_BROKEN",
+            "EX_BACKUP_FAILED", "EX_WARNING_FAILED", "EX_NO_PREVIOUS", "EX_SWITCHED_BACK")
 
 
 def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str | None, keep: int) -> list[str]:
@@ -36,6 +38,10 @@ def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str |
     ranked = sorted(releases.values(), key=lambda r: (r.failed, -r.created_at, r.version))
     kept = {r.version for r in ranked[:keep]} | {live, previous}
     return sorted(v for v in releases if v not in kept)
+
+
+def _version_of(target: str | None) -> str | None:
+    return paths.NodePaths.version_of_target(target) if target else None
 
 
 def _iso(epoch: str | None) -> str | None:
@@ -79,44 +85,43 @@ class PointerProvider(NodeProvider):
         script, timeout = self._script(props, state)
         res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
                       check=False)
-        report = commands.parse_report(res.out)
-        get = dict(report)
-        releases, foreign = releases_of(res.out, "final-")
-        before = get.get("before", "- -").split()
-        live_before = paths.NodePaths.version_of_target(before[0]) if before[0] != "-" else None
-        switched = "switched" in get
-        if res.rc != 0 and res.rc not in OUTCOMES:  # the script itself broke: where the node stands is unknown
-            raise OperatorError(self._failure(props, res, report, live_before))
-        if res.rc == 0:
+        report = Report.parse(res.out, node)
+        outcome = scripts.name_of(res.rc)
+        if outcome != "EX_OK" and outcome not in OUTCOMES:  # the script itself broke: where the node stands is unknown
+            raise OperatorError(self._failure(props, res, report, None))
+        releases, foreign = releases_of(report, "final-", node, root)
+        live_before = _version_of(report.one("live-before"))
+        switched = report.has("switched")
+        if outcome == "EX_OK":
             state = replace(state, live=version, previous=live_before if switched else state.previous)
-        elif "reverted" in get or not switched:  # back where it was, or never moved
+        elif report.has("reverted") or not switched:  # back where it was, or never moved
             state = replace(state, live=live_before, previous=state.previous)
         else:  # unhealthy with nothing to switch back to
             state = replace(state, live=version)
-        state = replace(state, releases=releases or state.releases, foreign=foreign if releases else state.foreign,
-                        active=res.rc == 0 or state.active)
+        listed = report.has("final-release") or report.has("final-foreign")
+        state = replace(state, releases=releases if listed else state.releases,
+                        foreign=foreign if listed else state.foreign, active=outcome == "EX_OK" or state.active)
         remember(props, state)
-        status = warning.status(_warning(props), get, switched)
+        status = warning.status(_warning(props), report, switched)
         if props.get("warning") and (props.get("deploy") or {}).get("now") and switched:  # issue 20.6 hook
             status = f"skipped (--now) by {props['deploy'].get('by')}"
-        if status.startswith("failed") and res.rc != 40:
+        if status.startswith("failed") and outcome != "EX_WARNING_FAILED":
             diagnostics.log("warning", f"{node}: the restart warning was not delivered ({status}); "
                                        "restarted anyway (sando:restartWarningOnFailure=warn)")
-        checks = [v.split()[0] for k, v in report if k == "health" and v]
+        checks = [v.split()[0] for v in report.all("health") if v]
         health = {"ok": "ok", "fail": "failed"}.get(checks[-1] if checks else "", "not checked")
-        if res.rc != 0:  # this resource's line must not read as a success: say so there, briefly
+        if outcome != "EX_OK":  # this resource's line must not read as a success: say so there, briefly
             diagnostics.log("warning", f"{node}: {version} did not go live here (the error at the end says why)")
             return self._outs(props, olds, state, health=health,
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
-                              report=report, status=status, report_text=res.out)
+                              report=report, status=status)
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
-                          status=status, switched_at=_iso(get.get("switched")), report_text=res.out)
+                          status=status, switched_at=_iso(report.one("switched")))
 
     @staticmethod
     def _outs(props: dict, olds: dict, state: NodeState, *, health: str, outcome: dict,
-              report: list | None = None, status: str | None = None, switched_at: str | None = None,
-              report_text: str = "") -> dict:
+              report: Report | None = None, status: str | None = None, switched_at: str | None = None) -> dict:
         live = state.releases.get(state.live) if state.live else None
         return {
             **public(props),
@@ -127,12 +132,12 @@ class PointerProvider(NodeProvider):
             "releases": [{"version": r.version, "commit": r.commit, "createdAt": times.iso(r.created_at), "failed": r.failed}
                          for r in sorted(state.releases.values(), key=lambda r: r.created_at)],
             "foreign": list(state.foreign),
-            "pruned": [v for k, v in report or [] if k == "pruned"],
+            "pruned": report.all("pruned") if report else [],
             "restartWarning": status or olds.get("restartWarning") or "not sent: nothing restarted",
-            "migrations": gate.verdict(report or [], (props.get("gate") or {}).get("names")),
+            "migrations": gate.verdict(report or Report(()), (props.get("gate") or {}).get("names")),
             "outcome": outcome,
             # issue 20.2 hook: this run's switch record (sh/history.sh), else the last one's
-            "lastDeploy": (history.last(report_text) if report_text else None) or olds.get("lastDeploy"),
+            "lastDeploy": (history.last(report) if report else None) or olds.get("lastDeploy"),
         }
 
     def _script(self, props: dict, state: NodeState) -> tuple[str, float]:
@@ -143,69 +148,82 @@ class PointerProvider(NodeProvider):
         ok_live, ok_prev = version, (state.live if state.live != version else state.previous)
         prune_ok = to_prune({**held, version: replace(mine, failed=False)}, ok_live, ok_prev, keep)
         prune_failed = to_prune({**held, version: replace(mine, failed=True)}, state.live, state.previous, keep)
-        gate_step, backup_step = gate.steps(props.get("gate") or {}, root, service, version)
-        warning_step = warning.step(_warning(props), props.get("token"))
-        script = commands.pointer_script(
+        script = commands.switch(
             release_root=root, version=version, service=service, expect=version if hc.get("expectVersion") else "",
-            health=commands.health_function(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
-                                            props["commit"]),
-            gate_step=gate_step, backup_step=backup_step, warning_step=warning_step,
-            prune_ok=commands.prune(prune_ok), prune_failed=commands.prune(prune_failed),
-            history=history.step(props.get("deploy"), version, props["commit"],  # issue 20.2 hook
-                                 int((props.get("warning") or {}).get("seconds") or 0)))
+            health=commands.health_params(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
+                                          props["commit"]),
+            gate=gate.params(props.get("gate") or {}, root, service, version),
+            warning=warning.params(_warning(props), props.get("token")),
+            prune_ok=prune_ok, prune_failed=prune_failed,
+            history=history.params(props.get("deploy"), version, props["commit"],  # issue 20.2 hook
+                                   int((props.get("warning") or {}).get("seconds") or 0)))
         notice = int((props.get("warning") or {}).get("seconds") or 0)
         return script, 900 + notice + 2 * (120 + float(hc["timeoutSeconds"]))
 
     @staticmethod
-    def _failure(props: dict, res: ssh.Result, report: list[tuple[str, str]], live: str | None) -> str:
+    def _failure(props: dict, res: ssh.Result, report: Report, live: str | None) -> str:
         """What an operator reads when this node's switch did not happen or did not hold."""
-        node, version, rc = node_of(props), props["version"], res.rc
-        get = dict(report)
+        node, version, outcome = node_of(props), props["version"], scripts.name_of(res.rc)
         stays = f"{live} stays live" if live else "nothing is live yet"
-        keys = [k for k, _ in report]
-        restart = next((v.split(" ", 1) for k, v in report if k == "restart"), ["0", ""])
-        failed_check = next((v.partition(" ")[2] for k, v in report if k == "health" and v.startswith("fail")), "")
+        journal = ""
+        restart = (report.all("restart") or ["0 "])[0].split(" ", 1)
+        failed_check = next((v.partition(" ")[2] for v in report.all("health") if v.startswith("fail")), "")
         why = f"restart failed: {restart[-1].strip()}" if restart[0] != "0" else failed_check
-        if rc == 21:
+        if outcome == "EX_MISSING":
             msg = (f"{node}: release {version} is not on the node; nothing was switched, {stays}. "
                    "Run `pulumi up --refresh` to send it again")
-        elif rc == 22:
-            msg = (f"{node}: files of releases/{version} no longer match its SHA256SUMS ({get.get('error', '')[5:]}); "
+        elif outcome == "EX_CHANGED":
+            msg = (f"{node}: files of releases/{version} no longer match its SHA256SUMS ({report.one('changed')}); "
                    f"it was changed on the node, so sando will not point at it and {stays}. Remove "
                    f"{props['releaseRoot']}/releases/{version} on the node and run `pulumi up --refresh`")
-        elif rc == 23:
+        elif outcome == "EX_LIVE_UNHEALTHY":
             msg = f"{node}: {version} is live but fails its health check ({why}) (sando:healthCheck)"
-        elif rc == 30:
+        elif outcome == "EX_DRY_RUN_FAILED":
             msg = (f"{node}: {version}'s migrations fail on a copy of the live database "
                    f"({gate.failure_line(report)}); nothing was restarted and {stays}. Fix the migration and "
                    "deploy a new version (sando:migrations)")
-        elif rc == 31:
+        elif outcome == "EX_DESTRUCTIVE":
             names = ", ".join(gate.verdict(report, (props.get("gate") or {}).get("names"))["destructive"]) or "?"
             msg = (f"{node}: {version} has destructive migrations pending ({names}), refused by "
                    f"sando:migrations.refuseDestructive; nothing was restarted and {stays}. To deploy it, add "
                    f"{version} to sando:migrations.allowDestructive")
-        elif rc in (32, 33):
-            msg = (f"{node}: the migration gate could not run ({gate.failure_line(report)}; {get.get('gate', '')}); "
+        elif outcome in ("EX_GATE_BROKEN", "EX_BACKUP_FAILED"):
+            msg = (f"{node}: the migration gate could not run ({gate.failure_line(report)}; {report.one('gate') or ''}); "
                    f"nothing was restarted and {stays} (sando:migrations.dryRunCommand, sando:migrations.database)")
-        elif rc == 40:
-            msg = (f"{node}: the restart warning failed ({get.get('warning', '?')}) and "
+        elif outcome == "EX_WARNING_FAILED":
+            msg = (f"{node}: the restart warning failed ({report.one('warning') or '?'}) and "
                    f"sando:restartWarningOnFailure is abort; nothing was restarted and {stays}")
-        elif rc == 50:
+        elif outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK") and report.before("reverted").has("crashed"):
+            # the unit died while sando waited for it: said at once, with what it logged
+            tried = report.before("reverted")
+            state = tried.all("crashed")[0].split()[0]
+            if outcome == "EX_NO_PREVIOUS":
+                after = "there is no earlier release to switch back to"
+            elif any(v.startswith("ok") for v in report.after("reverted").all("health")):
+                after = f"{live} is live again"
+            else:
+                after = f"switched back to {live}, but it is not healthy either"
+            msg = f"{node}: {version} exited at start ({props['service']}.service {state}); {after}"
+            lines = tried.all("journal")
+            journal = ("Last lines of its journal:\n" + "\n".join(f"  {line.strip()}" for line in lines) if lines
+                       else f"Its journal says nothing more: `journalctl -u {props['service']}` on the node")
+        elif outcome == "EX_NO_PREVIOUS":
             msg = f"{node}: {version} is not healthy ({why}) and there is no earlier release to switch back to"
-        elif rc == 51:
-            after = report[keys.index("reverted"):] if "reverted" in keys else []
-            back_ok = any(k == "health" and v.startswith("ok") for k, v in after)
+        elif outcome == "EX_SWITCHED_BACK":
+            back_ok = any(v.startswith("ok") for v in report.after("reverted").all("health"))
             again = (f"{live} is live again" if back_ok else
                      f"switched back to {live}, but it is not healthy either")
             msg = f"{node}: {version} failed its health check ({why}); {again}"
         else:
-            msg = f"{node}: the switch to {version} failed (exit {rc}: {(res.err or res.out).strip()[-300:]})"
-        backup = get.get("backup")
-        if backup and rc in (50, 51):
-            db = get.get("database", "<database>")
+            msg = f"{node}: the switch to {version} failed (exit {res.rc}: {(res.err or res.out).strip()[-300:]})"
+        backup = report.one("backup")
+        if backup and outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK"):
+            db = report.one("database") or "<database>"
             msg += (f". The database was backed up before {version}'s migrations: {backup}; to restore it: "
                     f"systemctl stop {props['service']} && sqlite3 {db} \".restore '{backup}'\" && "
                     f"systemctl start {props['service']}")
+        if journal:  # what the service said, last: its lines follow the sentence
+            msg += f". {journal}"
         return msg
 
 

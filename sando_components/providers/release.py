@@ -16,7 +16,7 @@ import time
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .. import build, commands, diagnostics, paths, ssh, times, transfer
+from .. import build, commands, diagnostics, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
@@ -85,20 +85,26 @@ class ReleaseProvider(NodeProvider):
         if state.free_kib < plan.need_kib:
             raise self._no_space(node, state.free_kib, version, plan.need_kib)
         res = self._send(conn, root, version, plan, state.zstd)
-        if res.rc == 65 and plan.deltas:  # a delta did not rebuild the right bytes (e.g. a bad local
-            for delta in plan.deltas:      # cache): drop those deltas and send the changed files whole
+        # a delta did not rebuild the right bytes (e.g. a bad local cache): drop those deltas and send
+        # the changed files whole
+        if res.rc == scripts.code("EX_SUMS_FAILED") and plan.deltas:
+            for delta in plan.deltas:
                 delta.unlink(missing_ok=True)
             diagnostics.log("warning", f"{node}: a delta of {version} did not match its sha256; sent whole files")
             plan = transfer.plan(art, manifest, state.held(), state.zstd, patches=False)
             res = self._send(conn, root, version, plan, state.zstd)
-        report = dict(commands.parse_report(res.out))
-        if res.rc == 75:
-            raise self._no_space(node, int(report.get("free") or 0), version, plan.need_kib)
-        if res.rc == 17:  # there now (e.g. a retried upload that had finished): reuse it if it is ours
+        report = scripts.Report.parse(res.out, node)
+        outcome = scripts.name_of(res.rc)
+        if outcome == "EX_NO_SPACE":
+            raise self._no_space(node, int(report.one("free") or 0), version, plan.need_kib)
+        if outcome == "EX_UNREADABLE":
+            raise OperatorError(f"{node}: cannot read {report.one('unreadable')}; nothing was sent: fix it on the node "
+                                "and run pulumi up again")
+        if outcome == "EX_EXISTS":  # there now (e.g. a retried upload that had finished): reuse it if it is ours
             held = node_state(props, fresh=True).releases.get(version)
             if held is not None:
                 return self._reuse(props, held)
-        if res.rc == 65:
+        if outcome == "EX_SUMS_FAILED":
             raise OperatorError(f"{node}: {version} arrived with files that do not match their sha256 (the upload "
                                 "was damaged on the way); nothing was kept or switched: run pulumi up again")
         if res.rc != 0:
@@ -128,7 +134,7 @@ class ReleaseProvider(NodeProvider):
     @staticmethod
     def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool) -> ssh.Result:
         if conn.local:  # nothing is streamed: 0 bytes sent
-            script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, None)
+            script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, "none")
             return ssh.run(conn, script, check=False)
         compression = "zstd" if zstd else "gzip"
         script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)

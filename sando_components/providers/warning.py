@@ -7,28 +7,31 @@ follows, and a re-run after an interrupted deploy warns them afresh."""
 from __future__ import annotations
 
 
-
 from .. import commands, times
+from ..scripts import Report
 
 
-def step(warning: dict | None, token: str | None) -> str | None:
+def params(warning: dict | None, token: str | None) -> dict[str, object] | None:
+    """The warning's parameters of the switch script (sh/warning.sh); None: no warning."""
     if not warning or int(warning.get("seconds") or 0) <= 0 or not token:
         return None
-    return commands.restart_warning(warning["url"], int(warning["seconds"]), warning.get("onFailure") == "abort")
+    return commands.warning_params(warning["url"], int(warning["seconds"]), warning.get("onFailure") == "abort")
 
 
 def stdin(warning: dict | None, token: str | None) -> bytes | None:
     """The bearer header line the step reads from stdin."""
-    return f"Authorization: Bearer {token}\n".encode() if step(warning, token) else None
+    return f"Authorization: Bearer {token}\n".encode() if params(warning, token) else None
 
 
-def status(warning: dict | None, report: dict[str, str], switched: bool) -> str:
+def status(warning: dict | None, report: Report, switched: bool) -> str:
     """What the outputs say about the warning of this run."""
     if not warning or int(warning.get("seconds") or 0) <= 0:
         return "disabled"
-    value = report.get("warning")
+    value = report.one("warning")
     if value is None:
         return "not sent: nothing restarted" if not switched else "not sent"
+    if value == "not-needed":
+        return "not needed: service not running"
     if value.startswith("sent "):
         at = times.iso(value.split()[1])  # issue 20.9: one time format
         return f"sent at {at}, {warning['seconds']}s before the restart"

@@ -1,5 +1,4 @@
 # shellcheck shell=sh
-# shellcheck disable=SC2154  # parameters are set by scripts.render
 # history: who switched what, recorded on the node. The switch script calls
 # `sando_history RESULT` right after a switch held (RESULT ok) or was switched back (RESULT
 # "failed: ..."); it appends one JSON object per line to <releaseRoot>/$H_FILE (0600, the last
@@ -10,7 +9,8 @@
 # H_BY (user@host of the operator), H_VIA (pulumi up | sando promote | sando rollback | ...),
 # H_NOW (1: the restart warning was skipped with --now), H_WARN_SECONDS (0: no warning
 # configured), H_KEEP. Reads $live (what was live before, releases/<v>) and $code (the
-# restart warning's HTTP status, set by its step) of the switch script.
+# restart warning's HTTP status, set by its step) of the switch script. H_FILE empty: no history.
+# params: H_FILE H_VERSION H_COMMIT H_BY H_VIA H_NOW H_WARN_SECONDS H_KEEP
 
 # _sando_json TEXT: TEXT as a JSON string (quotes and backslashes escaped, control characters dropped)
 _sando_json() {
@@ -18,6 +18,7 @@ _sando_json() {
 }
 
 sando_history() {
+  [ -n "$H_FILE" ] || return 0
   if [ "${H_NOW:-}" = 1 ]; then
     _h_warn="skipped (--now) by $H_BY"
   elif [ "${H_WARN_SECONDS:-0}" = 0 ]; then

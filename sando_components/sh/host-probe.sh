@@ -4,6 +4,7 @@
 # by hand. Read-only.
 #
 # Parameters: FILES (the paths sando may manage, one per line), CADDY (1: report Caddy's state).
+# params: FILES CADDY
 # Reports `host-file "SHA256 MODE PATH"` per existing file, `host-caddy "ACTIVE ENABLED"`.
 while read -r f; do
   [ -n "$f" ] || continue

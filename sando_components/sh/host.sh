@@ -9,6 +9,8 @@
 # reads it is reloaded. A reload that fails puts the previous file back and reloads again.
 # An identical file changes and reloads nothing.
 #
+# params: MODE PLAN SERVICE RELEASE_ROOT OWNER CADDY RESTART_UNIT HEALTH_URL CADDY_URL HEALTH_TIMEOUT
+# params: HEALTH_INTERVAL WARN_URL WARN_SECONDS WARN_ABORT PREV_DIR
 # Parameters:
 #   MODE            check (stage and check only: the preview) | apply
 #   PLAN            one line per item: ITEM MODE DEST SOURCE LEGACY (SOURCE: path in the repo, for

@@ -1,24 +1,38 @@
 # shellcheck shell=sh
-# sando's node-side library, put before every step script by scripts.py (with outcomes.sh and
-# the step's parameters as shell variables). Every step runs under `set -u` and `umask 077`:
-# whatever it writes is private to root unless the step sets a mode on purpose.
+# shellcheck disable=SC2154  # the P_* node paths are set before the library (scripts.py)
+# sando's node-side library, put before every step script by scripts.py (with outcomes.sh, the
+# node paths P_* and the step's parameters as shell variables). Every step runs under `set -u`
+# and `umask 077`: whatever it writes is private to root unless the step sets a mode on purpose.
+
+# _sando_clean TEXT: TEXT as a JSON string's content: newlines, tabs and other control characters
+# become spaces (or go), quotes and backslashes are escaped.
+_sando_clean() {
+  case $1 in
+    *[\"\\]* | *[![:print:]]*)
+      printf '%s' "$1" | tr '\n\r\t' '   ' | tr -d '\000-\037\177' | sed 's/\\/\\\\/g; s/"/\\"/g'
+      ;;
+    *) printf '%s' "$1" ;;
+  esac
+}
 
 # report KEY VALUE...: tell sando something, as one JSON object on one line of stdout:
 #   {"@":"KEY","v":"VALUE"}
-# KEY is [a-z0-9-]+; VALUE is any text (the words joined by spaces; newlines, tabs and
-# other control characters become spaces, quotes and backslashes are escaped). scripts.py
-# reads these lines (Report.parse); any other output is not part of the report.
+# KEY is [a-z0-9-]+; VALUE is any text (the words joined by spaces, cleaned by _sando_clean).
+# scripts.py reads these lines (Report.parse); any other output is not part of the report.
 report() {
   _sando_k=$1
   shift
-  _sando_v=$*
-  case $_sando_v in
-    *[\"\\]* | *[![:print:]]*)
-      _sando_v=$(printf '%s' "$_sando_v" | tr '\n\r\t' '   ' | tr -d '\000-\037\177' |
-        sed 's/\\/\\\\/g; s/"/\\"/g')
-      ;;
-  esac
-  printf '{"@":"%s","v":"%s"}\n' "$_sando_k" "$_sando_v"
+  printf '{"@":"%s","v":"%s"}\n' "$_sando_k" "$(_sando_clean "$*")"
+}
+
+# report_named KEY NAME VALUE...: a value about one of several things (e.g. one release's
+# manifest): {"@":"KEY","v":"NAME<tab>VALUE"}. Both are cleaned, so the one tab is where NAME
+# ends (Report.named).
+report_named() {
+  _sando_k=$1
+  _sando_n=$2
+  shift 2
+  printf '{"@":"%s","v":"%s\\t%s"}\n' "$_sando_k" "$(_sando_clean "$_sando_n")" "$(_sando_clean "$*")"
 }
 
 # fail CODE KEY VALUE...: report KEY VALUE, then exit with CODE (a name from outcomes.sh).
@@ -27,4 +41,40 @@ fail() {
   shift
   report "$@"
   exit "$_sando_code"
+}
+
+# --- releases (the cwd is the release root) ------------------------------------------------------
+
+# list_releases TAG: every directory under releases/: one sando made (TAGrelease NAME MANIFEST,
+# then TAGfailed NAME when it failed here; TAGunreadable NAME WHY when its manifest cannot be
+# read), or one it did not make (TAGforeign NAME). Uploads in progress (staging) are skipped.
+list_releases() {
+  [ -d "$P_RELEASES" ] || return 0
+  for _sando_d in "$P_RELEASES"/* "$P_RELEASES"/.[!.]*; do
+    if [ ! -d "$_sando_d" ] || [ -L "$_sando_d" ]; then continue; fi
+    _sando_n=${_sando_d#"$P_RELEASES"/}
+    case $_sando_n in "$P_STAGING_PREFIX"*) continue ;; esac
+    if [ ! -f "$_sando_d/$P_MANIFEST" ]; then
+      report "${1}foreign" "$_sando_n"
+    elif _sando_m=$(cat -- "$_sando_d/$P_MANIFEST" 2>&1); then
+      report_named "${1}release" "$_sando_n" "$_sando_m"
+      if [ -f "$_sando_d/$P_FAILED" ]; then report "${1}failed" "$_sando_n"; fi
+    else
+      report_named "${1}unreadable" "$_sando_n" "$_sando_m"
+    fi
+  done
+}
+
+# relink LINK TARGET: point LINK at TARGET atomically (a new link, renamed over the old one)
+relink() {
+  if ! ln -sfn -- "$2" "$1.sando-tmp" || ! mv -T -- "$1.sando-tmp" "$1"; then
+    rm -f -- "$1.sando-tmp"
+    return 1
+  fi
+}
+
+# mark_failed VERSION WHY: the release failed here (it is pruned first; the reason is kept).
+mark_failed() {
+  printf '%s\n' "$2" > "$P_RELEASES/$1/$P_FAILED" 2>/dev/null
+  report failed "$1"
 }

@@ -1,5 +1,7 @@
 # shellcheck shell=sh
 # shellcheck disable=SC2154  # parameters are set by scripts.render
+# params: SERVICE RELEASE_ROOT HEALTH_URL CADDY_URL DATABASE ENV_FILE DEFAULT_DATABASE BACKUP_DIR HISTORY
+# params: HISTORY_LINES
 # status: what an operator asks of a node now, read-only, in one exec (sando status, promote,
 # rollback). Parameters:
 #   SERVICE          the unit (without .service)

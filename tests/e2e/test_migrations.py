@@ -116,3 +116,44 @@ def test_the_database_path_comes_from_the_units_env_file(make_nodes, make_deploy
     m = d.node_out(node)["migrations"]
     assert m["database"] == "/srv/mnw/data.db" and m["pending"] == ["2"]
     assert "extra_0002" in tables(node, "/srv/mnw/data.db")
+
+
+def test_every_file_sando_writes_on_a_node_has_the_mode_it_needs(make_nodes, make_deploy, repo):
+    """After a deploy with a pending migration: release files readable by the service and Caddy
+    (directories 0755, binaries 0755, pages and sando's manifest 0644); the pre-migration backup
+    0600 and owned like the live database; no temp file, scratch copy or staging dir left behind."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo)
+    run_up(d)
+    d.set(version="v2")
+    run_up(d)
+    root = "/opt/makenotwork"
+
+    def listing(*paths: str) -> dict[str, tuple[str, str, str]]:
+        out = node.exec("find", *paths, "-printf", r"%p\t%y\t%m\t%u:%g\n", check=True).stdout
+        return {p: (kind, mode, owner) for p, kind, mode, owner in (line.split("\t") for line in out.splitlines())}
+
+    files = listing(f"{root}/releases")
+    assert {p.split("/")[4] for p in files if p.count("/") >= 4} == {"v1", "v2"}
+    for p, (kind, mode, owner) in files.items():
+        rel = p[len(f"{root}/releases/v1/"):] if p.count("/") >= 4 else ""
+        if kind == "d":
+            expected = "755"
+        elif "/" not in rel:  # a binary of the release
+            expected = "755"
+        else:  # error pages, SHA256SUMS, manifest
+            expected = "644"
+        assert (kind, mode) == ("d" if kind == "d" else "f", expected), (p, kind, mode, owner)
+    links = listing(f"{root}/current", f"{root}/previous", f"{root}/error-pages")
+    assert {p: k for p, (k, _, _) in links.items()} == {f"{root}/current": "l", f"{root}/previous": "l",
+                                                        f"{root}/error-pages": "l"}
+    # the pre-migration backup: a copy of the whole database, private and owned like it
+    backup = d.node_out(node)["migrations"]["backup"]
+    db = "/var/lib/makenotwork/makenotwork.db"
+    (_, b_mode, b_owner), (_, _, db_owner) = listing(backup)[backup], listing(db)[db]
+    assert (b_mode, b_owner) == ("600", db_owner)
+    # nothing of sando's left on the way
+    leftovers = node.exec("sh", "-c", f"find {root} /var/lib/makenotwork /var/backups/makenotwork /etc /usr/local/sbin "
+                                      r"\( -name '*.sando-tmp*' -o -name '.sando-scratch*' -o -name '.sando-backup*' "
+                                      r"-o -name '.staging-*' \) -print").stdout
+    assert leftovers == ""

@@ -12,6 +12,9 @@ stand-ins on PATH for what a test machine cannot do for real:
   command line, and answers a scripted HTTP status;
 - `sleep` records its argument and sleeps for real.
 
+A stand-in can be told to hang at its next call with a given first argument (`hang`), until the
+test lets it go: the moment to cut a script's connection at a chosen step.
+
 Every stand-in appends one line per call to state/calls: the tool's name and its arguments,
 separated by \\037, so tests can check what ran and in which order.
 """
@@ -26,10 +29,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from sando_components import commands, paths
+from sando_components import paths
+from sando_components.scripts import Report
 
 SEP = "\037"
 RECORD = r"""{ printf '%s' "${0##*/}"; for a in "$@"; do printf '\037%s' "$a"; done; printf '\n'; } >> "$FAKE_STATE/calls"
+_hang="$FAKE_STATE/hang-${0##*/}-${1:-}"
+if [ -f "$_hang" ]; then
+  rm -f "$_hang"; : > "$_hang.reached"
+  while [ ! -f "$_hang.go" ]; do "$FAKE_REAL_SLEEP" 0.02; done
+fi
 """
 
 SYSTEMCTL = "#!/bin/sh\n" + RECORD + r"""
@@ -44,7 +53,22 @@ case "$1" in
       echo "Job for $2.service failed because the control process exited with error code." >&2
       exit 1
     fi
+    if [ -f "$FAKE_STATE/crash-$v" ]; then  # started (Type=simple), then exits: systemd restarts it
+      rm -f "$FAKE_STATE/active" "$FAKE_STATE/running"
+      n=$(cat "$FAKE_STATE/nrestarts" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_STATE/nrestarts"
+      : > "$FAKE_STATE/auto-restart"
+      printf '%s\n' "Started $2.service." "crash-at-start build: exiting" \
+        "$2.service: Main process exited, code=exited, status=1/FAILURE" >> "$FAKE_STATE/journal"
+      exit 0
+    fi
+    rm -f "$FAKE_STATE/auto-restart"
     printf '%s\n' "$v" > "$FAKE_STATE/running"; : > "$FAKE_STATE/active"; exit 0;;
+  show)
+    echo "NRestarts=$(cat "$FAKE_STATE/nrestarts" 2>/dev/null || echo 0)"
+    if [ -f "$FAKE_STATE/auto-restart" ]; then echo ActiveState=activating; echo SubState=auto-restart
+    elif [ -f "$FAKE_STATE/active" ]; then echo ActiveState=active; echo SubState=running
+    else echo ActiveState=inactive; echo SubState=dead; fi
+    exit 0;;
 esac
 exit 0
 """
@@ -78,6 +102,12 @@ printf '{"name":"makenotwork","version":"%s","commit":"c-%s"}\n' "$v" "$v"
 
 SLEEP = "#!/bin/sh\n" + RECORD + 'exec {sleep} "$@"\n'
 
+JOURNALCTL = "#!/bin/sh\n" + RECORD + r"""
+case " $* " in *" --sync "*) exit 0;; esac
+n=5; prev=; for a in "$@"; do [ "$prev" = -n ] && n=$a; prev=$a; done
+tail -n "$n" "$FAKE_STATE/journal" 2>/dev/null
+"""
+
 
 @dataclass
 class Run:
@@ -86,14 +116,19 @@ class Run:
     err: str
 
     @property
+    def parsed(self) -> Report:
+        return Report.parse(self.out)
+
+    @property
     def report(self) -> list[tuple[str, str]]:
-        return commands.parse_report(self.out)
+        return list(self.parsed.entries)
 
     def get(self, key: str) -> str | None:
-        return dict(self.report).get(key)
+        """The value of a key reported once (a repeated one is an error)."""
+        return self.parsed.one(key)
 
     def keys(self) -> list[str]:
-        return [k for k, _ in self.report]
+        return self.parsed.keys()
 
 
 def sha(data: bytes) -> str:
@@ -113,7 +148,8 @@ class FakeNode:
         self.bin.mkdir()
         self.scripts = []
         real_sleep = shutil.which("sleep", path="/usr/bin:/bin")
-        for name, text in (("systemctl", SYSTEMCTL), ("curl", CURL), ("sleep", SLEEP.replace("{sleep}", real_sleep))):
+        for name, text in (("systemctl", SYSTEMCTL), ("curl", CURL), ("sleep", SLEEP.replace("{sleep}", real_sleep)),
+                           ("journalctl", JOURNALCTL)):
             p = self.bin / name
             p.write_text(text)
             p.chmod(0o755)
@@ -122,17 +158,22 @@ class FakeNode:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "FAKE_STATE": str(self.state),
-                "FAKE_ROOT": str(self.root), "HOME": str(self.base), "LC_ALL": "C", **extra}
+                "FAKE_ROOT": str(self.root), "HOME": str(self.base), "LC_ALL": "C",
+                "FAKE_REAL_SLEEP": shutil.which("sleep", path="/usr/bin:/bin"), **extra}
 
     def run(self, script: str, stdin: bytes = b"", shell: str = "/bin/sh", timeout: float = 60, **env) -> Run:
         res = subprocess.run([shell, "-c", script], input=stdin, capture_output=True, env=self.env(**env),
                              cwd=self.base, timeout=timeout)
         return Run(res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace"))
 
-    def calls(self, tool: str | None = None) -> list[list[str]]:
+    def calls(self, tool: str | None = None, *, watching: bool = False) -> list[list[str]]:
+        """What ran, in order (the arguments only, for one tool). The switch's watching of the unit
+        while it waits (`systemctl show`, `journalctl`) is left out unless `watching`."""
         log = self.state / "calls"
         lines = log.read_text().splitlines() if log.exists() else []
         recs = [line.split(SEP) for line in lines]
+        if not watching:
+            recs = [r for r in recs if not (r[0] == "journalctl" or r[:2] == ["systemctl", "show"])]
         return [r[1:] if tool else r for r in recs if tool is None or r[0] == tool]
 
     def clear_calls(self) -> None:
@@ -202,6 +243,10 @@ class FakeNode:
     def fail_restart(self, version: str = "all") -> None:
         (self.state / f"fail-restart-{version}").touch()
 
+    def crash_at_start(self, version: str) -> None:
+        """`version` starts (its restart succeeds, Type=simple), then exits: systemd's auto-restart."""
+        (self.state / f"crash-{version}").touch()
+
     def serve(self, version: str, body: str | None = None, *, error: bool = False) -> None:
         """What the app answers while `version` runs: a body, or an HTTP 500."""
         if error:
@@ -214,6 +259,13 @@ class FakeNode:
             (self.state / "warn-code").write_text(code)
         if refused:
             (self.state / "warn-refused").touch()
+
+    def hang(self, tool: str, first_arg: str) -> tuple[Path, Path]:
+        """The next `tool first_arg ...` waits (after recording the call) until the test creates
+        the returned `go` file; it creates `reached` when it starts waiting."""
+        flag = self.state / f"hang-{tool}-{first_arg}"
+        flag.touch()
+        return flag.with_name(flag.name + ".reached"), flag.with_name(flag.name + ".go")
 
     def state_file(self, name: str) -> str | None:
         p = self.state / name
@@ -237,6 +289,10 @@ class FakeNode:
         return ssh.Result(r.rc, r.out, r.err, len(data or b""))
 
     scripts: list  # (command, stdin) of every ssh_run, in order
+
+    def steps(self) -> list[str]:
+        """The node-side steps (sh/<step>.sh) ssh_run ran, in order (scripts.command names them)."""
+        return [cmd.rsplit(" sando-", 1)[1] for cmd, _ in self.scripts if " sando-" in cmd]
 
 
 def connection(host: str = "127.0.0.9") -> dict:

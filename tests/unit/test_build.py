@@ -379,3 +379,25 @@ def test_a_build_sees_the_server_repos_tags_as_they_are_now(repo, log):
     git(repo["path"], "tag", "v1-moved", repo["c2"])
     art = built(repo, repo["c2"], log, command=cmd)
     assert Path(art.root, "makenotwork").read_text().strip() == "v1-moved"
+
+
+FAILING_CLEAN = """#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = clean ]; then echo "warning: failed to remove stray: Device or resource busy" >&2; exit 1; fi
+done
+exec {git} "$@"
+"""
+
+
+def test_a_failed_git_clean_stops_the_build(repo, log, tmp_path, monkeypatch):
+    """A build tree git could not clean would build with leftover files: no build, a clear error."""
+    built(repo, repo["c1"], log)  # the shared build tree exists, with a stray file in it
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "git").write_text(FAILING_CLEAN.replace("{git}", shutil.which("git")))
+    (tools / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    with pytest.raises(BuildError, match=r"^cannot clean the build tree .* before building "
+                                         + repo["c2"][:12] + r" \(git clean: warning: failed to remove stray"):
+        built(repo, repo["c2"], log)
+    assert len(lines(log)) == 1  # the second build never ran

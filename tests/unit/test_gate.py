@@ -1,5 +1,5 @@
-"""The migration gate and the backup (commands.gate / commands.backup, composed by
-providers.gate.steps) run for real with sqlite3 against a database holding sqlx's
+"""The migration gate and the backup (sh/gate.sh, sh/backup.sh, parameterised by
+providers.gate.params) run for real with sqlite3 against a database holding sqlx's
 _sqlx_migrations table; the release's dry run is a stand-in `mnw-admin` in the release dir that
 records what it was given and exits as told. Also gate.verdict and gate.failure_line."""
 
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sando_components import commands, paths
+from sando_components import commands, paths, scripts
 from sando_components.providers import gate
 from sando_components.providers.base import parse_state
 from sando_components.providers.pointer import PointerProvider
+from sando_components.scripts import Report
 
 from fakenode import FakeNode, connection
 
@@ -31,6 +32,7 @@ printf '%s\n' "$*" > "$log.args"
 db=
 while [ $# -gt 0 ]; do [ "$1" = --database ] && db=$2; shift; done
 printf '%s\n' "$db" > "$log.db"
+stat -c %a "$db" > "$log.mode" 2>/dev/null
 if [ -f "$db" ]; then sqlite3 "$db" 'SELECT body FROM notes' > "$log.rows"; fi
 echo "pending 3 drop_old_column [destructive]"
 echo "dry-run says hello"
@@ -76,9 +78,16 @@ def gate_props(node: FakeNode, db: Path | None, migrations=("1", "2", "3"), dest
             "backupDir": str(backup_dir or node.base / "backups"), "allowDestructive": allow}
 
 
+def gate_script(node: FakeNode, values: dict, backup: bool = True) -> str:
+    """The gate (and the backup) on their own, in the release root, then `passed` when both passed."""
+    return scripts.render_inline(
+        scripts.params(**values, RELEASE_ROOT=str(node.root)),
+        "\n".join([scripts.source("gate.sh"), scripts.source("backup.sh"),
+                   'cd "$RELEASE_ROOT" || exit', "gate", "backup" if backup else "", "report passed ''"]))
+
+
 def run_gate(node: FakeNode, g: dict, version: str = "v2", **env):
-    gate_step, backup_step = gate.steps(g, str(node.root), SERVICE, version)
-    return node.run(f"cd {commands.q(str(node.root))}\n{gate_step}\n{backup_step}\necho @passed", **env)
+    return node.run(gate_script(node, gate.params(g, str(node.root), SERVICE, version)), **env)
 
 
 def dry_run_exit(node: FakeNode, code: int) -> None:
@@ -97,6 +106,7 @@ def test_nothing_pending_no_dry_run_no_backup(node):
     res = run_gate(node, gate_props(node, db))
     assert res.rc == 0, res.out + res.err
     assert res.report == [("database", str(db)), ("pending", ""), ("passed", "")]
+    assert res.rc == scripts.code("EX_OK")
     assert not dry_run_ran(node)
     assert not (node.base / "backups").exists()
 
@@ -115,6 +125,7 @@ def test_pending_dry_run_gets_a_scratch_copy_that_is_removed(node):
     assert os.path.dirname(scratch) == str(db.parent) and os.path.basename(scratch).startswith(".sando-scratch.")
     assert (node.state / "dryrun.rows").read_text() == "live row\n"  # a real, consistent copy
     assert (node.state / "dryrun.args").read_text() == f"migrate --dry-run --database {scratch}\n"
+    assert (node.state / "dryrun.mode").read_text() == "600\n"  # the scratch copy is private
     assert not os.path.exists(scratch) and not os.path.exists(scratch + ".out")
     assert sorted(os.listdir(db.parent)) == ["live.db"]
     assert db.read_bytes() == before  # the live database was never touched
@@ -166,7 +177,7 @@ def test_failing_dry_run_exits_30_and_marks_the_release_failed(node):
     db = make_db(node.base / "live.db")
     dry_run_exit(node, 3)
     res = run_gate(node, gate_props(node, db, allow=True))
-    assert res.rc == 30
+    assert res.rc == scripts.code("EX_DRY_RUN_FAILED") == 30
     assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == "the migration dry run failed\n"
     assert res.get("failed") == "v2" and "passed" not in res.keys() and "backup" not in res.keys()
     assert not [n for n in os.listdir(db.parent) if n.startswith(".sando-scratch")]
@@ -206,9 +217,20 @@ def test_dry_run_that_cannot_run_exits_32(node):
 
 
 def test_gate_off_or_no_migrations_adds_no_step(node):
-    assert gate.steps({}, "/r", SERVICE, "v1") == (None, None)
-    assert gate.steps({**gate_props(node, None), "enabled": False}, "/r", SERVICE, "v1") == (None, None)
-    assert gate.steps({**gate_props(node, None), "migrations": []}, "/r", SERVICE, "v1") == (None, None)
+    assert gate.params({}, "/r", SERVICE, "v1") is None
+    assert gate.params({**gate_props(node, None), "enabled": False}, "/r", SERVICE, "v1") is None
+    assert gate.params({**gate_props(node, None), "migrations": []}, "/r", SERVICE, "v1") is None
+
+
+def test_gate_params_by_exact_value(node):
+    g = {**gate_props(node, None, env_file=Path("/etc/m/m.env"), backup_dir=Path("/var/backups/m")),
+         "dryRunCommand": "{release}/mnw-admin migrate --dry-run --database {scratch} # live: {database}"}
+    assert gate.params(g, "/opt/m", SERVICE, "v2") == {
+        "VERSION": "v2", "GATE_RELEASE": "/opt/m/releases/v2", "GATE_MIGRATIONS": "1\n2\n3",
+        "GATE_DESTRUCTIVE": "3", "GATE_DATABASE": "", "GATE_ENV_FILE": "/etc/m/m.env",
+        "GATE_DEFAULT_DATABASE": f"/var/lib/{SERVICE}/{SERVICE}.db",
+        "GATE_DRY_RUN": '"$GATE_RELEASE"/mnw-admin migrate --dry-run --database "$SCRATCH" # live: "$DB"',
+        "GATE_ALLOW_DESTRUCTIVE": 0, "BACKUP_DIR": "/var/backups/m", "BACKUP_KEEP": paths.BACKUPS_KEPT}
 
 
 def test_a_briefly_locked_database_does_not_make_applied_migrations_pending(node):
@@ -332,7 +354,7 @@ def test_passed_gate_backs_up_then_switches(node):
     keys = res.keys()
     assert keys.index("dryrun-exit") < keys.index("backup") < keys.index("warning") < keys.index("switched")
     assert node.readlink("current") == "releases/v2"
-    assert gate.verdict(res.report, {"3": "drop_old_column"}) == {
+    assert gate.verdict(res.parsed, {"3": "drop_old_column"}) == {
         "database": str(db), "pending": ["3"], "destructive": ["3 drop_old_column"],
         "dryRun": "dry-run says hello", "backup": res.get("backup")}
 
@@ -344,23 +366,23 @@ def test_verdict_of_a_dry_run():
     report = [("database", "/var/lib/m/m.db"), ("pending", "2 10 3"), ("destructive", "10"),
               ("dryrun", "pending 2 add_tags"), ("dryrun", "pending 3 drop_x [destructive]"),
               ("dryrun", "dry-run ok"), ("dryrun-exit", "0"), ("backup", "/var/backups/m/pre-v3-x.db")]
-    assert gate.verdict(report, {"3": "drop_x", "10": "drop_y"}) == {
+    assert gate.verdict(Report(tuple(report)), {"3": "drop_x", "10": "drop_y"}) == {
         "database": "/var/lib/m/m.db", "pending": ["2", "10", "3"], "destructive": ["3 drop_x", "10 drop_y"],
         "dryRun": "dry-run ok", "backup": "/var/backups/m/pre-v3-x.db"}
 
 
 def test_verdict_without_dry_run():
-    assert gate.verdict([("database", "/d"), ("pending", "")]) == {
+    assert gate.verdict(Report((("database", "/d"), ("pending", "")))) == {
         "database": "/d", "pending": [], "destructive": [], "dryRun": "not needed", "backup": None}
-    assert gate.verdict([]) == {"database": None, "pending": [], "destructive": [], "dryRun": "not run",
+    assert gate.verdict(Report(())) == {"database": None, "pending": [], "destructive": [], "dryRun": "not run",
                                 "backup": None}
 
 
 def test_failure_line():
-    assert gate.failure_line([("dryrun", "pending 2 x"), ("dryrun", "dry-run failed at 2: no such table"),
-                              ("dryrun", "bye")]) == "dry-run failed at 2: no such table"
-    assert gate.failure_line([("dryrun", "a"), ("dryrun", "b")]) == "b"
-    assert gate.failure_line([("pending", "2")]) == "no output"
+    assert gate.failure_line(Report((("dryrun", "pending 2 x"), ("dryrun", "dry-run failed at 2: no such table"),
+                                     ("dryrun", "bye")))) == "dry-run failed at 2: no such table"
+    assert gate.failure_line(Report((("dryrun", "a"), ("dryrun", "b")))) == "b"
+    assert gate.failure_line(Report((("pending", "2"),))) == "no output"
 
 
 @pytest.mark.parametrize("evil", ["$(touch PWNED)", "x; touch PWNED", "x' ; touch PWNED ; '", "`touch PWNED`",
@@ -370,13 +392,14 @@ def test_hostile_values_cannot_inject(node, evil):
     env = node.base / evil / "env"
     env.parent.mkdir()
     env.write_text(f"DATABASE_PATH={db}\n")
-    gate_step = commands.gate(evil, [evil, "1"], [evil], None, str(env), str(node.base / evil / "default.db"),
-                              'echo "dry run on $SCRATCH"', False)
-    backup_step = commands.backup(str(node.base / evil / "backups"), evil)
-    res = node.run(f"cd {commands.q(str(node.root))}\n{gate_step}\n{backup_step}")
+    backup = commands.backup_params(str(node.base / evil / "backups"))
+    values = commands.gate_params(evil, str(node.root / evil), [evil, "1"], [evil], None, str(env),
+                                  str(node.base / evil / "default.db"), 'echo "dry run on $SCRATCH"', False)
+    res = node.run(gate_script(node, {**values, **backup}))
     assert res.rc == 31 and res.get("pending") == f"{evil} 1" and res.get("destructive") == evil
-    res = node.run(f"cd {commands.q(str(node.root))}\n" + commands.gate(
-        evil, [evil], [evil], None, str(env), "/x.db", 'echo "dry run on $SCRATCH"', True) + "\n" + backup_step)
+    values = commands.gate_params(evil, str(node.root / evil), [evil], [evil], None, str(env), "/x.db",
+                                  'echo "dry run on $SCRATCH"', True)
+    res = node.run(gate_script(node, {**values, **backup}))
     assert res.rc == 0, res.out + res.err
     backup = Path(res.get("backup"))  # the backup is taken, under its own name, whatever the value
     assert backup.parent == node.base / evil / "backups" and backup.name.startswith(f"pre-{evil}-")
@@ -389,3 +412,50 @@ def test_backup_dir_with_a_quote(node):
     db = make_db(node.base / "live.db")
     res = run_gate(node, gate_props(node, db, allow=True, backup_dir=node.base / "it's backups"))
     assert res.rc == 0, res.out + res.err
+
+
+# --- private copies and a bounded number of backups ------------------------------------------------
+
+
+def test_backup_and_scratch_are_private_and_owned_like_the_database(node):
+    db = make_db(node.base / "live.db")
+    db.chmod(0o640)
+    res = run_gate(node, gate_props(node, db, allow=True))
+    assert res.rc == 0, res.out + res.err
+    backup = Path(res.get("backup"))
+    st, live = backup.stat(), db.stat()
+    assert st.st_mode & 0o7777 == 0o600  # a copy of the whole database: never readable by others
+    assert (st.st_uid, st.st_gid) == (live.st_uid, live.st_gid)
+    assert (node.state / "dryrun.mode").read_text() == "600\n"
+    assert sorted(os.listdir(node.base / "backups")) == [backup.name]  # no temp file left
+
+
+def test_only_the_newest_backups_are_kept(node):
+    db = make_db(node.base / "live.db")
+    backups = node.base / "backups"
+    backups.mkdir()
+    old = []
+    for i in range(12):  # older backups, oldest first
+        b = backups / f"pre-v0-2025010{i // 10}T00{i % 10}0Z.db"
+        b.write_text("old")
+        os.utime(b, (1_700_000_000 + i, 1_700_000_000 + i))
+        old.append(b.name)
+    (backups / "operator-copy.db").write_text("not sando's: left alone")
+    g = {**gate_props(node, db, allow=True)}
+    values = {**gate.params(g, str(node.root), SERVICE, "v2"), "BACKUP_KEEP": 3}
+    res = node.run(gate_script(node, values))
+    assert res.rc == 0, res.out + res.err
+    new = os.path.basename(res.get("backup"))
+    assert sorted(os.listdir(backups)) == sorted([new, *old[-2:], "operator-copy.db"])
+    assert sorted(os.path.basename(v) for v in res.parsed.all("backup-removed")) == sorted(old[:-2])
+
+
+def test_a_failed_backup_leaves_no_temp_file(node, tmp_path):
+    db = make_db(node.base / "live.db")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "mv").write_text("#!/bin/sh\necho 'mv: no space left on device' >&2\nexit 1\n")
+    (tools / "mv").chmod(0o755)
+    res = run_gate(node, gate_props(node, db, allow=True), PATH=f"{tools}:{node.env()['PATH']}")
+    assert res.rc == scripts.code("EX_BACKUP_FAILED") and res.get("gate") == "cannot-backup"
+    assert os.listdir(node.base / "backups") == []

@@ -5,14 +5,15 @@ import os
 import stat
 import subprocess
 
-from sando_components import history
+from sando_components import history, scripts
 
 
 def run(tmp_path, deploy: dict, result: str, live: str = "releases/v1", code: str = "", keep: int | None = None):
-    text = history.step(deploy, "v2", "c" * 40, 30)
+    values = history.params(deploy, "v2", "c" * 40, 30)
     if keep:
-        text = text.replace(f"H_KEEP={history.KEEP}", f"H_KEEP={keep}")
-    script = f"{text}\nlive={live}\ncode={code}\nsando_history {result}"
+        values["H_KEEP"] = keep
+    script = scripts.render_inline(scripts.params(**values), scripts.source("history.sh")
+                                   + f"\nlive={live}\ncode={code}\nsando_history {result}")
     return subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
 
 

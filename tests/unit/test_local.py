@@ -15,6 +15,7 @@ import pytest
 
 from sando_components import commands, localnode, paths, ssh, stack, transfer
 from sando_components.config import ConfigError, load
+from sando_components.scripts import Report
 from sando_components.transfer import NodeRelease
 
 from fakenode import FakeNode
@@ -188,13 +189,25 @@ def test_no_sudo_installed_says_so(monkeypatch):
 # --- the release, from the local build's artifacts ----------------------------------------------
 
 
-def test_link_local_and_write_text_commands():
-    assert commands.link_local("/home/op/.cache/sando/builds/c1/artifacts/mnw admin", "mnw admin", 0o755) == (
-        "mkdir -p . && { ln -- '/home/op/.cache/sando/builds/c1/artifacts/mnw admin' 'mnw admin' 2>/dev/null || "
-        "cp -- '/home/op/.cache/sando/builds/c1/artifacts/mnw admin' 'mnw admin'; } && chown 0:0 'mnw admin' && "
-        "chmod 0755 'mnw admin'")
-    assert commands.write_text(".sando/manifest.json", "{\"it's\":1}") == (
-        "mkdir -p .sando && printf '%s' '{\"it'\"'\"'s\":1}' > .sando/manifest.json")
+def test_local_steps_of_the_plan(tmp_path):
+    """A local node's plan: `local` steps from the artifacts (absolute), the sums and manifest as
+    `text` (base64: one field of receive.sh's tab-separated steps), each with its mode."""
+    import base64
+
+    from sando_components import build
+
+    root = tmp_path / "artifacts"
+    (root / "sub").mkdir(parents=True)
+    (root / "mnw admin").write_bytes(b"bin")
+    (root / "sub" / "p.html").write_bytes(b"page")
+    art = build.Artifacts(str(root), (("mnw admin", "d1", 0o755), ("sub/p.html", "d2", 0o644)))
+    plan = transfer.plan_local(art, {"version": "v1"}, [])
+    assert plan.steps[:2] == [f"local\t{root}/mnw admin\tmnw admin\t0755", f"local\t{root}/sub/p.html\tsub/p.html\t0644"]
+    kinds = [line.split("\t")[:2] for line in plan.steps[2:]]
+    assert kinds == [["text", ".sando/SHA256SUMS"], ["mode", ".sando/SHA256SUMS"], ["text", ".sando/manifest.json"],
+                     ["mode", ".sando/manifest.json"]]
+    assert base64.b64decode(plan.steps[2].split("\t")[2]).decode() == art.sums()
+    assert plan.counts["local"] == 2 and not plan.members  # nothing is streamed
 
 
 @pytest.fixture
@@ -208,7 +221,7 @@ V1 = {"makenotwork": b"server v1" * 1000, "mnw-admin": b"admin v1", "error-pages
 
 def receive_local(node: FakeNode, conn: ssh.Conn, art, version: str, held: list[NodeRelease] = ()):
     plan = transfer.plan_local(art, manifest_of(art, version), list(held))
-    script = commands.receive_release(str(node.root), version, "0a1b2c3d", plan.need_kib, plan.steps, None)
+    script = commands.receive_release(str(node.root), version, "0a1b2c3d", plan.need_kib, plan.steps, "none")
     return plan, ssh.run(conn, script, check=False)
 
 
@@ -246,7 +259,7 @@ def test_an_artifact_that_no_longer_matches_its_sha256_is_refused(node, conn, tm
     art = artifacts(tmp_path / "a1", V1, store=False)
     (Path(art.root) / "mnw-admin").write_bytes(b"changed behind sando's back")
     _, res = receive_local(node, conn, art, "v1")
-    assert res.rc == 65 and "@sums-failed" in res.out
+    assert res.rc == 65 and Report.parse(res.out).has("sums-failed")
     assert node.versions() == []  # nothing kept, no staging dir left
 
 

@@ -1,5 +1,6 @@
-"""commands.probe run for real against a release root in a tmp dir (stand-in systemctl), read back
-with providers.base.parse_state: what a node holds, in one round trip."""
+"""commands.probe (sh/probe.sh) run for real against a release root in a tmp dir (stand-in
+systemctl), read back with providers.base.parse_state: what a node holds, in one round trip; and
+what it cannot read is an error naming the node, not a default."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import shutil
 
 import pytest
 
-from sando_components import commands
+from sando_components import commands, scripts
+from sando_components.errors import OperatorError
 from sando_components.providers.base import parse_state
 
 from fakenode import FakeNode, sha
@@ -23,7 +25,7 @@ def node(tmp_path) -> FakeNode:
 def probe(node: FakeNode, root=None, service="makenotwork", **env):
     res = node.run(commands.probe(str(root or node.root), service), **env)
     assert res.rc == 0, res.err
-    return res, parse_state(res.out)
+    return res, parse_state(res.out, res.rc, "node1", str(root or node.root), res.err)
 
 
 def free_kib(path) -> int:
@@ -33,7 +35,7 @@ def free_kib(path) -> int:
 
 def test_empty_root(node):
     res, state = probe(node)
-    assert "missing" not in res.keys()
+    assert res.get("root") == "ok" and not state.root_missing
     assert (res.get("current"), res.get("previous")) == ("", "")
     assert (state.live, state.previous, state.releases, state.foreign) == (None, None, {}, ())
     assert state.zstd is True
@@ -43,9 +45,10 @@ def test_empty_root(node):
 
 def test_missing_root(node):
     res, state = probe(node, root=node.base / "no such" / "root")
-    assert "missing" in res.keys()
+    assert res.get("root") == "missing" and state.root_missing  # nothing deployed yet: not an error
     assert (state.live, state.previous, state.releases, state.foreign) == (None, None, {}, ())
-    assert state.free_kib > 0  # measured somewhere (/): an upload can still be planned
+    # measured where the release root will be made (the nearest existing parent)
+    assert abs(state.free_kib - free_kib(node.base)) <= max(64 * 1024, free_kib(node.base) // 20)
 
 
 def test_releases_links_foreign_failed_and_staging(node):
@@ -82,14 +85,52 @@ def test_held_orders_live_previous_then_newest(node):
     assert [r.version for r in state.held()] == ["v2", "v1", "v4", "v3"]
 
 
-def test_manifest_spread_over_lines_and_broken_manifest(node):
+def test_manifest_spread_over_lines(node):
     d = node.release("v1", commit="abc", created_at=5)
     (d / ".sando" / "manifest.json").write_text(json.dumps({"commit": "abc", "createdAt": 5, "files": {}}, indent=2))
-    d2 = node.release("v2")
-    (d2 / ".sando" / "manifest.json").write_text("{not json")
     _, state = probe(node)
     assert (state.releases["v1"].commit, state.releases["v1"].created_at) == ("abc", 5.0)
-    assert (state.releases["v2"].commit, state.releases["v2"].files) == ("", {})  # sando's, but unreadable
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", r"not JSON"),
+    ('{"createdAt": 5, "files": {}}', r"no commit"),
+    ('{"commit": "", "createdAt": 5, "files": {}}', r"no commit"),
+    ('{"commit": "abc", "files": {}}', r"no createdAt"),
+    ('{"commit": "abc", "createdAt": 5}', r"no files"),
+    ("[1]", r"not a JSON object"),
+])
+def test_a_broken_manifest_is_an_error_naming_the_node_and_the_file(node, text, why):
+    node.release("v1")
+    (node.release("v2") / ".sando" / "manifest.json").write_text(text)
+    res = node.run(commands.probe(str(node.root), "makenotwork"))
+    with pytest.raises(OperatorError, match=rf"^node1: {node.root}/releases/v2/.sando/manifest.json is broken "
+                                            rf"\({why}.*\); sando cannot tell which commit releases/v2 holds"):
+        parse_state(res.out, res.rc, "node1", str(node.root))
+
+
+def test_a_release_root_that_exists_but_cannot_be_entered_is_an_error(node, tmp_path):
+    not_a_dir = tmp_path / "root-file"
+    not_a_dir.write_text("a file where the release root should be")
+    res = node.run(commands.probe(str(not_a_dir), "makenotwork"))
+    assert res.rc == scripts.code("EX_UNREADABLE")
+    with pytest.raises(OperatorError, match=rf"^node1: cannot read the release root {not_a_dir} \(not a directory\)"):
+        parse_state(res.out, res.rc, "node1", str(not_a_dir))
+
+
+def test_an_unreadable_free_space_figure_is_an_error_not_zero(node, tmp_path):
+    broken = tmp_path / "broken-df"
+    broken.mkdir()
+    (broken / "df").write_text("#!/bin/sh\necho 'df: cannot read table of mounted file systems' >&2\nexit 1\n")
+    (broken / "df").chmod(0o755)
+    res = node.run(commands.probe(str(node.root), "makenotwork"), PATH=f"{broken}:{node.env()['PATH']}")
+    assert res.rc == scripts.code("EX_UNREADABLE")
+    with pytest.raises(OperatorError, match=rf"^node1: cannot read the free space under {node.root.parent}|"
+                                            rf"^node1: cannot read the free space under \."):
+        parse_state(res.out, res.rc, "node1", str(node.root))
+    # and a report without a figure at all is no 0 either
+    with pytest.raises(OperatorError, match=r"^node1: cannot read the free space"):
+        parse_state('{"@":"root","v":"ok"}\n', 0, "node1", str(node.root))
 
 
 def test_absolute_link_written_by_hand(node):
@@ -108,7 +149,7 @@ def test_service_name_is_one_argument(node):
 def test_without_zstd(node, tmp_path):
     tools = tmp_path / "tools"
     tools.mkdir()
-    for t in ("readlink", "df", "awk", "tr", "cat", "mawk"):
+    for t in ("sh", "readlink", "df", "awk", "mawk", "tr", "cat", "sed", "head", "tail", "dirname", "id"):
         if shutil.which(t):
             os.symlink(shutil.which(t), tools / t)
     res = node.run(commands.probe(str(node.root), "makenotwork"), PATH=f"{node.bin}:{tools}")

@@ -4,13 +4,16 @@ restart warning's step/stdin/status, ReleaseProvider's no-space message, and the
 
 from __future__ import annotations
 
+import json
 import random
+import shlex
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from sando_components import commands, transfer
+from sando_components import commands, scripts, transfer
+from sando_components.scripts import Report
 from sando_components.errors import OperatorError
 from sando_components.providers import base, pointer, warning
 from sando_components.providers.base import NodeState, parse_state
@@ -83,27 +86,34 @@ def test_the_switch_prunes_as_if_the_new_release_is_good_and_reverts_as_if_faile
     props = {"version": "v4", "releaseRoot": "/opt/m", "service": "m", "commit": "c-v4", "keepReleases": 1,
              "healthCheck": {"url": "http://h/", "timeoutSeconds": 1, "intervalSeconds": 1, "expectVersion": False}}
     script, timeout = PointerProvider()._script(props, state)
-    assert commands.prune(["v1", "v2"]) in script  # ok: v4 live, v3 previous
-    assert commands.prune(["v1", "v4"]) in script  # failed: v3 live, v2 previous, v4 ranked last
+    text = shlex.split(script)[2]  # sh -c TEXT sando-switch
+    assert scripts.params(PRUNE_OK="v1\nv2") in text  # ok: v4 live, v3 previous
+    assert scripts.params(PRUNE_FAILED="v1\nv4") in text  # failed: v3 live, v2 previous, v4 ranked last
     assert timeout == 900 + 2 * (120 + 1)
 
 
 # --- parse_state ------------------------------------------------------------------------------------
 
 
-PROBE_OUT = """@active reloading
-@current releases/v2
-@previous /opt/makenotwork/releases/v1/
-@free 123456
-@zstd no
-@release v1
-{"commit":"c1","createdAt":5,"files":{"makenotwork":"aa"}}
-@release v2
-{"commit":"c2","createdAt":6}
-@failed v2
-@foreign zz
-@foreign aa
+PROBE_OUT = r"""{"@":"active","v":"reloading"}
+{"@":"zstd","v":"no"}
+{"@":"root","v":"ok"}
+{"@":"current","v":"releases/v2"}
+{"@":"previous","v":"/opt/makenotwork/releases/v1/"}
+{"@":"free","v":"123456"}
+{"@":"release","v":"v1\t{\"commit\":\"c1\",\"createdAt\":5,\"files\":{\"makenotwork\":\"aa\"}}"}
+{"@":"release","v":"v2\t{\"commit\":\"c2\",\"createdAt\":6,\"files\":{}}"}
+{"@":"failed","v":"v2"}
+{"@":"foreign","v":"zz"}
+{"@":"foreign","v":"aa"}
 """
+
+
+def line(key: str, value: str) -> str:
+    return json.dumps({"@": key, "v": value}) + "\n"
+
+
+BASE = line("root", "ok") + line("free", "100")
 
 
 def test_parse_state():
@@ -117,13 +127,26 @@ def test_parse_state():
 @pytest.mark.parametrize("active, up", [("active", True), ("activating", True), ("reloading", True),
                                         ("inactive", False), ("failed", False), ("", False), ("unknown", False)])
 def test_parse_state_service(active, up):
-    assert parse_state(f"@active {active}\n").active is up
+    assert parse_state(line("active", active) + BASE).active is up
 
 
 def test_parse_state_of_nothing():
-    s = parse_state("@missing\n@current \n@previous \n@free \n")
-    assert (s.live, s.previous, s.free_kib, s.zstd, s.active, s.releases, s.foreign) == \
-        (None, None, 0, False, False, {}, ())
+    s = parse_state(line("root", "missing") + line("free", "7"))
+    assert (s.live, s.previous, s.free_kib, s.zstd, s.active, s.releases, s.foreign, s.root_missing) == \
+        (None, None, 7, False, False, {}, (), True)
+
+
+@pytest.mark.parametrize("out, error", [
+    (line("root", "ok") + line("free", "1") + line("free", "2"), "'free' 2 times"),
+    (line("root", "ok") + line("free", ""), "cannot read the free space"),
+    (line("free", "1"), "did not say whether"),
+    (BASE + line("release", "v1 no tab"), "'release' without a name"),
+    (BASE + line("release", "v1\t{}") + line("release", "v1\t{}"), "'release' twice for 'v1'"),
+    (BASE + '{"@":"current","v":"releases/v1"\n', "cannot be read"),
+])
+def test_parse_state_refuses_a_report_it_cannot_trust(out, error):
+    with pytest.raises(OperatorError, match=error):
+        parse_state(out, 0, "node1")
 
 
 def test_with_release_does_not_change_the_original():
@@ -148,23 +171,27 @@ def test_changed_public_refresh_auth():
 W = {"url": "http://127.0.0.1:3000/api/internal/restart-warning", "seconds": 30, "onFailure": "warn"}
 
 
-def test_warning_step_and_stdin():
-    assert warning.step(W, "tok") == commands.restart_warning(W["url"], 30, False)
-    assert warning.step({**W, "onFailure": "abort"}, "tok") == commands.restart_warning(W["url"], 30, True)
+def test_warning_params_and_stdin():
+    assert warning.params(W, "tok") == {"WARN_URL": W["url"], "WARN_SECONDS": 30, "WARN_ABORT": 0}
+    assert warning.params({**W, "onFailure": "abort"}, "tok") == {"WARN_URL": W["url"], "WARN_SECONDS": 30,
+                                                                  "WARN_ABORT": 1}
     assert warning.stdin(W, "tok") == b"Authorization: Bearer tok\n"
-    assert "tok" not in warning.step(W, "tok")
     for w, token in ((None, "tok"), ({**W, "seconds": 0}, "tok"), (W, None), (W, "")):
-        assert warning.step(w, token) is None and warning.stdin(w, token) is None
+        assert warning.params(w, token) is None and warning.stdin(w, token) is None
+
+
+def rep(**kv: str) -> Report:
+    return Report(tuple(kv.items()))
 
 
 def test_warning_status():
-    assert warning.status(None, {}, True) == "disabled"
-    assert warning.status({**W, "seconds": 0}, {"warning": "sent 1"}, True) == "disabled"
-    assert warning.status(W, {}, False) == "not sent: nothing restarted"
-    assert warning.status(W, {}, True) == "not sent"
-    assert warning.status(W, {"warning": "sent 1700000000"}, True) == \
+    assert warning.status(None, rep(), True) == "disabled"
+    assert warning.status({**W, "seconds": 0}, rep(warning="sent 1"), True) == "disabled"
+    assert warning.status(W, rep(), False) == "not sent: nothing restarted"
+    assert warning.status(W, rep(), True) == "not sent"
+    assert warning.status(W, rep(warning="sent 1700000000"), True) == \
         "sent at 2023-11-14T22:13:20Z, 30s before the restart"
-    assert warning.status(W, {"warning": "failed HTTP 500 boom"}, True) == "failed HTTP 500 boom"
+    assert warning.status(W, rep(warning="failed HTTP 500 boom"), True) == "failed HTTP 500 boom"
 
 
 # --- ReleaseProvider: not enough space ---------------------------------------------------------------------
@@ -219,7 +246,7 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
     monkeypatch.setattr(transfer, "MARGIN", 1e18)
     with pytest.raises(OperatorError, match=r"^node1: releases/ has \d+ MB free, v7 needs \d+ MB; nothing was sent"):
         ReleaseProvider().create(props)
-    assert len(node.scripts) == 1 and "exit 75" in node.scripts[0][0]
+    assert node.steps() == ["receive"]
     assert node.versions() == []
 
 

@@ -1,5 +1,5 @@
-"""The switch of a node (commands.pointer_script, with health_function, restart_warning, switch,
-switch_back, restart, prune), run for real in a tmp dir standing for the release root, with
+"""The switch of a node (sh/switch.sh with its parts health, warning, prune; commands.switch), run
+for real in a tmp dir standing for the release root, with
 stand-in systemctl/curl/sleep (fakenode.py): the app "runs" the release `current` pointed at when
 it was last restarted, and answers its version. Scripts are composed as the provider composes
 them (PointerProvider._script, from what commands.probe read); then PointerProvider end to end
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import signal
+import subprocess
 import time
 
 import pytest
 
-from sando_components import commands, paths
+from sando_components import commands, paths, scripts
 from sando_components.errors import OperatorError
 from sando_components.providers import base, warning
 from sando_components.providers.base import parse_state, releases_of
@@ -42,6 +45,14 @@ def props(node: FakeNode, version: str, *, expect: bool = False, keep: int = 5, 
             "warning": warn, "token": token if warn else None, "gate": gate or {}, "rollout": rollout or {}}
 
 
+def script(node: FakeNode, version: str, *, root: str | None = None, service: str = "makenotwork", expect: str = "",
+           url: str = "http://127.0.0.1:3000/", commit: str = "c", prune_ok=(), prune_failed=()) -> str:
+    """A switch script composed by hand (health timeout 1 s, no gate, no warning)."""
+    return commands.switch(release_root=root or str(node.root), version=version, service=service, expect=expect,
+                           health=commands.health_params(url, 1, 0.1, commit), prune_ok=prune_ok,
+                           prune_failed=prune_failed)
+
+
 def switch(node: FakeNode, version: str, shell: str = "/bin/sh", **kw):
     """Compose the switch script as the provider does, from what the node holds now, and run it."""
     p = props(node, version, **kw)
@@ -62,7 +73,7 @@ def live_v1(node: FakeNode, *more: str) -> None:
 
 
 def final(res):
-    return releases_of(res.out, "final-")[0]
+    return releases_of(res.parsed, "final-")[0]
 
 
 # --- the switch --------------------------------------------------------------------------------------
@@ -80,14 +91,15 @@ def test_switch_v1_to_v2(node, shell):
     assert (node.root / paths.ERROR_PAGES / "502.html").read_text() == "502 of v2"
     assert node.calls("systemctl") == [["reset-failed", "makenotwork"], ["reload-or-restart", "makenotwork"]]
     assert node.running() == "v2"
-    assert res.get("before") == "releases/v1 -"
+    assert (res.get("live-before"), res.get("previous-before")) == ("releases/v1", "")
     assert res.get("switched").isdigit()
     assert res.get("health").startswith('ok {"name":"makenotwork","version":"v2"')
     assert res.get("restart") == "0 "
+    assert res.rc == scripts.code("EX_OK")
     assert not (node.root / "releases" / "v2" / paths.FAILED).exists()  # a good release now
     assert sorted(final(res)) == ["v1", "v2"] and not final(res)["v2"].failed
     assert [c[-1] for c in node.calls("curl")] == ["http://127.0.0.1:3000/health"]
-    assert res.rc == 0 and "@reverted" not in res.out
+    assert res.rc == 0 and "reverted" not in res.keys()
 
 
 def test_first_switch_with_nothing_live(node):
@@ -116,12 +128,7 @@ def test_prune_list_given_is_applied_at_switch_time(node):
     neither does a directory without sando's manifest."""
     live_v1(node, "v3")
     node.foreign("hand-made")
-    script = commands.pointer_script(
-        release_root=str(node.root), version="v2", service="makenotwork", expect="",
-        health=commands.health_function("http://127.0.0.1:3000/", 1, 0.1, "c-v2"), gate_step=None,
-        backup_step=None, warning_step=None, prune_ok=commands.prune(["v1", "v2", "v3", "hand-made"]),
-        prune_failed=":")
-    res = node.run(script)
+    res = node.run(script(node, "v2", prune_ok=["v1", "v2", "v3", "hand-made"]))
     assert res.rc == 0, res.out + res.err
     assert [v for k, v in res.report if k == "pruned"] == ["v3"]
     assert node.versions() == ["hand-made", "v1", "v2"]
@@ -157,7 +164,7 @@ def test_already_live_but_unhealthy_exits_23(node):
     node.start("v2")
     node.serve("v2", error=True)
     res = switch(node, "v2")
-    assert res.rc == 23
+    assert res.rc == scripts.code("EX_LIVE_UNHEALTHY") == 23
     assert res.get("health").startswith("fail curl: (22)")
     assert node.readlink("current") == "releases/v2" and node.restarts() == 0
 
@@ -183,7 +190,7 @@ def test_unhealthy_release_is_switched_back(node):
     node.point(previous="v0")
     node.serve("v2", error=True)
     res = switch(node, "v2")
-    assert res.rc == 51
+    assert res.rc == scripts.code("EX_SWITCHED_BACK") == 51
     assert (node.readlink("current"), node.readlink("previous")) == ("releases/v1", "releases/v0")
     assert node.running() == "v1" and node.restarts() == 2
     assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == \
@@ -224,7 +231,7 @@ def test_unhealthy_with_nothing_to_switch_back_to_exits_50(node):
     node.release("v1")
     node.serve("v1", error=True)
     res = switch(node, "v1")
-    assert res.rc == 50
+    assert res.rc == scripts.code("EX_NO_PREVIOUS") == 50
     assert node.readlink("current") == "releases/v1"  # nothing else to point at
     assert (node.root / "releases" / "v1" / paths.FAILED).exists()
     assert "reverted" not in res.keys() and final(res)["v1"].failed
@@ -234,8 +241,8 @@ def test_changed_release_files_exit_22_and_nothing_switches(node):
     live_v1(node)
     (node.root / "releases" / "v2" / "makenotwork").write_bytes(b"changed by hand")
     res = switch(node, "v2", warn=WARNING, token=TOKEN)
-    assert res.rc == 22
-    assert res.get("error").startswith("sums makenotwork: FAILED")
+    assert res.rc == scripts.code("EX_CHANGED") == 22
+    assert res.get("changed").startswith("makenotwork: FAILED")
     assert node.readlink("current") == "releases/v1"
     assert node.calls("systemctl") == [] and node.calls("curl") == []
 
@@ -243,16 +250,13 @@ def test_changed_release_files_exit_22_and_nothing_switches(node):
 def test_missing_release_exits_21(node):
     live_v1(node)
     res = switch(node, "v9")
-    assert res.rc == 21 and res.report == [("before", "releases/v1 -"), ("error", "missing")]
+    assert res.rc == scripts.code("EX_MISSING") == 21
+    assert res.report == [("live-before", "releases/v1"), ("previous-before", ""), ("error", "missing")]
     assert node.readlink("current") == "releases/v1" and node.calls() == []
 
 
 def test_missing_release_root_exits_20(node, tmp_path):
-    script = commands.pointer_script(
-        release_root=str(tmp_path / "nowhere"), version="v1", service="makenotwork", expect="",
-        health=commands.health_function("http://h/", 1, 0.1, "c"), gate_step=None, backup_step=None,
-        warning_step=None, prune_ok=":", prune_failed=":")
-    assert node.run(script).rc == 20
+    assert node.run(script(node, "v1", root=str(tmp_path / "nowhere"))).rc == scripts.code("EX_NO_ROOT") == 20
 
 
 # --- the health check ----------------------------------------------------------------------------------
@@ -262,7 +266,15 @@ def health(node: FakeNode, body: str, expect: str, commit: str = "0" * 40):
     """health EXPECT against an app answering `body` (one try: timeout 0)."""
     node.start("vX")
     node.serve("vX", body)
-    return node.run(commands.health_function("http://127.0.0.1:3000/", 0, 0.1, commit) + f"\nhealth {commands.q(expect)}")
+    return run_health(node, 0, commit, expect)
+
+
+def run_health(node: FakeNode, timeout: float, commit: str, expect: str):
+    """sh/health.sh's `health EXPECT` on its own."""
+    text = scripts.render_inline(scripts.params(**commands.health_params("http://127.0.0.1:3000/", timeout, 0.1,
+                                                                         commit), EXPECT=expect),
+                                 scripts.source("health.sh") + '\nhealth "$EXPECT"')
+    return node.run(text)
 
 
 @pytest.mark.parametrize("body, expect", [
@@ -305,7 +317,7 @@ def test_health_reads_the_top_level_version(node):
 
 def test_health_gives_up_after_the_timeout_with_the_last_error(node):
     started = time.monotonic()
-    res = node.run(commands.health_function("http://127.0.0.1:3000/", 2, 0.1, "c") + "\nhealth ''")
+    res = run_health(node, 2, "c", "")
     assert time.monotonic() - started >= 1  # `date +%s` ticks: at least timeout - 1 s of retries
     assert res.rc == 1
     assert res.get("health") == "fail curl: (7) Failed to connect to 127.0.0.1 port 3000: Connection refused"
@@ -343,8 +355,9 @@ def test_warning_token_only_on_stdin_and_the_notice_is_waited_out(node):
     assert TOKEN not in (node.state / "calls").read_text()
     # the order: the warning, the notice, then the restart
     order = [(c[0], c[1]) for c in node.calls() if c[0] in ("sleep", "systemctl") or "POST" in c]
-    assert order[:3] == [("curl", "-sS"), ("sleep", "1"), ("systemctl", "reset-failed")]
-    assert order[3] == ("systemctl", "reload-or-restart")
+    # is the service running (users to warn)? the warning, the notice, then the restart
+    assert order[:4] == [("systemctl", "is-active"), ("curl", "-sS"), ("sleep", "1"), ("systemctl", "reset-failed")]
+    assert order[4] == ("systemctl", "reload-or-restart")
 
 
 def test_failed_warning_in_warn_mode_goes_on(node):
@@ -362,14 +375,14 @@ def test_unreachable_warning_in_warn_mode_goes_on(node):
     node.warn_answer(refused=True)
     res = switch(node, "v2", warn=WARNING, token=TOKEN)
     assert res.rc == 0
-    assert res.get("warning") == "failed HTTP 000 curl: (7) Failed to connect to 127.0.0.1 port 3000: Connection refused "
+    assert res.get("warning") == "failed HTTP 000 curl: (7) Failed to connect to 127.0.0.1 port 3000: Connection refused"
 
 
 def test_failed_warning_in_abort_mode_exits_40_before_anything_changes(node):
     live_v1(node)
     node.warn_answer("500")
     res = switch(node, "v2", warn={**WARNING, "onFailure": "abort"}, token=TOKEN)
-    assert res.rc == 40
+    assert res.rc == scripts.code("EX_WARNING_FAILED") == 40
     assert res.get("warning") == "failed HTTP 500 "
     assert node.readlink("current") == "releases/v1" and node.readlink("previous") is None
     assert [c for c in node.calls("systemctl") if c[0] != "is-active"] == []
@@ -395,12 +408,9 @@ def test_hostile_version_and_service_cannot_inject(node, evil):
     node.release(evil)
     node.point(current="v1")
     node.start("v1")
-    script = commands.pointer_script(
-        release_root=str(node.root), version=evil, service=evil, expect=evil,
-        health=commands.health_function(f"http://127.0.0.1:3000/{evil}", 1, 0.1, evil), gate_step=None,
-        backup_step=None, warning_step=None, prune_ok=commands.prune([evil, "v1"]), prune_failed=":")
     node.serve(evil, f'{{"version":"{evil}"}}')
-    res = node.run(script)
+    res = node.run(script(node, evil, service=evil, expect=evil, url=f"http://127.0.0.1:3000/{evil}", commit=evil,
+                          prune_ok=[evil, "v1"]))
     assert res.rc == 0, res.out + res.err
     assert node.readlink("current") == f"releases/{evil}"
     assert ["reload-or-restart", evil] in node.calls("systemctl")
@@ -423,7 +433,7 @@ def test_provider_outputs_after_a_switch(provider_node):
     assert outs["migrations"] == {"database": None, "pending": [], "destructive": [], "dryRun": "not run",
                                   "backup": None}
     # the token went on stdin, not in the script
-    (script, stdin), = [(s, i) for s, i in node.scripts if "@before" in s]
+    (script, stdin), = [(s, i) for s, i in node.scripts if s.endswith(" sando-switch")]
     assert TOKEN not in script and stdin == f"Authorization: Bearer {TOKEN}\n".encode()
 
 
@@ -507,3 +517,112 @@ def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_servi
     node.point(current="v1")
     node.stop()
     assert PointerProvider().diff("id", p, p).changes is True
+
+
+# --- a lost connection (Ctrl-C, a dropped SSH session) never leaves a node half-switched ---------------
+
+
+def wait_for(cond, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("step", [("sleep", "1"), ("systemctl", "reload-or-restart"), ("curl", "-fsS")],
+                         ids=["during-the-warning-notice", "during-the-restart", "during-the-health-check"])
+@pytest.mark.parametrize("cut", ["closed-pipes", "closed-pipes-and-sighup"])
+def test_a_connection_lost_at_any_user_visible_step_still_runs_the_switch_to_its_end(node, step, cut):
+    """Once users were warned, the switch goes on whatever happens to sando's connection: the script
+    is stopped at a step (a stand-in waits), its stdout/stderr pipes are closed (every later report
+    line hits EPIPE/SIGPIPE) and, as when the session is torn down, the whole process group gets
+    SIGHUP; then it is let go. It still switches, restarts, checks and prunes (the last thing it
+    does: v0 is gone). Without `trap '' HUP PIPE` in switch.sh the shell dies at the cut."""
+    node.release("v0", created_at=0)
+    live_v1(node)
+    p = props(node, "v2", keep=2, warn=WARNING, token=TOKEN, timeout=5)
+    state = parse_state(node.run(commands.probe(str(node.root), "makenotwork")).out)
+    script, _ = PointerProvider()._script(p, state)
+    reached, go = node.hang(*step)
+    node.clear_calls()
+    proc = subprocess.Popen(shlex.split(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=node.env(), cwd=node.base, start_new_session=True)
+    proc.stdin.write(warning.stdin(p["warning"], p["token"]))
+    proc.stdin.close()
+    try:
+        wait_for(reached.exists)
+        proc.stdout.close()  # the connection is gone: nobody reads what the script says any more
+        proc.stderr.close()
+        if cut == "closed-pipes-and-sighup":
+            os.killpg(proc.pid, signal.SIGHUP)
+        go.touch()
+        proc.wait(timeout=60)
+        wait_for(lambda: group_gone(proc.pid))
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert node.readlink("current") == "releases/v2" and node.readlink("previous") == "releases/v1"
+    assert node.running() == "v2" and node.restarts() == 1
+    assert not (node.root / "releases" / "v2" / paths.FAILED).exists()
+    assert node.versions() == ["v1", "v2"]  # pruned: the script's last step ran
+    assert proc.returncode == scripts.code("EX_OK")
+
+
+# --- a unit that dies while sando waits for it --------------------------------------------------------
+
+
+def test_a_release_that_exits_at_start_ends_the_wait_at_once(node):
+    """A long health timeout is not waited out: systemd's auto-restart ends the wait at once; the
+    journal since the restart is reported; the previous release is live again."""
+    live_v1(node)
+    node.crash_at_start("v2")
+    started = time.monotonic()
+    res = switch(node, "v2", timeout=120)
+    assert time.monotonic() - started < 20  # not the 120 s of the health timeout
+    assert res.rc == scripts.code("EX_SWITCHED_BACK")
+    tried = res.parsed.before("reverted")
+    assert tried.all("crashed") == ["activating/auto-restart 1"]
+    assert tried.all("journal") == ["Started makenotwork.service.", "crash-at-start build: exiting",
+                                    "makenotwork.service: Main process exited, code=exited, status=1/FAILURE"]
+    assert node.readlink("current") == "releases/v1" and node.running() == "v1"
+    assert (node.root / "releases" / "v2" / paths.FAILED).read_text() == (
+        "exited at start (makenotwork.service activating/auto-restart, restarted 1 times by systemd)\n")
+    (since,) = {c[c.index("--since") + 1] for c in node.calls("journalctl", watching=True) if "--since" in c}
+    assert since.startswith("@") and abs(int(since[1:]) - time.time()) < 60
+
+
+def test_provider_message_of_a_release_that_exits_at_start(provider_node):
+    node = provider_node
+    live_v1(node)
+    node.crash_at_start("v2")
+    outs = PointerProvider().create(props(node, "v2", timeout=120)).outs
+    assert outs["outcome"]["message"] == (
+        "node1: v2 exited at start (makenotwork.service activating/auto-restart); v1 is live again. "
+        "Last lines of its journal:\n"
+        "  Started makenotwork.service.\n"
+        "  crash-at-start build: exiting\n"
+        "  makenotwork.service: Main process exited, code=exited, status=1/FAILURE")
+    assert outs["liveVersion"] == "v1" and outs["health"] == "ok"
+
+
+# --- no running service, no restart warning ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["warn", "abort"])
+def test_no_warning_when_the_service_is_not_running(node, mode):
+    node.release("v1")  # a first deploy: nothing runs yet
+    res = switch(node, "v1", warn={**WARNING, "onFailure": mode}, token=TOKEN)
+    assert res.rc == scripts.code("EX_OK"), res.out + res.err
+    assert res.get("warning") == "not-needed"
+    assert not [c for c in node.calls("curl") if "POST" in c] and ["1"] not in node.calls("sleep")
+    assert warning.status(WARNING, res.parsed, True) == "not needed: service not running"
+    assert node.running() == "v1"

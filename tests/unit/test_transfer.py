@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sando_components import build, commands, paths, transfer
+from sando_components import build, paths, transfer
 from sando_components.transfer import NodeRelease
 
 from fakenode import sha
@@ -42,8 +42,7 @@ def rel_(version: str, files: dict[str, bytes], failed: bool = False, created: f
     return NodeRelease(version, f"c-{version}", created, {k: sha(v) for k, v in files.items()}, failed)
 
 
-def kinds(p: transfer.Plan) -> list[str]:
-    return [s.split(" && ")[1].split()[0] for s in p.steps]  # 'ln' or 'zstd'
+MODES = [transfer.step("mode", paths.SUMS, 0o644), transfer.step("mode", paths.MANIFEST, 0o644)]
 
 
 def test_object_store_is_under_the_cache_root(tmp_path, monkeypatch):
@@ -54,7 +53,8 @@ def test_object_store_is_under_the_cache_root(tmp_path, monkeypatch):
 def test_first_release_is_sent_whole(tmp_path):
     art = art_of(tmp_path, {"server": BIG, "error-pages/502.html": b"502"})
     p = transfer.plan(art, {"version": "v1"}, [], True)
-    assert p.steps == [] and p.counts == {"linked": 0, "patched": 0, "full": 2}
+    assert p.counts == {"linked": 0, "patched": 0, "full": 2}
+    assert p.steps == ["mode\tserver\t0755", "mode\terror-pages/502.html\t0644", *MODES]  # whatever the umask
     assert p.members[:2] == [("server", str(Path(art.root, "server")), 0o755),
                              ("error-pages/502.html", str(Path(art.root, "error-pages/502.html")), 0o644)]
     assert p.members[2] == (paths.SUMS, art.sums().encode(), 0o644)
@@ -68,8 +68,7 @@ def test_link_when_any_held_release_has_the_same_bytes_at_that_path(tmp_path):
     held = [rel_("v2", {"server": b"other"}), rel_("v1", {"error-pages/502.html": b"502"}, failed=True),
             rel_("v0", {"server": BIG, "mnw-admin": b"admin"})]
     p = transfer.plan(art, {}, held, True)
-    assert p.steps == [commands.link_from("v0", "server"), commands.link_from("v1", "error-pages/502.html"),
-                       commands.link_from("v0", "mnw-admin")]
+    assert p.steps == ["link\tv0\tserver", "link\tv1\terror-pages/502.html", "link\tv0\tmnw-admin", *MODES]
     assert p.counts == {"linked": 3, "patched": 0, "full": 0}
     assert p.need_bytes == 0
     assert [m[0] for m in p.members] == [paths.SUMS, paths.MANIFEST]
@@ -88,7 +87,7 @@ def test_patch_against_the_first_good_release_holding_the_path(tmp_path):
     held = [rel_("v3", {"server": b"x" * 10}, failed=True), rel_("v2", {"server": BIG}), rel_("v1", {"server": BIG[::-1]})]
     p = transfer.plan(art, {}, held, True)
     assert p.counts == {"linked": 0, "patched": 1, "full": 0}
-    assert p.steps == [commands.unpatch("v2", "server", f"{paths.MANIFEST_DIR}/in/0.zst", 0o755)]
+    assert p.steps == [f"patch\tv2\tserver\t{paths.MANIFEST_DIR}/in/0.zst\t0755", *MODES]
     name, delta, mode = p.members[0]
     assert (name, mode) == (f"{paths.MANIFEST_DIR}/in/0.zst", 0o600)
     assert Path(delta).stat().st_size < 1000
@@ -120,7 +119,7 @@ def test_full_otherwise(tmp_path, why):
     held = [rel_("v1", {"other" if why == "no-such-path" else "server": base}, failed=why == "failed-base")]
     p = transfer.plan(art, {}, held, zstd=why != "no-zstd")
     assert p.counts == {"linked": 0, "patched": 0, "full": 1}, why
-    assert p.steps == [] and p.members[0][0] == "server"
+    assert p.steps == ["mode\tserver\t0755", *MODES] and p.members[0][0] == "server"
 
 
 def test_patch_against_another_retained_release_when_the_live_ones_bytes_are_not_stored(tmp_path):
@@ -155,5 +154,8 @@ def test_stream_is_a_compressed_tar_of_the_members(tmp_path, compression, magic)
 def test_node_release_from_manifest():
     r = NodeRelease.from_manifest("v1", '{"commit":"abc","createdAt":12.5,"files":{"s":"d"}}', True)
     assert r == NodeRelease("v1", "abc", 12.5, {"s": "d"}, True)
-    assert NodeRelease.from_manifest("v2", "garbage", False) == NodeRelease("v2", "", 0.0, {}, False)
-    assert NodeRelease.from_manifest("v3", '{"createdAt":null}', False).created_at == 0.0
+    for broken, why in (("garbage", "not JSON"), ('{"createdAt":null}', "no commit"),
+                        ('{"commit":"abc","createdAt":null,"files":{}}', "no createdAt"),
+                        ('{"commit":"abc","createdAt":1,"files":{"s":1}}', "no files")):
+        with pytest.raises(ValueError, match=why):  # never a release of commit "" (base.releases_of names it)
+            NodeRelease.from_manifest("v2", broken, False)

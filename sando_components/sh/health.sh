@@ -1,0 +1,85 @@
+# shellcheck shell=sh
+# health EXPECT: GET HEALTH_URL until a 2xx answer whose JSON `version` field is EXPECT (or whose
+# `commit` field is COMMIT, the pinned commit; EXPECT '' = any 2xx), or until HEALTH_TIMEOUT
+# seconds passed. Reports `health ok BODY` or `health fail LAST-ERROR`; sets $last.
+# A freshly started app usually answers within a few tenths of a second: the first waits are
+# HEALTH_WAITS (fast), then every HEALTH_INTERVAL seconds.
+# While it waits it watches the unit (SERVICE): a unit that failed, exited, or was restarted by
+# systemd since `unit_mark` (its NRestarts grew) ends the wait at once, reported as
+# `crashed STATE` with the unit's journal since the restart (`journal LINE`, the last few).
+# params: HEALTH_URL HEALTH_TIMEOUT HEALTH_WAITS HEALTH_INTERVAL COMMIT SERVICE
+
+# json_field NAME: the first "NAME": "value" of the JSON on stdin (a nested one later is not it)
+json_field() {
+  grep -o "\"$1\"[[:space:]]*:[[:space:]]*\"[^\"]*\"" | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/'
+}
+
+_mark_since='' # set by unit_mark
+_mark_restarts=0
+
+# unit_show: the unit's NRestarts, ActiveState and SubState as shell assignments
+unit_show() {
+  systemctl show -p NRestarts -p ActiveState -p SubState "$SERVICE" 2>/dev/null |
+    sed -n 's/^\(NRestarts\|ActiveState\|SubState\)=\([A-Za-z0-9-]*\)$/_u_\1=\2/p'
+}
+
+# unit_mark: remember where the unit stands right before a restart (its restart count, the time)
+unit_mark() {
+  _u_NRestarts=''
+  eval "$(unit_show)"
+  _mark_restarts=${_u_NRestarts:-0}
+  _mark_since=$(date +%s)
+}
+
+# unit_crashed: whether the unit failed, exited or was restarted by systemd since unit_mark;
+# reports `crashed ...` and the unit's last journal lines since then
+unit_crashed() {
+  _u_NRestarts='' _u_ActiveState='' _u_SubState=''
+  eval "$(unit_show)"
+  case $_u_ActiveState/$_u_SubState in
+    failed/* | inactive/* | */auto-restart) ;;
+    *) [ "${_u_NRestarts:-0}" -gt "${_mark_restarts:-0}" ] 2>/dev/null || return 1 ;;
+  esac
+  _k=$((${_u_NRestarts:-0} - ${_mark_restarts:-0}))
+  last="exited at start ($SERVICE.service $_u_ActiveState/$_u_SubState, restarted $_k times by systemd)"
+  report crashed "$_u_ActiveState/$_u_SubState $_k"
+  journalctl --sync 2>/dev/null
+  journalctl -u "$SERVICE" --since "@${_mark_since:-0}" -n 5 --no-pager -o cat 2>/dev/null |
+    cut -c 1-200 | while IFS= read -r _line; do report journal "$_line"; done
+  return 0
+}
+
+health() {
+  if [ -z "$_mark_since" ]; then unit_mark; fi # not restarted by this run: watch from now on
+  _end=$(($(date +%s) + HEALTH_TIMEOUT))
+  _n=0
+  while :; do
+    if _body=$(curl -fsS --max-time 3 "$HEALTH_URL" 2>&1); then
+      _v=$(printf '%s\n' "$_body" | json_field version)
+      _c=$(printf '%s\n' "$_body" | json_field commit)
+      if [ -z "$1" ] || [ "$_v" = "$1" ] || [ "$_c" = "$COMMIT" ]; then
+        report health "ok $(printf '%s' "$_body" | head -c 300)"
+        return 0
+      fi
+      last="serves version '$_v', not '$1'"
+    else
+      last=$(printf '%s' "$_body" | tail -n 1 | head -c 300)
+    fi
+    if unit_crashed; then
+      report health "fail $last"
+      return 1
+    fi
+    if [ "$(date +%s)" -ge "$_end" ]; then
+      report health "fail $last"
+      return 1
+    fi
+    _n=$((_n + 1))
+    _w=$HEALTH_INTERVAL
+    _i=0
+    for _f in $HEALTH_WAITS; do
+      _i=$((_i + 1))
+      if [ "$_i" = "$_n" ]; then _w=$_f; fi
+    done
+    sleep "$_w"
+  done
+}

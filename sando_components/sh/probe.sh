@@ -1,0 +1,60 @@
+# shellcheck shell=sh
+# The node read: what a node holds, read-only, in one round trip (providers/base.py parse_state).
+# params: RELEASE_ROOT SERVICE
+#
+# One function per section; each reports on its own and does not change the cwd of the others
+# (a section that must, runs in a subshell). To read something more about a node, add a section
+# and call it at the end.
+
+# --- the service: is it running -------------------------------------------------------------------
+read_service() {
+  report active "$(systemctl is-active "$SERVICE" 2>/dev/null)"
+}
+
+# --- tools sando can use --------------------------------------------------------------------------
+read_tools() {
+  if command -v zstd >/dev/null 2>&1; then report zstd yes; else report zstd no; fi
+}
+
+# free_kib DIR: free KiB on DIR's filesystem, or fail naming what could not be read
+free_kib() {
+  _free=$(df -Pk -- "$1" 2>&1 | awk 'NR==2 {print $4}')
+  case $_free in
+    '' | *[!0-9]*) fail "$EX_UNREADABLE" unreadable "the free space under $1 ($(df -Pk -- "$1" 2>&1 | tail -n 1))" ;;
+  esac
+  report free "$_free"
+}
+
+# --- the release root: links, releases, free space --------------------------------------------------
+# A release root that does not exist is a node where nothing is deployed yet (the free space is
+# measured where it will be made); one that exists but cannot be entered is an error.
+read_releases() (
+  if [ ! -e "$RELEASE_ROOT" ] && [ ! -L "$RELEASE_ROOT" ]; then
+    report root missing
+    _p=$(dirname -- "$RELEASE_ROOT")
+    while [ ! -d "$_p" ]; do _p=$(dirname -- "$_p"); done
+    free_kib "$_p"
+    exit 0
+  fi
+  if [ ! -d "$RELEASE_ROOT" ]; then
+    fail "$EX_UNREADABLE" unreadable "the release root $RELEASE_ROOT (not a directory)"
+  fi
+  _err=$(cd -- "$RELEASE_ROOT" 2>&1) || fail "$EX_UNREADABLE" unreadable "the release root $RELEASE_ROOT ($_err)"
+  cd -- "$RELEASE_ROOT" || exit
+  report root ok
+  report current "$(readlink "$P_CURRENT" 2>/dev/null)"
+  report previous "$(readlink "$P_PREVIOUS" 2>/dev/null)"
+  if [ -d "$P_RELEASES" ]; then
+    if [ ! -r "$P_RELEASES" ] || [ ! -x "$P_RELEASES" ]; then
+      fail "$EX_UNREADABLE" unreadable "$RELEASE_ROOT/$P_RELEASES (not readable by $(id -un))"
+    fi
+    free_kib "$P_RELEASES"
+  else
+    free_kib .
+  fi
+  list_releases ""
+)
+
+read_service
+read_tools
+read_releases || exit

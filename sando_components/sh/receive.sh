@@ -1,0 +1,74 @@
+# shellcheck shell=sh
+# Receive a release streamed on stdin (a tar compressed with COMPRESSION: zstd or gzip; none: nothing
+# is streamed, a local node whose steps take every file from the local build) into a
+# staging dir, apply the per-file STEPS, verify every file against SHA256SUMS, then rename it to
+# releases/VERSION. Leftover staging dirs are removed first; this upload's staging dir is removed
+# on any failure. Modes are set explicitly (the step runs under umask 077): directories 0755,
+# each file the mode the plan gives it, so the service and Caddy can read what they need.
+# params: RELEASE_ROOT VERSION TOKEN NEED_KIB COMPRESSION STEPS
+#
+# STEPS: one line per step, fields separated by a tab (transfer.py writes them):
+#   link BASE REL              reuse REL of release BASE (a hard link: no bytes sent)
+#   patch BASE REL PATCH MODE  rebuild REL from the zstd delta PATCH against BASE's REL (one that
+#                              does not decode there: EX_SUMS_FAILED, as a wrong sha256)
+#   mode REL MODE              REL (sent whole) gets MODE
+#   local SOURCE REL MODE      a local node: REL is a hard link of SOURCE, the local build's file
+#                              (a copy on another file system), owned by root, mode MODE
+#   text REL BASE64            REL holds the decoded text (a local node's sums and manifest)
+
+cd -- "$RELEASE_ROOT" || fail "$EX_NO_ROOT" error "cannot enter the release root $RELEASE_ROOT"
+[ -d "$P_RELEASES" ] || mkdir -m 0755 -- "$P_RELEASES" || exit
+find "$P_RELEASES" -mindepth 1 -maxdepth 1 -type d -name "$P_STAGING_PREFIX*" -exec rm -rf {} +
+final=$P_RELEASES/$VERSION
+if [ -e "$final" ] || [ -L "$final" ]; then fail "$EX_EXISTS" exists "$VERSION"; fi
+free=$(df -Pk -- "$P_RELEASES" | awk 'NR==2 {print $4}')
+case $free in
+  '' | *[!0-9]*) fail "$EX_UNREADABLE" unreadable "the free space under $RELEASE_ROOT/$P_RELEASES" ;;
+esac
+if [ "$free" -lt "$NEED_KIB" ]; then fail "$EX_NO_SPACE" free "$free"; fi
+
+S=$PWD/$P_RELEASES/$P_STAGING_PREFIX$VERSION-$TOKEN # absolute: the cleanup runs from anywhere
+trap 'rm -rf "$S"' EXIT
+trap 'rm -rf "$S"; exit 1' HUP INT TERM PIPE
+mkdir -m 0755 -- "$S" || exit
+case $COMPRESSION in
+  zstd) zstd -q -d -c | tar -x -C "$S" -f - || exit ;;
+  gzip) gzip -d -c | tar -x -C "$S" -f - || exit ;;
+  none) ;;
+  *) exit 2 ;;
+esac
+cd -- "$S" || exit
+
+tab=$(printf '\t')
+while IFS=$tab read -r kind a b c d; do
+  case $kind in
+    link)
+      mkdir -p -- "$(dirname -- "$b")" && ln -- "../$a/$b" "$b" || exit
+      ;;
+    patch) # a delta that does not rebuild against the node's base: the bytes do not match
+      mkdir -p -- "$(dirname -- "$b")" || exit
+      err=$(zstd -q -d --long=31 --patch-from="../$a/$b" "$c" -o "$b" 2>&1) ||
+        fail "$EX_SUMS_FAILED" sums-failed "$b: $err"
+      chmod "$d" "$b" || exit
+      ;;
+    mode) chmod "$b" "$a" || exit ;;
+    local)
+      mkdir -p -- "$(dirname -- "$b")" || exit
+      { ln -- "$a" "$b" 2>/dev/null || cp -- "$a" "$b"; } && chown 0:0 -- "$b" && chmod "$c" "$b" || exit
+      ;;
+    text)
+      mkdir -p -- "$(dirname -- "$a")" && printf '%s' "$b" | base64 -d >"$a" || exit
+      ;;
+    '') ;;
+    *) exit 2 ;;
+  esac
+done <<EOF
+$STEPS
+EOF
+rm -rf -- "$P_MANIFEST_DIR/in"
+find . -type d -exec chmod 0755 {} + || exit
+bad=$(sha256sum --check --strict --quiet "$P_SUMS" 2>&1) || fail "$EX_SUMS_FAILED" sums-failed "$bad"
+cd -- "$RELEASE_ROOT" || exit
+mv -T -- "$S" "$final" || exit
+trap - EXIT HUP INT TERM PIPE
+report received "$VERSION"

@@ -1,0 +1,89 @@
+# shellcheck shell=sh
+# The switch of one node, in one round trip: check the pinned release against its SHA256SUMS;
+# when `current` points elsewhere: the migration gate and backup (GATE=1), the restart warning
+# (WARN=1), the atomic switch, `systemctl reload-or-restart`, the health check; on failure,
+# switch back, restart and check again. Old releases are pruned at the end (PRUNE_OK after a
+# healthy switch, PRUNE_FAILED after a failed one: one name per line). Reports what happened;
+# the exit code is the outcome (outcomes.sh). Nothing user-visible happens before the gate
+# passed; from the warning (or the switch) on, the script ignores a lost connection and runs to
+# the end, so a node is never left half-switched.
+# params: RELEASE_ROOT VERSION SERVICE EXPECT GATE WARN PRUNE_OK PRUNE_FAILED
+# uses: health gate backup warning prune history
+
+if [ "$WARN" = 1 ]; then warn_read_token; fi
+exec </dev/null
+last='' # the last health check's error (health.sh)
+cd -- "$RELEASE_ROOT" || exit "$EX_NO_ROOT"
+target=$P_RELEASES/$VERSION
+live=$(readlink "$P_CURRENT" 2>/dev/null)
+prev=$(readlink "$P_PREVIOUS" 2>/dev/null)
+# a link written by hand may be absolute: releases/<v> is what sando compares and writes
+case $live in */"$P_RELEASES"/*) live=$P_RELEASES/${live##*/} ;; esac
+case $prev in */"$P_RELEASES"/*) prev=$P_RELEASES/${prev##*/} ;; esac
+report live-before "$live"
+report previous-before "$prev"
+[ -f "$target/$P_MANIFEST" ] || fail "$EX_MISSING" error missing
+bad=$(cd -- "$target" && sha256sum --check --strict --quiet "$P_SUMS" 2>&1) ||
+  fail "$EX_CHANGED" changed "$(printf '%s' "$bad" | head -c 300)"
+
+# restart: reload-or-restart the service; sets $rc and $out, reports `restart RC OUTPUT`. Its
+# failed state is reset first: a release that crash-looped must not leave systemd's start limit
+# ("Start request repeated too quickly") in the way of the release switched back to.
+restart() {
+  systemctl reset-failed "$SERVICE" 2>/dev/null
+  unit_mark
+  out=$(systemctl reload-or-restart "$SERVICE" 2>&1)
+  rc=$?
+  report restart "$rc $(printf '%s' "$out" | head -c 300)"
+}
+
+# healthy: what follows a passed health check: the release is good, prune, the final listing
+healthy() {
+  rm -f -- "$target/$P_FAILED"
+  prune "$PRUNE_OK"
+  list_releases final-
+  exit "$EX_OK"
+}
+
+if [ "$live" = "$target" ]; then
+  if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
+  health "$EXPECT" || exit "$EX_LIVE_UNHEALTHY"
+  healthy
+fi
+
+if [ "$GATE" = 1 ]; then
+  gate
+  backup
+fi
+
+trap '' HUP PIPE
+if [ "$WARN" = 1 ]; then
+  # users are warned only when there are users: no running service, no warning (and no refusal)
+  if systemctl is-active --quiet "$SERVICE"; then warn; else report warning not-needed; fi
+fi
+relink "$P_CURRENT" "$target"
+relink "$P_ERROR_PAGES" "$P_CURRENT/$P_ERROR_PAGES"
+if [ -n "$live" ]; then relink "$P_PREVIOUS" "$live"; fi
+report switched "$(date +%s)"
+restart
+if [ "$rc" = 0 ] && health "$EXPECT"; then
+  sando_history ok
+  healthy
+fi
+
+if [ "$rc" != 0 ]; then why="restart failed: $out"; else why=$last; fi
+mark_failed "$VERSION" "$why"
+if [ -z "$live" ]; then
+  sando_history "failed: nothing to switch back to"
+  list_releases final-
+  exit "$EX_NO_PREVIOUS"
+fi
+relink "$P_CURRENT" "$live"
+if [ -n "$prev" ]; then relink "$P_PREVIOUS" "$prev"; else rm -f -- "$P_PREVIOUS"; fi
+report reverted "$(date +%s)"
+sando_history "failed: switched back to ${live##*/}"
+restart
+if [ "$rc" = 0 ]; then health ''; fi
+prune "$PRUNE_FAILED"
+list_releases final-
+exit "$EX_SWITCHED_BACK"
