@@ -216,7 +216,7 @@ class HostConfigProvider(NodeProvider):
                     "installed": olds.get("installed") or {}, "actions": ["held back: an earlier rollout batch failed"],
                     "heldBack": True}
         state = node_state(props)
-        token = props.get("token") if warning_step.step(props.get("warning"), props.get("token")) else None
+        token = props.get("token") if warning_step.params(props.get("warning"), props.get("token")) else None
         restart_unit = state.live == props.get("version")  # else the switch that follows restarts it
         res = ssh.run(conn_of(props), script(props, "apply", restart_unit), stdin=payload(props, token),
                       timeout=900 + 2 * float((props.get("healthCheck") or {}).get("timeoutSeconds") or 30)
