@@ -178,7 +178,8 @@ def test_a_version_that_crashes_at_start(make_nodes, make_deploy, repo):
     d = make_deploy([node], repo=repo)
     run_up(d)
     d.set(version="v3")
-    (error,) = d.errors(d.up_fails())
+    error, *quoted = d.errors(d.up_fails())  # the node's error, then the journal lines it quotes
+    assert quoted and "crash-at-start build: exiting" in quoted, quoted
     assert error == ("node1: v3 exited at start (makenotwork.service activating/auto-restart); v1 is live again. "
                      "Last lines of its journal:")
     assert node.served()["version"] == "v1"

@@ -96,7 +96,7 @@ def test_a_failed_start_after_migrations_names_the_backup(make_nodes, make_deplo
                                                     "expectVersion": True})
     run_up(d)
     d.set(version="v5")
-    (error,) = d.errors(d.up_fails())
+    error, *_ = d.errors(d.up_fails())  # then the journal lines it quotes
     m = re.search(r"The database was backed up before v5's migrations: (\S+); to restore it: systemctl stop "
                   r"makenotwork && sqlite3 /var/lib/makenotwork/makenotwork.db \"\.restore '(\S+)'\" && "
                   r"systemctl start makenotwork", error)
