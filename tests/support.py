@@ -358,29 +358,7 @@ class Deploy:
         raise AssertionError("pulumi up succeeded but was expected to fail:\n" + "".join(self.log))
 
     def errors(self, text: str) -> list[str]:
-        """The `error:` lines of the Diagnostics an operator reads, without Pulumi's own framing.
-        The verdict's error is its first line ("the deploy failed on node1, node2:") followed by each
-        node's own words, one line each: those lines are returned (the first line only names them)."""
-        diag = text.split("Diagnostics:", 1)[-1].split("Resources:", 1)[0]
-        entries: list[list[str]] = []
-        current: list[str] | None = None
-        for line in diag.splitlines():
-            body = line.strip()
-            if body.startswith("error: "):
-                current = [body[len("error: "):]]
-                entries.append(current)
-            elif not body or body.startswith("warning: ") or not line.startswith("    "):
-                current = None  # a blank line, a warning or the next resource's header ends an error
-            elif current is not None:
-                current.append(body)
-        out = []
-        for first, *rest in entries:
-            if first.startswith(FAILED_ON):
-                out += rest
-            elif f"error: {first}" not in ("error: update failed", "error: preview failed",
-                                           "error: Resource monitor has terminated, shutting down"):
-                out.append(first)
-        return out
+        return operator_errors(text)
 
     def destroy(self) -> None:
         """Destroy and remove the stack; a failure is raised (a leaked stack must fail loudly).
@@ -430,3 +408,31 @@ def wait_for(fn, timeout: float = 10, interval: float = 0.1):
 
 def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def operator_errors(text: str) -> list[str]:
+    """The `error:` lines of the Diagnostics an operator reads, without Pulumi's own framing.
+    The verdict's error is its first line ("the deploy failed on node1, node2:") followed by each
+    node's own words, one line each: those lines are returned (the first line only names them)."""
+    # the Diagnostics section of the console; without one (a --non-interactive run's stderr) the text
+    diag = text.split("Diagnostics:", 1)[1].split("Resources:", 1)[0] if "Diagnostics:" in text else text
+    entries: list[list[str]] = []
+    current: list[str] | None = None
+    for line in diag.splitlines():
+        body = line.strip()
+        if body.startswith("error: "):
+            current = [body[len("error: "):]]
+            entries.append(current)
+        elif not body or body.startswith("warning: ") or not line.startswith("    "):
+            current = None  # a blank line, a warning or the next resource's header ends an error
+        elif current is not None:
+            current.append(body)
+    out = []
+    for first, *rest in entries:
+        if first.startswith(FAILED_ON):
+            out += rest
+        elif f"error: {first}" not in ("error: update failed", "error: preview failed",
+                                       "error: Resource monitor has terminated, shutting down"):
+            out.append(first)
+    return out
+

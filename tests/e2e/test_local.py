@@ -25,7 +25,8 @@ import pytest
 
 from sando_components import build
 from sando_components.config import SourceConfig
-from tests.support import EXAMPLE, PASSPHRASE, PROJECT_FILES, REPO, TOOLS, AppRepo, Node, TestNodes, wait_for
+from tests.support import (EXAMPLE, PASSPHRASE, PROJECT_FILES, REPO, TOOLS, AppRepo, Node, TestNodes, operator_errors,
+                           wait_for)
 
 SYSVENV = TOOLS / "sysvenv"
 BINS = ["makenotwork", "mnw-admin"]
@@ -160,11 +161,8 @@ class LocalSando:
 
 
 def errors(text: str) -> list[str]:
-    """The operator-facing `error:` lines, without Pulumi's own framing."""
-    return [line.strip()[len("error: "):] for line in text.splitlines()
-            if line.strip().startswith("error: ") and line.strip() not in (
-                "error: update failed", "error: preview failed",
-                "error: Resource monitor has terminated, shutting down")]
+    """The operator-facing error lines (tests.support: the verdict's lines, without Pulumi's framing)."""
+    return operator_errors(text)
 
 
 @pytest.fixture
@@ -241,8 +239,10 @@ def scenarios(s: LocalSando, repo: AppRepo, cache: Path) -> None:
     # a version that exits at start: switched back, the run fails naming the node
     s.set(version="v3")
     seen = s.up_fails()
-    (error,) = errors(seen)
-    assert error.startswith("testnot: v3 failed its health check (") and error.endswith("; v1 is live again"), seen
+    error, *quoted = errors(seen)  # the node's error, then the journal lines it quotes
+    assert error == ("testnot: v3 exited at start (makenotwork.service activating/auto-restart); v1 is live again. "
+                     "Last lines of its journal:"), seen
+    assert "crash-at-start build: exiting" in quoted, quoted
     assert current(node) == "releases/v1" and node.served()["version"] == "v1"
 
     # the gate: v4's migration fails on a copy of the live database; nothing restarted
