@@ -34,7 +34,8 @@ def test_using_it_for_real_runs_as_written(make_nodes, tmp_path):
     repo = AppRepo(tmp_path / "makenotwork")  # ../makenotwork of the checkout
     repo.version("v41")
     repo.version("v42")
-    repo.git("tag", "host-1", "v41")  # the host config the block pins
+    repo.git("commit", "-q", "--allow-empty", "-m", "host config")  # the host config the block pins: a commit
+    repo.git("tag", "host-1")  # of its own (a tag on v41 would be what `git describe` names v41's build)
     checkout = tmp_path / "sando"
     checkout.mkdir()
     for f in [*PROJECT_FILES, "Pulumi.testnot.yaml", "Pulumi.prod.yaml", "scripts/env.sh"]:

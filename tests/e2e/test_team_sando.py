@@ -54,7 +54,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
                            extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-alice"), "PULUMI_PARALLEL": "64", **TOOLCHAIN})
     alice.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
     config = {"nodes": [node.config()], "version": "v1", "source": {"repo": str(app.path)},
-              "binNames": ["makenotwork", "mnw-admin"], "restartWarningSeconds": 1,
+              "binNames": ["makenotwork", "mnw-admin"], "restartWarningSeconds": 1, "bootstrap": {"ref": "main"},
               "healthCheck": {"timeoutSeconds": 15, "intervalSeconds": 0.2, "expectVersion": True}}
     for key, value in config.items():
         alice.pulumi("config", "set", "-s", STACK, f"sando:{key}", value if isinstance(value, str) else json.dumps(value))
