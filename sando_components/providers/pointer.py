@@ -151,7 +151,7 @@ class PointerProvider(NodeProvider):
         script = commands.switch(
             release_root=root, version=version, service=service, expect=version if hc.get("expectVersion") else "",
             health=commands.health_params(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
-                                          props["commit"]),
+                                          props["commit"], hc.get("caddyUrl")),
             gate=gate.params(props.get("gate") or {}, root, service, version),
             warning=warning.params(_warning(props), props.get("token")),
             prune_ok=prune_ok, prune_failed=prune_failed,

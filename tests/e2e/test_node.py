@@ -428,3 +428,36 @@ def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_d
     assert d.node_out(node)["hostConfig"]["actions"][2].startswith("restart warning sent at ")
     assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
     assert token not in "\n".join(d.log)
+
+
+def test_a_switch_is_healthy_only_when_the_site_answers_through_caddy(make_nodes, make_deploy, node_app, sando):
+    """Issue 18.2: with sando:healthCheck.caddyUrl, a switch checks the site as users reach it. v2
+    listens only on the node's own address (as a changed listen default does): its own URL answers,
+    but Caddy, which proxies to 127.0.0.1:3000, answers 502, so users would get errors. The switch
+    goes back to v1 like any unhealthy switch and the error says the check through Caddy failed."""
+    import json
+
+    node_app.version("v2")
+    (node,) = make_nodes(1)
+    addr = node.appUrl.split("//", 1)[1].rsplit(":", 1)[0]
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 5, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
+    d.set(nodes=[{**node.config(), "appUrl": node.appUrl.rstrip("/")}])  # the app's URL: the node's address
+    run_up(d)
+    assert node.fetch(node.caddyUrl)[0] == 200
+    node.unit_dropin("v2-listen", "[Service]\nExecStart=\nExecStart=/bin/sh -c 'readlink /opt/makenotwork/current | "
+                                  f"grep -qx releases/v2 && export MNW_BIND={addr}:3000; "
+                                  "exec /opt/makenotwork/current/makenotwork'")
+    d.set(version="v2")
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg == f"node1: v2 failed its health check (through Caddy {node.caddyUrl}: HTTP 502); v1 is live again", msg
+    assert node.served()["version"] == "v1"
+    status, body = node.fetch(node.caddyUrl)
+    assert status == 200 and json.loads(body)["version"] == "v1"  # users get v1 again, through Caddy
+
+    # Caddy stopped by hand: `sando status` says so (its state and the site through it), not only the app
+    node.exec("systemctl", "stop", "caddy", check=True)
+    code, said = sando(d.project, "status", d.name, "--json")
+    (row,) = json.JSONDecoder().raw_decode(said)[0]["stacks"][0]["nodes"]  # the JSON, then any problem lines
+    assert row["caddy"] == "inactive" and not row["caddyHealth"]["ok"] and row["health"]["ok"], row

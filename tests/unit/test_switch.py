@@ -36,12 +36,12 @@ def node(tmp_path) -> FakeNode:
 
 def props(node: FakeNode, version: str, *, expect: bool = False, keep: int = 5, warn: dict | None = None,
           token: str | None = None, gate: dict | None = None, commit: str | None = None, timeout: float = 0,
-          rollout: dict | None = None) -> dict:
+          rollout: dict | None = None, caddy: str | None = None) -> dict:
     return {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
             "service": "makenotwork", "version": version, "commit": commit or f"c-{version}",
             "release": str(node.root / "releases" / version), "keepReleases": keep,
             "healthCheck": {"url": "http://127.0.0.1:3000/health", "timeoutSeconds": timeout, "intervalSeconds": 0.1,
-                            "expectVersion": expect},
+                            "expectVersion": expect, **({"caddyUrl": caddy} if caddy else {})},
             "warning": warn, "token": token if warn else None, "gate": gate or {}, "rollout": rollout or {}}
 
 
@@ -469,6 +469,25 @@ def test_provider_failure_messages(provider_node, setup, rc_message):
         VerdictProvider().create({"outcomes": [outs["outcome"]]})
     assert str(exc.value).splitlines()[0] == "the deploy failed on node1:"
     assert re.match(rc_message, str(exc.value).split("\n", 1)[1]), str(exc.value)
+
+
+@pytest.mark.parametrize("code, said", [
+    ("502", "through Caddy http://caddy.test/: HTTP 502"),
+    ("000", "through Caddy http://caddy.test/: HTTP 000 (curl: (7) Failed to connect to caddy.test port 80: "
+            "Connection refused)"),
+])
+def test_a_switch_healthy_directly_but_not_through_caddy_goes_back(provider_node, code, said):
+    """sando:healthCheck.caddyUrl: the app's URL passing is not enough; the site must answer 2xx
+    through Caddy too, or the switch goes back like any unhealthy switch, saying which check failed."""
+    node = provider_node
+    live_v1(node)
+    node.caddy_answers("v2", code)
+    outs = PointerProvider().create(props(node, "v2", expect=True, caddy="http://caddy.test/")).outs
+    assert outs["outcome"]["message"] == f"node1: v2 failed its health check ({said}); v1 is live again"
+    assert outs["liveVersion"] == "v1" and node.running() == "v1"
+    # v1 answers through Caddy: it goes live again as healthy; without caddyUrl v2 would have been taken
+    outs = PointerProvider().create(props(node, "v2", expect=True)).outs
+    assert outs["outcome"] == {"ok": True, "node": "node1"} and node.running() == "v2"
 
 
 def test_provider_failure_with_nothing_to_switch_back_and_the_rollout_held_back(provider_node):
