@@ -59,12 +59,21 @@ changed() {
   case " $CHANGED " in *" $1 "*) return 0 ;; esac
   return 1
 }
+# items whose only change is a move: the same bytes from where an earlier sando put them (LEGACY)
+# to where they go now, with no other copy at the new path. What reads them runs the same bytes
+# already: checked, moved, not reloaded (an upgrade of sando reloads nothing).
+MOVED=''
+moved() {
+  case " $MOVED " in *" $1 "*) return 0 ;; esac
+  return 1
+}
 
 while read -r item fmode dest src legacy; do
   [ -n "$item" ] || continue
   [ -f "$STAGE/$item" ] || fail "$EX_HOST_INPUT" error "$item was not sent"
   if [ "$legacy" != - ] && [ -f "$legacy" ] && cmp -s "$STAGE/$item" "$legacy"; then
     CHANGED="$CHANGED $item" # an old identical copy to remove
+    if [ ! -e "$dest" ] || same "$item" "$dest" "$fmode"; then MOVED="$MOVED $item"; fi
   elif same "$item" "$dest" "$fmode"; then
     report unchanged "$item"
   else
@@ -309,7 +318,9 @@ while read -r item fmode dest src legacy; do
     sshdGit)
       check_in_place "$item" "$dest" "$src" sshd -t
       report checked "$item" "sshd -t"
-      if u=$(ssh_unit) && systemctl is-active --quiet "$u"; then
+      if moved "$item"; then
+        report note "$dest: moved from $legacy (same bytes); sshd already runs them, not reloaded"
+      elif u=$(ssh_unit) && systemctl is-active --quiet "$u"; then
         reload_or_put_back "$item" "$dest" "$src" "$u" # reload: never a restart that drops sessions
       else
         report warning "sshd is not running: $dest installed, read when it starts"
@@ -319,7 +330,11 @@ while read -r item fmode dest src legacy; do
       if command -v fail2ban-client >/dev/null 2>&1; then
         check_in_place "$item" "$dest" "$src" fail2ban-client -t
         report checked "$item" "fail2ban-client -t"
-        if systemctl is-active --quiet fail2ban; then reload_or_put_back "$item" "$dest" "$src" fail2ban; fi
+        if moved "$item"; then
+          report note "$dest: moved from $legacy (same bytes); fail2ban already runs them, not reloaded"
+        elif systemctl is-active --quiet fail2ban; then
+          reload_or_put_back "$item" "$dest" "$src" fail2ban
+        fi
       else
         report warning "fail2ban is not installed (apt-get install fail2ban): $dest installed but not checked or applied"
       fi
