@@ -25,7 +25,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public
+from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public, say_auth_only
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
@@ -217,8 +217,7 @@ class HostConfigProvider(NodeProvider):
             self._check(news, items)
         auth = changed(olds, news, AUTH)
         if auth and not changes:  # the outputs must carry the new credentials (refresh, delete)
-            diagnostics.log("info", f"{node}: host config: only how sando connects changed ({', '.join(auth)}); "
-                                    "nothing on the node changes")
+            say_auth_only(news, auth)
             return DiffResult(changes=True, replaces=[])
         return DiffResult(changes=changes, replaces=[])
 

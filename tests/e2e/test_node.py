@@ -397,11 +397,16 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
         fh.write(new_key.with_suffix(".pub").read_text())
     d.set_secret("sshPrivateKey", new_key.read_text())
     _, planned = run_preview(d)
-    # the preview says so: the host config only records the new credentials (for refresh and delete)
-    assert "node1: host config: only how sando connects changed (privateKey); nothing on the node changes" \
-        in "\n".join(d.log)
+    # the preview says so, once: the node's resources only record the new credentials (for refresh and delete)
+    said = "\n".join(d.log)
+    assert planned == dict.fromkeys(["node1-reach", "node1-host", "node1-release-files", "node1-current-switch"],
+                                    "update"), planned
+    line = ("node1: only how sando connects changed (its SSH key); nothing on the node changes: its resources record "
+            "the new credentials (for later refreshes and deletes)")
+    assert said.count(line) == 1, said
     events = node.unit_events()
-    run_up(d)
+    _, changed = run_up(d)
+    assert changed == planned
     assert node.unit_events() == events  # nothing reloaded or restarted
     # the old key removed from authorized_keys (README: key rotation): sando still gets in, also to refresh
     node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())

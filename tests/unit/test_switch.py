@@ -538,6 +538,30 @@ def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_servi
     assert PointerProvider().diff("id", p, p).changes is True
 
 
+def test_provider_a_rotated_key_alone_records_it_and_runs_nothing_on_the_node(provider_node, monkeypatch):
+    """Issue 18.8: only how sando connects changed: an update that only records the new credentials
+    (said once per node), no switch script; with the node off its pin it is a real switch again."""
+    said = []
+    monkeypatch.setattr(base, "_said_auth", set())
+    monkeypatch.setattr("sando_components.diagnostics.log", lambda level, msg: said.append(msg))
+    node = provider_node
+    live_v1(node)
+    olds = {**props(node, "v1"), "liveVersion": "v1", "health": "ok"}
+    news = {**props(node, "v1"), "privateKey": "rotated"}
+    assert PointerProvider().diff("id", olds, news).changes is True
+    assert PointerProvider().diff("id", olds, news).changes is True
+    assert said == ["node1: only how sando connects changed (its SSH key); nothing on the node changes: its resources "
+                    "record the new credentials (for later refreshes and deletes)"]
+    node.scripts.clear()
+    outs = PointerProvider().update("id", olds, news).outs
+    assert outs["privateKey"] == "rotated" and outs["liveVersion"] == "v1" and outs["health"] == "ok"
+    assert not [sc for sc, _ in node.scripts if sc.endswith(" sando-switch")]
+    node.stop()
+    base._states.clear()
+    PointerProvider().update("id", olds, news)
+    assert [sc for sc, _ in node.scripts if sc.endswith(" sando-switch")] and node.running() == "v1"
+
+
 # --- a lost connection (Ctrl-C, a dropped SSH session) never leaves a node half-switched ---------------
 
 
