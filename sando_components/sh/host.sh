@@ -227,16 +227,29 @@ ssh_unit() {
   return 1
 }
 
+# reload UNIT: systemctl reload, bounded (RELOAD_TIMEOUT s; exit 124 when it did not end): a Caddy
+# without the fix of caddy#7385 (Debian 12's 2.6.2) never tells systemd that a failed reload ended, so
+# `systemctl reload caddy` would wait forever and every later reload queue behind it; a restart
+# replaces that stuck reload
+RELOAD_TIMEOUT=30
+reload() {
+  timeout "$RELOAD_TIMEOUT" systemctl reload "$1" 2>&1
+}
+
 # reload_or_put_back ITEM DEST SOURCE UNIT: reload UNIT for the new file; if that fails, the
-# previous file back, reloaded again, and the step fails quoting the unit's log
+# previous file back, reloaded again (restarted when the reload is stuck), and the step fails
+# quoting the unit's log
 reload_or_put_back() {
-  if out=$(systemctl reload "$4" 2>&1); then
+  out=$(reload "$4")
+  rc=$?
+  if [ "$rc" = 0 ]; then
     report reloaded "$4"
     return 0
   fi
+  if [ "$rc" = 124 ]; then out="its reload did not end within ${RELOAD_TIMEOUT}s"; fi
   why="$out $(journal "$4")"
   put_back "$1" "$2"
-  if systemctl reload "$4" >/dev/null 2>&1 || systemctl restart "$4" >/dev/null 2>&1; then
+  if { [ "$rc" != 124 ] && reload "$4" >/dev/null; } || systemctl restart "$4" >/dev/null 2>&1; then
     report reload-failed "$1" "$4: $why; the previous $2 is back and $4 runs it"
   else
     report reload-failed "$1" "$4: $why; the previous $2 is back but $4 did not take it either: $(journal "$4")"
@@ -304,7 +317,7 @@ while read -r item fmode dest src legacy; do
       if systemctl is-active --quiet "$SERVICE"; then app=''; fi
       if [ -n "$CADDY_URL" ] && ! wait_healthy "$CADDY_URL" $app; then
         put_back "$item" "$dest"
-        systemctl reload caddy >/dev/null 2>&1
+        reload caddy >/dev/null || systemctl restart caddy >/dev/null 2>&1
         report reload-failed "$item" "the site through Caddy ($CADDY_URL) is not healthy with the new Caddyfile; the previous $dest is back"
         exit "$EX_HOST_HEALTH"
       fi

@@ -403,7 +403,7 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
                                     "update"), planned
     line = ("node1: only how sando connects changed (its SSH key); nothing on the node changes: its resources record "
             "the new credentials (for later refreshes and deletes)")
-    assert said.count(line) == 1, said
+    assert said.split("Diagnostics:", 1)[1].count(line) == 1, said  # said once (the engine echoes it in progress)
     events = node.unit_events()
     _, changed = run_up(d)
     assert changed == planned
@@ -466,3 +466,37 @@ def test_a_switch_is_healthy_only_when_the_site_answers_through_caddy(make_nodes
     code, said = sando(d.project, "status", d.name, "--json")
     (row,) = json.JSONDecoder().raw_decode(said)[0]["stacks"][0]["nodes"]  # the JSON, then any problem lines
     assert row["caddy"] == "inactive" and not row["caddyHealth"]["ok"] and row["health"]["ok"], row
+
+
+def test_a_caddyfile_that_validates_but_fails_live_is_put_back(make_nodes, make_deploy, node_app):
+    """Issue 18.1, the two failures `caddy validate` cannot see: a site on a port another service
+    holds (the reload fails) and an upstream typo (Caddy reloads, the site answers 502 through it).
+    Each time the previous Caddyfile is back, Caddy runs it, the site answers, and the error says so."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 5, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
+    run_up(d)
+    good = node.path("/etc/caddy/Caddyfile").read_text()
+    src = f"{DEPLOY}/Caddyfile"
+
+    # a second site on the app's own port: valid, but Caddy cannot listen there
+    commit(node_app, src, good + "\nhttp://:3000 {\n\trespond \"maintenance\" 503\n}\n")
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg.startswith("node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref main"), msg
+    # caddy's own words (its journal) follow: "address already in use" (when this machine's load lets
+    # its reload command start at all)
+    assert "was not taken: caddy:" in msg, msg
+    assert msg.endswith("the previous /etc/caddy/Caddyfile is back and caddy runs it"), msg
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good
+    assert node.fetch(node.caddyUrl)[0] == 200 and caddy_serves(node)
+
+    # an upstream typo: Caddy takes it, but the site through it answers 502: put back
+    commit(node_app, src, good.replace("{$MNW_UPSTREAM:127.0.0.1:3000}", "{$MNW_UPSTREAM:127.0.0.1:3001}"))
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg == (f"node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref main "
+                   f"({node_app.commit('main')[:12]}) was not taken: the site through Caddy ({node.caddyUrl}) is not "
+                   "healthy with the new Caddyfile; the previous /etc/caddy/Caddyfile is back"), msg
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good
+    assert node.fetch(node.caddyUrl)[0] == 200

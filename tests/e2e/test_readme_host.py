@@ -29,7 +29,7 @@ class Terminal:
     def __init__(self, checkout: Path, env: dict[str, str]):
         self.checkout, self.env = checkout, env
 
-    def run(self, script: str, timeout: float = 900) -> tuple[int, str, int]:
+    def run(self, script: str, timeout: float = 600) -> tuple[int, str, int]:
         """(exit code, what the terminal showed, how many [y/N] questions were answered y)."""
         path = self.checkout.parent / f"script-{time.monotonic_ns()}.sh"
         path.write_text("set -e\n. scripts/env.sh\n" + script)
@@ -71,8 +71,14 @@ def test_pushing_a_host_config_change_and_rotating_the_key_run_as_written(make_n
     for tier, node in (("testnot", t), ("prod", p)):
         shutil.copy(node.privateKeyPath, home / ".ssh" / f"sando_{tier}")
         shutil.copy(node.privateKeyPath + ".pub", home / ".ssh" / f"sando_{tier}.pub")
+    # ssh reads ~/.ssh of the passwd entry, not $HOME: a wrapper points it at the test's HOME (prod's
+    # host key known, and a refused key fails at once instead of asking for a password)
     (home / ".ssh" / "known_hosts").write_text(f"{p.host} {p.hostKey}\n")
-    (home / ".ssh" / "config").write_text("BatchMode yes\n")  # a refused key fails instead of asking a password
+    (home / ".ssh" / "config").write_text(f"UserKnownHostsFile {home}/.ssh/known_hosts\nBatchMode yes\n")
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {home}/.ssh/config "$@"\n')
+    (wrappers / "ssh").chmod(0o755)
     (home / "token").write_text(token)
     repo = AppRepo(tmp_path / "makenotwork")  # ../makenotwork of the checkout
     repo.git("commit", "-q", "--allow-empty", "-m", "host config")
@@ -94,7 +100,7 @@ def test_pushing_a_host_config_change_and_rotating_the_key_run_as_written(make_n
     real_home = os.path.expanduser("~")
     env.setdefault("RUSTUP_HOME", os.path.join(real_home, ".rustup"))
     env.setdefault("CARGO_HOME", os.path.join(real_home, ".cargo"))
-    env.update(HOME=str(home), SANDO_CACHE_DIR=str(tmp_path / "cache"), TERM="dumb",
+    env.update(PATH=f"{wrappers}:{env['PATH']}", HOME=str(home), SANDO_CACHE_DIR=str(tmp_path / "cache"), TERM="dumb",
                PULUMI_HOME=str(tmp_path / "pulumi-home"), PULUMI_CONFIG_PASSPHRASE="pp-" + os.urandom(8).hex(),
                GIT_AUTHOR_NAME="op", GIT_AUTHOR_EMAIL="op@example.org", GIT_COMMITTER_NAME="op",
                GIT_COMMITTER_EMAIL="op@example.org")
@@ -120,7 +126,7 @@ def test_pushing_a_host_config_change_and_rotating_the_key_run_as_written(make_n
     caddyfile.write_text(caddyfile.read_text() + "# longer timeouts\n")
     code, said, answered = term.run(readme_block("Pushing a host-config change"))
     assert code == 0 and answered == 1, said[-4000:]  # promote asked
-    assert "testnot-host update [diff: ~caddyfile,commit]" in said, said[-4000:]
+    assert "testnot-host update [diff: ~caddyfile,commit,ref]" in said, said[-4000:]
     host7 = repo.commit("host-7")
     assert subprocess.run(["git", "-C", str(tmp_path / "origin.git"), "rev-parse", "host-7^{commit}"],
                           capture_output=True, text=True).stdout.strip() == host7
