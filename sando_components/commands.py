@@ -94,11 +94,13 @@ def receive_release(release_root: str, version: str, token: str, need_kib: int, 
 # --- the switch (one round trip: verify, gate, warn, switch, restart, check, revert, prune) -------
 
 
-def health_params(url: str, timeout: float, interval: float, commit: str) -> dict[str, object]:
-    """sh/health.sh's parameters: whole seconds of timeout (rounded up), fast first waits."""
+def health_params(url: str, timeout: float, interval: float, commit: str, caddy_url: str | None = None
+                  ) -> dict[str, object]:
+    """sh/health.sh's parameters: whole seconds of timeout (rounded up), fast first waits; with
+    caddy_url (sando:healthCheck.caddyUrl) the site must answer 2xx through Caddy too."""
     waits = [w for w in (0.05, 0.1, 0.2, 0.4) if w < interval]
     return {"HEALTH_URL": url, "HEALTH_TIMEOUT": math.ceil(timeout), "HEALTH_WAITS": " ".join(f"{w:g}" for w in waits),
-            "HEALTH_INTERVAL": f"{interval:g}", "COMMIT": commit}
+            "HEALTH_INTERVAL": f"{interval:g}", "COMMIT": commit, "CADDY_URL": caddy_url or ""}
 
 
 def gate_params(version: str, release: str, migrations: list[str], destructive: list[str], database: str | None,

@@ -157,8 +157,8 @@ class HealthCheckConfig(_Model):
     timeout_seconds: float = Field(30, alias="timeoutSeconds")
     interval_seconds: float = Field(1, alias="intervalSeconds")
     expect_version: bool = Field(False, alias="expectVersion")
-    # the site through Caddy on the node (as users reach it), checked after a Caddyfile change and
-    # after a unit restart; None: only the app's url is checked
+    # the site through Caddy on the node (as users reach it): checked by every switch (with `url`:
+    # both must pass), after a Caddyfile change and after a unit restart; None: only `url` is checked
     caddy_url: str | None = Field(None, alias="caddyUrl")
 
     @field_validator("url", "caddy_url")

@@ -47,7 +47,9 @@ class CurrentPointer(pulumi.ComponentResource):
              "releaseRoot": cfg.release_root, "service": cfg.service, "version": args.version, "commit": args.commit,
              "release": args.release_path, "keepReleases": cfg.keep_releases,
              "healthCheck": {"url": cfg.health_url(node), "timeoutSeconds": hc.timeout_seconds,
-                        "intervalSeconds": hc.interval_seconds, "expectVersion": hc.expect_version},
+                        "intervalSeconds": hc.interval_seconds, "expectVersion": hc.expect_version,
+                        # the site through Caddy too (health.sh); only when set: no diff for stacks without it
+                        **({"caddyUrl": hc.caddy_url} if hc.caddy_url else {})},
              "warning": warning, "token": args.token if warning else None,
              "gate": {"enabled": mig.gate, "migrations": [m.version for m in args.migrations],
                       "destructive": [m.version for m in args.migrations if m.destructive],

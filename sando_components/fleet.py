@@ -178,7 +178,10 @@ def _holdings(out: str, node: str = "a node", root: str = ""):
 
 
 def caddy_url(cfg: config_model.StackConfig) -> str | None:
-    """The health check's path through Caddy on the node (port 80), when sando manages Caddy."""
+    """The site through Caddy on the node: sando:healthCheck.caddyUrl (what the switch checks), else
+    the health check's path on port 80 when sando manages Caddy."""
+    if cfg.health_check.caddy_url:
+        return cfg.health_check.caddy_url
     if "caddyfile" not in cfg.bootstrap.manage:
         return None
     return "http://127.0.0.1:80" + (re.sub(r"^https?://[^/]+", "", cfg.health_check.url) or "/")

@@ -53,6 +53,27 @@ def refresh_auth(olds: dict, news: dict) -> dict:
     return {**public(olds), **{k: news.get(k) for k in AUTH}}
 
 
+_said_auth: set[str] = set()
+
+
+def say_auth_only(props: dict, keys: list[str]) -> None:
+    """A diff of nothing but how sando connects (a rotated key, another user: issue 18.8): the
+    node's resources update only to record the new credentials. Said once per node and run."""
+    from .. import diagnostics
+
+    node = node_of(props)
+    with _guard:
+        if node in _said_auth:
+            return
+        _said_auth.add(node)
+    what = " and ".join(AUTH_WORDS.get(k, k) for k in keys)
+    diagnostics.log("info", f"{node}: only how sando connects changed ({what}); nothing on the node changes: its "
+                            "resources record the new credentials (for later refreshes and deletes)")
+
+
+AUTH_WORDS = {"privateKey": "its SSH key", "connection": "its address, port, user or host key"}
+
+
 class NodeResource(Resource):
     """A dynamic resource acting on a node: `outputs` start unknown; secrets stay secret outputs."""
 

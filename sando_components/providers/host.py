@@ -25,7 +25,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public
+from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public, say_auth_only
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
@@ -143,7 +143,55 @@ def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
     return f"{node}: the host config step failed (exit {rc}: {err.strip()[-300:]})"
 
 
+# the resources an earlier sando (before one HostConfig per node) declared for a node's host files
+EARLIER = ("layout", "caddyfile", "caddy-reload", "unit", "daemon-reload", "sshdGit", "fail2ban", "firewall", "backup",
+           "cron")
+
+
+def adoption(props: dict, state) -> str | None:
+    """What creating this resource does when the node has host files already (an upgrade from an
+    earlier sando, a node adopted again after `pulumi destroy`): said in the preview, because the
+    engine shows an earlier sando's per-file resources as deletes. None when no file is there yet."""
+    have = state.host.files if state and state.host else {}
+    node, files = node_of(props), files_of(props)
+    there, moved, install = [], [], []
+    for f in files.values():
+        want = (_sha(f["content"]), int(f["mode"]))
+        legacy = have.get(f.get("legacy") or "")
+        if legacy and legacy[0] == want[0] and have.get(f["path"]) in (None, want):
+            moved.append(f"{f['legacy']} -> {f['path']}")
+        elif have.get(f["path"]) == want:
+            there.append(f["path"])
+        else:
+            install.append(f["path"])
+    if not there and not moved:
+        return None
+    at = f"sando:bootstrap.ref {props.get('ref')}"
+    if install:
+        msg = (f"{node}: host config: {len(there) + len(moved)} of {len(files)} host files are on the node as committed "
+               f"at {at}, adopted as they are; installs {', '.join(install)}")
+    else:
+        msg = (f"{node}: host config: every host file is on the node as committed at {at}; it is adopted as it is "
+               "(nothing installed, reloaded or restarted)")
+    if moved:
+        msg += f"; moved to the names their headers say, same bytes, nothing reloaded: {', '.join(moved)}"
+    return (msg + f". Deletes of the host-file resources of an earlier sando ({', '.join(f'{node}-{r}' for r in EARLIER)}"
+            "), where the preview lists them, only drop them from the state: no file is removed, nothing runs on "
+            "the node")
+
+
 class HostConfigProvider(NodeProvider):
+    def check(self, olds, news):
+        result = super().check(olds, news)
+        if not olds and files_of(news) and isinstance(news.get("connection"), dict):  # a create: say what it adopts
+            try:
+                said = adoption(news, node_state(news))
+            except Exception:  # noqa: BLE001 - an unreachable node is said once, by its Reach resource
+                said = None
+            if said:
+                diagnostics.log("info", said)
+        return result
+
     def diff(self, _id, olds, news):
         state = node_state(news)
         node, files, old_files = node_of(news), files_of(news), files_of(olds)
@@ -169,8 +217,7 @@ class HostConfigProvider(NodeProvider):
             self._check(news, items)
         auth = changed(olds, news, AUTH)
         if auth and not changes:  # the outputs must carry the new credentials (refresh, delete)
-            diagnostics.log("info", f"{node}: host config: only how sando connects changed ({', '.join(auth)}); "
-                                    "nothing on the node changes")
+            say_auth_only(news, auth)
             return DiffResult(changes=True, replaces=[])
         return DiffResult(changes=changes, replaces=[])
 
@@ -247,6 +294,9 @@ def _actions(props: dict, report: scripts.Report) -> list[str]:
         if key == "installed":
             f = files.get(value, {})
             out.append(f"installed {f.get('path', value)} from {f.get('source', '?')}")
+        elif key == "removed-legacy":
+            item, _, where = value.partition(" ")
+            out.append(f"removed {where}: an earlier sando's identical copy of {files.get(item, {}).get('path', item)}")
         elif key in ("reloaded", "daemon-reload", "enabled"):
             out.append(f"{key} {value}")
         elif key == "started":

@@ -24,7 +24,8 @@ from ..errors import OperatorError
 from ..scripts import Report
 from ..transfer import NodeRelease
 from . import gate, warning
-from .base import NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public, releases_of, remember
+from .base import (NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public,
+                   refresh_auth, releases_of, remember, say_auth_only)
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
 # the switch script's outcomes that are a node's outcome (reported by the Verdict), not a crash
@@ -59,13 +60,23 @@ class PointerProvider(NodeProvider):
                 changes.append("version")  # `current` moved by hand: put it back
             elif not state.active:
                 changes.append("service")  # the service is down: start it
+        elif set(changes) <= set(AUTH) and self._as_it_was(news):
+            say_auth_only(news, changes)
         return DiffResult(changes=bool(changes), replaces=[])
 
     def create(self, props):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))
 
     def update(self, _id, olds, news):
+        if set(changed(olds, news, INPUTS)) <= set(AUTH) and self._as_it_was(news):
+            return UpdateResult(outs=refresh_auth(olds, news))  # only the credentials: nothing to do on the node
         return UpdateResult(outs=self._apply(news, olds))
+
+    @staticmethod
+    def _as_it_was(props: dict) -> bool:
+        """The node serves the pin and its service runs: nothing for the switch to do."""
+        state = node_state(props)
+        return state.live == props["version"] and state.active
 
     def read(self, id_, props):
         state = node_state(props, fresh=True)
@@ -151,7 +162,7 @@ class PointerProvider(NodeProvider):
         script = commands.switch(
             release_root=root, version=version, service=service, expect=version if hc.get("expectVersion") else "",
             health=commands.health_params(hc["url"], float(hc["timeoutSeconds"]), float(hc["intervalSeconds"]),
-                                          props["commit"]),
+                                          props["commit"], hc.get("caddyUrl")),
             gate=gate.params(props.get("gate") or {}, root, service, version),
             warning=warning.params(_warning(props), props.get("token")),
             prune_ok=prune_ok, prune_failed=prune_failed,

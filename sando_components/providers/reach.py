@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .base import AUTH, NodeProvider, NodeResource, changed, node_state, public
+from .base import AUTH, NodeProvider, NodeResource, changed, node_state, public, say_auth_only
 
 
 class ReachProvider(NodeProvider):
@@ -20,7 +20,10 @@ class ReachProvider(NodeProvider):
         return result
 
     def diff(self, _id, olds, news):
-        return DiffResult(changes=bool(changed(olds, news, ["releaseRoot", "service", *AUTH])), replaces=[])
+        changes = changed(olds, news, ["releaseRoot", "service", *AUTH])
+        if changes and set(changes) <= set(AUTH):
+            say_auth_only(news, changes)
+        return DiffResult(changes=bool(changes), replaces=[])
 
     def create(self, props):
         return CreateResult(id_=f"{props['connection']['host']}:reach", outs=public(props))

@@ -19,7 +19,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import build, commands, diagnostics, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
-from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
+from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember, say_auth_only
 
 MB = 1024
 
@@ -39,6 +39,8 @@ class ReleaseProvider(NodeProvider):
             held = node_state(news).releases.get(news["version"])
             if held is None or held.commit != news["commit"]:
                 changes.append("version")
+        elif set(changes) <= set(AUTH) and node_state(news).releases.get(news["version"]) is not None:
+            say_auth_only(news, changes)
         return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
 
     def create(self, props):

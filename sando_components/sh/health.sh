@@ -7,7 +7,9 @@
 # While it waits it watches the unit (SERVICE): a unit that failed, exited, or was restarted by
 # systemd since `unit_mark` (its NRestarts grew) ends the wait at once, reported as
 # `crashed STATE` with the unit's journal since the restart (`journal LINE`, the last few).
-# params: HEALTH_URL HEALTH_TIMEOUT HEALTH_WAITS HEALTH_INTERVAL COMMIT SERVICE
+# With CADDY_URL (sando:healthCheck.caddyUrl: the site through Caddy, as users reach it), a passing
+# app is healthy only once that URL answers 2xx too; else $last says `through Caddy URL: HTTP CODE`.
+# params: HEALTH_URL HEALTH_TIMEOUT HEALTH_WAITS HEALTH_INTERVAL COMMIT SERVICE CADDY_URL
 
 # json_field NAME: the first "NAME": "value" of the JSON on stdin (a nested one later is not it)
 json_field() {
@@ -49,6 +51,18 @@ unit_crashed() {
   return 0
 }
 
+# through_caddy: whether CADDY_URL (when set) answers 2xx; else sets $last to what it answered
+through_caddy() {
+  [ -n "$CADDY_URL" ] || return 0
+  _ce=$(mktemp) || return 1
+  _cc=$(curl -sS --max-time 3 -o /dev/null -w '%{http_code}' "$CADDY_URL" 2>"$_ce") || :
+  _cw=$(tr '\n' ' ' <"$_ce" | head -c 200 | sed 's/ *$//')
+  rm -f -- "$_ce"
+  case $_cc in 2??) return 0 ;; esac
+  last="through Caddy $CADDY_URL: HTTP ${_cc:-000}${_cw:+ ($_cw)}"
+  return 1
+}
+
 health() {
   if [ -z "$_mark_since" ]; then unit_mark; fi # not restarted by this run: watch from now on
   _end=$(($(date +%s) + HEALTH_TIMEOUT))
@@ -58,10 +72,13 @@ health() {
       _v=$(printf '%s\n' "$_body" | json_field version)
       _c=$(printf '%s\n' "$_body" | json_field commit)
       if [ -z "$1" ] || [ "$_v" = "$1" ] || [ "$_c" = "$COMMIT" ]; then
-        report health "ok $(printf '%s' "$_body" | head -c 300)"
-        return 0
+        if through_caddy; then
+          report health "ok $(printf '%s' "$_body" | head -c 300)"
+          return 0
+        fi
+      else
+        last="serves version '$_v', not '$1'"
       fi
-      last="serves version '$_v', not '$1'"
     else
       last=$(printf '%s' "$_body" | tail -n 1 | head -c 300)
     fi

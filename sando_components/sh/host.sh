@@ -59,12 +59,21 @@ changed() {
   case " $CHANGED " in *" $1 "*) return 0 ;; esac
   return 1
 }
+# items whose only change is a move: the same bytes from where an earlier sando put them (LEGACY)
+# to where they go now, with no other copy at the new path. What reads them runs the same bytes
+# already: checked, moved, not reloaded (an upgrade of sando reloads nothing).
+MOVED=''
+moved() {
+  case " $MOVED " in *" $1 "*) return 0 ;; esac
+  return 1
+}
 
 while read -r item fmode dest src legacy; do
   [ -n "$item" ] || continue
   [ -f "$STAGE/$item" ] || fail "$EX_HOST_INPUT" error "$item was not sent"
   if [ "$legacy" != - ] && [ -f "$legacy" ] && cmp -s "$STAGE/$item" "$legacy"; then
     CHANGED="$CHANGED $item" # an old identical copy to remove
+    if [ ! -e "$dest" ] || same "$item" "$dest" "$fmode"; then MOVED="$MOVED $item"; fi
   elif same "$item" "$dest" "$fmode"; then
     report unchanged "$item"
   else
@@ -218,16 +227,29 @@ ssh_unit() {
   return 1
 }
 
+# reload UNIT: systemctl reload, bounded (RELOAD_TIMEOUT s; exit 124 when it did not end): a Caddy
+# without the fix of caddy#7385 (Debian 12's 2.6.2) never tells systemd that a failed reload ended, so
+# `systemctl reload caddy` would wait forever and every later reload queue behind it; a restart
+# replaces that stuck reload
+RELOAD_TIMEOUT=30
+reload() {
+  timeout "$RELOAD_TIMEOUT" systemctl reload "$1" 2>&1
+}
+
 # reload_or_put_back ITEM DEST SOURCE UNIT: reload UNIT for the new file; if that fails, the
-# previous file back, reloaded again, and the step fails quoting the unit's log
+# previous file back, reloaded again (restarted when the reload is stuck), and the step fails
+# quoting the unit's log
 reload_or_put_back() {
-  if out=$(systemctl reload "$4" 2>&1); then
+  out=$(reload "$4")
+  rc=$?
+  if [ "$rc" = 0 ]; then
     report reloaded "$4"
     return 0
   fi
+  if [ "$rc" = 124 ]; then out="its reload did not end within ${RELOAD_TIMEOUT}s"; fi
   why="$out $(journal "$4")"
   put_back "$1" "$2"
-  if systemctl reload "$4" >/dev/null 2>&1 || systemctl restart "$4" >/dev/null 2>&1; then
+  if { [ "$rc" != 124 ] && reload "$4" >/dev/null; } || systemctl restart "$4" >/dev/null 2>&1; then
     report reload-failed "$1" "$4: $why; the previous $2 is back and $4 runs it"
   else
     report reload-failed "$1" "$4: $why; the previous $2 is back but $4 did not take it either: $(journal "$4")"
@@ -295,7 +317,7 @@ while read -r item fmode dest src legacy; do
       if systemctl is-active --quiet "$SERVICE"; then app=''; fi
       if [ -n "$CADDY_URL" ] && ! wait_healthy "$CADDY_URL" $app; then
         put_back "$item" "$dest"
-        systemctl reload caddy >/dev/null 2>&1
+        reload caddy >/dev/null || systemctl restart caddy >/dev/null 2>&1
         report reload-failed "$item" "the site through Caddy ($CADDY_URL) is not healthy with the new Caddyfile; the previous $dest is back"
         exit "$EX_HOST_HEALTH"
       fi
@@ -309,7 +331,9 @@ while read -r item fmode dest src legacy; do
     sshdGit)
       check_in_place "$item" "$dest" "$src" sshd -t
       report checked "$item" "sshd -t"
-      if u=$(ssh_unit) && systemctl is-active --quiet "$u"; then
+      if moved "$item"; then
+        report note "$dest: moved from $legacy (same bytes); sshd already runs them, not reloaded"
+      elif u=$(ssh_unit) && systemctl is-active --quiet "$u"; then
         reload_or_put_back "$item" "$dest" "$src" "$u" # reload: never a restart that drops sessions
       else
         report warning "sshd is not running: $dest installed, read when it starts"
@@ -319,7 +343,11 @@ while read -r item fmode dest src legacy; do
       if command -v fail2ban-client >/dev/null 2>&1; then
         check_in_place "$item" "$dest" "$src" fail2ban-client -t
         report checked "$item" "fail2ban-client -t"
-        if systemctl is-active --quiet fail2ban; then reload_or_put_back "$item" "$dest" "$src" fail2ban; fi
+        if moved "$item"; then
+          report note "$dest: moved from $legacy (same bytes); fail2ban already runs them, not reloaded"
+        elif systemctl is-active --quiet fail2ban; then
+          reload_or_put_back "$item" "$dest" "$src" fail2ban
+        fi
       else
         report warning "fail2ban is not installed (apt-get install fail2ban): $dest installed but not checked or applied"
       fi

@@ -397,11 +397,16 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
         fh.write(new_key.with_suffix(".pub").read_text())
     d.set_secret("sshPrivateKey", new_key.read_text())
     _, planned = run_preview(d)
-    # the preview says so: the host config only records the new credentials (for refresh and delete)
-    assert "node1: host config: only how sando connects changed (privateKey); nothing on the node changes" \
-        in "\n".join(d.log)
+    # the preview says so, once: the node's resources only record the new credentials (for refresh and delete)
+    said = "\n".join(d.log)
+    assert planned == dict.fromkeys(["node1-reach", "node1-host", "node1-release-files", "node1-current-switch"],
+                                    "update"), planned
+    line = ("node1: only how sando connects changed (its SSH key); nothing on the node changes: its resources record "
+            "the new credentials (for later refreshes and deletes)")
+    assert said.split("Diagnostics:", 1)[1].count(line) == 1, said  # said once (the engine echoes it in progress)
     events = node.unit_events()
-    run_up(d)
+    _, changed = run_up(d)
+    assert changed == planned
     assert node.unit_events() == events  # nothing reloaded or restarted
     # the old key removed from authorized_keys (README: key rotation): sando still gets in, also to refresh
     node.path("/root/.ssh/authorized_keys").write_text(new_key.with_suffix(".pub").read_text())
@@ -428,3 +433,70 @@ def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_d
     assert d.node_out(node)["hostConfig"]["actions"][2].startswith("restart warning sent at ")
     assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
     assert token not in "\n".join(d.log)
+
+
+def test_a_switch_is_healthy_only_when_the_site_answers_through_caddy(make_nodes, make_deploy, node_app, sando):
+    """Issue 18.2: with sando:healthCheck.caddyUrl, a switch checks the site as users reach it. v2
+    listens only on the node's own address (as a changed listen default does): its own URL answers,
+    but Caddy, which proxies to 127.0.0.1:3000, answers 502, so users would get errors. The switch
+    goes back to v1 like any unhealthy switch and the error says the check through Caddy failed."""
+    import json
+
+    node_app.version("v2")
+    (node,) = make_nodes(1)
+    addr = node.appUrl.split("//", 1)[1].rsplit(":", 1)[0]
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 5, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
+    d.set(nodes=[{**node.config(), "appUrl": node.appUrl.rstrip("/")}])  # the app's URL: the node's address
+    run_up(d)
+    assert node.fetch(node.caddyUrl)[0] == 200
+    node.unit_dropin("v2-listen", "[Service]\nExecStart=\nExecStart=/bin/sh -c 'readlink /opt/makenotwork/current | "
+                                  f"grep -qx releases/v2 && export MNW_BIND={addr}:3000; "
+                                  "exec /opt/makenotwork/current/makenotwork'")
+    d.set(version="v2")
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg == f"node1: v2 failed its health check (through Caddy {node.caddyUrl}: HTTP 502); v1 is live again", msg
+    assert node.served()["version"] == "v1"
+    status, body = node.fetch(node.caddyUrl)
+    assert status == 200 and json.loads(body)["version"] == "v1"  # users get v1 again, through Caddy
+
+    # Caddy stopped by hand: `sando status` says so (its state and the site through it), not only the app
+    node.exec("systemctl", "stop", "caddy", check=True)
+    code, said = sando(d.project, "status", d.name, "--json")
+    (row,) = json.JSONDecoder().raw_decode(said)[0]["stacks"][0]["nodes"]  # the JSON, then any problem lines
+    assert row["caddy"] == "inactive" and not row["caddyHealth"]["ok"] and row["health"]["ok"], row
+
+
+def test_a_caddyfile_that_validates_but_fails_live_is_put_back(make_nodes, make_deploy, node_app):
+    """Issue 18.1, the two failures `caddy validate` cannot see: a site on a port another service
+    holds (the reload fails) and an upstream typo (Caddy reloads, the site answers 502 through it).
+    Each time the previous Caddyfile is back, Caddy runs it, the site answers, and the error says so."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app, healthCheck={"timeoutSeconds": 5, "intervalSeconds": 0.2,
+                                                        "expectVersion": True, "caddyUrl": node.caddyUrl})
+    run_up(d)
+    good = node.path("/etc/caddy/Caddyfile").read_text()
+    src = f"{DEPLOY}/Caddyfile"
+
+    # a second site on the app's own port: valid, but Caddy cannot listen there
+    commit(node_app, src, good + "\nhttp://:3000 {\n\trespond \"maintenance\" 503\n}\n")
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg.startswith("node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref main"), msg
+    # caddy's own words (its journal) follow: "address already in use" (when this machine's load lets
+    # its reload command start at all)
+    assert "was not taken: caddy:" in msg, msg
+    assert msg.endswith("the previous /etc/caddy/Caddyfile is back and caddy runs it"), msg
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good
+    assert node.fetch(node.caddyUrl)[0] == 200 and caddy_serves(node)
+
+    # an upstream typo: Caddy takes it, but the site through it answers 502: put back
+    commit(node_app, src, good.replace("{$MNW_UPSTREAM:127.0.0.1:3000}", "{$MNW_UPSTREAM:127.0.0.1:3001}"))
+    out = d.up_fails()
+    (msg,) = d.errors(out)
+    assert msg == (f"node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref main "
+                   f"({node_app.commit('main')[:12]}) was not taken: the site through Caddy ({node.caddyUrl}) is not "
+                   "healthy with the new Caddyfile; the previous /etc/caddy/Caddyfile is back"), msg
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good
+    assert node.fetch(node.caddyUrl)[0] == 200

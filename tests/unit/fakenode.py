@@ -75,6 +75,16 @@ exit 0
 
 CURL = "#!/bin/sh\n" + RECORD + r"""
 for a in "$@"; do
+  case $a in http://caddy.test/*)  # the site through Caddy: the scripted code while a version runs
+    v=$(cat "$FAKE_STATE/running" 2>/dev/null)
+    code=$(cat "$FAKE_STATE/caddy-code-$v" 2>/dev/null || echo 200)
+    if [ "$code" = 000 ]; then
+      echo "curl: (7) Failed to connect to caddy.test port 80: Connection refused" >&2; printf '000'; exit 7
+    fi
+    printf '%s' "$code"; exit 0;;
+  esac
+done
+for a in "$@"; do
   if [ "$a" = POST ]; then
     cat > "$FAKE_STATE/warn-stdin"
     env > "$FAKE_STATE/warn-env"
@@ -253,6 +263,10 @@ class FakeNode:
             (self.state / f"serve-{version}.error").touch()
         else:
             (self.state / f"serve-{version}").write_text(body)
+
+    def caddy_answers(self, version: str, code: str) -> None:
+        """What http://caddy.test/ (the site through Caddy) answers while `version` runs (default 200)."""
+        (self.state / f"caddy-code-{version}").write_text(code)
 
     def warn_answer(self, code: str | None = None, refused: bool = False) -> None:
         if code is not None:

@@ -95,7 +95,8 @@ def test_receive_release_parameters():
 def test_health_params():
     assert c.health_params("http://127.0.0.1:3000/health", 30, 1, "abc") == {
         "HEALTH_URL": "http://127.0.0.1:3000/health", "HEALTH_TIMEOUT": 30, "HEALTH_WAITS": "0.05 0.1 0.2 0.4",
-        "HEALTH_INTERVAL": "1", "COMMIT": "abc"}
+        "HEALTH_INTERVAL": "1", "COMMIT": "abc", "CADDY_URL": ""}
+    assert c.health_params("http://h/", 1, 1, "c", "http://127.0.0.1:80/")["CADDY_URL"] == "http://127.0.0.1:80/"
     p = c.health_params("http://h/", 2.2, 0.15, "c")
     assert (p["HEALTH_TIMEOUT"], p["HEALTH_WAITS"], p["HEALTH_INTERVAL"]) == (3, "0.05 0.1", "0.15")
 

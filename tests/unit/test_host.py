@@ -142,3 +142,21 @@ def test_the_host_exit_codes_are_in_the_shared_table_and_unique():
     assert codes == [100, 101, 102, 103, 104]
     table = [c for c, _ in scripts.outcomes().values()]
     assert len(table) == len(set(table))
+
+
+def test_a_create_on_a_node_with_the_files_says_it_adopts_them_and_what_the_deletes_are():
+    """The preview of an upgrade from per-file resources (or a node adopted again after destroy)."""
+    assert host.adoption(PROPS, state({})) is None  # a fresh node: nothing to say
+    moved = {**installed(), FILES["sshdGit"]["legacy"]: (sha("Match User git\n"), 0o644)}
+    del moved[FILES["sshdGit"]["path"]]
+    said = host.adoption(PROPS, state(moved))
+    assert said.startswith("n1: host config: every host file is on the node as committed at sando:bootstrap.ref "
+                           "host-7; it is adopted as it is (nothing installed, reloaded or restarted); moved to the "
+                           "names their headers say, same bytes, nothing reloaded: /etc/ssh/sshd_config.d/sshd-git.conf"
+                           " -> /etc/ssh/sshd_config.d/mnw-git.conf. Deletes of the host-file resources of an earlier "
+                           "sando (n1-layout, n1-caddyfile, "), said
+    assert said.endswith("only drop them from the state: no file is removed, nothing runs on the node")
+    edited = {**installed(), "/etc/caddy/Caddyfile": (sha(":81\n"), 0o644)}
+    assert host.adoption(PROPS, state(edited)).startswith(
+        "n1: host config: 4 of 5 host files are on the node as committed at sando:bootstrap.ref host-7, adopted as "
+        "they are; installs /etc/caddy/Caddyfile. ")

@@ -36,12 +36,12 @@ def node(tmp_path) -> FakeNode:
 
 def props(node: FakeNode, version: str, *, expect: bool = False, keep: int = 5, warn: dict | None = None,
           token: str | None = None, gate: dict | None = None, commit: str | None = None, timeout: float = 0,
-          rollout: dict | None = None) -> dict:
+          rollout: dict | None = None, caddy: str | None = None) -> dict:
     return {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
             "service": "makenotwork", "version": version, "commit": commit or f"c-{version}",
             "release": str(node.root / "releases" / version), "keepReleases": keep,
             "healthCheck": {"url": "http://127.0.0.1:3000/health", "timeoutSeconds": timeout, "intervalSeconds": 0.1,
-                            "expectVersion": expect},
+                            "expectVersion": expect, **({"caddyUrl": caddy} if caddy else {})},
             "warning": warn, "token": token if warn else None, "gate": gate or {}, "rollout": rollout or {}}
 
 
@@ -471,6 +471,25 @@ def test_provider_failure_messages(provider_node, setup, rc_message):
     assert re.match(rc_message, str(exc.value).split("\n", 1)[1]), str(exc.value)
 
 
+@pytest.mark.parametrize("code, said", [
+    ("502", "through Caddy http://caddy.test/: HTTP 502"),
+    ("000", "through Caddy http://caddy.test/: HTTP 000 (curl: (7) Failed to connect to caddy.test port 80: "
+            "Connection refused)"),
+])
+def test_a_switch_healthy_directly_but_not_through_caddy_goes_back(provider_node, code, said):
+    """sando:healthCheck.caddyUrl: the app's URL passing is not enough; the site must answer 2xx
+    through Caddy too, or the switch goes back like any unhealthy switch, saying which check failed."""
+    node = provider_node
+    live_v1(node)
+    node.caddy_answers("v2", code)
+    outs = PointerProvider().create(props(node, "v2", expect=True, caddy="http://caddy.test/")).outs
+    assert outs["outcome"]["message"] == f"node1: v2 failed its health check ({said}); v1 is live again"
+    assert outs["liveVersion"] == "v1" and node.running() == "v1"
+    # v1 answers through Caddy: it goes live again as healthy; without caddyUrl v2 would have been taken
+    outs = PointerProvider().create(props(node, "v2", expect=True)).outs
+    assert outs["outcome"] == {"ok": True, "node": "node1"} and node.running() == "v2"
+
+
 def test_provider_failure_with_nothing_to_switch_back_and_the_rollout_held_back(provider_node):
     node = provider_node
     node.release("v1")
@@ -517,6 +536,30 @@ def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_servi
     node.point(current="v1")
     node.stop()
     assert PointerProvider().diff("id", p, p).changes is True
+
+
+def test_provider_a_rotated_key_alone_records_it_and_runs_nothing_on_the_node(provider_node, monkeypatch):
+    """Issue 18.8: only how sando connects changed: an update that only records the new credentials
+    (said once per node), no switch script; with the node off its pin it is a real switch again."""
+    said = []
+    monkeypatch.setattr(base, "_said_auth", set())
+    monkeypatch.setattr("sando_components.diagnostics.log", lambda level, msg: said.append(msg))
+    node = provider_node
+    live_v1(node)
+    olds = {**props(node, "v1"), "liveVersion": "v1", "health": "ok"}
+    news = {**props(node, "v1"), "privateKey": "rotated"}
+    assert PointerProvider().diff("id", olds, news).changes is True
+    assert PointerProvider().diff("id", olds, news).changes is True
+    assert said == ["node1: only how sando connects changed (its SSH key); nothing on the node changes: its resources "
+                    "record the new credentials (for later refreshes and deletes)"]
+    node.scripts.clear()
+    outs = PointerProvider().update("id", olds, news).outs
+    assert outs["privateKey"] == "rotated" and outs["liveVersion"] == "v1" and outs["health"] == "ok"
+    assert not [sc for sc, _ in node.scripts if sc.endswith(" sando-switch")]
+    node.stop()
+    base._states.clear()
+    PointerProvider().update("id", olds, news)
+    assert [sc for sc, _ in node.scripts if sc.endswith(" sando-switch")] and node.running() == "v1"
 
 
 # --- a lost connection (Ctrl-C, a dropped SSH session) never leaves a node half-switched ---------------
