@@ -60,6 +60,16 @@ def failure(props: dict, rc: int, report: Report, live: str | None) -> tuple[str
     return f"{node}: the blueGreen switch could not start ({'; '.join(report.all('bg-error')) or '?'}); {serves}", ""
 
 
+def notes(props: dict, report: Report) -> list[str]:
+    """What the operator is told about how this blueGreen switch went (a fallback to the restart path)."""
+    strategy = report.one("strategy") or ""
+    if strategy.startswith("restart"):
+        return [f"{props['node']}: {props['version']} has a destructive migration pending, so this deploy took the "
+                "restart path: the old instance stopped (after the restart warning, if any) before the new one "
+                "started and migrated; users saw the gap"]
+    return []
+
+
 def caddyfile_problem(caddyfile: str | None) -> str | None:
     """Why a committed Caddyfile cannot serve blueGreen (it does not import sando's upstream file)."""
     if caddyfile is None:

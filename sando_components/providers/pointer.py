@@ -103,6 +103,8 @@ class PointerProvider(NodeProvider):
         state = replace(state, releases=releases if listed else state.releases,
                         foreign=foreign if listed else state.foreign, active=outcome == "EX_OK" or state.active)
         remember(props, state)
+        for note in bluegreen.notes(props, report):
+            diagnostics.log("warning", note)
         status = warning.status(_warning(props), report, switched)
         if props.get("warning") and (props.get("deploy") or {}).get("now") and switched:  # issue 20.6 hook
             status = f"skipped (--now) by {props['deploy'].get('by')}"

@@ -191,6 +191,7 @@ bg_switch() {
   old_active=''
   if systemctl is-active --quiet "$old_unit"; then old_active=1; fi
   report bg-old "${old:-plain} ${old_active:-0}"
+  if [ "$WARN" = 1 ] && [ -z "$old_active" ]; then report warning not-needed; fi # no users, no warning
   report bg-new "$new"
   stop_first=''
   if [ -n "${_refused:-}" ] && [ "$live" != "${target:-}" ]; then

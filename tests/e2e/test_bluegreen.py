@@ -42,6 +42,9 @@ def repo(tmp_path_factory):
     r.version("v5", ("crash-at-start",))  # exits at start
     r.version("v6", ("fix",), ("slow-start", "600000"))  # never listens in time: hangs before healthy
     r.version("v7", ("fix",))
+    r.version("v8", ("good-migration",))
+    r.version("v9", ("destructive-migration",))
+    r.version("v10")
     return r
 
 
@@ -248,3 +251,49 @@ def test_systemd_restarted_after_a_blue_green_deploy(bg_deploy):
     wait_for(lambda: active(node, "makenotwork@3002") == "active" and active(node, "caddy") == "active", timeout=30)
     wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
     assert_only_live(node, "3002", "v2")
+
+
+def _stops_and_starts(node) -> list[tuple[float, str, str]]:
+    """(time, 'start'|'stop', unit) of the makenotwork instances, from PID 1's journal."""
+    out = []
+    for e in node._pid1_entries():
+        unit = e.get("UNIT") or ""
+        if not unit.startswith("makenotwork"):
+            continue
+        msg = e.get("MESSAGE") or ""
+        kind = "start" if msg.startswith("Started") else "stop" if msg.startswith("Stopped") else None
+        if kind:
+            out.append((int(e["__REALTIME_TIMESTAMP"]) / 1e6, kind, unit.removesuffix(".service")))
+    return out
+
+
+def test_restart_warning_then_destructive_migration_takes_the_restart_path(make_nodes, make_deploy, repo):
+    """The restart warning reaches the old instance's users before it stops. A pending destructive
+    migration (allowed) makes that deploy take the restart path: the old instance stops before the
+    new one starts and migrates, and the run says so."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, switch=BLUE_GREEN, version="v8", restartWarningSeconds=2)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)  # v8: a new table; no users yet, no warning
+    assert d.node_out(node)["restartWarning"] == "not needed: service not running"
+    d.set(version="v9")  # a destructive migration, allowed (refuseDestructive is off)
+    run_up(d)
+    log = "".join(d.log)
+    assert ("node1: v9 has a destructive migration pending, so this deploy took the restart path: the old instance "
+            "stopped (after the restart warning, if any) before the new one started and migrated") in log
+    assert "restart-warning: received" in node.journal("makenotwork@3001")
+    events = _stops_and_starts(node)
+    stop_old = max(t for t, k, u in events if (k, u) == ("stop", "makenotwork@3001"))
+    start_new = max(t for t, k, u in events if (k, u) == ("start", "makenotwork@3002"))
+    assert stop_old < start_new, events
+    assert_only_live(node, "3002", "v9")
+    assert d.node_out(node)["restartWarning"].startswith("sent at ")
+    # and a plain bump after it is blueGreen again: the warning goes to v9's users before 3002 stops
+    d.set(version="v10")
+    poller = polling(node)
+    run_up(d)
+    poller.stop()
+    assert poller.failures == []
+    assert "restart-warning: received" in node.journal("makenotwork@3002")
+    assert_only_live(node, "3001", "v10")
