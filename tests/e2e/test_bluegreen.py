@@ -297,3 +297,25 @@ def test_restart_warning_then_destructive_migration_takes_the_restart_path(make_
     assert poller.failures == []
     assert "restart-warning: received" in node.journal("makenotwork@3002")
     assert_only_live(node, "3001", "v10")
+
+
+def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_path):
+    """The README's steps on a node that runs the plain unit: the Caddyfile's import committed and
+    the strategy set in one run; the poller through Caddy sees no failure, the plain unit ends
+    stopped and disabled, the release unchanged now runs as the first instance."""
+    r = AppRepo(tmp_path / "makenotwork")
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=r)
+    run_up(d)  # restart strategy: the plain unit serves v1
+    assert active(node, "makenotwork") == "active"
+    import_upstream(r)
+    r.git("commit", "-qam", "Caddy: sando's upstream")
+    d.set(switch=BLUE_GREEN)
+    poller = polling(node)
+    run_up(d)
+    poller.stop()
+    assert poller.failures == [], poller.failures[:5]
+    assert_only_live(node, "3001", "v1")
+    assert os.readlink(node.release_root / "current") == "releases/v1"
+    _, changed = run_up(d)
+    assert changed == {}
