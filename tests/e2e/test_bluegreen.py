@@ -319,3 +319,32 @@ def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_p
     assert os.readlink(node.release_root / "current") == "releases/v1"
     _, changed = run_up(d)
     assert changed == {}
+
+
+@pytest.fixture
+def sando(monkeypatch, engine):
+    """`sando ...` as an operator runs it (as in test_cli.py)."""
+    import io
+
+    from sando_components import cli
+
+    for k, v in engine.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
+
+    def run(project, *argv) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+        return code, out.getvalue() + err.getvalue()
+    return run
+
+
+def test_sando_restart_restarts_the_live_instance(bg_deploy, sando):
+    """`sando restart` on a blueGreen node restarts the live instance and checks it on its own port;
+    the plain unit is not started beside it."""
+    node, d = bg_deploy()
+    starts = len(node.restart_times("makenotwork@3001"))
+    code, said = sando(d.project, "restart", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert len(node.restart_times("makenotwork@3001")) == starts + 1
+    assert_only_live(node, "3001", "v1")
