@@ -335,14 +335,20 @@ def sando(monkeypatch, engine):
     def run(project, *argv) -> tuple[int, str]:
         out, err = io.StringIO(), io.StringIO()
         code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+        run.out = out.getvalue()  # stdout alone (--json)
         return code, out.getvalue() + err.getvalue()
     return run
 
 
-def test_sando_restart_restarts_the_live_instance(bg_deploy, sando):
-    """`sando restart` on a blueGreen node restarts the live instance and checks it on its own port;
-    the plain unit is not started beside it."""
+def test_sando_status_and_restart_see_the_live_instance(bg_deploy, sando):
+    """`sando status` reads the live instance (its unit, its health on its own port); `sando
+    restart` restarts it and checks it there; the plain unit is not started beside it."""
     node, d = bg_deploy()
+    code, said = sando(d.project, "status", d.name, "--json")
+    assert code == 0, said
+    [na] = json.loads(sando.out)["stacks"][0]["nodes"]
+    assert na["unit"] == "active running" and na["health"]["says"] == "ok (serves v1)", na
+    assert na["caddy"] == "active" and na["caddyHealth"]["ok"], na
     starts = len(node.restart_times("makenotwork@3001"))
     code, said = sando(d.project, "restart", "-s", d.name, "--yes")
     assert code == 0, said

@@ -138,3 +138,25 @@ EnvironmentFile=/var/lib/sando/instances/makenotwork@%i.env
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def test_the_node_read_names_the_live_instance(tmp_path):
+    """sh/probe.sh reports .sando/instance and whether that instance runs; parse_state reads it."""
+    from sando_components.providers.base import parse_state
+
+    root = tmp_path / "root"
+    (root / ".sando").mkdir(parents=True)
+    (root / "releases").mkdir()
+    (root / ".sando" / "instance").write_text("3002\n")
+    script = scripts.render_inline(
+        scripts.params(RELEASE_ROOT=root, SERVICE="makenotwork"),
+        'systemctl() { case "$*" in "is-active makenotwork@3002") echo active ;; *) echo inactive ;; esac; }\n'
+        + scripts.source("probe.sh"))
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert '{"@":"instance","v":"3002 active"}' in res.stdout.splitlines()
+    state = parse_state(res.stdout, res.returncode)
+    assert (state.instance, state.instance_active, state.active) == ("3002", True, False)
+    (root / ".sando" / "instance").write_text("junk\n")  # not a port: no instance
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    state = parse_state(res.stdout, res.returncode)
+    assert (state.instance, state.instance_active) == (None, False)
