@@ -125,18 +125,31 @@ GATE_OFF = {"GATE_RELEASE": "", "GATE_MIGRATIONS": "", "GATE_DESTRUCTIVE": "", "
             "GATE_DEFAULT_DATABASE": "", "GATE_DRY_RUN": "", "GATE_ALLOW_DESTRUCTIVE": 0, "BACKUP_DIR": "",
             "BACKUP_KEEP": 0}
 WARNING_OFF = {"WARN_URL": "", "WARN_SECONDS": 0, "WARN_ABORT": 0}
+BLUE_GREEN_OFF = {"BG": 0, "BG_PORTS": "", "BG_HOST": "", "BG_BIND_ENV": "", "BG_DRAIN": 0, "BG_HEALTH_PATH": "",
+                  "BG_WARN_PATH": "", "BG_UPSTREAM": "", "BG_UNIT_DIR": "", "BG_ENV_DIR": "",
+                  "BG_CADDYFILE": ""}
+
+
+def blue_green_params(ports: Iterable[int], host: str, bind_env: str, drain: float, health_path: str,
+                      warn_path: str) -> dict[str, object]:
+    """sh/bluegreen.sh's parameters (sando:switch.strategy blueGreen)."""
+    return {"BG": 1, "BG_PORTS": " ".join(str(int(p)) for p in ports), "BG_HOST": host, "BG_BIND_ENV": bind_env,
+            "BG_DRAIN": f"{float(drain):g}", "BG_HEALTH_PATH": health_path, "BG_WARN_PATH": warn_path,
+            "BG_UPSTREAM": paths.UPSTREAM_FILE, "BG_UNIT_DIR": paths.UNIT_DIR,
+            "BG_ENV_DIR": paths.INSTANCE_ENV_DIR, "BG_CADDYFILE": paths.CADDYFILE}
 
 
 def switch(*, release_root: str, version: str, service: str, expect: str, health: dict[str, object],
            gate: dict[str, object] | None = None, warning: dict[str, object] | None = None,
            prune_ok: Iterable[str] = (), prune_failed: Iterable[str] = (),
-           history: dict[str, object] | None = None) -> str:
+           history: dict[str, object] | None = None, blue_green: dict[str, object] | None = None) -> str:
     """The whole switch of one node (sh/switch.sh). `health`, `gate` (with the backup's),
-    `warning` and `history` (history.params: the node's record of who switched what) are the
-    parameters of the parts; None = that part is off."""
+    `warning`, `history` (history.params: the node's record of who switched what) and
+    `blue_green` (blue_green_params) are the parameters of the parts; None = that part is off."""
     from .history import HISTORY_OFF
 
-    values = {**(gate or GATE_OFF), **(warning or WARNING_OFF), **(history or HISTORY_OFF), **health}
+    values = {**(gate or GATE_OFF), **(warning or WARNING_OFF), **(history or HISTORY_OFF),
+              **(blue_green or BLUE_GREEN_OFF), **health}
     values.pop("VERSION", None)
     return scripts.command("switch", RELEASE_ROOT=release_root, VERSION=version, SERVICE=service, EXPECT=expect,
                            GATE=int(gate is not None), WARN=int(warning is not None),

@@ -321,6 +321,58 @@ class RolloutConfig(_Model):
         return v
 
 
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class SwitchConfig(_Model):
+    """How a node goes from the live release to the new one (issue 23). `restart` (the default,
+    the design doc's): one unit, `reload-or-restart`, the health check. `blueGreen`: the new
+    release starts as a second instance (`<service>@<port>`, the idle one of `ports`, its port
+    handed over through `bindEnv`), is health-checked on its own port, then Caddy's upstream (one
+    sando-owned file the Caddyfile imports) moves to it by a graceful reload, and the old
+    instance stops after `drainSeconds`."""
+
+    strategy: Literal["restart", "blueGreen"] = "restart"
+    ports: tuple[int, int] = (3001, 3002)
+    bind_env: str = Field("MNW_BIND", alias="bindEnv")
+    bind_host: str = Field("127.0.0.1", alias="bindHost")
+    drain_seconds: float = Field(2, alias="drainSeconds")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] == v[1] or not all(1024 <= p <= 65535 for p in v):
+            raise ValueError("must be two different ports between 1024 and 65535, e.g. [3001, 3002]")
+        return v
+
+    @field_validator("bind_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not ENV_NAME_RE.fullmatch(v):
+            raise ValueError("must be an environment variable name such as MNW_BIND")
+        return v
+
+    @field_validator("bind_host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError("must be an IPv4 address Caddy reaches the app at, e.g. 127.0.0.1") from None
+        return v
+
+    @field_validator("drain_seconds")
+    @classmethod
+    def _drain(cls, v: float) -> float:
+        if not 0 <= v <= 3600:
+            raise ValueError("must be between 0 and 3600")
+        return v
+
+    @property
+    def blue_green(self) -> bool:
+        return self.strategy == "blueGreen"
+
+
 class StackConfig(_Model):
     nodes: tuple[NodeConfig, ...]
     version: str
@@ -340,6 +392,7 @@ class StackConfig(_Model):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
 
     @field_validator("version")
     @classmethod
@@ -427,6 +480,17 @@ class StackConfig(_Model):
     def restart_warning_url(self, node: NodeConfig) -> str:
         return self.app_url(node) + "/api/internal/restart-warning"
 
+    def health_path(self) -> str:
+        """The health check's path (and query): what a blueGreen instance is checked at on its own port."""
+        return re.sub(r"^https?://[^/]+", "", self.health_check.url) or "/"
+
+    def plain_upstream(self, node: NodeConfig) -> str:
+        """host:port of the service as the plain unit serves it (the health URL's), what Caddy
+        reaches before the first blueGreen switch."""
+        m = re.match(r"^https?://([^/]+)", self.health_url(node))
+        host = m.group(1)
+        return host if ":" in host else host + (":443" if self.health_url(node).startswith("https") else ":80")
+
     def batches(self) -> list[tuple[NodeConfig, ...]]:
         """The nodes in rollout batches, in config order."""
         size = self.rollout.batch_size or len(self.nodes)
@@ -438,7 +502,8 @@ LOCAL_EXCLUDES = ("host", "port", "user", "hostKey", "proxyJump")
 
 
 SECRET_KEYS = {"sshPrivateKey", "cliServiceToken", "nodeKeys"}
-STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout", "nodeKeys"}
+STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout", "nodeKeys",
+                   "switch"}
 LIST_HINTS = {  # what a list-valued key holds, in an operator's words
     "nodes": "a list of nodes ({name, host, hostKey, ...})",
     "binNames": "a list of binary names, e.g. [makenotwork, mnw-admin]",
@@ -639,6 +704,13 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
             loc = _loc(err["loc"])
             if f"sando:{loc}" not in said:  # a placeholder is not also "must be a DNS name"
                 msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
+    if cfg is not None and cfg.switch.blue_green:
+        for node in cfg.nodes:
+            port = cfg.plain_upstream(node).rsplit(":", 1)[1]
+            if port in {str(p) for p in cfg.switch.ports}:
+                msgs.append(f"sando:switch.ports: {port} is the port the service's own unit listens on "
+                            f"({cfg.health_url(node)}, sando:healthCheck.url): give the two instances other ports")
+                break
     bootstrap = data.get("bootstrap", {})
     if (isinstance(bootstrap, dict) and bootstrap.get("manage", True) and not bootstrap.get("ref")
             and not any(m.startswith(("sando:bootstrap:", "sando:bootstrap.")) for m in msgs)):

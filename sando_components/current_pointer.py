@@ -57,6 +57,10 @@ class CurrentPointer(pulumi.ComponentResource):
                       "dryRunCommand": mig.dry_run_command, "database": mig.database, "envFile": args.env_file,
                       "backupDir": mig.backup_dir,
                       "allowDestructive": not mig.refuse_destructive or args.version in mig.allow_destructive},
+             "switch": {"strategy": cfg.switch.strategy, "ports": list(cfg.switch.ports),
+                        "bindEnv": cfg.switch.bind_env, "bindHost": cfg.switch.bind_host,
+                        "drainSeconds": cfg.switch.drain_seconds, "healthPath": cfg.health_path(),
+                        "warnPath": "/api/internal/restart-warning"},
              "rollout": {"batch": args.batch, "pauseSeconds": cfg.rollout.pause_seconds},
              "after": [p.outcome for p in args.after],
              "deploy": args.deploy,  # issue 20.2 hook: not in pointer.INPUTS, so never a diff by itself

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pulumi
 
 from . import paths
+from .providers import bluegreen
 from .config import ConfigError, StackConfig
 from .providers.host import HostConfig
 from .target import NodeTarget
@@ -128,6 +129,10 @@ def bootstrap_sources(cfg: StackConfig, repo: str) -> HostSources:
                           f"{expected} (sando:releaseRoot)")
     if "backup" in b.manage:
         files["cron"], sources["cron"] = cron_entry(cfg), CRON_SOURCE
+    if cfg.switch.blue_green:  # issue 23: Caddy must read the upstream sando moves
+        problem = bluegreen.caddyfile_problem(files.get("caddyfile"))
+        if problem:
+            raise ConfigError(f"sando:switch.strategy: blueGreen, but {b.caddyfile} {at}: {problem}")
     return HostSources(b.ref, commit, files, sources)
 
 
@@ -171,7 +176,10 @@ class Node(pulumi.ComponentResource):
              "healthCheck": {"url": cfg.health_url(args.node), "caddyUrl": hc.caddy_url,
                              "timeoutSeconds": hc.timeout_seconds, "intervalSeconds": hc.interval_seconds},
              "warning": warning, "token": args.token if warning else None,
-             "after": [p.outcome for p in args.after]},
+             "after": [p.outcome for p in args.after],
+             # blueGreen: the upstream file the Caddyfile imports, made when missing (issue 23)
+             "upstream": {"file": paths.UPSTREAM_FILE, "default": cfg.plain_upstream(args.node)}
+             if cfg.switch.blue_green else None},
             pulumi.ResourceOptions(parent=self),
         )
         self.host = pulumi.Output.from_input(args.node.host)

@@ -20,12 +20,15 @@ SUMS = f"{MANIFEST_DIR}/SHA256SUMS"
 FAILED = f"{MANIFEST_DIR}/failed"  # written into a release that failed its start or health check
 ERROR_PAGES = "error-pages"
 HISTORY = f"{MANIFEST_DIR}/history"  # <release root>/.sando/history: one JSON line per switch (who, what, how)
+INSTANCE = f"{MANIFEST_DIR}/instance"  # blueGreen: the port of the live instance (<release root>/.sando/instance)
+INSTANCES = f"{MANIFEST_DIR}/instances"  # blueGreen: <port> -> ../../releases/<v>, the release each instance runs
+SWITCH_LOCK = f"{MANIFEST_DIR}/switch.lock"  # blueGreen: one switch at a time on a node
 
 # What the node-side scripts (sh/*.sh) call these: scripts.py sets them before every step.
 SCRIPT_PATHS = {
     "P_RELEASES": RELEASES, "P_CURRENT": CURRENT, "P_PREVIOUS": PREVIOUS, "P_STAGING_PREFIX": STAGING_PREFIX,
     "P_MANIFEST_DIR": MANIFEST_DIR, "P_MANIFEST": MANIFEST, "P_SUMS": SUMS, "P_FAILED": FAILED,
-    "P_ERROR_PAGES": ERROR_PAGES,
+    "P_ERROR_PAGES": ERROR_PAGES, "P_INSTANCE": INSTANCE, "P_INSTANCES": INSTANCES, "P_SWITCH_LOCK": SWITCH_LOCK,
 }
 # Pre-migration backups kept in the backup directory (the newest; older ones are removed).
 BACKUPS_KEPT = 10
@@ -89,3 +92,15 @@ def host_files(service: str) -> list[str]:
 
 def for_service(template: str, service: str) -> str:
     return template.format(service=service)
+
+
+# blueGreen (sando:switch.strategy, issue 23): the one Caddy file sando owns, imported by the
+# operator's Caddyfile (`import /etc/caddy/sando-upstream.caddy` where its reverse_proxy was);
+# the template unit `<service>@.service` derived from the installed unit; each instance's port
+# in an env file read after the unit's own (so it wins), by instance name.
+UPSTREAM_FILE = "/etc/caddy/sando-upstream.caddy"
+INSTANCE_ENV_DIR = "/var/lib/sando/instances"
+
+
+def unit_template(service: str) -> str:
+    return posixpath.join(UNIT_DIR, f"{service}@.service")

@@ -36,6 +36,8 @@ from tests.baselines import minimal_deploy  # noqa: E402
 from tests.support import TOOLS, AppRepo, Deploy, Node, TestNodes, engine_env, run_up, tmpdir  # noqa: E402
 from tests.toxiproxy import Toxiproxy  # noqa: E402
 
+import bench_switch  # noqa: E402  (scripts/, beside this file)
+
 RUNS = int(os.environ.get("SANDO_BENCH_RUNS", "5"))
 BINS = ["makenotwork", "mnw-admin"]
 GOALS = {"noop": 1.3, "bumpOverhead": 1.5, "bumpWithBuild": 1.3, "wanBump": 1.5, "wanRollbackVsBump": 0.5,
@@ -57,7 +59,9 @@ HEADER = f"""\
    fanout16      sando bump of one stack of 16 nodes / of one node (fanout16Floor: the same ratio
                  for the minimal script run on 16 nodes at once: the nodes share this machine)
    bytesVsRsync  bytes a sando bump of the realistic server sends / bytes `rsync -az
-                 --copy-dest=<live release>` sends for the same release (its --stats)"""
+                 --copy-dest=<live release>` sends for the same release (its --stats)
+   switch        sando:switch.strategy restart vs blueGreen: failed requests and the longest gap a
+                 poller through Caddy (every 10 ms) sees across N bumps, a 3 s start, a crash at start"""
 
 
 def say(msg: str = "") -> None:
@@ -269,6 +273,9 @@ def main() -> int:
             live = v
             assert r.served()["label"] == v and r_min.served()["label"] == v
 
+        say("\n== switch strategies (sando:switch, issue 23): a poller through Caddy every 10 ms")
+        switch = bench_switch.compare(work, env, RUNS, say)
+
         m = {k: t.median(k) for k in t.runs}
         ratios = {
             "noop": m["sando no-op up (1 node)"] / m["empty program: pulumi up"],
@@ -292,7 +299,8 @@ def main() -> int:
             else:
                 say(f"   {k:<44} {r:8.2f}   ({CONTEXT[k]})")
         results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
-                   "runs": RUNS, "ratios": ratios, "goals": GOALS, "medians": m, "samples": t.runs}
+                   "runs": RUNS, "ratios": ratios, "goals": GOALS, "medians": m, "samples": t.runs,
+                   "switchStrategies": switch}
         (REPO / "bench-results.json").write_text(json.dumps(results, indent=1) + "\n")
         say(f"\n   wrote {REPO / 'bench-results.json'}")
         return 0

@@ -127,6 +127,8 @@ class NodeState:
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
     host: HostState | None = None  # the host files as the node has them (host config, issue 18.5)
     root_missing: bool = False  # no release root yet: nothing deployed here
+    instance: str | None = None  # blueGreen: the live instance's port (<release root>/.sando/instance)
+    instance_active: bool = False  # blueGreen: that instance runs
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -176,11 +178,13 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
     if report.one("root") not in ("ok", "missing"):
         raise OperatorError(f"{node}: the node read did not say whether {root or 'the release root'} exists")
     releases, foreign = releases_of(report, "", node, root)
+    inst = report.one("instance")
     return NodeState(live=_version(report.one("current")), previous=_version(report.one("previous")),
                      free_kib=int(free), zstd=report.one("zstd") == "yes",
                      active=(report.one("active") or "").strip() in ("active", "reloading", "activating"),
                      releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
-                     host=parse_host_state(out))
+                     host=parse_host_state(out), instance=(inst or "").split(" ")[0] or None,
+                     instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"))
 
 
 _states: dict[tuple, NodeState] = {}

@@ -109,7 +109,9 @@ def script(props: dict, mode: str, restart_unit: bool) -> str:
         HEALTH_TIMEOUT=f"{float(hc.get('timeoutSeconds') or 30):g}",
         HEALTH_INTERVAL=f"{float(hc.get('intervalSeconds') or 1):g}",
         WARN_URL=warn.get("url") or "", WARN_SECONDS=int(warn.get("seconds") or 0) if props.get("token") else 0,
-        WARN_ABORT=1 if warn.get("onFailure") == "abort" else 0, PREV_DIR=paths.HOST_PREV_DIR)
+        WARN_ABORT=1 if warn.get("onFailure") == "abort" else 0, PREV_DIR=paths.HOST_PREV_DIR,
+        UPSTREAM=(props.get("upstream") or {}).get("file") or "",
+        UPSTREAM_DEFAULT=(props.get("upstream") or {}).get("default") or "")
 
 
 def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:

@@ -23,14 +23,15 @@ from .. import ahead, commands, diagnostics, history, paths, scripts, ssh, times
 from ..errors import OperatorError
 from ..scripts import Report
 from ..transfer import NodeRelease
-from . import gate, warning
+from . import bluegreen, gate, warning
 from .base import (NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public,
                    refresh_auth, releases_of, remember, say_auth_only)
 
-INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", *AUTH]
+INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", "switch",
+          *AUTH]
 # the switch script's outcomes that are a node's outcome (reported by the Verdict), not a crash
 OUTCOMES = ("EX_MISSING", "EX_CHANGED", "EX_LIVE_UNHEALTHY", "EX_DRY_RUN_FAILED", "EX_DESTRUCTIVE", "EX_GATE_BROKEN",
-            "EX_BACKUP_FAILED", "EX_WARNING_FAILED", "EX_NO_PREVIOUS", "EX_SWITCHED_BACK")
+            "EX_BACKUP_FAILED", "EX_WARNING_FAILED", "EX_NO_PREVIOUS", "EX_SWITCHED_BACK", *bluegreen.OUTCOMES)
 
 
 def to_prune(releases: dict[str, NodeRelease], live: str | None, previous: str | None, keep: int) -> list[str]:
@@ -58,7 +59,7 @@ class PointerProvider(NodeProvider):
             state = node_state(news)
             if state.live != news["version"]:
                 changes.append("version")  # `current` moved by hand: put it back
-            elif not state.active:
+            elif not (state.instance_active if bluegreen.enabled(news) else state.active):
                 changes.append("service")  # the service is down: start it
         elif set(changes) <= set(AUTH) and self._as_it_was(news):
             say_auth_only(news, changes)
@@ -113,6 +114,8 @@ class PointerProvider(NodeProvider):
         state = replace(state, releases=releases if listed else state.releases,
                         foreign=foreign if listed else state.foreign, active=outcome == "EX_OK" or state.active)
         remember(props, state)
+        for note in bluegreen.notes(props, report):
+            diagnostics.log("warning", note)
         status = warning.status(_warning(props), report, switched)
         if props.get("warning") and (props.get("deploy") or {}).get("now") and switched:  # issue 20.6 hook
             status = f"skipped (--now) by {props['deploy'].get('by')}"
@@ -167,9 +170,11 @@ class PointerProvider(NodeProvider):
             warning=warning.params(_warning(props), props.get("token")),
             prune_ok=prune_ok, prune_failed=prune_failed,
             history=history.params(props.get("deploy"), version, props["commit"],  # issue 20.2 hook
-                                   int((props.get("warning") or {}).get("seconds") or 0)))
+                                   int((props.get("warning") or {}).get("seconds") or 0)),
+            blue_green=bluegreen.params(props))
         notice = int((props.get("warning") or {}).get("seconds") or 0)
-        return script, 900 + notice + 2 * (120 + float(hc["timeoutSeconds"]))
+        drain = float((props.get("switch") or {}).get("drainSeconds") or 0)
+        return script, 900 + notice + drain + 2 * (120 + float(hc["timeoutSeconds"]))
 
     @staticmethod
     def _failure(props: dict, res: ssh.Result, report: Report, live: str | None) -> str:
@@ -227,8 +232,9 @@ class PointerProvider(NodeProvider):
             msg = f"{node}: {version} failed its health check ({why}); {again}"
         else:
             msg = f"{node}: the switch to {version} failed (exit {res.rc}: {(res.err or res.out).strip()[-300:]})"
+        msg, journal = bluegreen.failure(props, res.rc, report, live) or (msg, journal)
         backup = report.one("backup")
-        if backup and outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK"):
+        if backup and outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK") + bluegreen.OUTCOMES[:1]:
             db = report.one("database") or "<database>"
             msg += (f". The database was backed up before {version}'s migrations: {backup}; to restore it: "
                     f"systemctl stop {props['service']} && sqlite3 {db} \".restore '{backup}'\" && "

@@ -10,7 +10,7 @@
 # An identical file changes and reloads nothing.
 #
 # params: MODE PLAN SERVICE RELEASE_ROOT OWNER CADDY RESTART_UNIT HEALTH_URL CADDY_URL HEALTH_TIMEOUT
-# params: HEALTH_INTERVAL WARN_URL WARN_SECONDS WARN_ABORT PREV_DIR
+# params: HEALTH_INTERVAL WARN_URL WARN_SECONDS WARN_ABORT PREV_DIR UPSTREAM UPSTREAM_DEFAULT
 # Parameters:
 #   MODE            check (stage and check only: the preview) | apply
 #   PLAN            one line per item: ITEM MODE DEST SOURCE LEGACY (SOURCE: path in the repo, for
@@ -26,6 +26,9 @@
 #   HEALTH_TIMEOUT  seconds; HEALTH_INTERVAL seconds
 #   WARN_URL WARN_SECONDS WARN_ABORT   the restart warning before a unit restart (WARN_SECONDS 0: none)
 #   PREV_DIR        where the previous copy of each replaced file is kept
+#   UPSTREAM        blueGreen (sando:switch): the upstream file the Caddyfile imports (made, pointing
+#                   at UPSTREAM_DEFAULT, host:port of the service's own unit, when it does not exist
+#                   yet: the switch moves it), or empty
 
 # the bearer header line comes first on stdin, the tar after it
 AUTH=''
@@ -107,6 +110,12 @@ interpreter() { # the shell that runs a script (its #! line): bash or sh
   esac
 }
 
+upstream_text() { # the first upstream file (blueGreen): the service's own unit, until the first switch
+  printf '# written by sando (sando:switch.strategy blueGreen): where Caddy sends %s requests.\n' "$SERVICE"
+  printf '# The Caddyfile imports it; do not edit: sando rewrites it at each switch.\n'
+  printf 'reverse_proxy %s\n' "$UPSTREAM_DEFAULT"
+}
+
 check_staged() { # ITEM SOURCE: the checks that need no live file
   out="$STAGE/.check-$1"
   case $1 in
@@ -115,7 +124,13 @@ check_staged() { # ITEM SOURCE: the checks that need no live file
         report check-failed "$1" "caddy is not installed on the node (apt-get install caddy)"
         exit "$EX_HOST_CHECK"
       fi
-      caddy validate --adapter caddyfile --config "$STAGE/$1" >"$out" 2>&1 || check_failed "$1" "$2" "$out"
+      _cfg=$STAGE/$1
+      if [ -n "$UPSTREAM" ] && [ ! -f "$UPSTREAM" ]; then # checked as it will be: with the upstream file made
+        upstream_text >"$STAGE/.upstream"
+        sed "s|$UPSTREAM|$STAGE/.upstream|g" "$STAGE/$1" >"$STAGE/.caddyfile-check"
+        _cfg=$STAGE/.caddyfile-check
+      fi
+      caddy validate --adapter caddyfile --config "$_cfg" >"$out" 2>&1 || check_failed "$1" "$2" "$out"
       report checked "$1" "caddy validate"
       ;;
     unit)
@@ -153,6 +168,10 @@ fi
 (umask 022 && mkdir -p "$RELEASE_ROOT/releases")
 mkdir -p "$PREV_DIR"
 chmod 0700 "$PREV_DIR"
+if [ -n "$UPSTREAM" ] && [ ! -f "$UPSTREAM" ]; then
+  (umask 022 && mkdir -p "$(dirname "$UPSTREAM")" && upstream_text >"$UPSTREAM.sando-tmp" &&
+    mv -f "$UPSTREAM.sando-tmp" "$UPSTREAM") && report upstream-made "$UPSTREAM $UPSTREAM_DEFAULT"
+fi
 if [ -n "$OWNER" ]; then chown -R "$OWNER" "$RELEASE_ROOT"; fi
 
 # install ITEM MODE DEST LEGACY: atomically, the previous copy kept as PREV_DIR/ITEM (or none); an
@@ -324,7 +343,8 @@ while read -r item fmode dest src legacy; do
       ;;
     unit)
       systemctl daemon-reload
-      systemctl enable --quiet --no-reload "$SERVICE.service" 2>/dev/null
+      # blueGreen: the live instance (SERVICE@PORT) is what starts at boot, not the plain unit
+      if [ -z "$UPSTREAM" ]; then systemctl enable --quiet --no-reload "$SERVICE.service" 2>/dev/null; fi
       report daemon-reload "$SERVICE"
       UNIT_CHANGED=1
       ;;
@@ -399,6 +419,8 @@ if [ -n "$UNIT_CHANGED" ]; then
   unit_src=$(printf '%s\n' "$PLAN" | awk '$1 == "unit" {print $4}')
   if [ ! -e "$RELEASE_ROOT/current" ]; then
     report unit-restart "none: no release is live yet (the first switch starts it)"
+  elif [ -n "$UPSTREAM" ]; then
+    report unit-restart "blueGreen: the next switch starts the new instance with it ($SERVICE@.service is derived from it)"
   elif [ "$RESTART_UNIT" != 1 ]; then
     report unit-restart "left to the switch to the pinned version, which restarts $SERVICE"
   else

@@ -26,3 +26,7 @@ EX_HOST_WARNING=104  # host: the restart warning failed (abort mode); the previo
 EX_RESTART_FAILED=120  # sando restart: systemctl restart failed
 EX_RESTART_UNHEALTHY=121  # sando restart: the service restarted but fails its health check
 EX_RESTART_NOTHING_LIVE=122  # sando restart: no release is live (nothing to restart)
+EX_BG_UNHEALTHY=80  # blueGreen: the new instance failed its start or health check; it was stopped, no user request reached it
+EX_BG_CADDY=81  # blueGreen: Caddy did not take the new upstream; the upstream file is back, the old instance serves
+EX_BG_NO_IMPORT=82  # blueGreen: the Caddyfile does not import sando's upstream file; nothing changed for users
+EX_BG_SETUP=83  # blueGreen: the instances could not be set up (no installed unit, another switch running)

@@ -44,6 +44,12 @@ read_releases() (
   report root ok
   report current "$(readlink "$P_CURRENT" 2>/dev/null)"
   report previous "$(readlink "$P_PREVIOUS" 2>/dev/null)"
+  # blueGreen: the live instance (its port) and whether it runs
+  _inst=$(cat "$P_INSTANCE" 2>/dev/null)
+  case $_inst in
+    '' | *[!0-9]*) ;;
+    *) report instance "$_inst" "$(systemctl is-active "$SERVICE@$_inst" 2>/dev/null)" ;;
+  esac
   if [ -d "$P_RELEASES" ]; then
     if [ ! -r "$P_RELEASES" ] || [ ! -x "$P_RELEASES" ]; then
       fail "$EX_UNREADABLE" unreadable "$RELEASE_ROOT/$P_RELEASES (not readable by $(id -un))"

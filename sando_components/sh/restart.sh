@@ -14,6 +14,20 @@ cd "$RELEASE_ROOT" || fail "$EX_RESTART_NOTHING_LIVE" error "no release root $RE
 live=$(readlink current 2>/dev/null) || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
 # shellcheck disable=SC2034  # read by sando_history (history.sh)
 H_VERSION=${live##*/}
+# blueGreen (issue 23): the live instance SERVICE@PORT (PORT in .sando/instance) is what runs, on its
+# own port (bound to 127.0.0.1, sando:switch.bindHost's default): restarted and checked there
+unit=$SERVICE
+port=$(cat "$P_INSTANCE" 2>/dev/null)
+case $port in
+  '' | *[!0-9]*) ;;
+  *)
+    if systemctl cat "$SERVICE@$port.service" >/dev/null 2>&1; then
+      unit=$SERVICE@$port
+      HEALTH_URL=$(printf '%s' "$HEALTH_URL" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$port|")
+      WARN_URL=$(printf '%s' "$WARN_URL" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$port|")
+    fi
+    ;;
+esac
 trap '' HUP PIPE # once the warning is out, a lost connection does not stop the restart halfway
 
 code=''
@@ -32,8 +46,8 @@ if [ "$WARN_SECONDS" -gt 0 ] && [ -n "$AUTH" ]; then
   rm -f "$werr"
 fi
 
-systemctl reset-failed "$SERVICE.service" 2>/dev/null
-out=$(systemctl restart "$SERVICE.service" 2>&1)
+systemctl reset-failed "$unit.service" 2>/dev/null
+out=$(systemctl restart "$unit.service" 2>&1)
 rc=$?
 report restart "$rc $out"
 if [ "$rc" != 0 ]; then

@@ -8,7 +8,9 @@
 # passed; from the warning (or the switch) on, the script ignores a lost connection and runs to
 # the end, so a node is never left half-switched.
 # params: RELEASE_ROOT VERSION SERVICE EXPECT GATE WARN PRUNE_OK PRUNE_FAILED
-# uses: health gate backup warning prune history
+# uses: health gate backup warning prune history bluegreen
+# With BG=1 (sando:switch.strategy blueGreen) the switch itself is bluegreen.sh's: a second
+# instance, checked on its own port before Caddy's upstream moves to it.
 
 if [ "$WARN" = 1 ]; then warn_read_token; fi
 exec </dev/null
@@ -46,6 +48,7 @@ healthy() {
 }
 
 if [ "$live" = "$target" ]; then
+  if [ "$BG" = 1 ]; then bg_live; fi
   if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
   health "$EXPECT" || exit "$EX_LIVE_UNHEALTHY"
   healthy
@@ -55,6 +58,7 @@ if [ "$GATE" = 1 ]; then
   gate
   backup
 fi
+if [ "$BG" = 1 ]; then bg_switch; fi
 
 trap '' HUP PIPE
 if [ "$WARN" = 1 ]; then

@@ -104,7 +104,7 @@ def test_report_named_keeps_name_and_value_apart():
 
 def test_render_takes_exactly_the_declared_parameters():
     assert scripts.header("backup") == (("VERSION", "BACKUP_DIR", "BACKUP_KEEP"), ("gate",))
-    assert scripts.parts("switch") == ("health", "gate", "backup", "warning", "prune", "history")
+    assert scripts.parts("switch") == ("health", "gate", "backup", "warning", "prune", "history", "bluegreen")
     values = dict.fromkeys(scripts.declared_params("probe"), "x")
     assert "RELEASE_ROOT=x\nSERVICE=x" in scripts.render("probe", **values)
     with pytest.raises(ValueError, match=r"missing \['SERVICE'\]"):

@@ -7,6 +7,8 @@
 //!   binary that reports another version and commit), else `git rev-parse HEAD`, else "unknown";
 //! * `MNW_CRASH_AT_START`: "1" if the file `CRASH_AT_START` exists next to
 //!   Cargo.toml (made by `scripts/mutate crash-at-start`), else "0";
+//! * `MNW_START_DELAY_MS`: the number in the file `START_DELAY_MS` next to Cargo.toml (made by
+//!   `scripts/mutate slow-start MS`), else "0": the server waits that long before it listens;
 //! * `$OUT_DIR/migrations.rs`: the SQL migrations in `migrations/*.sql`,
 //!   embedded with `include_str!` and sorted by their numeric prefix
 //!   (like `sqlx::migrate!`).
@@ -101,6 +103,16 @@ fn main() {
         "0"
     };
     println!("cargo:rustc-env=MNW_CRASH_AT_START={crash}");
+
+    // --- start delay (a slow start, e.g. a server applying long migrations) --
+    let delay_file = manifest_dir.join("START_DELAY_MS");
+    let delay = if delay_file.exists() {
+        println!("cargo:rerun-if-changed={}", delay_file.display());
+        fs::read_to_string(&delay_file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
+    } else {
+        0
+    };
+    println!("cargo:rustc-env=MNW_START_DELAY_MS={delay}");
 
     // --- migrations ---------------------------------------------------------
     let mig_dir = manifest_dir.join("migrations");

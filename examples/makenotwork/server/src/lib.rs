@@ -21,6 +21,11 @@ pub fn crash_at_start() -> bool {
     CRASH_FLAG == "1"
 }
 
+/// How long this build waits (after its migrations) before it listens (`mutate slow-start MS`).
+pub fn start_delay_ms() -> u64 {
+    env!("MNW_START_DELAY_MS").parse().unwrap_or(0)
+}
+
 /// The label written by `scripts/mutate bump LABEL` ("" if none).
 pub fn label() -> &'static str {
     LABEL_RAW.trim()

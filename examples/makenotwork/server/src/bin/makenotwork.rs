@@ -171,6 +171,11 @@ fn main() {
         exit(3);
     }
 
+    let delay = mnw::start_delay_ms();
+    if delay > 0 {
+        say(&format!("slow-start build: waiting {delay} ms before listening"));
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+    }
     let bind = match env::var("MNW_BIND") {
         Ok(b) if !b.is_empty() => b,
         _ => "127.0.0.1:3000".to_string(),

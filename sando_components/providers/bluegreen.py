@@ -1,0 +1,82 @@
+"""The blueGreen switch's part of the pointer (sando:switch.strategy blueGreen, sh/bluegreen.sh):
+its parameters and what an operator reads when it did not happen. The restart path stays
+pointer.py's; this module only speaks when the switch's props say blueGreen."""
+
+from __future__ import annotations
+
+from .. import commands, paths, scripts
+from ..scripts import Report
+
+OUTCOMES = ("EX_BG_UNHEALTHY", "EX_BG_CADDY", "EX_BG_NO_IMPORT", "EX_BG_SETUP")
+IMPORT_LINE = f"import {paths.UPSTREAM_FILE}"
+
+
+def enabled(props: dict) -> bool:
+    return (props.get("switch") or {}).get("strategy") == "blueGreen"
+
+
+def params(props: dict) -> dict[str, object] | None:
+    """sh/bluegreen.sh's parameters, or None (the restart strategy)."""
+    sw = props.get("switch") or {}
+    if not enabled(props):
+        return None
+    return commands.blue_green_params(sw["ports"], sw["bindHost"], sw["bindEnv"], float(sw["drainSeconds"]),
+                                      sw["healthPath"], sw["warnPath"])
+
+
+def failure(props: dict, rc: int, report: Report, live: str | None) -> tuple[str, str] | None:
+    """(one or two lines, the new instance's journal lines to follow them) for a blueGreen
+    outcome; None: not one of them."""
+    outcome = scripts.name_of(rc)
+    if outcome not in OUTCOMES:
+        return None
+    node, version, service = props["node"], props["version"], props["service"]
+    serves = f"{live} still serves" if live else "nothing served before either"
+    new = report.one("bg-new") or "?"
+    unit = f"{service}@{new}.service"
+    if outcome == "EX_BG_UNHEALTHY":
+        crashed = report.all("crashed")
+        why = (report.all("bg-failed") or ["?"])[-1]
+        if crashed:
+            head = f"{node}: {version} exited at start ({unit} {crashed[0].split()[0]}, port {new})"
+        else:
+            head = f"{node}: {version} did not become healthy on its own port {new} ({why})"
+        msg = f"{head}; it was stopped before any user request reached it and {serves}"
+        if report.has("reverted"):  # the restart path (a destructive migration) had stopped the old one
+            msg = (f"{head}; it was stopped and {live} was started again (a destructive migration made this "
+                   "deploy take the restart path)")
+        lines = report.all("journal")
+        journal = ("Last lines of its journal:\n" + "\n".join(f"  {line.strip()}" for line in lines) if lines
+                   else f"Its journal says nothing more: `journalctl -u {unit}` on the node")
+        return msg, journal
+    if outcome == "EX_BG_CADDY":
+        why = (report.all("caddy-failed") or ["?"])[-1]
+        return (f"{node}: Caddy did not take the new upstream ({why}); {paths.UPSTREAM_FILE} is back, {version} "
+                f"({unit}) was stopped and {serves} (sando:switch)"), ""
+    if outcome == "EX_BG_NO_IMPORT":
+        return (f"{node}: {paths.CADDYFILE} does not import {paths.UPSTREAM_FILE}, so Caddy cannot be moved to the "
+                f"new instance; nothing changed for users and {serves}. Put the line `{IMPORT_LINE}` in place of "
+                "the site's reverse_proxy line (sando:switch.strategy blueGreen)"), ""
+    return f"{node}: the blueGreen switch could not start ({'; '.join(report.all('bg-error')) or '?'}); {serves}", ""
+
+
+def notes(props: dict, report: Report) -> list[str]:
+    """What the operator is told about how this blueGreen switch went (a fallback to the restart path)."""
+    strategy = report.one("strategy") or ""
+    if strategy.startswith("restart"):
+        return [f"{props['node']}: {props['version']} has a destructive migration pending, so this deploy took the "
+                "restart path: the old instance stopped (after the restart warning, if any) before the new one "
+                "started and migrated; users saw the gap"]
+    return []
+
+
+def caddyfile_problem(caddyfile: str | None) -> str | None:
+    """Why a committed Caddyfile cannot serve blueGreen (it does not import sando's upstream file)."""
+    if caddyfile is None:
+        return None
+    for line in caddyfile.splitlines():
+        if line.split("#", 1)[0].split() == ["import", paths.UPSTREAM_FILE]:
+            return None
+    return (f"the Caddyfile does not import {paths.UPSTREAM_FILE}, the upstream sando moves between the "
+            f"instances: put the line `{IMPORT_LINE}` in place of the site's reverse_proxy line, commit, "
+            "and point sando:bootstrap.ref at it")

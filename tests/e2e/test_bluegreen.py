@@ -1,0 +1,356 @@
+"""sando:switch.strategy blueGreen (issue 23) on real-systemd nodes through the real engine: the
+new release starts beside the old one on the idle port, is checked there, and takes traffic only
+when healthy (Caddy's upstream moves by a graceful reload); users through Caddy see no failed
+request, also when the new release crashes at start, hangs, or Caddy's reload fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.support import TOOLS, AppRepo, run_preview, run_up, wait_for
+
+UPSTREAM = "/etc/caddy/sando-upstream.caddy"
+PLAIN_LINE = "reverse_proxy {$MNW_UPSTREAM:127.0.0.1:3000}"
+IMPORT_LINE = f"import {UPSTREAM}"
+BLUE_GREEN = {"strategy": "blueGreen", "ports": [3001, 3002], "drainSeconds": 1}
+
+
+def import_upstream(repo: AppRepo) -> None:
+    """The Caddyfile change the preview asks for: the import in place of the reverse_proxy line."""
+    caddyfile = repo.path / "server" / "deploy" / "Caddyfile"
+    text = caddyfile.read_text()
+    assert PLAIN_LINE in text
+    caddyfile.write_text(text.replace(PLAIN_LINE, IMPORT_LINE))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    r = AppRepo(tmp_path_factory.mktemp("bgapp") / "makenotwork")
+    import_upstream(r)
+    r.commit_tag("v1")
+    r.version("v2")
+    r.version("v3", ("slow-start", "3000"))  # takes 3 s to start
+    r.version("v4", ("fix",))
+    r.version("v5", ("crash-at-start",))  # exits at start
+    r.version("v6", ("fix",), ("slow-start", "600000"))  # never listens in time: hangs before healthy
+    r.version("v7", ("fix",))
+    r.version("v8", ("good-migration",))
+    r.version("v9", ("destructive-migration",))
+    r.version("v10")
+    return r
+
+
+class Poller(threading.Thread):
+    """GET through Caddy every 10 ms (bounded: at most `limit` requests) until stopped; every
+    answer that is not a 200 with the app's JSON is a failure."""
+
+    def __init__(self, url: str, interval: float = 0.01, limit: int = 60000):
+        super().__init__(daemon=True)
+        self.url, self.interval, self.limit = url, interval, limit
+        self.done = threading.Event()
+        self.requests, self.failures, self.versions = 0, [], set()
+
+    def run(self):
+        while not self.done.is_set() and self.requests < self.limit:
+            self.requests += 1
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    body = json.loads(resp.read())
+                    self.versions.add(body["version"])
+            except Exception as exc:  # noqa: BLE001 - any failure is what the test counts
+                self.failures.append(f"{time.time():.3f} {exc!r}"[:200])
+            time.sleep(self.interval)
+
+    def stop(self) -> "Poller":
+        self.done.set()
+        self.join(timeout=30)
+        return self
+
+
+def polling(node) -> Poller:
+    p = Poller(node.caddyUrl)
+    p.start()
+    wait_for(lambda: p.requests > 5, timeout=10)
+    return p
+
+
+def sh(node, cmd: str) -> str:
+    return node.exec("sh", "-c", cmd).stdout.strip()
+
+
+def active(node, unit: str) -> str:
+    return sh(node, f"systemctl is-active {unit}")
+
+
+def enabled(node, unit: str) -> str:
+    return sh(node, f"systemctl is-enabled {unit} 2>/dev/null || true")
+
+
+def live_port(node) -> str:
+    text = node.path(UPSTREAM).read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("reverse_proxy ")]
+    return line.split(":")[-1]
+
+
+def assert_only_live(node, port: str, version: str) -> None:
+    """The instance on `port` serves `version` (through Caddy too) and is the only one that runs
+    and starts at boot."""
+    other = {"3001": "3002", "3002": "3001"}[port]
+    assert live_port(node) == port
+    assert active(node, f"makenotwork@{port}") == "active"
+    assert active(node, f"makenotwork@{other}") != "active"
+    assert active(node, "makenotwork") != "active"
+    assert enabled(node, f"makenotwork@{port}") == "enabled"
+    assert enabled(node, f"makenotwork@{other}") != "enabled"
+    assert enabled(node, "makenotwork") != "enabled"
+    assert json.loads(sh(node, f"curl -fsS http://127.0.0.1:{port}/"))["version"] == version  # on the node: 127.0.0.1
+    assert node.served(node.caddyUrl)["version"] == version
+
+
+@pytest.fixture
+def bg_deploy(make_nodes, make_deploy, repo):
+    def make(**config):
+        (node,) = make_nodes(1)
+        d = make_deploy([node], repo=repo, switch=BLUE_GREEN, **config)
+        run_up(d)  # v1 on the first instance
+        return node, d
+    return make
+
+
+def test_preview_names_the_missing_import(make_nodes, make_deploy, app):
+    (node,) = make_nodes(1)
+    d = make_deploy([node], switch=BLUE_GREEN)  # the stand-in's Caddyfile as shipped: no import
+    with pytest.raises(Exception) as err:
+        run_preview(d)
+    text = str(err.value)
+    assert "sando:switch.strategy: blueGreen, but server/deploy/Caddyfile" in text
+    assert f"put the line `{IMPORT_LINE}` in place of the site's reverse_proxy line" in text
+    assert not node.path(UPSTREAM).exists()  # nothing changed on the node
+
+
+def test_bumps_through_caddy_fail_no_request(bg_deploy):
+    """v1 -> v2 -> v3 (3 s to start) -> rollback by pin to v2, a poller through Caddy every 10 ms:
+    not one failed request; the instances alternate, only the live one runs and starts at boot."""
+    node, d = bg_deploy(healthCheck={"timeoutSeconds": 20, "intervalSeconds": 0.2, "expectVersion": True})
+    assert_only_live(node, "3001", "v1")
+    poller = polling(node)
+    try:
+        d.set(version="v2")
+        run_up(d)
+        assert_only_live(node, "3002", "v2")
+        d.set(version="v3")
+        run_up(d)
+        assert_only_live(node, "3001", "v3")
+        d.set(version="v2")  # rollback by pin: the same move in reverse
+        run_up(d)
+        assert_only_live(node, "3002", "v2")
+    finally:
+        poller.stop()
+    assert poller.failures == [], poller.failures[:5]
+    assert poller.requests > 100 and {"v1", "v2", "v3"} <= poller.versions
+    assert os.readlink(node.release_root / "current") == "releases/v2"
+    assert os.readlink(node.release_root / "previous") == "releases/v3"
+    out = d.node_out(node)
+    assert (out["liveVersion"], out["previousVersion"], out["health"]) == ("v2", "v3", "ok")
+    _, changed = run_up(d)  # nothing left to do
+    assert changed == {}
+
+
+def _fails_unseen(node, d, version: str, **config) -> list[str]:
+    poller = polling(node)
+    try:
+        d.set(version=version, **config)
+        errors = d.errors(d.up_fails())
+    finally:
+        poller.stop()
+    assert poller.failures == [], poller.failures[:5]
+    assert poller.versions == {"v1"}  # users never reached the new release
+    assert_only_live(node, "3001", "v1")
+    assert os.readlink(node.release_root / "current") == "releases/v1"
+    return errors
+
+
+def test_new_instance_crashes_at_start(bg_deploy):
+    node, d = bg_deploy()
+    error, *quoted = _fails_unseen(node, d, "v5")
+    assert error.startswith("node1: v5 exited at start (makenotwork@3002.service "), error
+    assert error.endswith("; it was stopped before any user request reached it and v1 still serves. "
+                          "Last lines of its journal:"), error
+    assert "crash-at-start build: exiting" in quoted, quoted
+    assert (node.release_root / "releases" / "v5" / ".sando" / "failed").exists()
+    assert d.node_out(node)["liveVersion"] == "v1"
+
+
+def test_new_instance_hangs_before_healthy(bg_deploy):
+    node, d = bg_deploy()
+    error, *quoted = _fails_unseen(node, d, "v6",
+                                   healthCheck={"timeoutSeconds": 3, "intervalSeconds": 0.2, "expectVersion": True})
+    assert error.startswith("node1: v6 did not become healthy on its own port 3002 ("), error
+    assert "it was stopped before any user request reached it and v1 still serves" in error
+    assert any("slow-start build: waiting 600000 ms" in q for q in quoted), quoted
+
+
+def test_caddy_reload_fails(bg_deploy):
+    node, d = bg_deploy()
+    before = node.path(UPSTREAM).read_text()
+    node.unit_dropin("broken-reload", "[Service]\nExecReload=\nExecReload=/bin/false", unit="caddy")
+    (error,) = _fails_unseen(node, d, "v2")
+    assert error.startswith("node1: Caddy did not take the new upstream (systemctl reload caddy: "), error
+    assert error.endswith(f"{UPSTREAM} is back, v2 (makenotwork@3002.service) was stopped and v1 still serves "
+                          "(sando:switch)"), error
+    assert node.path(UPSTREAM).read_text() == before
+    node.unit_dropin("", "", unit="caddy")
+    run_up(d)  # Caddy reloads again: the deploy goes through
+    assert_only_live(node, "3002", "v2")
+
+
+def test_ctrl_c_between_start_and_switch(bg_deploy):
+    """Ctrl-C while the new instance (3 s to start) is starting: the node's switch runs to its end
+    (or the re-run waits for it), a re-run converges, no stray instance is left running."""
+    node, d = bg_deploy()
+    poller = polling(node)
+    d.set(version="v3")
+    env = {**os.environ, **d.env}
+    proc = subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name,
+                             "--non-interactive"], cwd=d.project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for(lambda: "slow-start build: waiting" in node.journal("makenotwork@3002"), timeout=180)
+    for _ in range(2):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+    proc.communicate(timeout=120)
+    d.cli(["cancel", "--yes"], check=False)  # a hard stop may leave the stack's lock behind
+    run_up(d)
+    poller.stop()
+    assert poller.failures == [], poller.failures[:5]
+    assert_only_live(node, "3002", "v3")
+    _, changed = run_up(d)
+    assert changed == {}
+
+
+def test_systemd_restarted_after_a_blue_green_deploy(bg_deploy):
+    """The node's systemd re-executed and every unit stopped and started as at boot: the live
+    instance comes back on its port (the other one and the plain unit stay down)."""
+    node, d = bg_deploy()
+    d.set(version="v2")
+    run_up(d)
+    assert_only_live(node, "3002", "v2")
+    node.exec("sh", "-c", "printf '[Unit]\\nDescription=down\\nRequires=basic.target\\nAllowIsolate=yes\\n' "
+                          "> /etc/systemd/system/sando-test-down.target && systemctl daemon-reexec && "
+                          "systemctl isolate sando-test-down.target", check=True)
+    assert active(node, "makenotwork@3002") != "active" and active(node, "caddy") != "active"
+    node.exec("systemctl", "isolate", "multi-user.target", check=True)
+    wait_for(lambda: active(node, "makenotwork@3002") == "active" and active(node, "caddy") == "active", timeout=30)
+    wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
+    assert_only_live(node, "3002", "v2")
+
+
+def _stops_and_starts(node) -> list[tuple[float, str, str]]:
+    """(time, 'start'|'stop', unit) of the makenotwork instances, from PID 1's journal."""
+    out = []
+    for e in node._pid1_entries():
+        unit = e.get("UNIT") or ""
+        if not unit.startswith("makenotwork"):
+            continue
+        msg = e.get("MESSAGE") or ""
+        kind = "start" if msg.startswith("Started") else "stop" if msg.startswith("Stopped") else None
+        if kind:
+            out.append((int(e["__REALTIME_TIMESTAMP"]) / 1e6, kind, unit.removesuffix(".service")))
+    return out
+
+
+def test_restart_warning_then_destructive_migration_takes_the_restart_path(make_nodes, make_deploy, repo):
+    """The restart warning reaches the old instance's users before it stops. A pending destructive
+    migration (allowed) makes that deploy take the restart path: the old instance stops before the
+    new one starts and migrates, and the run says so."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, switch=BLUE_GREEN, version="v8", restartWarningSeconds=2)
+    d.set_secret("cliServiceToken", token)
+    run_up(d)  # v8: a new table; no users yet, no warning
+    assert d.node_out(node)["restartWarning"] == "not needed: service not running"
+    d.set(version="v9")  # a destructive migration, allowed (refuseDestructive is off)
+    run_up(d)
+    log = "".join(d.log)
+    assert ("node1: v9 has a destructive migration pending, so this deploy took the restart path: the old instance "
+            "stopped (after the restart warning, if any) before the new one started and migrated") in log
+    assert "restart-warning: received" in node.journal("makenotwork@3001")
+    events = _stops_and_starts(node)
+    stop_old = max(t for t, k, u in events if (k, u) == ("stop", "makenotwork@3001"))
+    start_new = max(t for t, k, u in events if (k, u) == ("start", "makenotwork@3002"))
+    assert stop_old < start_new, events
+    assert_only_live(node, "3002", "v9")
+    assert d.node_out(node)["restartWarning"].startswith("sent at ")
+    # and a plain bump after it is blueGreen again: the warning goes to v9's users before 3002 stops
+    d.set(version="v10")
+    poller = polling(node)
+    run_up(d)
+    poller.stop()
+    assert poller.failures == []
+    assert "restart-warning: received" in node.journal("makenotwork@3002")
+    assert_only_live(node, "3001", "v10")
+
+
+def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_path):
+    """The README's steps on a node that runs the plain unit: the Caddyfile's import committed and
+    the strategy set in one run; the poller through Caddy sees no failure, the plain unit ends
+    stopped and disabled, the release unchanged now runs as the first instance."""
+    r = AppRepo(tmp_path / "makenotwork")
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=r)
+    run_up(d)  # restart strategy: the plain unit serves v1
+    assert active(node, "makenotwork") == "active"
+    import_upstream(r)
+    r.git("commit", "-qam", "Caddy: sando's upstream")
+    d.set(switch=BLUE_GREEN)
+    poller = polling(node)
+    run_up(d)
+    poller.stop()
+    assert poller.failures == [], poller.failures[:5]
+    assert_only_live(node, "3001", "v1")
+    assert os.readlink(node.release_root / "current") == "releases/v1"
+    _, changed = run_up(d)
+    assert changed == {}
+
+
+@pytest.fixture
+def sando(monkeypatch, engine):
+    """`sando ...` as an operator runs it (as in test_cli.py)."""
+    import io
+
+    from sando_components import cli
+
+    for k, v in engine.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
+
+    def run(project, *argv) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+        run.out = out.getvalue()  # stdout alone (--json)
+        return code, out.getvalue() + err.getvalue()
+    return run
+
+
+def test_sando_status_and_restart_see_the_live_instance(bg_deploy, sando):
+    """`sando status` reads the live instance (its unit, its health on its own port); `sando
+    restart` restarts it and checks it there; the plain unit is not started beside it."""
+    node, d = bg_deploy()
+    code, said = sando(d.project, "status", d.name, "--json")
+    assert code == 0, said
+    [na] = json.loads(sando.out)["stacks"][0]["nodes"]
+    assert na["unit"] == "active running" and na["health"]["says"] == "ok (serves v1)", na
+    assert na["caddy"] == "active" and na["caddyHealth"]["ok"], na
+    starts = len(node.restart_times("makenotwork@3001"))
+    code, said = sando(d.project, "restart", "-s", d.name, "--yes")
+    assert code == 0, said
+    assert len(node.restart_times("makenotwork@3001")) == starts + 1
+    assert_only_live(node, "3001", "v1")

@@ -1,0 +1,162 @@
+"""blueGreen (sando:switch, issue 23): the config's checks, the Caddyfile import check, the
+switch's parameters by exact value, and the template unit bluegreen.sh derives from the
+installed unit (its awk run for real on a temp dir)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from sando_components import commands, scripts
+from sando_components.config import ConfigError, load
+from sando_components.providers import bluegreen
+from unit_helpers import PRIVATE_KEY
+
+SECRETS = frozenset({"sando:sshPrivateKey"})
+
+
+def raw(switch) -> dict[str, str]:
+    return {"sando:nodes": json.dumps([{"name": "n1", "host": "127.0.0.2", "hostKey": None}]),
+            "sando:insecureSkipHostKeyCheck": "true", "sando:version": "v1", "sando:source": '{"repo": "/x"}',
+            "sando:sshPrivateKey": PRIVATE_KEY, "sando:bootstrap": '{"ref": "main"}',
+            "sando:switch": json.dumps(switch)}
+
+
+def error_of(switch) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load(raw(switch), SECRETS)
+    return str(exc.value)
+
+
+def test_restart_stays_the_default():
+    cfg = load({k: v for k, v in raw({}).items() if k != "sando:switch"}, SECRETS)
+    assert cfg.switch.strategy == "restart" and not cfg.switch.blue_green
+
+
+def test_blue_green_values():
+    cfg = load(raw({"strategy": "blueGreen", "ports": [4001, 4002], "bindEnv": "APP_BIND", "drainSeconds": 5}),
+               SECRETS)
+    sw = cfg.switch
+    assert (sw.blue_green, sw.ports, sw.bind_env, sw.bind_host, sw.drain_seconds) == \
+        (True, (4001, 4002), "APP_BIND", "127.0.0.1", 5)
+    assert cfg.health_path() == "/" and cfg.plain_upstream(cfg.nodes[0]) == "127.0.0.1:3000"
+
+
+@pytest.mark.parametrize("switch,said", [
+    ({"strategy": "blue-green"}, "sando:switch.strategy: must be 'restart' or 'blueGreen'"),
+    ({"ports": [3001, 3001]}, "sando:switch.ports: must be two different ports between 1024 and 65535"),
+    ({"ports": [3001]}, "sando:switch.ports"),
+    ({"bindEnv": "MNW BIND"}, "sando:switch.bindEnv: must be an environment variable name such as MNW_BIND"),
+    ({"bindHost": "localhost"}, "sando:switch.bindHost: must be an IPv4 address"),
+    ({"drainSeconds": -1}, "sando:switch.drainSeconds: must be between 0 and 3600"),
+    ({"strategy": "blueGreen", "ports": [3000, 3002]},
+     "sando:switch.ports: 3000 is the port the service's own unit listens on (http://127.0.0.1:3000/"),
+    ({"strategy": "blueGreen", "drain": 1}, "sando:switch.drain: unknown key"),
+])
+def test_bad_switch_config_names_the_key(switch, said):
+    assert said in error_of(switch)
+
+
+STAND_IN = """{
+\thandle {
+\t\t# import /etc/caddy/sando-upstream.caddy  (a comment is not an import)
+\t\treverse_proxy 127.0.0.1:3000
+\t}
+}
+"""
+
+
+def test_caddyfile_import_check():
+    problem = bluegreen.caddyfile_problem(STAND_IN)
+    assert problem == ("the Caddyfile does not import /etc/caddy/sando-upstream.caddy, the upstream sando moves "
+                       "between the instances: put the line `import /etc/caddy/sando-upstream.caddy` in place of "
+                       "the site's reverse_proxy line, commit, and point sando:bootstrap.ref at it")
+    fixed = STAND_IN.replace("reverse_proxy 127.0.0.1:3000", "import /etc/caddy/sando-upstream.caddy")
+    assert bluegreen.caddyfile_problem(fixed) is None
+    assert bluegreen.caddyfile_problem(None) is None  # the Caddyfile is not sando's: the switch checks it
+
+
+def test_switch_parameters_by_exact_value():
+    props = {"switch": {"strategy": "blueGreen", "ports": [3001, 3002], "bindHost": "127.0.0.1",
+                        "bindEnv": "MNW_BIND", "drainSeconds": 2.0, "healthPath": "/health?x=1",
+                        "warnPath": "/api/internal/restart-warning"}}
+    assert bluegreen.params(props) == {
+        "BG": 1, "BG_PORTS": "3001 3002", "BG_HOST": "127.0.0.1", "BG_BIND_ENV": "MNW_BIND", "BG_DRAIN": "2",
+        "BG_HEALTH_PATH": "/health?x=1", "BG_WARN_PATH": "/api/internal/restart-warning",
+        "BG_UPSTREAM": "/etc/caddy/sando-upstream.caddy", "BG_UNIT_DIR": "/etc/systemd/system",
+        "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile"}
+    assert bluegreen.params({"switch": {**props["switch"], "strategy": "restart"}}) is None
+    assert bluegreen.params({}) is None
+    # the restart switch renders with the part off
+    text = commands.switch(release_root="/opt/makenotwork", version="v2", service="makenotwork", expect="",
+                           health=commands.health_params("http://127.0.0.1:3000/", 5, 1, "c0ffee"))
+    text = shlex.split(text)[2]  # the script itself (sh -c TEXT NAME)
+    assert "\nBG=0\n" in text and "\nBG_PORTS=''\n" in text
+
+
+UNIT = """[Unit]
+Description=makenotwork server
+Documentation=file:///opt/makenotwork/current/README.md
+
+[Service]
+EnvironmentFile=-/etc/makenotwork/makenotwork.env
+WorkingDirectory=/opt/makenotwork
+ExecStart=/opt/makenotwork/current/makenotwork
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_template_unit_derived_from_the_installed_one(tmp_path):
+    (tmp_path / "makenotwork.service").write_text(UNIT)
+    script = scripts.render_inline(
+        scripts.params(BG_UNIT_DIR=tmp_path, BG_BASE="makenotwork", RELEASE_ROOT="/opt/makenotwork",
+                       BG_ENV_DIR="/var/lib/sando/instances"),
+        scripts.source("bluegreen.sh") + "\nsystemctl() { echo \"systemctl $*\"; }\nbg_template\nbg_template\n")
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    # installed once (with one daemon-reload); the second run finds it identical
+    assert res.stdout.count("systemctl daemon-reload") == 1 and res.stdout.count('"@":"bg-template"') == 1
+    assert (tmp_path / "makenotwork@.service").read_text() == f"""\
+# {tmp_path}/makenotwork.service as an instance of sando's blueGreen switch (written by sando at each switch)
+[Unit]
+Description=makenotwork server
+Documentation=file:///opt/makenotwork/.sando/instances/%i/README.md
+
+[Service]
+EnvironmentFile=-/etc/makenotwork/makenotwork.env
+WorkingDirectory=/opt/makenotwork
+ExecStart=/opt/makenotwork/.sando/instances/%i/makenotwork
+Restart=on-failure
+
+# sando: the instance port (read after the unit's own env file, so it wins)
+EnvironmentFile=/var/lib/sando/instances/makenotwork@%i.env
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_the_node_read_names_the_live_instance(tmp_path):
+    """sh/probe.sh reports .sando/instance and whether that instance runs; parse_state reads it."""
+    from sando_components.providers.base import parse_state
+
+    root = tmp_path / "root"
+    (root / ".sando").mkdir(parents=True)
+    (root / "releases").mkdir()
+    (root / ".sando" / "instance").write_text("3002\n")
+    script = scripts.render_inline(
+        scripts.params(RELEASE_ROOT=root, SERVICE="makenotwork"),
+        'systemctl() { case "$*" in "is-active makenotwork@3002") echo active ;; *) echo inactive ;; esac; }\n'
+        + scripts.source("probe.sh"))
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert '{"@":"instance","v":"3002 active"}' in res.stdout.splitlines()
+    state = parse_state(res.stdout, res.returncode)
+    assert (state.instance, state.instance_active, state.active) == ("3002", True, False)
+    (root / ".sando" / "instance").write_text("junk\n")  # not a port: no instance
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    state = parse_state(res.stdout, res.returncode)
+    assert (state.instance, state.instance_active) == (None, False)
