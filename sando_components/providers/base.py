@@ -106,6 +106,7 @@ class NodeState:
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
     host: HostState | None = None  # the host files as the node has them (host config, issue 18.5)
     root_missing: bool = False  # no release root yet: nothing deployed here
+    failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # failed release -> (when, why)
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -140,6 +141,15 @@ def releases_of(report: scripts.Report, tag: str = "", node: str = "a node",
     return releases, tuple(sorted(report.all(f"{tag}foreign")))
 
 
+def failures_of(report: scripts.Report, tag: str = "") -> dict[str, tuple[float, str]]:
+    """When and why each release marked failed on the node failed there (lib.sh's TAGfailed-why)."""
+    out = {}
+    for v, value in report.named(f"{tag}failed-why").items():
+        epoch, _, why = value.partition(" ")
+        out[v] = (float(epoch) if epoch.isdigit() else 0.0, why.strip())
+    return out
+
+
 def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err: str = "") -> NodeState:
     """What sh/probe.sh reported; an OperatorError naming the node and what could not be read."""
     report = scripts.Report.parse(out, node)
@@ -159,7 +169,7 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      free_kib=int(free), zstd=report.one("zstd") == "yes",
                      active=(report.one("active") or "").strip() in ("active", "reloading", "activating"),
                      releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
-                     host=parse_host_state(out))
+                     host=parse_host_state(out), failures=failures_of(report))
 
 
 _states: dict[tuple, NodeState] = {}

@@ -53,13 +53,30 @@ class PointerProvider(NodeProvider):
         changes = changed(olds, news, INPUTS)
         if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
             ahead.warn_at_preview(news, olds)
+        state = node_state(news)
         if not changes:
-            state = node_state(news)
             if state.live != news["version"]:
                 changes.append("version")  # `current` moved by hand: put it back
             elif not state.active:
                 changes.append("service")  # the service is down: start it
+        if state.live != news["version"]:
+            self._say_why(news, olds, state, changes)
         return DiffResult(changes=bool(changes), replaces=[])
+
+    @staticmethod
+    def _say_why(news: dict, olds: dict, state: NodeState, changes: list[str]) -> None:
+        """Why this node's `current` will move, on its line, when the diff alone does not say it
+        (issue 19.7, 19.10): the pinned release already failed here, or `current` was moved by hand."""
+        node, version = node_of(news), news["version"]
+        failed = state.failures.get(version)
+        held = state.releases.get(version)
+        if failed is not None or (held is not None and held.failed):
+            at, why = failed or (0.0, "")
+            when = f" at {_iso(str(int(at)))}" if at else ""
+            diagnostics.log("warning", f"{node}: {version} failed here{when}" + (f" ({why})" if why else "")
+                            + "; this up tries it again")
+        elif changes == ["version"] and state.live and state.live != olds.get("liveVersion"):
+            diagnostics.log("warning", f"{node}: current is on {state.live} by hand; pin is {version}")
 
     def create(self, props):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))

@@ -6,6 +6,7 @@ a success; the outputs still say where each node stands."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -60,3 +61,30 @@ def test_an_unreachable_node_is_said_once_and_the_outputs_stay(make_nodes, make_
     outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
     assert outs["node1"]["liveVersion"] == "v1"
     d.set(nodes=[node.config()])
+
+
+def _diagnostics(out: str, node: str) -> list[str]:
+    """The warning lines of a node's switch in the Diagnostics section."""
+    diag = out.split("Diagnostics:", 1)[1] if "Diagnostics:" in out else ""
+    return [line.strip() for line in diag.splitlines() if line.strip().startswith(f"warning: {node}: ")]
+
+
+def test_preview_says_why_current_moves(make_nodes, make_deploy, repo):
+    """Issue 19.7 and 19.10: a pinned release that already failed on the node, and a `current`
+    moved by hand, are said on the node's line at preview, not just `current-switch update`."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo)
+    d.cli(["up", "--yes"])
+    d.set(version="v2")
+    up(d)  # v2 exits at start: marked failed on node1, v1 live again
+    out = d.cli(["preview"]).stdout
+    (said,) = _diagnostics(out, "node1")
+    assert re.fullmatch(r"warning: node1: v2 failed here at 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ \(exited at start "
+                        r"\(makenotwork\.service [a-z-]+/[a-z-]+, restarted \d+ times by systemd\)\); "
+                        r"this up tries it again", said), out
+    d.set(version="v1")
+    assert _diagnostics(d.cli(["preview"]).stdout, "node1") == []  # v1 is live: nothing to say
+    d.cli(["up", "--yes"])
+    node.exec("sh", "-c", "cd /opt/makenotwork && ln -sfn releases/v2 current.tmp && mv -T current.tmp current")
+    out = d.cli(["preview"]).stdout
+    assert _diagnostics(out, "node1") == ["warning: node1: current is on v2 by hand; pin is v1"], out
