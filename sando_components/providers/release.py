@@ -108,7 +108,12 @@ class ReleaseProvider(NodeProvider):
             raise OperatorError(f"{node}: {version} arrived with files that do not match their sha256 (the upload "
                                 "was damaged on the way); nothing was kept or switched: run pulumi up again")
         if res.rc != 0:
-            raise OperatorError(f"{node}: the upload of {version} failed ({(res.err or res.out).strip()[-300:]}); "
+            said = quote_lines(res.err or res.out)
+            if "No space left on device" in (res.err or res.out):
+                raise OperatorError(f"{node}: releases/ ran out of space (or inodes) while receiving {version} "
+                                    f"({said}); nothing was switched and the partial upload was removed. Free space "
+                                    "on the node (or lower sando:keepReleases) and run pulumi up again")
+            raise OperatorError(f"{node}: the upload of {version} failed ({said}); "
                                 "nothing was switched and the node keeps its releases: run pulumi up again")
         remember(props, node_state(props).with_release(
             NodeRelease(version, props["commit"], manifest["createdAt"], manifest["files"])))
@@ -142,7 +147,10 @@ class ReleaseProvider(NodeProvider):
 
     @staticmethod
     def _no_space(node: str, free_kib: int, version: str, need_kib: int) -> OperatorError:
-        return OperatorError(f"{node}: releases/ has {_mb(free_kib)} free, {version} needs {_mb(need_kib)}; "
+        free, need = _mb(free_kib), _mb(need_kib)
+        if free == need:  # "has 2 MB free, v2 needs 2 MB" says nothing: the exact numbers (issue 19.10)
+            free, need = f"{max(free_kib, 0)} KB", f"{max(need_kib, 0)} KB"
+        return OperatorError(f"{node}: releases/ has {free} free, {version} needs {need}; "
                              "nothing was sent. Free space on the node (or lower sando:keepReleases) and run "
                              "pulumi up again")
 
@@ -151,6 +159,16 @@ class ReleaseProvider(NodeProvider):
         return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
                 "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
                 "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
+
+
+def quote_lines(text: str, most: int = 2) -> str:
+    """A tool's output quoted intact on one line: its distinct lines whole (never cut mid-word), the
+    first `most` of them, then how many more there were (issue 19.10: tar's ENOSPC lines)."""
+    lines = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    if not lines:
+        return "no output"
+    more = len(lines) - most
+    return "; ".join(lines[:most]) + (f"; and {more} more line{'s' if more > 1 else ''}" if more > 0 else "")
 
 
 def _now() -> str:

@@ -201,6 +201,7 @@ def test_warning_status():
     (12 * 1024, 64 * 1024, "node1: releases/ has 12 MB free, v7 needs 64 MB; "),
     (500, 2048, "node1: releases/ has 500 KB free, v7 needs 2 MB; "),
     (-5, 1536 * 1024, "node1: releases/ has 0 KB free, v7 needs 1536 MB; "),
+    (2000, 2100, "node1: releases/ has 2000 KB free, v7 needs 2100 KB; "),  # both "2 MB": the exact numbers
 ])
 def test_no_space_message(free, need, text):
     err = ReleaseProvider._no_space("node1", free, "v7", need)
@@ -273,3 +274,13 @@ def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
              "warning": None, "token": None, "gate": {}, "rollout": rollout}
     outs = PointerProvider().create(props).outs
     assert outs["liveVersion"] == "v2" and naps == slept
+
+
+def test_quote_lines_keeps_whole_lines():
+    from sando_components.providers.release import quote_lines
+    tar = ("tar: ./a/file-one: Cannot open: No space left on device\n"
+           "tar: ./a/file-two: Cannot open: No space left on device\n"
+           "tar: Exiting with failure status due to previous errors\n")
+    assert quote_lines(tar) == ("tar: ./a/file-one: Cannot open: No space left on device; "
+                                "tar: ./a/file-two: Cannot open: No space left on device; and 1 more line")
+    assert quote_lines("x\nx\n") == "x" and quote_lines("") == "no output"
