@@ -97,8 +97,9 @@ class PointerProvider(NodeProvider):
             return self._outs(props, olds, state, health="held back: an earlier rollout batch failed",
                               outcome={"ok": False, "node": node, "heldBack": True})
         rollout = props.get("rollout") or {}
-        if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
-            time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
+        if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds") and \
+                any((o or {}).get("node") in _switched for o in props.get("after") or []):
+            time.sleep(float(rollout["pauseSeconds"]))  # the previous batch switched, healthy: let it settle
         script, timeout = self._script(props, state)
         res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
                       check=False)
@@ -109,6 +110,8 @@ class PointerProvider(NodeProvider):
         releases, foreign = releases_of(report, "final-", node, root)
         live_before = _version_of(report.one("live-before"))
         switched = report.has("switched")
+        if switched:
+            _switched.add(node)
         if outcome == "EX_OK":
             state = replace(state, live=version, previous=live_before if switched else state.previous)
         elif report.has("reverted") or not switched:  # back where it was, or never moved
@@ -133,8 +136,16 @@ class PointerProvider(NodeProvider):
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
                               report=report, status=status)
+        switched_at = _iso(report.one("switched"))
+        record = history.parse(report.one("history-last") or "")
+        if not switched and record and record.get("version") == version and record.get("result") == "ok":
+            # live already: switched by an earlier run that was interrupted (its outputs never recorded):
+            # say what that switch did, from the node's own record of it (issue 19.9)
+            switched_at = record.get("at")
+            status = _warning_of(record, status)
+            report = Report(report.entries + (("history", report.one("history-last")),))
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
-                          status=status, switched_at=_iso(report.one("switched")))
+                          status=status, switched_at=switched_at)
 
     @staticmethod
     def _outs(props: dict, olds: dict, state: NodeState, *, health: str, outcome: dict,
@@ -242,6 +253,19 @@ class PointerProvider(NodeProvider):
         if journal:  # what the service said, last: its lines follow the sentence
             msg += f". {journal}"
         return msg
+
+
+# nodes whose `current` this run moved (one provider process per run): a later rollout batch pauses
+# only after an earlier one switched something (issue 19.9)
+_switched: set[str] = set()
+
+
+def _warning_of(record: dict, status: str) -> str:
+    """The restart warning as the node's switch record says it went (sent 30s, failed HTTP 500, ...)."""
+    said = (record.get("warning") or "").strip()
+    if not said or status == "disabled":
+        return status
+    return f"{said} before the switch at {record.get('at')}" if said.startswith("sent ") else said
 
 
 def _warning(props: dict) -> dict | None:

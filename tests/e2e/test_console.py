@@ -6,17 +6,23 @@ a success; the outputs still say where each node stands."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 
-from tests.support import AppRepo
+from tests.support import TOOLS, AppRepo, wait_for
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     r = AppRepo(tmp_path_factory.mktemp("consoleapp") / "makenotwork")
     r.version("v2", ("crash-at-start",))  # a version that exits at start: the switch fails
+    r.mutate("fix")
+    r.version("v3")  # a good one
     return r
 
 
@@ -88,3 +94,38 @@ def test_preview_says_why_current_moves(make_nodes, make_deploy, repo):
     node.exec("sh", "-c", "cd /opt/makenotwork && ln -sfn releases/v2 current.tmp && mv -T current.tmp current")
     out = d.cli(["preview"]).stdout
     assert _diagnostics(out, "node1") == ["warning: node1: current is on v2 by hand; pin is v1"], out
+
+
+def _up_in_background(d) -> subprocess.Popen:
+    """`pulumi up --yes` in a session of its own (as a terminal's process group: Ctrl-C reaches all of it)."""
+    return subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name,
+                             "--non-interactive"], cwd=d.project, env={**os.environ, **d.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_deploy, repo):
+    """Issue 19.9: Ctrl-C twice during the restart warning stops pulumi at once; the node goes on and
+    switches. The next run's outputs say what that switch did (its time, the warning sent, the
+    versions), not the previous switch's values or `not sent: nothing restarted`."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=6)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    before = d.node_out(node)
+    d.set(version="v3")
+    proc = _up_in_background(d)
+    wait_for(lambda: "restart-warning: received" in node.journal("makenotwork"), timeout=120)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # the second: pulumi stops at once, the switch in flight
+    proc.communicate(timeout=60)
+    wait_for(lambda: node.served()["version"] == "v3", timeout=30)  # the node went on by itself
+    d.cli(["cancel", "--yes"], check=False)  # the hard stop may leave the stack's lock
+    d.cli(["up", "--yes"])
+    out = d.node_out(node)
+    assert (out["liveVersion"], out["previousVersion"]) == ("v3", "v1")
+    last = out["lastDeploy"]
+    assert (last["version"], last["from"], last["result"], last["warning"]) == ("v3", "v1", "ok", "sent 6s")
+    assert out["switchedAt"] == last["at"] != before["switchedAt"]
+    assert out["restartWarning"] == f"sent 6s before the switch at {last['at']}"
