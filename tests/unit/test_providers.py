@@ -254,13 +254,14 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
 # --- rollout: the pause before a later batch ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rollout, live, slept", [
-    ({"batch": 1, "pauseSeconds": 7}, "v1", [7.0]),
-    ({"batch": 0, "pauseSeconds": 7}, "v1", []),  # the first batch does not wait
-    ({"batch": 2, "pauseSeconds": 0}, "v1", []),
-    ({"batch": 1, "pauseSeconds": 7}, "v2", []),  # nothing to switch: no pause
+@pytest.mark.parametrize("rollout, live, earlier_switched, slept", [
+    ({"batch": 1, "pauseSeconds": 7}, "v1", True, [7.0]),
+    ({"batch": 1, "pauseSeconds": 7}, "v1", False, []),  # the earlier batch switched nothing in this run
+    ({"batch": 0, "pauseSeconds": 7}, "v1", True, []),  # the first batch does not wait
+    ({"batch": 2, "pauseSeconds": 0}, "v1", True, []),
+    ({"batch": 1, "pauseSeconds": 7}, "v2", True, []),  # nothing to switch: no pause
 ])
-def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
+def test_rollout_pause(provider_node, monkeypatch, rollout, live, earlier_switched, slept):
     node = provider_node
     node.release("v1")
     node.release("v2")
@@ -271,7 +272,8 @@ def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
     props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
              "service": "makenotwork", "version": "v2", "commit": "c-v2", "keepReleases": 5,
              "healthCheck": {"url": "http://h/", "timeoutSeconds": 0, "intervalSeconds": 0.1, "expectVersion": False},
-             "warning": None, "token": None, "gate": {}, "rollout": rollout}
+             "warning": None, "token": None, "gate": {}, "rollout": rollout, "after": [{"ok": True, "node": "node0"}]}
+    monkeypatch.setattr(pointer, "_switched", {"node0"} if earlier_switched else set())
     outs = PointerProvider().create(props).outs
     assert outs["liveVersion"] == "v2" and naps == slept
 
