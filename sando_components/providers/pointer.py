@@ -13,6 +13,8 @@ what the node holds: one round trip per node), so a hand-moved `current` is put 
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -101,8 +103,16 @@ class PointerProvider(NodeProvider):
                 any((o or {}).get("node") in _switched for o in props.get("after") or []):
             time.sleep(float(rollout["pauseSeconds"]))  # the previous batch switched, healthy: let it settle
         script, timeout = self._script(props, state)
-        res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
-                      check=False)
+        flight = _Flight(node, version, int((_warning(props) or {}).get("seconds") or 0),
+                         (props.get("deploy") or {}).get("stack") or "")
+        with _lock:
+            _flights.add(flight)
+        try:
+            res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
+                          check=False, on_line=flight.heard)
+        finally:
+            with _lock:
+                _flights.discard(flight)
         report = Report.parse(res.out, node)
         outcome = scripts.name_of(res.rc)
         if outcome != "EX_OK" and outcome not in OUTCOMES:  # the script itself broke: where the node stands is unknown
@@ -253,6 +263,61 @@ class PointerProvider(NodeProvider):
         if journal:  # what the service said, last: its lines follow the sentence
             msg += f". {journal}"
         return msg
+
+
+class _Flight:
+    """A switch under way on a node: what its script has said so far, shown as the switch's status
+    (issue 19.5), and what a Ctrl-C now means for that node (issue 19.6)."""
+
+    def __init__(self, node: str, version: str, notice: int, stack: str):
+        self.node, self.version, self.notice, self.stack = node, version, notice, stack
+        self.progress = diagnostics.Progress()
+        self.restart_at: float | None = None  # when the service restarts (the warning is out)
+        self.switched = False
+
+    def heard(self, line: str) -> None:
+        for key, value in Report.parse(line).entries:
+            if key == "warning" and value.startswith("sent ") and value.split()[1].isdigit():
+                self.restart_at = float(value.split()[1]) + self.notice
+                self.progress.say("warning", f"restart warning sent; restarting at {_hms(self.restart_at)}", force=True)
+            elif key == "switched":
+                self.switched = True
+                if diagnostics.interactive():  # in a log the warning's line is this step's one line
+                    self.progress.say("switch", f"switched to {self.version}; waiting for its health check", force=True)
+
+    def cancelled(self) -> None:
+        """Ctrl-C: pulumi stops starting anything, but this switch goes on on the node."""
+        status = f"`sando status {self.stack}`" if self.stack else "`sando status`"
+        if self.restart_at is not None and not self.switched:
+            what = (f"the restart warning is out, so it switches to {self.version} at {_hms(self.restart_at)} "
+                    "and checks its health on its own, whatever happens to this run")
+        elif self.switched:
+            what = f"it switched to {self.version} and finishes its health check (and a switch back if that fails) on its own"
+        else:
+            what = (f"its switch to {self.version} goes on (this run waits for it; a second Ctrl-C leaves it to "
+                    "the node, which stops before its restart warning)")
+        diagnostics.log("warning", f"{self.node}: Ctrl-C does not stop this node: {what}. See the result with "
+                                   f"{status}", urn=self.progress.urn)
+
+
+def _hms(epoch: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
+
+
+_flights: set[_Flight] = set()
+_lock = threading.Lock()
+
+
+def _on_cancel() -> None:
+    with _lock:
+        flights = sorted(_flights, key=lambda f: f.node)
+    for flight in flights:
+        flight.cancelled()
+
+
+_hooks = getattr(sys.modules.get("pulumi.dynamic"), "on_cancel", None)  # sando's provider host (engine/bin)
+if isinstance(_hooks, list) and _on_cancel not in _hooks:
+    _hooks.append(_on_cancel)
 
 
 # nodes whose `current` this run moved (one provider process per run): a later rollout batch pauses

@@ -74,8 +74,10 @@ class ReleaseProvider(NodeProvider):
                 "move it away on the node or pin another version name (sando:version)")
         if held is not None:
             return self._reuse(props, held)
+        progress = diagnostics.Progress()  # the build's own progress, then the bytes sent (issue 19.5)
         art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
-                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
+                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]),
+                                 progress=lambda said: progress.say("build", f"building {version}: {said}"))
         manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
                     "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
         if conn.local:  # the machine that built it: no stream, files by hard link from the artifacts
@@ -84,7 +86,7 @@ class ReleaseProvider(NodeProvider):
             plan = transfer.plan(art, manifest, state.held(), state.zstd)
         if state.free_kib < plan.need_kib:
             raise self._no_space(node, state.free_kib, version, plan.need_kib)
-        res = self._send(conn, root, version, plan, state.zstd)
+        res = self._send(conn, root, version, plan, state.zstd, progress)
         # a delta did not rebuild the right bytes (e.g. a bad local cache): drop those deltas and send
         # the changed files whole
         if res.rc == scripts.code("EX_SUMS_FAILED") and plan.deltas:
@@ -92,7 +94,7 @@ class ReleaseProvider(NodeProvider):
                 delta.unlink(missing_ok=True)
             diagnostics.log("warning", f"{node}: a delta of {version} did not match its sha256; sent whole files")
             plan = transfer.plan(art, manifest, state.held(), state.zstd, patches=False)
-            res = self._send(conn, root, version, plan, state.zstd)
+            res = self._send(conn, root, version, plan, state.zstd, progress)
         report = scripts.Report.parse(res.out, node)
         outcome = scripts.name_of(res.rc)
         if outcome == "EX_NO_SPACE":
@@ -137,13 +139,15 @@ class ReleaseProvider(NodeProvider):
                            "at": _now()})
 
     @staticmethod
-    def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool) -> ssh.Result:
+    def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool,
+              progress: diagnostics.Progress | None = None) -> ssh.Result:
         if conn.local:  # nothing is streamed: 0 bytes sent
             script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, "none")
             return ssh.run(conn, script, check=False)
         compression = "zstd" if zstd else "gzip"
         script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)
-        return ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False)
+        said = (lambda sent: progress.say("upload", f"sending {version}: {_sent(sent)} sent")) if progress else None
+        return ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False, on_sent=said)
 
     @staticmethod
     def _no_space(node: str, free_kib: int, version: str, need_kib: int) -> OperatorError:
@@ -159,6 +163,10 @@ class ReleaseProvider(NodeProvider):
         return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
                 "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
                 "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
+
+
+def _sent(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n // 1024} KB"
 
 
 def quote_lines(text: str, most: int = 2) -> str:

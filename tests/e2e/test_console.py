@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import time
 
 import pytest
+
+from datetime import datetime, timezone
 
 from tests.support import TOOLS, AppRepo, wait_for
 
@@ -129,3 +133,81 @@ def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_d
     assert (last["version"], last["from"], last["result"], last["warning"]) == ("v3", "v1", "ok", "sent 6s")
     assert out["switchedAt"] == last["at"] != before["switchedAt"]
     assert out["restartWarning"] == f"sent 6s before the switch at {last['at']}"
+
+
+def test_ctrl_c_during_the_restart_warning_says_what_goes_on(make_nodes, make_deploy, repo):
+    """Issue 19.6 (and 19.5 in a log): the switch's line says when the restart comes, once; Ctrl-C
+    during the warning says that the node still switches, when, and how to see the result; the
+    node does so; the next run converges without Pulumi's pending-operations text."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=6)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    d.set(version="v3")
+    proc = _up_in_background(d)
+    lines = []
+    for line in proc.stdout:  # the operator reads the warning's line, then presses Ctrl-C
+        lines.append(line.rstrip("\n"))
+        if "restart warning sent; restarting at" in line and len(lines) and not proc.poll():
+            assert "restart-warning: received" in node.journal("makenotwork")
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out = "\n".join(lines) + "\n" + proc.communicate(timeout=120)[0]
+    status = [line for line in out.splitlines() if "node1-current-switch updating" in line
+              and "restart warning sent; restarting at" in line]
+    assert len(status) == 1, out  # a log gets one line of it
+    at = re.search(r"; restart warning sent; restarting at (\d\d:\d\d:\d\d) UTC$", status[0]).group(1)
+    assert _diagnostics(out, "node1") == [
+        f"warning: node1: Ctrl-C does not stop this node: the restart warning is out, so it switches to v3 at {at} UTC "
+        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`"]
+    for step in ("building v3: ", "sending v3: "):  # at most one line per step in a log (besides its done line)
+        assert sum(step in line and " updating (" in line for line in out.splitlines()) <= 1, out
+    wait_for(lambda: node.served()["version"] == "v3", timeout=30)
+    started = datetime.fromtimestamp(node.restart_times("makenotwork")[-1], timezone.utc)
+    said = datetime.combine(started.date(), datetime.strptime(at, "%H:%M:%S").time(), timezone.utc)
+    assert -1 <= (started - said).total_seconds() <= 10  # it restarted when it said it would
+    again = d.cli(["up", "--yes"])
+    assert "pending operations" not in again.stdout + again.stderr
+    assert d.node_out(node)["liveVersion"] == "v3"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def test_progress_on_the_interactive_console(make_nodes, make_deploy, repo):
+    """Issue 19.5: on a terminal, long steps show what they are doing as the resource's status: the
+    build's own progress, the bytes sent, the restart warning and when the restart comes."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=3)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    repo.version("v5")  # a commit no test built yet: this up builds it
+    d.set(version="v5")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name],
+                            cwd=d.project, env={**os.environ, **d.env, "TERM": "xterm", "COLUMNS": "250"},
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    while True:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    text = ANSI.sub("", seen.decode(errors="replace"))
+    assert proc.returncode == 0, text
+    assert re.search(r"building v5: Compiling \S+ \(\d+/\d+\)", text), text
+    assert re.search(r"sending v5: \d+(\.\d)? [KM]B sent", text), text
+    assert re.search(r"restart warning sent; restarting at \d\d:\d\d:\d\d UTC", text), text
+    assert "Diagnostics:" not in text  # statuses only: nothing left for the end
+    assert node.served()["version"] == "v5"
