@@ -95,6 +95,11 @@ class PointerProvider(NodeProvider):
     def _apply(self, props: dict, olds: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
         state = node_state(props)
+        sent = props.get("releaseOutcome") or {}
+        if sent.get("ok") is False:  # the upload failed: nothing to switch to; the verdict quotes the upload's error
+            diagnostics.log("warning", f"{node}: {version} did not go live here (the error at the end says why)")
+            return self._outs(props, olds, state, health="not checked: the release was not sent",
+                              outcome={"ok": False, "node": node, "message": sent.get("message") or "?"})
         if any(not o.get("ok") for o in props.get("after") or [] if o):
             return self._outs(props, olds, state, health="held back: an earlier rollout batch failed",
                               outcome={"ok": False, "node": node, "heldBack": True})

@@ -42,14 +42,28 @@ class ReleaseProvider(NodeProvider):
         return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
 
     def create(self, props):
-        return CreateResult(id_=f"{props['connection']['host']}:{props['releaseRoot']}", outs=self._ensure(props))
+        return CreateResult(id_=f"{props['connection']['host']}:{props['releaseRoot']}", outs=self._sent(props, {}))
 
     def update(self, _id, olds, news):
         if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
             held = node_state(news).releases.get(news["version"])
             if held is not None and held.commit == news["commit"]:
-                return UpdateResult(outs=refresh_auth(olds, news))
-        return UpdateResult(outs=self._ensure(news))
+                return UpdateResult(outs={**refresh_auth(olds, news), "outcome": {"ok": True, "node": node_of(news)}})
+        return UpdateResult(outs=self._sent(news, olds))
+
+    def _sent(self, props: dict, olds: dict) -> dict:
+        """The release sent, or this node's failure recorded for the verdict (issue 19.3): the run
+        goes on to record every node's outputs (a failed run's outputs must not look deleted) and
+        the verdict says it once, at the end. A build failure is every node's: it fails here."""
+        try:
+            return {**self._ensure(props), "outcome": {"ok": True, "node": node_of(props)}}
+        except build.BuildError:
+            raise
+        except OperatorError as exc:
+            node, version = node_of(props), props["version"]
+            diagnostics.log("warning", f"{node}: {version} was not sent here (the error at the end says why)")
+            return {**public(props), **{k: olds.get(k) for k in ("sha256", "path", "createdAt", "lastTransfer")},
+                    "outcome": {"ok": False, "node": node, "message": str(exc)}}
 
     def delete(self, _id, props):
         diagnostics.log("info", f"{node_of(props)}: releases under {props['releaseRoot']}/releases left in place "
@@ -184,8 +198,9 @@ def _now() -> str:
 
 
 class ReleaseFiles(NodeResource):
-    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer")
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer", "outcome")
     sha256: pulumi.Output[dict]
     path: pulumi.Output[str]
     commit: pulumi.Output[str]
     lastTransfer: pulumi.Output[dict]
+    outcome: pulumi.Output[dict]  # {ok, node, message}: a failure goes to the verdict (pointer.py)

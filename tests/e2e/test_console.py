@@ -211,3 +211,37 @@ def test_progress_on_the_interactive_console(make_nodes, make_deploy, repo):
     assert re.search(r"restart warning sent; restarting at \d\d:\d\d:\d\d UTC", text), text
     assert "Diagnostics:" not in text  # statuses only: nothing left for the end
     assert node.served()["version"] == "v5"
+
+
+def test_a_failed_upload_is_said_once_and_the_outputs_do_not_look_deleted(make_nodes, make_deploy, repo):
+    """Issue 19.3: a node whose upload fails (its disk is full) is said once, at the end, in its own
+    words; its lines do not read as a success; the other node deploys; the run's outputs are shown
+    as changed where they changed, never as deleted, and say where each node stands."""
+    nodes = make_nodes(2)
+    node1, node2 = nodes
+    releases_dir = "/opt/makenotwork/releases"
+    node1.exec("mkdir", "-p", releases_dir)
+    node1.exec("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", releases_dir, check=True)
+    d = make_deploy(nodes, repo=repo)
+    d.cli(["up", "--yes"])
+    node1.exec("sh", "-c", f"free=$(df -Pk {releases_dir} | awk 'NR==2 {{print $4}}'); "
+                           f"head -c $(( (free - 200) * 1024 )) /dev/zero > {releases_dir}/.filler", check=True)
+    d.set(version="v3")
+    out = up(d)
+    errors = d.errors(out)
+    assert len(errors) == 1 and re.fullmatch(r"node1: releases/ has \d+ KB free, v3 needs \d+ (KB|MB); nothing was "
+                                             r"sent\. .*", errors[0]), out
+    assert sum(line.count("releases/ has ") for line in out.splitlines()) == 1, out  # said once
+    assert "error: the deploy failed on node1:" in out
+    for name in ("node1-release-files", "node1-current-switch"):
+        done = [line for line in out.splitlines() if f"{name} updated" in line]
+        assert done and all("warning: node1: v3 " in line for line in done), out
+    outputs = out.split("\nOutputs:", 1)[1].split("\nResources:", 1)[0]
+    assert not re.search(r"^\s+- ", outputs, re.M), outputs  # nothing looks deleted
+    assert "~ nodes" in outputs
+    outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
+    assert (outs["node1"]["liveVersion"], outs["node2"]["liveVersion"]) == ("v1", "v3")
+    assert outs["node1"]["lastTransfer"]["version"] == "v1"
+    node1.exec("rm", "-f", f"{releases_dir}/.filler", check=True)
+    d.cli(["up", "--yes"])  # the fix: a re-run sends it and switches
+    assert node1.served()["version"] == "v3"

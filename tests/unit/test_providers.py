@@ -229,8 +229,13 @@ def test_release_provider_checks_space_before_sending(provider_node, tmp_path, m
 
     monkeypatch.setattr("sando_components.build.ensure_built", lambda *a, **k: Art())
     with pytest.raises(OperatorError, match=r"^node1: releases/ has 100 KB free, v7 needs 68 MB; nothing was sent"):
-        ReleaseProvider().create(props)
+        ReleaseProvider()._ensure(props)
     assert node.scripts == []
+    # as a resource: the node's failure is recorded for the verdict, the run goes on (issue 19.3)
+    outs = ReleaseProvider().create(props).outs
+    assert outs["outcome"]["ok"] is False and outs["outcome"]["node"] == "node1"
+    assert outs["outcome"]["message"].startswith("node1: releases/ has 100 KB free, v7 needs 68 MB; nothing was sent")
+    assert outs["lastTransfer"] is None and node.scripts == []
 
 
 def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, tmp_path, monkeypatch):
@@ -246,7 +251,7 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
     monkeypatch.setattr(build, "ensure_built", lambda *a, **k: art)
     monkeypatch.setattr(transfer, "MARGIN", 1e18)
     with pytest.raises(OperatorError, match=r"^node1: releases/ has \d+ MB free, v7 needs \d+ MB; nothing was sent"):
-        ReleaseProvider().create(props)
+        ReleaseProvider()._ensure(props)
     assert node.steps() == ["receive"]
     assert node.versions() == []
 
