@@ -345,7 +345,7 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     if conn.local:
         from . import localnode
 
-        return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check)
+        return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check, on_line=on_line, on_sent=on_sent)
     import paramiko
 
     sent = 0
