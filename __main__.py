@@ -30,7 +30,7 @@ for number, batch in enumerate(cfg.batches()):
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
                                                               commit=source.commit, repo=source.repo), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
-            **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
+            **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, release_outcome=release.outcome, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,
             after=earlier, deploy=deploy, known_destructive=known), after_reach)
         pointers.append(pointer.pointer)

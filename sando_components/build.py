@@ -25,10 +25,12 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,8 +163,9 @@ class _Flock:
 
 
 def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error_pages_dir: str,
-                 bin_names: list[str]) -> Artifacts:
-    """The release artifacts of `commit` (built once, cached by commit)."""
+                 bin_names: list[str], progress: Callable[[str], None] | None = None) -> Artifacts:
+    """The release artifacts of `commit` (built once, cached by commit). `progress` hears the
+    build's own progress (cargo's `Compiling x (n/N)`), for the console."""
     work = cache_root() / "builds" / commit
     wanted = {"bins": sorted(bin_names), "binDir": bin_dir, "errorPagesDir": error_pages_dir,
               "command": build_command}
@@ -178,7 +181,7 @@ def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error
         tree = cache_root() / "trees" / repo_id
         with _Flock(tree.with_suffix(".lock")):
             src = _checkout(repo_path, tree / "src", commit, bin_dir)
-            _run_build(src, build_command, commit, work)
+            _run_build(src, build_command, commit, work, progress)
             art = _collect(src, work / "artifacts", bin_dir, error_pages_dir, bin_names)
         index.write_text(json.dumps({"wanted": wanted, "files": art.files, "repo": repo_id}))
     prune_builds(repo_id, keep_also=commit)
@@ -269,12 +272,46 @@ class BuildError(OperatorError):
     pass
 
 
-def _run_build(src: Path, build_command: str, commit: str, work: Path) -> None:
+# cargo's progress bar (`Building [==>  ] 12/57: serde, tokio`), drawn also without a terminal when
+# CARGO_TERM_PROGRESS_WHEN=always; and its plain `Compiling x v1.2.3` lines
+_CARGO_BAR = re.compile(r"^\s*Building \[[^\]]*\]\s+(\d+)/(\d+): ([^,\s]+)")
+_CARGO_LINE = re.compile(r"^\s*Compiling (\S+) v")
+
+
+def build_progress(segment: str) -> str | None:
+    """What the console says for one piece of the build's output: `Compiling x (n/N)`, else None."""
+    bar = _CARGO_BAR.match(segment)
+    if bar:
+        return f"Compiling {bar.group(3)} ({bar.group(1)}/{bar.group(2)})"
+    line = _CARGO_LINE.match(segment)
+    return f"Compiling {line.group(1)}" if line else None
+
+
+def _run_build(src: Path, build_command: str, commit: str, work: Path,
+               progress: Callable[[str], None] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
+    env = {**os.environ, "CARGO_TERM_PROGRESS_WHEN": "always", "CARGO_TERM_PROGRESS_WIDTH": "100"}
     with open(log, "w") as fh:
-        proc = subprocess.run(build_command, shell=True, cwd=src, stdout=fh, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(build_command, shell=True, cwd=src, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env)
+        pending = b""
+        for data in iter(lambda: proc.stdout.read1(65536), b""):
+            pending += data
+            *segments, pending = re.split(rb"[\r\n]", pending)
+            for raw in segments:
+                segment = raw.decode(errors="replace")
+                said = build_progress(segment)
+                if said and progress is not None:
+                    try:
+                        progress(said)
+                    except Exception:  # noqa: BLE001 - progress only
+                        pass
+                if segment.strip() and not _CARGO_BAR.match(segment):  # the log without the progress bar
+                    fh.write(segment + "\n")
+        if pending.strip():
+            fh.write(pending.decode(errors="replace") + "\n")
+        proc.wait()
     if proc.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-3:]).strip()
         raise BuildError(f"sando:source.buildCommand exited {proc.returncode} building {commit[:12]} "

@@ -23,6 +23,7 @@ class CurrentPointerArgs(NodeTarget):
     version: str
     commit: str
     release_path: pulumi.Input[str]  # the Release's path: the pointer waits for the upload
+    release_outcome: pulumi.Input[dict] | None = None  # the upload's outcome: a failed one is not switched to
     token: pulumi.Input[str] | None = None
     bootstrap: pulumi.Resource | None = None  # the Node: the unit must be installed before a restart
     migrations: list[Migration] = field(default_factory=list)
@@ -45,7 +46,7 @@ class CurrentPointer(pulumi.ComponentResource):
             f"{name}-switch",
             {"node": node.name, "connection": args.connection, "privateKey": args.private_key,
              "releaseRoot": cfg.release_root, "service": cfg.service, "version": args.version, "commit": args.commit,
-             "release": args.release_path, "keepReleases": cfg.keep_releases,
+             "release": args.release_path, "releaseOutcome": args.release_outcome, "keepReleases": cfg.keep_releases,
              "healthCheck": {"url": cfg.health_url(node), "timeoutSeconds": hc.timeout_seconds,
                         "intervalSeconds": hc.interval_seconds, "expectVersion": hc.expect_version,
                         # the site through Caddy too (health.sh); only when set: no diff for stacks without it

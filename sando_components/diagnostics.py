@@ -33,10 +33,11 @@ def _current_urn() -> str:
     return getattr(call, "urn", "") or ""
 
 
-def log(severity: str, message: str) -> bool:
-    """Show a diagnostic ('info' or 'warning') on the line of the resource being served (the whole
-    run's when unknown); False when there is no engine to tell (an upstream provider host, or a
-    unit test)."""
+def log(severity: str, message: str, urn: str | None = None, ephemeral: bool = False) -> bool:
+    """Show a diagnostic ('info' or 'warning') on the line of the resource being served (or `urn`;
+    the whole run's when unknown); False when there is no engine to tell (an upstream provider
+    host, or a unit test). An ephemeral one is the resource's latest status: shown on its line
+    while it works, not in the Diagnostics at the end."""
     with _lock:
         engine = _connect()
     if engine is None:
@@ -46,8 +47,66 @@ def log(severity: str, message: str) -> bool:
     level = {"info": engine_pb2.INFO, "warning": engine_pb2.WARNING}[severity]
     try:
         with _lock:
-            engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn=_current_urn(), streamId=0,
-                                             ephemeral=False))
+            engine.Log(engine_pb2.LogRequest(severity=level, message=message, urn=_current_urn() if urn is None else urn,
+                                             streamId=0, ephemeral=ephemeral))
         return True
     except Exception:  # a diagnostic must never fail a deploy
         return False
+
+
+# --- progress: a resource's latest status (issue 19.5) ---------------------------------------------------
+
+_interactive: bool | None = None
+
+
+def interactive() -> bool:
+    """Whether the operator watches pulumi's interactive display (a terminal, no --non-interactive, not
+    CI), which redraws a resource's line in place. Otherwise every status would print a line of its
+    own, so a step says at most one. Read from the pulumi process that started this provider."""
+    global _interactive
+    if _interactive is None:
+        _interactive = _pulumi_on_a_terminal()
+    return _interactive
+
+
+def _pulumi_on_a_terminal() -> bool:
+    if os.environ.get("CI", "") not in ("", "0", "false") or os.environ.get("PULUMI_NON_INTERACTIVE") == "true":
+        return False
+    pid = os.getppid()
+    for _ in range(5):  # the provider host, its launcher, the CLI
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            if os.path.basename(argv[0].decode(errors="replace")) == "pulumi":
+                if b"--non-interactive" in argv:
+                    return False
+                return os.readlink(f"/proc/{pid}/fd/1").startswith(("/dev/pts/", "/dev/tty"))
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+class Progress:
+    """One resource's progress, said as its latest status (Pulumi's ephemeral diagnostic): in the
+    interactive display as it changes (at most once a second unless it matters), in a log only the
+    first status of each step."""
+
+    def __init__(self, urn: str | None = None):
+        self.urn = _current_urn() if urn is None else urn
+        self._steps: set[str] = set()
+        self._last = 0.0
+
+    def say(self, step: str, message: str, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if interactive():
+            if not force and now - self._last < 1.0:
+                return
+        elif step in self._steps:
+            return
+        self._steps.add(step)
+        self._last = now
+        log("info", message, urn=self.urn, ephemeral=True)

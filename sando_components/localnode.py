@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 
-from .ssh import CHUNK, COMMAND_TIMEOUT, Conn, RemoteError, Result, Stdin
+from .ssh import CHUNK, COMMAND_TIMEOUT, Conn, RemoteError, Result, Stdin, _tell
 
 SH = "/bin/sh"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -68,8 +68,9 @@ def check_sudo(conn: Conn) -> None:
 
 
 def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
-        check: bool = True) -> Result:
-    """ssh.run for a local node: the same command, stdin and Result, through a local shell."""
+        check: bool = True, on_line=None, on_sent=None) -> Result:
+    """ssh.run for a local node: the same command, stdin, Result and progress callbacks, through a
+    local shell."""
     global _runs
     check_sudo(conn)
     try:
@@ -83,7 +84,14 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     outs: dict[str, bytes] = {}
 
     def drain(name: str, pipe) -> None:
-        outs[name] = pipe.read()
+        if name != "out" or on_line is None:
+            outs[name] = pipe.read()
+            return
+        lines = []
+        for line in iter(pipe.readline, b""):  # each line as it comes, for the console (ssh.run's on_line)
+            lines.append(line)
+            _tell(on_line, line.decode(errors="replace").rstrip("\n"))
+        outs[name] = b"".join(lines)
 
     readers = [threading.Thread(target=drain, args=(n, p), daemon=True)
                for n, p in (("out", proc.stdout), ("err", proc.stderr))]
@@ -100,6 +108,7 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
                     for i in range(0, len(chunk), CHUNK):
                         proc.stdin.write(chunk[i:i + CHUNK])
                         sent += len(chunk[i:i + CHUNK])
+                    _tell(on_sent, sent)
                 proc.stdin.close()
             except (BrokenPipeError, ValueError):
                 pass  # the command exited before reading all its input, as over SSH: its status says

@@ -42,5 +42,6 @@ class Release(pulumi.ComponentResource):
         self.sha256 = files.sha256
         self.path = files.path
         self.last_transfer = files.lastTransfer
+        self.outcome = files.outcome  # this node's upload failed: the pointer does not switch, the verdict says why
         self.register_outputs({"version": self.version, "sha256": self.sha256, "path": self.path,
                                "lastTransfer": self.last_transfer})

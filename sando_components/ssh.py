@@ -309,19 +309,43 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
 Stdin = bytes | Callable[[], Iterable[bytes]] | None
 
 
+def _tell(callback, value) -> None:
+    """A progress callback: what it does must never fail the command."""
+    if callback is not None:
+        try:
+            callback(value)
+        except Exception:  # noqa: BLE001 - progress only
+            pass
+
+
+def _read_lines(chan, on_line) -> bytes:
+    """All of stdout, each complete line also given to on_line as it arrives."""
+    out, pending = [], b""
+    for data in iter(lambda: chan.recv(65536), b""):
+        out.append(data)
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            _tell(on_line, line.decode(errors="replace"))
+    return b"".join(out)
+
+
 def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
-        check: bool = True, retry: bool = False) -> Result:
+        check: bool = True, retry: bool = False, on_line: "Callable[[str], None] | None" = None,
+        on_sent: "Callable[[int], None] | None" = None) -> Result:
     """Run one shell command on the node: one exec channel, one round trip.
 
     `stdin` is bytes, or a callable returning an iterable of chunks (streamed, so a release
     never sits in memory whole; a callable can be replayed when `retry` is set). Only
     idempotent work may set `retry`: it is then run once more on a fresh connection after a
     transport failure. Otherwise a connection lost mid-command is an error.
-    A local node runs it in a local shell (localnode.run), same Result, same messages."""
+    A local node runs it in a local shell (localnode.run), same Result, same messages.
+    `on_line` sees each line of stdout as it arrives and `on_sent` the bytes of stdin sent so far
+    (progress for the console, issue 19.5); neither may fail the command."""
     if conn.local:
         from . import localnode
 
-        return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check)
+        return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check, on_line=on_line, on_sent=on_sent)
     import paramiko
 
     sent = 0
@@ -344,6 +368,7 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
                                 raise EOFError("the remote command exited before reading all its input")
                             chan.sendall(chunk[i:i + CHUNK])
                             sent += len(chunk[i:i + CHUNK])
+                        _tell(on_sent, sent)
                     chan.shutdown_write()
                 except (OSError, EOFError):
                     if not chan.exit_status_ready() and not chan.closed:
@@ -351,7 +376,7 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
             # No EOF otherwise: paramiko sends it outside its channel lock, so for a command that
             # exits at once it can reach the server after our CLOSE, and OpenSSH then drops the
             # whole connection ("ieof packet referred to nonexistent channel").
-            out = b"".join(iter(lambda: chan.recv(65536), b""))
+            out = _read_lines(chan, on_line) if on_line else b"".join(iter(lambda: chan.recv(65536), b""))
             err = b"".join(iter(lambda: chan.recv_stderr(65536), b""))
             status = chan.recv_exit_status()
             if status == -1:  # closed without an exit status: the session (or the connection) died

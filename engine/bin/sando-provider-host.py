@@ -11,7 +11,10 @@ run under it unchanged.
 - the engine's address (a provider's first argument) is put in SANDO_ENGINE_ADDRESS, so a
   provider can send warnings to the operator's console (sando_components/diagnostics.py),
   which dynamic providers cannot otherwise do; the URN of the resource a worker thread serves is
-  in pulumi.dynamic.current_call.urn, so a warning is shown on that resource's line.
+  in pulumi.dynamic.current_call.urn, so a warning is shown on that resource's line;
+- Cancel (the engine's call when the operator presses Ctrl-C) runs the callables a provider put in
+  pulumi.dynamic.on_cancel (the SDK's own Cancel does nothing), so a provider can say what goes on
+  on the nodes after the interrupt.
 """
 
 import os
@@ -41,6 +44,17 @@ def with_urn(add):
     import pulumi.dynamic
 
     current = pulumi.dynamic.current_call = threading.local()
+    hooks = pulumi.dynamic.on_cancel = []
+
+    def cancel(method):
+        def call(request, context):
+            for hook in list(hooks):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - a hook must never break the cancel
+                    traceback.print_exc()
+            return method(request, context)
+        return call
 
     def wrap(method):
         def call(request, context):
@@ -54,6 +68,7 @@ def with_urn(add):
     def add_servicer(servicer, server):
         for name in CALLS:
             setattr(servicer, name, wrap(getattr(servicer, name)))
+        servicer.Cancel = cancel(servicer.Cancel)
         return add(servicer, server)
     return add_servicer
 

@@ -129,6 +129,7 @@ class NodeState:
     root_missing: bool = False  # no release root yet: nothing deployed here
     instance: str | None = None  # blueGreen: the live instance's port (<release root>/.sando/instance)
     instance_active: bool = False  # blueGreen: that instance runs
+    failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # failed release -> (when, why)
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -163,6 +164,15 @@ def releases_of(report: scripts.Report, tag: str = "", node: str = "a node",
     return releases, tuple(sorted(report.all(f"{tag}foreign")))
 
 
+def failures_of(report: scripts.Report, tag: str = "") -> dict[str, tuple[float, str]]:
+    """When and why each release marked failed on the node failed there (lib.sh's TAGfailed-why)."""
+    out = {}
+    for v, value in report.named(f"{tag}failed-why").items():
+        epoch, _, why = value.partition(" ")
+        out[v] = (float(epoch) if epoch.isdigit() else 0.0, why.strip())
+    return out
+
+
 def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err: str = "") -> NodeState:
     """What sh/probe.sh reported; an OperatorError naming the node and what could not be read."""
     report = scripts.Report.parse(out, node)
@@ -184,7 +194,8 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      active=(report.one("active") or "").strip() in ("active", "reloading", "activating"),
                      releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
                      host=parse_host_state(out), instance=(inst or "").split(" ")[0] or None,
-                     instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"))
+                     instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"),
+                     failures=failures_of(report))
 
 
 _states: dict[tuple, NodeState] = {}

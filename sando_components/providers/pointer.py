@@ -13,6 +13,8 @@ what the node holds: one round trip per node), so a hand-moved `current` is put 
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -55,15 +57,32 @@ class PointerProvider(NodeProvider):
         changes = changed(olds, news, INPUTS)
         if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
             ahead.warn_at_preview(news, olds)
+        state = node_state(news)
         if not changes:
-            state = node_state(news)
             if state.live != news["version"]:
                 changes.append("version")  # `current` moved by hand: put it back
             elif not (state.instance_active if bluegreen.enabled(news) else state.active):
                 changes.append("service")  # the service is down: start it
         elif set(changes) <= set(AUTH) and self._as_it_was(news):
             say_auth_only(news, changes)
+        if state.live != news["version"]:
+            self._say_why(news, olds, state, changes)
         return DiffResult(changes=bool(changes), replaces=[])
+
+    @staticmethod
+    def _say_why(news: dict, olds: dict, state: NodeState, changes: list[str]) -> None:
+        """Why this node's `current` will move, on its line, when the diff alone does not say it
+        (issue 19.7, 19.10): the pinned release already failed here, or `current` was moved by hand."""
+        node, version = node_of(news), news["version"]
+        failed = state.failures.get(version)
+        held = state.releases.get(version)
+        if failed is not None or (held is not None and held.failed):
+            at, why = failed or (0.0, "")
+            when = f" at {_iso(str(int(at)))}" if at else ""
+            diagnostics.log("warning", f"{node}: {version} failed here{when}" + (f" ({why})" if why else "")
+                            + "; this up tries it again")
+        elif changes == ["version"] and state.live and state.live != olds.get("liveVersion"):
+            diagnostics.log("warning", f"{node}: current is on {state.live} by hand; pin is {version}")
 
     def create(self, props):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))
@@ -88,15 +107,29 @@ class PointerProvider(NodeProvider):
     def _apply(self, props: dict, olds: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
         state = node_state(props)
+        sent = props.get("releaseOutcome") or {}
+        if sent.get("ok") is False:  # the upload failed: nothing to switch to; the verdict quotes the upload's error
+            diagnostics.log("warning", f"{node}: {version} did not go live here (the error at the end says why)")
+            return self._outs(props, olds, state, health="not checked: the release was not sent",
+                              outcome={"ok": False, "node": node, "message": sent.get("message") or "?"})
         if any(not o.get("ok") for o in props.get("after") or [] if o):
             return self._outs(props, olds, state, health="held back: an earlier rollout batch failed",
                               outcome={"ok": False, "node": node, "heldBack": True})
         rollout = props.get("rollout") or {}
-        if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds"):
-            time.sleep(float(rollout["pauseSeconds"]))  # the previous batch is healthy: let it settle
+        if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds") and \
+                any((o or {}).get("node") in _switched for o in props.get("after") or []):
+            time.sleep(float(rollout["pauseSeconds"]))  # the previous batch switched, healthy: let it settle
         script, timeout = self._script(props, state)
-        res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
-                      check=False)
+        flight = _Flight(node, version, int((_warning(props) or {}).get("seconds") or 0),
+                         (props.get("deploy") or {}).get("stack") or "")
+        with _lock:
+            _flights.add(flight)
+        try:
+            res = ssh.run(conn, script, stdin=warning.stdin(_warning(props), props.get("token")), timeout=timeout,
+                          check=False, on_line=flight.heard)
+        finally:
+            with _lock:
+                _flights.discard(flight)
         report = Report.parse(res.out, node)
         outcome = scripts.name_of(res.rc)
         if outcome != "EX_OK" and outcome not in OUTCOMES:  # the script itself broke: where the node stands is unknown
@@ -104,6 +137,8 @@ class PointerProvider(NodeProvider):
         releases, foreign = releases_of(report, "final-", node, root)
         live_before = _version_of(report.one("live-before"))
         switched = report.has("switched")
+        if switched:
+            _switched.add(node)
         if outcome == "EX_OK":
             state = replace(state, live=version, previous=live_before if switched else state.previous)
         elif report.has("reverted") or not switched:  # back where it was, or never moved
@@ -130,8 +165,16 @@ class PointerProvider(NodeProvider):
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
                               report=report, status=status)
+        switched_at = _iso(report.one("switched"))
+        record = history.parse(report.one("history-last") or "")
+        if not switched and record and record.get("version") == version and record.get("result") == "ok":
+            # live already: switched by an earlier run that was interrupted (its outputs never recorded):
+            # say what that switch did, from the node's own record of it (issue 19.9)
+            switched_at = record.get("at")
+            status = _warning_of(record, status)
+            report = Report(report.entries + (("history", report.one("history-last")),))
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
-                          status=status, switched_at=_iso(report.one("switched")))
+                          status=status, switched_at=switched_at)
 
     @staticmethod
     def _outs(props: dict, olds: dict, state: NodeState, *, health: str, outcome: dict,
@@ -242,6 +285,74 @@ class PointerProvider(NodeProvider):
         if journal:  # what the service said, last: its lines follow the sentence
             msg += f". {journal}"
         return msg
+
+
+class _Flight:
+    """A switch under way on a node: what its script has said so far, shown as the switch's status
+    (issue 19.5), and what a Ctrl-C now means for that node (issue 19.6)."""
+
+    def __init__(self, node: str, version: str, notice: int, stack: str):
+        self.node, self.version, self.notice, self.stack = node, version, notice, stack
+        self.progress = diagnostics.Progress()
+        self.restart_at: float | None = None  # when the service restarts (the warning is out)
+        self.switched = False
+
+    def heard(self, line: str) -> None:
+        for key, value in Report.parse(line).entries:
+            if key == "warning" and value.startswith("sent ") and value.split()[1].isdigit():
+                self.restart_at = float(value.split()[1]) + self.notice
+                self.progress.say("warning", f"restart warning sent; restarting at {_hms(self.restart_at)}", force=True)
+            elif key == "switched":
+                self.switched = True
+                if diagnostics.interactive():  # in a log the warning's line is this step's one line
+                    self.progress.say("switch", f"switched to {self.version}; waiting for its health check", force=True)
+
+    def cancelled(self) -> None:
+        """Ctrl-C: pulumi stops starting anything, but this switch goes on on the node."""
+        status = f"`sando status {self.stack}`" if self.stack else "`sando status`"
+        if self.restart_at is not None and not self.switched:
+            what = (f"the restart warning is out, so it switches to {self.version} at {_hms(self.restart_at)} "
+                    "and checks its health on its own, whatever happens to this run")
+        elif self.switched:
+            what = f"it switched to {self.version} and finishes its health check (and a switch back if that fails) on its own"
+        else:
+            what = (f"its switch to {self.version} goes on (this run waits for it; a second Ctrl-C leaves it to "
+                    "the node, which stops before its restart warning)")
+        diagnostics.log("warning", f"{self.node}: Ctrl-C does not stop this node: {what}. See the result with "
+                                   f"{status}", urn=self.progress.urn)
+
+
+def _hms(epoch: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
+
+
+_flights: set[_Flight] = set()
+_lock = threading.Lock()
+
+
+def _on_cancel() -> None:
+    with _lock:
+        flights = sorted(_flights, key=lambda f: f.node)
+    for flight in flights:
+        flight.cancelled()
+
+
+_hooks = getattr(sys.modules.get("pulumi.dynamic"), "on_cancel", None)  # sando's provider host (engine/bin)
+if isinstance(_hooks, list) and _on_cancel not in _hooks:
+    _hooks.append(_on_cancel)
+
+
+# nodes whose `current` this run moved (one provider process per run): a later rollout batch pauses
+# only after an earlier one switched something (issue 19.9)
+_switched: set[str] = set()
+
+
+def _warning_of(record: dict, status: str) -> str:
+    """The restart warning as the node's switch record says it went (sent 30s, failed HTTP 500, ...)."""
+    said = (record.get("warning") or "").strip()
+    if not said or status == "disabled":
+        return status
+    return f"{said} before the switch at {record.get('at')}" if said.startswith("sent ") else said
 
 
 def _warning(props: dict) -> dict | None:

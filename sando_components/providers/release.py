@@ -44,14 +44,28 @@ class ReleaseProvider(NodeProvider):
         return DiffResult(changes=bool(changes), replaces=[], delete_before_replace=False)
 
     def create(self, props):
-        return CreateResult(id_=f"{props['connection']['host']}:{props['releaseRoot']}", outs=self._ensure(props))
+        return CreateResult(id_=f"{props['connection']['host']}:{props['releaseRoot']}", outs=self._sent(props, {}))
 
     def update(self, _id, olds, news):
         if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
             held = node_state(news).releases.get(news["version"])
             if held is not None and held.commit == news["commit"]:
-                return UpdateResult(outs=refresh_auth(olds, news))
-        return UpdateResult(outs=self._ensure(news))
+                return UpdateResult(outs={**refresh_auth(olds, news), "outcome": {"ok": True, "node": node_of(news)}})
+        return UpdateResult(outs=self._sent(news, olds))
+
+    def _sent(self, props: dict, olds: dict) -> dict:
+        """The release sent, or this node's failure recorded for the verdict (issue 19.3): the run
+        goes on to record every node's outputs (a failed run's outputs must not look deleted) and
+        the verdict says it once, at the end. A build failure is every node's: it fails here."""
+        try:
+            return {**self._ensure(props), "outcome": {"ok": True, "node": node_of(props)}}
+        except build.BuildError:
+            raise
+        except OperatorError as exc:
+            node, version = node_of(props), props["version"]
+            diagnostics.log("warning", f"{node}: {version} was not sent here (the error at the end says why)")
+            return {**public(props), **{k: olds.get(k) for k in ("sha256", "path", "createdAt", "lastTransfer")},
+                    "outcome": {"ok": False, "node": node, "message": str(exc)}}
 
     def delete(self, _id, props):
         diagnostics.log("info", f"{node_of(props)}: releases under {props['releaseRoot']}/releases left in place "
@@ -76,8 +90,10 @@ class ReleaseProvider(NodeProvider):
                 "move it away on the node or pin another version name (sando:version)")
         if held is not None:
             return self._reuse(props, held)
+        progress = diagnostics.Progress()  # the build's own progress, then the bytes sent (issue 19.5)
         art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
-                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
+                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]),
+                                 progress=lambda said: progress.say("build", f"building {version}: {said}"))
         manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
                     "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
         if conn.local:  # the machine that built it: no stream, files by hard link from the artifacts
@@ -86,7 +102,7 @@ class ReleaseProvider(NodeProvider):
             plan = transfer.plan(art, manifest, state.held(), state.zstd)
         if state.free_kib < plan.need_kib:
             raise self._no_space(node, state.free_kib, version, plan.need_kib)
-        res = self._send(conn, root, version, plan, state.zstd)
+        res = self._send(conn, root, version, plan, state.zstd, progress)
         # a delta did not rebuild the right bytes (e.g. a bad local cache): drop those deltas and send
         # the changed files whole
         if res.rc == scripts.code("EX_SUMS_FAILED") and plan.deltas:
@@ -94,7 +110,7 @@ class ReleaseProvider(NodeProvider):
                 delta.unlink(missing_ok=True)
             diagnostics.log("warning", f"{node}: a delta of {version} did not match its sha256; sent whole files")
             plan = transfer.plan(art, manifest, state.held(), state.zstd, patches=False)
-            res = self._send(conn, root, version, plan, state.zstd)
+            res = self._send(conn, root, version, plan, state.zstd, progress)
         report = scripts.Report.parse(res.out, node)
         outcome = scripts.name_of(res.rc)
         if outcome == "EX_NO_SPACE":
@@ -110,7 +126,12 @@ class ReleaseProvider(NodeProvider):
             raise OperatorError(f"{node}: {version} arrived with files that do not match their sha256 (the upload "
                                 "was damaged on the way); nothing was kept or switched: run pulumi up again")
         if res.rc != 0:
-            raise OperatorError(f"{node}: the upload of {version} failed ({(res.err or res.out).strip()[-300:]}); "
+            said = quote_lines(res.err or res.out)
+            if "No space left on device" in (res.err or res.out):
+                raise OperatorError(f"{node}: releases/ ran out of space (or inodes) while receiving {version} "
+                                    f"({said}); nothing was switched and the partial upload was removed. Free space "
+                                    "on the node (or lower sando:keepReleases) and run pulumi up again")
+            raise OperatorError(f"{node}: the upload of {version} failed ({said}); "
                                 "nothing was switched and the node keeps its releases: run pulumi up again")
         remember(props, node_state(props).with_release(
             NodeRelease(version, props["commit"], manifest["createdAt"], manifest["files"])))
@@ -134,17 +155,22 @@ class ReleaseProvider(NodeProvider):
                            "at": _now()})
 
     @staticmethod
-    def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool) -> ssh.Result:
+    def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool,
+              progress: diagnostics.Progress | None = None) -> ssh.Result:
         if conn.local:  # nothing is streamed: 0 bytes sent
             script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, "none")
             return ssh.run(conn, script, check=False)
         compression = "zstd" if zstd else "gzip"
         script = commands.receive_release(root, version, secrets.token_hex(4), plan.need_kib, plan.steps, compression)
-        return ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False)
+        said = (lambda sent: progress.say("upload", f"sending {version}: {_sent(sent)} sent")) if progress else None
+        return ssh.run(conn, script, stdin=transfer.stream(plan, compression), retry=True, check=False, on_sent=said)
 
     @staticmethod
     def _no_space(node: str, free_kib: int, version: str, need_kib: int) -> OperatorError:
-        return OperatorError(f"{node}: releases/ has {_mb(free_kib)} free, {version} needs {_mb(need_kib)}; "
+        free, need = _mb(free_kib), _mb(need_kib)
+        if free == need:  # "has 2 MB free, v2 needs 2 MB" says nothing: the exact numbers (issue 19.10)
+            free, need = f"{max(free_kib, 0)} KB", f"{max(need_kib, 0)} KB"
+        return OperatorError(f"{node}: releases/ has {free} free, {version} needs {need}; "
                              "nothing was sent. Free space on the node (or lower sando:keepReleases) and run "
                              "pulumi up again")
 
@@ -155,13 +181,28 @@ class ReleaseProvider(NodeProvider):
                 "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
 
 
+def _sent(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n // 1024} KB"
+
+
+def quote_lines(text: str, most: int = 2) -> str:
+    """A tool's output quoted intact on one line: its distinct lines whole (never cut mid-word), the
+    first `most` of them, then how many more there were (issue 19.10: tar's ENOSPC lines)."""
+    lines = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    if not lines:
+        return "no output"
+    more = len(lines) - most
+    return "; ".join(lines[:most]) + (f"; and {more} more line{'s' if more > 1 else ''}" if more > 0 else "")
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class ReleaseFiles(NodeResource):
-    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer")
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer", "outcome")
     sha256: pulumi.Output[dict]
     path: pulumi.Output[str]
     commit: pulumi.Output[str]
     lastTransfer: pulumi.Output[dict]
+    outcome: pulumi.Output[dict]  # {ok, node, message}: a failure goes to the verdict (pointer.py)

@@ -35,4 +35,4 @@ def status(warning: dict | None, report: Report, switched: bool) -> str:
     if value.startswith("sent "):
         at = times.iso(value.split()[1])  # issue 20.9: one time format
         return f"sent at {at}, {warning['seconds']}s before the restart"
-    return value  # "failed HTTP 500 ..."
+    return value.strip()  # "failed HTTP 500 ...", never with a stray space (issue 19.10)

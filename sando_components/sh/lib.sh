@@ -46,7 +46,7 @@ fail() {
 # --- releases (the cwd is the release root) ------------------------------------------------------
 
 # list_releases TAG: every directory under releases/: one sando made (TAGrelease NAME MANIFEST,
-# then TAGfailed NAME when it failed here; TAGunreadable NAME WHY when its manifest cannot be
+# then TAGfailed NAME when it failed here, and TAGfailed-why NAME EPOCH WHY; TAGunreadable NAME WHY when its manifest cannot be
 # read), or one it did not make (TAGforeign NAME). Uploads in progress (staging) are skipped.
 list_releases() {
   [ -d "$P_RELEASES" ] || return 0
@@ -58,7 +58,12 @@ list_releases() {
       report "${1}foreign" "$_sando_n"
     elif _sando_m=$(cat -- "$_sando_d/$P_MANIFEST" 2>&1); then
       report_named "${1}release" "$_sando_n" "$_sando_m"
-      if [ -f "$_sando_d/$P_FAILED" ]; then report "${1}failed" "$_sando_n"; fi
+      if [ -f "$_sando_d/$P_FAILED" ]; then
+        report "${1}failed" "$_sando_n"
+        # when it failed and why (the marker's time and first line): a preview says so (issue 19.7)
+        report_named "${1}failed-why" "$_sando_n" "$(date -u -r "$_sando_d/$P_FAILED" +%s 2>/dev/null || echo 0)" \
+          "$(head -n 1 -- "$_sando_d/$P_FAILED" 2>/dev/null | head -c 300)"
+      fi
     else
       report_named "${1}unreadable" "$_sando_n" "$_sando_m"
     fi

@@ -41,7 +41,10 @@ if [ "$WARN_SECONDS" -gt 0 ] && [ -n "$AUTH" ]; then
       report warning "sent $(date +%s)"
       sleep "$WARN_SECONDS"
       ;;
-    *) report warning "failed HTTP ${code:-000} $(head -c 200 "$werr")" ;;
+    *)
+      detail=$(head -c 200 "$werr")
+      report warning "failed HTTP ${code:-000}${detail:+ $detail}" # no stray space without a detail
+      ;;
   esac
   rm -f "$werr"
 fi

@@ -48,6 +48,9 @@ healthy() {
 }
 
 if [ "$live" = "$target" ]; then
+  # already live (e.g. an interrupted run's switch finished on the node): its switch record, so the
+  # outputs say what that run did, not stale values (issue 19.9)
+  if [ -n "$H_FILE" ] && [ -f "$H_FILE" ]; then report history-last "$(tail -n 1 -- "$H_FILE")"; fi
   if [ "$BG" = 1 ]; then bg_live; fi
   if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
   health "$EXPECT" || exit "$EX_LIVE_UNHEALTHY"

@@ -24,7 +24,7 @@ warn() {
       sleep "$WARN_SECONDS"
       ;;
     *)
-      report warning "failed HTTP ${_code:-000} $_detail"
+      report warning "failed HTTP ${_code:-000}${_detail:+ $_detail}" # no stray space without a detail
       if [ "$WARN_ABORT" = 1 ]; then exit "$EX_WARNING_FAILED"; fi
       ;;
   esac

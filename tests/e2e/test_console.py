@@ -6,16 +6,27 @@ a success; the outputs still say where each node stands."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
 
 import pytest
 
-from tests.support import AppRepo
+from datetime import datetime, timezone
+
+from tests.support import TOOLS, AppRepo, wait_for
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     r = AppRepo(tmp_path_factory.mktemp("consoleapp") / "makenotwork")
     r.version("v2", ("crash-at-start",))  # a version that exits at start: the switch fails
+    r.mutate("fix")
+    r.version("v3")  # a good one
     return r
 
 
@@ -60,3 +71,177 @@ def test_an_unreachable_node_is_said_once_and_the_outputs_stay(make_nodes, make_
     outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
     assert outs["node1"]["liveVersion"] == "v1"
     d.set(nodes=[node.config()])
+
+
+def _diagnostics(out: str, node: str) -> list[str]:
+    """The warning lines of a node's switch in the Diagnostics section."""
+    diag = out.split("Diagnostics:", 1)[1] if "Diagnostics:" in out else ""
+    return [line.strip() for line in diag.splitlines() if line.strip().startswith(f"warning: {node}: ")]
+
+
+def test_preview_says_why_current_moves(make_nodes, make_deploy, repo):
+    """Issue 19.7 and 19.10: a pinned release that already failed on the node, and a `current`
+    moved by hand, are said on the node's line at preview, not just `current-switch update`."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo)
+    d.cli(["up", "--yes"])
+    d.set(version="v2")
+    up(d)  # v2 exits at start: marked failed on node1, v1 live again
+    out = d.cli(["preview"]).stdout
+    (said,) = _diagnostics(out, "node1")
+    assert re.fullmatch(r"warning: node1: v2 failed here at 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ \(exited at start "
+                        r"\(makenotwork\.service [a-z-]+/[a-z-]+, restarted \d+ times by systemd\)\); "
+                        r"this up tries it again", said), out
+    d.set(version="v1")
+    assert _diagnostics(d.cli(["preview"]).stdout, "node1") == []  # v1 is live: nothing to say
+    d.cli(["up", "--yes"])
+    node.exec("sh", "-c", "cd /opt/makenotwork && ln -sfn releases/v2 current.tmp && mv -T current.tmp current")
+    out = d.cli(["preview"]).stdout
+    assert _diagnostics(out, "node1") == ["warning: node1: current is on v2 by hand; pin is v1"], out
+
+
+def _up_in_background(d) -> subprocess.Popen:
+    """`pulumi up --yes` in a session of its own (as a terminal's process group: Ctrl-C reaches all of it)."""
+    return subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name,
+                             "--non-interactive"], cwd=d.project, env={**os.environ, **d.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_deploy, repo):
+    """Issue 19.9: Ctrl-C twice during the restart warning stops pulumi at once; the node goes on and
+    switches. The next run's outputs say what that switch did (its time, the warning sent, the
+    versions), not the previous switch's values or `not sent: nothing restarted`."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=6)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    before = d.node_out(node)
+    d.set(version="v3")
+    proc = _up_in_background(d)
+    wait_for(lambda: "restart-warning: received" in node.journal("makenotwork"), timeout=120)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # the second: pulumi stops at once, the switch in flight
+    proc.communicate(timeout=60)
+    wait_for(lambda: node.served()["version"] == "v3", timeout=30)  # the node went on by itself
+    d.cli(["cancel", "--yes"], check=False)  # the hard stop may leave the stack's lock
+    d.cli(["up", "--yes"])
+    out = d.node_out(node)
+    assert (out["liveVersion"], out["previousVersion"]) == ("v3", "v1")
+    last = out["lastDeploy"]
+    assert (last["version"], last["from"], last["result"], last["warning"]) == ("v3", "v1", "ok", "sent 6s")
+    assert out["switchedAt"] == last["at"] != before["switchedAt"]
+    assert out["restartWarning"] == f"sent 6s before the switch at {last['at']}"
+
+
+def test_ctrl_c_during_the_restart_warning_says_what_goes_on(make_nodes, make_deploy, repo):
+    """Issue 19.6 (and 19.5 in a log): the switch's line says when the restart comes, once; Ctrl-C
+    during the warning says that the node still switches, when, and how to see the result; the
+    node does so; the next run converges without Pulumi's pending-operations text."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=6)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    d.set(version="v3")
+    proc = _up_in_background(d)
+    lines = []
+    for line in proc.stdout:  # the operator reads the warning's line, then presses Ctrl-C
+        lines.append(line.rstrip("\n"))
+        if "restart warning sent; restarting at" in line and len(lines) and not proc.poll():
+            assert "restart-warning: received" in node.journal("makenotwork")
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out = "\n".join(lines) + "\n" + proc.communicate(timeout=120)[0]
+    status = [line for line in out.splitlines() if "node1-current-switch updating" in line
+              and "restart warning sent; restarting at" in line]
+    assert len(status) == 1, out  # a log gets one line of it
+    at = re.search(r"; restart warning sent; restarting at (\d\d:\d\d:\d\d) UTC$", status[0]).group(1)
+    assert _diagnostics(out, "node1") == [
+        f"warning: node1: Ctrl-C does not stop this node: the restart warning is out, so it switches to v3 at {at} UTC "
+        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`"]
+    for step in ("building v3: ", "sending v3: "):  # at most one line per step in a log (besides its done line)
+        assert sum(step in line and " updating (" in line for line in out.splitlines()) <= 1, out
+    wait_for(lambda: node.served()["version"] == "v3", timeout=30)
+    started = datetime.fromtimestamp(node.restart_times("makenotwork")[-1], timezone.utc)
+    said = datetime.combine(started.date(), datetime.strptime(at, "%H:%M:%S").time(), timezone.utc)
+    assert -1 <= (started - said).total_seconds() <= 10  # it restarted when it said it would
+    again = d.cli(["up", "--yes"])
+    assert "pending operations" not in again.stdout + again.stderr
+    assert d.node_out(node)["liveVersion"] == "v3"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def test_progress_on_the_interactive_console(make_nodes, make_deploy, repo):
+    """Issue 19.5: on a terminal, long steps show what they are doing as the resource's status: the
+    build's own progress, the bytes sent, the restart warning and when the restart comes."""
+    token = "tok-" + os.urandom(8).hex()
+    (node,) = make_nodes(1, token=token)
+    d = make_deploy([node], repo=repo, restartWarningSeconds=3)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    repo.version("v5")  # a commit no test built yet: this up builds it
+    d.set(version="v5")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name],
+                            cwd=d.project, env={**os.environ, **d.env, "TERM": "xterm", "COLUMNS": "250"},
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    while True:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    text = ANSI.sub("", seen.decode(errors="replace"))
+    assert proc.returncode == 0, text
+    assert re.search(r"building v5: Compiling \S+ \(\d+/\d+\)", text), text
+    assert re.search(r"sending v5: \d+(\.\d)? [KM]B sent", text), text
+    assert re.search(r"restart warning sent; restarting at \d\d:\d\d:\d\d UTC", text), text
+    assert "Diagnostics:" not in text  # statuses only: nothing left for the end
+    assert node.served()["version"] == "v5"
+
+
+def test_a_failed_upload_is_said_once_and_the_outputs_do_not_look_deleted(make_nodes, make_deploy, repo):
+    """Issue 19.3: a node whose upload fails (its disk is full) is said once, at the end, in its own
+    words; its lines do not read as a success; the other node deploys; the run's outputs are shown
+    as changed where they changed, never as deleted, and say where each node stands."""
+    nodes = make_nodes(2)
+    node1, node2 = nodes
+    releases_dir = "/opt/makenotwork/releases"
+    node1.exec("mkdir", "-p", releases_dir)
+    node1.exec("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", releases_dir, check=True)
+    d = make_deploy(nodes, repo=repo)
+    d.cli(["up", "--yes"])
+    node1.exec("sh", "-c", f"free=$(df -Pk {releases_dir} | awk 'NR==2 {{print $4}}'); "
+                           f"head -c $(( (free - 200) * 1024 )) /dev/zero > {releases_dir}/.filler", check=True)
+    d.set(version="v3")
+    out = up(d)
+    errors = d.errors(out)
+    assert len(errors) == 1 and re.fullmatch(r"node1: releases/ has \d+ KB free, v3 needs \d+ (KB|MB); nothing was "
+                                             r"sent\. .*", errors[0]), out
+    assert sum(line.count("releases/ has ") for line in out.splitlines()) == 1, out  # said once
+    assert "error: the deploy failed on node1:" in out
+    for name in ("node1-release-files", "node1-current-switch"):
+        done = [line for line in out.splitlines() if f"{name} updated" in line]
+        assert done and all("warning: node1: v3 " in line for line in done), out
+    outputs = out.split("\nOutputs:", 1)[1].split("\nResources:", 1)[0]
+    assert not re.search(r"^\s+- ", outputs, re.M), outputs  # nothing looks deleted
+    assert "~ nodes" in outputs
+    outs = json.loads(d.cli(["stack", "output", "nodes", "--json"]).stdout)
+    assert (outs["node1"]["liveVersion"], outs["node2"]["liveVersion"]) == ("v1", "v3")
+    assert outs["node1"]["lastTransfer"]["version"] == "v1"
+    node1.exec("rm", "-f", f"{releases_dir}/.filler", check=True)
+    d.cli(["up", "--yes"])  # the fix: a re-run sends it and switches
+    assert node1.served()["version"] == "v3"

@@ -94,6 +94,45 @@ def test_release_filesystem_full(make_nodes, make_deploy, repo):
     converges(d, node, "v2")
 
 
+def _df(node, column: int, flag: str = "-Pk") -> int:
+    """A column of df for the node's releases/ (3: used, 4: free; -Pi: inodes)."""
+    return int(node.exec("sh", "-c", f"df {flag} /opt/makenotwork/releases | awk 'NR==2 {{print ${column}}}'",
+                         check=True).stdout)
+
+
+def test_release_filesystem_nearly_full_and_out_of_inodes(make_nodes, make_deploy, repo):
+    """Issue 19.10: free-space numbers that would read the same when rounded are given in KB, and a
+    file system that fills up mid-upload is said with tar's words whole, on one line."""
+    (node,) = make_nodes(1)
+    releases_dir = "/opt/makenotwork/releases"
+    node.exec("mkdir", "-p", releases_dir)
+    node.exec("mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", releases_dir, check=True)
+    d = make_deploy([node], repo=repo)
+    run_up(d)  # v1
+    d.set(version="v2")
+    node.exec("mount", "-o", f"remount,size={_df(node, 3) + 10 * 1024}k", releases_dir, check=True)
+    (error,) = d.errors(d.up_fails())
+    need_mb = int(re.fullmatch(r"node1: releases/ has 10 MB free, v2 needs (\d+) MB; nothing was sent\. .*",
+                               error, re.S).group(1))
+    # just under what v2 needs, so close that both round to the same number of MB
+    node.exec("mount", "-o", f"remount,size={_df(node, 3) + need_mb * 1024 - 508}k", releases_dir, check=True)
+    (error,) = d.errors(d.up_fails())
+    free, need = map(int, re.fullmatch(r"node1: releases/ has (\d+) KB free, v2 needs (\d+) KB; nothing was sent\. "
+                                       r"Free space on the node \(or lower sando:keepReleases\) and run pulumi up "
+                                       r"again", error).groups())
+    assert free < need and round(free / 1024) == round(need / 1024) == need_mb, error
+    # room enough, but hardly any inodes: tar fails mid-stream with ENOSPC
+    node.exec("mount", "-o", f"remount,size=256m,nr_inodes={_df(node, 3, '-Pi') + 3}", releases_dir, check=True)
+    (error,) = d.errors(d.up_fails())
+    assert re.fullmatch(r"node1: releases/ ran out of space \(or inodes\) while receiving v2 \(tar: \S+: Cannot "
+                        r"(open|mkdir): No space left on device; tar: [^;]+(; and \d+ more lines?)?\); nothing was "
+                        r"switched and the partial upload was removed\. Free space on the node \(or lower "
+                        r"sando:keepReleases\) and run pulumi up again", error), error
+    assert releases(node) == ["v1"] and node.served()["version"] == "v1"
+    node.exec("mount", "-o", "remount,nr_inodes=100000", releases_dir, check=True)
+    converges(d, node, "v2")
+
+
 def _pulumi_up(d) -> subprocess.Popen:
     env = {**os.environ, **d.env}
     return subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name,
@@ -150,11 +189,11 @@ def test_two_ups_at_once_on_one_stack(make_nodes, make_deploy, repo):
     converges(d, node, "v4")
 
 
-@pytest.mark.parametrize("knob,value,seen", [
-    ("MNW_RESTART_WARNING_STATUS", "500", "failed HTTP 500"),
-    ("MNW_RESTART_WARNING_DELAY_MS", "30000", "failed HTTP 000"),  # curl gives up after 10 s
+@pytest.mark.parametrize("knob,value,seen,closes", [
+    ("MNW_RESTART_WARNING_STATUS", "500", "failed HTTP 500", ")"),  # no detail: no stray space (issue 19.10)
+    ("MNW_RESTART_WARNING_DELAY_MS", "30000", "failed HTTP 000", " curl: (28) "),  # curl gives up after 10 s
 ])
-def test_restart_warning_endpoint_failing(make_nodes, make_deploy, repo, knob, value, seen):
+def test_restart_warning_endpoint_failing(make_nodes, make_deploy, repo, knob, value, seen, closes):
     token = "tok-" + os.urandom(8).hex()
     (node,) = make_nodes(1, token=token)
     d = make_deploy([node], repo=repo)
@@ -167,8 +206,9 @@ def test_restart_warning_endpoint_failing(make_nodes, make_deploy, repo, knob, v
     assert node.served()["version"] == "v1"
     d.set(restartWarningOnFailure="warn")  # warn mode: users could not be told, the deploy goes on
     run_up(d)
-    assert f"warning: node1: the restart warning was not delivered ({seen}" in "".join(d.log)
-    assert d.node_out(node)["restartWarning"].startswith(seen)
+    assert f"warning: node1: the restart warning was not delivered ({seen}{closes}" in "".join(d.log)
+    assert d.node_out(node)["restartWarning"].startswith(seen) and d.node_out(node)["restartWarning"] == \
+        d.node_out(node)["restartWarning"].strip()
     assert node.served()["version"] == "v4"
     converges(d, node, "v4")
 

@@ -4,6 +4,7 @@ previous one's health checks; a failed node stops the rollout with the later nod
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -63,3 +64,22 @@ def test_pause_between_batches(make_nodes, make_deploy, repo):
     run_up(d)
     first, second = (n.restart_times("makenotwork")[-1] for n in nodes)
     assert second - first >= 3.0
+
+
+def test_a_rerun_pauses_only_after_a_batch_that_switched(make_nodes, make_deploy, repo):
+    """Issue 19.9: a re-run after a failed rollout, where the first batch is on the pin already,
+    does not wait out pauseSeconds before the next batch: nothing switched before it."""
+    nodes = make_nodes(2)
+    node1, node2 = nodes
+    d = make_deploy(nodes, repo=repo, rollout={"batchSize": 1, "pauseSeconds": 1})
+    run_up(d)
+    node2.unit_dropin("refuse-v2", REFUSE_V2)
+    d.set(version="v2")
+    d.up_fails()  # node1 on v2; node2 switched back to v1
+    node2.unit_dropin("refuse-v2", "")
+    d.set(rollout={"batchSize": 1, "pauseSeconds": 60})
+    started = time.monotonic()
+    run_up(d)
+    took = time.monotonic() - started
+    assert node1.served()["version"] == node2.served()["version"] == "v2"
+    assert took < 60, took  # node1 switched nothing in this run: no pause before node2

@@ -291,13 +291,18 @@ class FakeNode:
     # --- the providers' transport, run locally ---------------------------------------------------
 
     def ssh_run(self, conn, command: str, *, stdin=None, timeout: float = 600, check: bool = True,
-                retry: bool = False):
-        """Stands in for ssh.run: the command runs here, against this node (no SSH)."""
+                retry: bool = False, on_line=None, on_sent=None):
+        """Stands in for ssh.run: the command runs here, against this node (no SSH); the progress
+        callbacks hear the whole output and input at the end."""
         from sando_components import ssh
 
         data = stdin if stdin is None or isinstance(stdin, bytes) else b"".join(stdin())
         self.scripts.append((command, data))
         r = self.run(command, stdin=data or b"", timeout=timeout)
+        for line in r.out.splitlines() if on_line else ():
+            on_line(line)
+        if on_sent and data:
+            on_sent(len(data))
         if check and r.rc != 0:
             raise ssh.RemoteError(f"{conn.label}: a remote command exited {r.rc}: {(r.err or r.out).strip()[-500:]}")
         return ssh.Result(r.rc, r.out, r.err, len(data or b""))

@@ -201,6 +201,7 @@ def test_warning_status():
     (12 * 1024, 64 * 1024, "node1: releases/ has 12 MB free, v7 needs 64 MB; "),
     (500, 2048, "node1: releases/ has 500 KB free, v7 needs 2 MB; "),
     (-5, 1536 * 1024, "node1: releases/ has 0 KB free, v7 needs 1536 MB; "),
+    (2000, 2100, "node1: releases/ has 2000 KB free, v7 needs 2100 KB; "),  # both "2 MB": the exact numbers
 ])
 def test_no_space_message(free, need, text):
     err = ReleaseProvider._no_space("node1", free, "v7", need)
@@ -228,8 +229,13 @@ def test_release_provider_checks_space_before_sending(provider_node, tmp_path, m
 
     monkeypatch.setattr("sando_components.build.ensure_built", lambda *a, **k: Art())
     with pytest.raises(OperatorError, match=r"^node1: releases/ has 100 KB free, v7 needs 68 MB; nothing was sent"):
-        ReleaseProvider().create(props)
+        ReleaseProvider()._ensure(props)
     assert node.scripts == []
+    # as a resource: the node's failure is recorded for the verdict, the run goes on (issue 19.3)
+    outs = ReleaseProvider().create(props).outs
+    assert outs["outcome"]["ok"] is False and outs["outcome"]["node"] == "node1"
+    assert outs["outcome"]["message"].startswith("node1: releases/ has 100 KB free, v7 needs 68 MB; nothing was sent")
+    assert outs["lastTransfer"] is None and node.scripts == []
 
 
 def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, tmp_path, monkeypatch):
@@ -245,7 +251,7 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
     monkeypatch.setattr(build, "ensure_built", lambda *a, **k: art)
     monkeypatch.setattr(transfer, "MARGIN", 1e18)
     with pytest.raises(OperatorError, match=r"^node1: releases/ has \d+ MB free, v7 needs \d+ MB; nothing was sent"):
-        ReleaseProvider().create(props)
+        ReleaseProvider()._ensure(props)
     assert node.steps() == ["receive"]
     assert node.versions() == []
 
@@ -253,13 +259,14 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
 # --- rollout: the pause before a later batch ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rollout, live, slept", [
-    ({"batch": 1, "pauseSeconds": 7}, "v1", [7.0]),
-    ({"batch": 0, "pauseSeconds": 7}, "v1", []),  # the first batch does not wait
-    ({"batch": 2, "pauseSeconds": 0}, "v1", []),
-    ({"batch": 1, "pauseSeconds": 7}, "v2", []),  # nothing to switch: no pause
+@pytest.mark.parametrize("rollout, live, earlier_switched, slept", [
+    ({"batch": 1, "pauseSeconds": 7}, "v1", True, [7.0]),
+    ({"batch": 1, "pauseSeconds": 7}, "v1", False, []),  # the earlier batch switched nothing in this run
+    ({"batch": 0, "pauseSeconds": 7}, "v1", True, []),  # the first batch does not wait
+    ({"batch": 2, "pauseSeconds": 0}, "v1", True, []),
+    ({"batch": 1, "pauseSeconds": 7}, "v2", True, []),  # nothing to switch: no pause
 ])
-def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
+def test_rollout_pause(provider_node, monkeypatch, rollout, live, earlier_switched, slept):
     node = provider_node
     node.release("v1")
     node.release("v2")
@@ -270,6 +277,17 @@ def test_rollout_pause(provider_node, monkeypatch, rollout, live, slept):
     props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
              "service": "makenotwork", "version": "v2", "commit": "c-v2", "keepReleases": 5,
              "healthCheck": {"url": "http://h/", "timeoutSeconds": 0, "intervalSeconds": 0.1, "expectVersion": False},
-             "warning": None, "token": None, "gate": {}, "rollout": rollout}
+             "warning": None, "token": None, "gate": {}, "rollout": rollout, "after": [{"ok": True, "node": "node0"}]}
+    monkeypatch.setattr(pointer, "_switched", {"node0"} if earlier_switched else set())
     outs = PointerProvider().create(props).outs
     assert outs["liveVersion"] == "v2" and naps == slept
+
+
+def test_quote_lines_keeps_whole_lines():
+    from sando_components.providers.release import quote_lines
+    tar = ("tar: ./a/file-one: Cannot open: No space left on device\n"
+           "tar: ./a/file-two: Cannot open: No space left on device\n"
+           "tar: Exiting with failure status due to previous errors\n")
+    assert quote_lines(tar) == ("tar: ./a/file-one: Cannot open: No space left on device; "
+                                "tar: ./a/file-two: Cannot open: No space left on device; and 1 more line")
+    assert quote_lines("x\nx\n") == "x" and quote_lines("") == "no output"

@@ -284,13 +284,13 @@ def test_release_provider_reuses_a_held_release_and_refuses_another_commit(provi
     assert "receive" not in node.steps()
     with pytest.raises(OperatorError, match=r"^node1: release v1 on the node was built from commit "
                                             + server["c1"][:12] + ".* now names " + server["c2"][:12]):
-        ReleaseProvider().create(release_props(node, server, "v1", server["c2"]))
+        ReleaseProvider()._ensure(release_props(node, server, "v1", server["c2"]))
 
 
 def test_release_provider_refuses_a_foreign_dir_of_that_name(provider_node, server):
     provider_node.foreign("v1")
     with pytest.raises(OperatorError, match=r"^node1: .*/releases/v1 exists but sando did not make it"):
-        ReleaseProvider().create(release_props(provider_node, server, "v1", server["c1"]))
+        ReleaseProvider()._ensure(release_props(provider_node, server, "v1", server["c1"]))
     assert (provider_node.root / "releases" / "v1" / "bin").is_dir()
 
 

@@ -365,7 +365,7 @@ def test_failed_warning_in_warn_mode_goes_on(node):
     node.warn_answer("503")
     res = switch(node, "v2", warn=WARNING, token=TOKEN)
     assert res.rc == 0, res.out + res.err
-    assert res.get("warning") == "failed HTTP 503 "
+    assert res.get("warning") == "failed HTTP 503"
     assert node.readlink("current") == "releases/v2" and node.running() == "v2"
     assert ["1"] not in node.calls("sleep")  # no notice to wait out
 
@@ -383,7 +383,7 @@ def test_failed_warning_in_abort_mode_exits_40_before_anything_changes(node):
     node.warn_answer("500")
     res = switch(node, "v2", warn={**WARNING, "onFailure": "abort"}, token=TOKEN)
     assert res.rc == scripts.code("EX_WARNING_FAILED") == 40
-    assert res.get("warning") == "failed HTTP 500 "
+    assert res.get("warning") == "failed HTTP 500"
     assert node.readlink("current") == "releases/v1" and node.readlink("previous") is None
     assert [c for c in node.calls("systemctl") if c[0] != "is-active"] == []
     assert "switched" not in res.keys()
@@ -445,7 +445,7 @@ def test_provider_outputs_after_a_switch(provider_node):
     ("sums", r"^node1: files of releases/v2 no longer match its SHA256SUMS \(makenotwork: FAILED.*\); it was "
              r"changed on the node, so sando will not point at it and .*\. Remove .*/releases/v2 on "
              r"the node and run `pulumi up --refresh`$"),
-    ("abort", r"^node1: the restart warning failed \(failed HTTP 500 \) and sando:restartWarningOnFailure is abort; "
+    ("abort", r"^node1: the restart warning failed \(failed HTTP 500\) and sando:restartWarningOnFailure is abort; "
               r"nothing was restarted and v1 stays live$"),
 ])
 def test_provider_failure_messages(provider_node, setup, rc_message):
