@@ -38,16 +38,17 @@ from tests.support import TOOLS, AppRepo, Deploy, Node, TestNodes, engine_env, r
 from tests.toxiproxy import Toxiproxy  # noqa: E402
 
 RUNS = int(os.environ.get("SANDO_BENCH_RUNS", "5"))
+BIG = int(os.environ.get("SANDO_BENCH_FLEET", "64"))  # the large fleet (a smaller one for a quick check of the bench)
 BINS = ["makenotwork", "mnw-admin"]
 GOALS = {"noop": 1.3, "bumpOverhead": 1.5, "bumpWithBuild": 1.3, "wanBump": 1.5, "wanRollbackVsBump": 0.5,
          "fanout16": 2.0, "bytesVsRsync": 1.2}
 CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 nodes share this machine's cores",
-           "fanout64": "no goal of its own: compare with fanout64Floor",
-           "fanout64Floor": "the minimal script's own 64/1 ratio here",
-           "bump64VsMinimal": "sando bump of 64 nodes / the minimal script on 64 nodes at once",
-           "noop64Cli": "sando no-op of 64 nodes as `pulumi up` / the empty program's `pulumi up`",
-           "parallelDiffNoop64": "no-op of 64 nodes with PULUMI_PARALLEL_DIFF=true / without (same stack, alternating)",
-           "parallelDiffBump64": "bump of 64 nodes with PULUMI_PARALLEL_DIFF=true / without (alternating)",
+           f"fanout{BIG}": f"no goal of its own: compare with fanout{BIG}Floor",
+           f"fanout{BIG}Floor": f"the minimal script's own {BIG}/1 ratio here",
+           f"bump{BIG}VsMinimal": f"sando bump of {BIG} nodes / the minimal script on {BIG} nodes at once",
+           f"noop{BIG}Cli": f"sando no-op of {BIG} nodes as `pulumi up` / the empty program's `pulumi up`",
+           f"parallelDiffNoop{BIG}": f"no-op of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (same stack, alternating)",
+           f"parallelDiffBump{BIG}": f"bump of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (alternating)",
            "noopCli": "noop measured with `pulumi up` typed as an operator does, without the Automation API's "
                       "extra CLI runs (stack output, history) that both sides of `noop` pay"}
 HEADER = f"""\
@@ -225,7 +226,7 @@ def main() -> int:
         n16 = TestNodes(16, work / "nodes-16")
         m16 = TestNodes(16, work / "nodes-16-minimal")
         sets += [n1, n16, m16]
-        n64, m64 = (fleet_of(64, work / name, sets) for name in ("nodes-64", "nodes-64-minimal"))
+        n64, m64 = (fleet_of(BIG, work / name, sets) for name in ("nodes-64", "nodes-64-minimal"))
         for s in (n16, m16):
             s.share_key()
         a, a_min, wan, wan_min, r, r_min = n1.nodes
@@ -279,7 +280,7 @@ def main() -> int:
             for n in (a, wan, *n16.nodes):
                 assert n.served()["version"] == v, (n.name, n.served())
 
-        say("\n== timed: 64 nodes (no-op, bump; with and without PULUMI_PARALLEL_DIFF, alternating)")
+        say(f"\n== timed: {BIG} nodes (no-op, bump; with and without PULUMI_PARALLEL_DIFF, alternating)")
         ws64 = d_64.stack.workspace
         for i in range(RUNS):
             for pd in (False, True):
@@ -288,15 +289,15 @@ def main() -> int:
                     ws64.env_vars["PULUMI_PARALLEL_DIFF"] = "true"
                 tag = ", PULUMI_PARALLEL_DIFF" if pd else ""
                 v = versions64[2 * i + pd]
-                t.timed(f"sando no-op up (64 nodes{tag})", lambda: run_up(d_64))
+                t.timed(f"sando no-op up ({BIG} nodes{tag})", lambda: run_up(d_64))
                 d_64.set(version=v)
-                t.timed(f"sando bump (64 nodes{tag})", lambda: run_up(d_64))
+                t.timed(f"sando bump ({BIG} nodes{tag})", lambda: run_up(d_64))
             ws64.env_vars.pop("PULUMI_PARALLEL_DIFF", None)
-            t.add("sando no-op: pulumi up (CLI, 64 nodes)", cli_up(str(d_64.project), d_64.name, env))
+            t.add(f"sando no-op: pulumi up (CLI, {BIG} nodes)", cli_up(str(d_64.project), d_64.name, env))
             t.add("empty program: pulumi up (CLI)", cli_up(empty.workspace.work_dir, "empty", env))
             v = versions64[2 * i + 1]
-            with ThreadPoolExecutor(64) as pool:
-                t.timed("minimal script bump (64 nodes in parallel)",
+            with ThreadPoolExecutor(BIG) as pool:
+                t.timed(f"minimal script bump ({BIG} nodes in parallel)",
                         lambda: list(pool.map(lambda m: m.deploy(v, art[v]), m_64)))
             for n in n64.nodes:
                 assert n.served()["version"] == v, (n.name, n.served())
@@ -350,12 +351,12 @@ def main() -> int:
             "wanRollbackVsBump": m["sando rollback by pin over WAN"] / m["sando bump over WAN"],
             "fanout16": m["sando bump (16 nodes)"] / m["sando bump (1 node)"],
             "fanout16Floor": m["minimal script bump (16 nodes in parallel)"] / m["minimal script bump (1 node)"],
-            "fanout64": m["sando bump (64 nodes)"] / m["sando bump (1 node)"],
-            "fanout64Floor": m["minimal script bump (64 nodes in parallel)"] / m["minimal script bump (1 node)"],
-            "bump64VsMinimal": m["sando bump (64 nodes)"] / m["minimal script bump (64 nodes in parallel)"],
-            "noop64Cli": m["sando no-op: pulumi up (CLI, 64 nodes)"] / m["empty program: pulumi up (CLI)"],
-            "parallelDiffNoop64": m["sando no-op up (64 nodes, PULUMI_PARALLEL_DIFF)"] / m["sando no-op up (64 nodes)"],
-            "parallelDiffBump64": m["sando bump (64 nodes, PULUMI_PARALLEL_DIFF)"] / m["sando bump (64 nodes)"],
+            f"fanout{BIG}": m[f"sando bump ({BIG} nodes)"] / m["sando bump (1 node)"],
+            f"fanout{BIG}Floor": m[f"minimal script bump ({BIG} nodes in parallel)"] / m["minimal script bump (1 node)"],
+            f"bump{BIG}VsMinimal": m[f"sando bump ({BIG} nodes)"] / m[f"minimal script bump ({BIG} nodes in parallel)"],
+            f"noop{BIG}Cli": m[f"sando no-op: pulumi up (CLI, {BIG} nodes)"] / m["empty program: pulumi up (CLI)"],
+            f"parallelDiffNoop{BIG}": m[f"sando no-op up ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando no-op up ({BIG} nodes)"],
+            f"parallelDiffBump{BIG}": m[f"sando bump ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando bump ({BIG} nodes)"],
             "bytesVsRsync": statistics.median(sent) / statistics.median(rsynced),
             "noopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["empty program: pulumi up (CLI)"],
         }
