@@ -5,10 +5,13 @@ PY := .venv/bin/python
 # spent waiting on real-systemd test nodes and the engine, so two workers keep 2 cores busy).
 # Each worker has its own --basetemp subdir (engine state, build cache, node state dirs) and its
 # own share of test-node subnets (tests/support.first_offset). WORKERS=0 runs in one process.
-# worksteal: an idle worker takes queued tests from a busy one, so the long scenarios do not
-# leave one worker running alone at the end.
+# --dist load --maxschedchunk 1: each worker holds at most two queued tests and takes the next
+# in collection order as it gets free, so the slow e2e tests (collected first) are shared out
+# rather than sent in one first chunk to one worker, and a worker's tests of one module keep
+# their order (tests/harness/test_testnodes.py stops its module's nodes in its last test;
+# worksteal could hand that worker an earlier test of the module afterwards).
 WORKERS ?= 2
-XDIST := -n $(WORKERS) --dist worksteal
+XDIST := -n $(WORKERS) --dist load --maxschedchunk 1
 
 .PHONY: setup test quick unit e2e demo bench clean
 setup:
