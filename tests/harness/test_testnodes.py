@@ -410,9 +410,9 @@ def paused_start(state, count):
             try:
                 wait_for_first_node(proc, state)
                 break
-            except AssertionError:
+            except AssertionError as exc:  # its message may hold the stderr wait_for_first_node read
                 proc.wait()
-                if "already in use" not in proc.stderr.read():
+                if "already in use" not in str(exc) + proc.stderr.read():
                     raise
         proc.send_signal(signal.SIGSTOP)
         if not (state / "nodes.json").exists():
