@@ -360,7 +360,9 @@ class Project:
     """The Pulumi project in a directory, driven through the Automation API's command runner. Stacks
     are named by strings; the operator's selected stack (`pulumi stack select`) is never changed.
     Each method is one pulumi command at most: no `stack output`/`stack history` runs the
-    Automation API's Stack.up adds (issue 24)."""
+    Automation API's Stack.up adds (issue 24). A stack the operator names is used by that name:
+    `pulumi stack ls` (~0.5 s) runs only to list all stacks, or to say which exist when a named
+    one does not; a stack's outputs are read once (one `stack output`) until an up changes them."""
 
     def __init__(self, directory: str):
         from pulumi import automation as auto
@@ -383,7 +385,9 @@ class Project:
         env.setdefault("PULUMI_PARALLEL", os.environ.get("PULUMI_PARALLEL", "64"))  # every node at once
         self.ws = Workspace(work_dir=str(self.dir), pulumi_command=command, env_vars=env)
         self._names: list[str] | None = None
+        self._flags: dict[str, str] = {}  # stack name -> the flag that named it (for Usage)
         self._config: dict[str, StackConfig] = {}
+        self._outputs: dict[str, dict] = {}
 
     def _pulumi(self, args: list[str], env: dict | None = None, out: TextIO | None = None,
                 err: TextIO | None = None):
@@ -404,12 +408,17 @@ class Project:
         return self._names
 
     def stack(self, name: str, flag: str) -> str:
-        """The stack's full name, or Usage naming the flag."""
-        names = self.stack_names()
-        full = next((n for n in names if name in (n, n.split("/")[-1])), None)
-        if full is None:
-            raise Usage(flag, f"no stack {name!r} in {self.dir} (stacks: {', '.join(names) or 'none'})")
-        return full
+        """The stack as the operator named it (pulumi resolves it); a name that is no stack is a
+        Usage error naming the flag, raised by the first command on it (no `stack ls` up front)."""
+        self._flags.setdefault(name, flag)
+        return name
+
+    def _no_such_stack(self, name: str, exc: Exception) -> None:
+        """Usage (naming the flag) when `exc` is pulumi's "no stack named" for `name`."""
+        if "no stack named" in str(exc) and name in self._flags:
+            names = self.stack_names()
+            raise Usage(self._flags[name], f"no stack {name!r} in {self.dir} (stacks: {', '.join(names) or 'none'})") \
+                from None
 
     def config(self, name: str) -> StackConfig:
         """The stack's validated config, secrets decrypted in memory (`pulumi config --show-secrets
@@ -418,7 +427,11 @@ class Project:
             unsafe = passphrase.problem(self.dir, name)
             if unsafe:
                 raise Refused(unsafe)
-            res = self._pulumi(["config", "--json", "--show-secrets", "--stack", name])
+            try:
+                res = self._pulumi(["config", "--json", "--show-secrets", "--stack", name])
+            except Refused as exc:
+                self._no_such_stack(name, exc)
+                raise
             try:
                 self._config[name] = fleet.stack_config(json.loads(res.stdout or "{}"))
             except ConfigError as exc:
@@ -445,39 +458,50 @@ class Project:
         except Exception:  # noqa: BLE001 - a status without the pending column, not a failed status
             return None
 
+    def outputs(self, name: str) -> dict:
+        """The stack's outputs (`pulumi stack output --json`: secret ones masked, no passphrase), read
+        once until an up; {} when there are none or they cannot be read."""
+        if name not in self._outputs:
+            try:
+                res = self._pulumi(["stack", "output", "--json", "--stack", name])
+                outs = json.loads(res.stdout or "{}")
+            except (Refused, ValueError):
+                outs = None
+            self._outputs[name] = outs if isinstance(outs, dict) else {}
+        return self._outputs[name]
+
     def host_commit(self, name: str) -> str | None:
-        """The host-config commit the stack's last up installed (its `hostConfig` output), or None."""
-        try:
-            res = self._pulumi(["stack", "output", "--json", "hostConfig", "--stack", name])
-            return (json.loads(res.stdout or "{}") or {}).get("commit")
-        except (Refused, ValueError, AttributeError):
-            return None  # no such output (a stack deployed before host config was tracked)
+        """The host-config commit the stack's last up installed (its `hostConfig` output), or None
+        (no such output: a stack deployed before host config was tracked)."""
+        host = self.outputs(name).get("hostConfig")
+        return host.get("commit") if isinstance(host, dict) else None
 
-    def pin_host(self, name: str, ref: str | None) -> None:
-        """Set (or with None remove) sando:bootstrap.ref: promote carries the host config commit."""
-        if ref is None:
-            self._pulumi(["config", "rm", "--path", "sando:bootstrap.ref", "--stack", name])
-        else:
-            self._pulumi(["config", "set", "--path", "sando:bootstrap.ref", ref, "--stack", name])
+    _KEEP = object()
 
-    def pin(self, name: str, version: str | None) -> None:
-        if version is None:
-            self._pulumi(["config", "rm", "sando:version", "--stack", name])
-        else:
-            self._pulumi(["config", "set", "sando:version", version, "--stack", name])
+    def pin(self, name: str, version: str | None, host: "str | None | object" = _KEEP) -> None:
+        """Set (None: remove) sando:version and, when given, sando:bootstrap.ref (promote carries the
+        host config commit): one `config set-all` and/or one `config rm-all`, not one run per key."""
+        keys = {"sando:version": version} | ({} if host is self._KEEP else {"sando:bootstrap.ref": host})
+        sets = [a for k, v in keys.items() if v is not None for a in ("--plaintext", f"{k}={v}")]
+        rms = [k for k, v in keys.items() if v is None]
+        if sets:
+            self._pulumi(["config", "set-all", "--path", *sets, "--stack", name])
+        if rms:
+            self._pulumi(["config", "rm-all", "--path", *rms, "--stack", name])
 
     def preview(self, name: str, out: TextIO, err: TextIO, env: dict | None = None) -> None:
         self._pulumi(["preview", "--stack", name, "--color", "never", "--suppress-progress", "--non-interactive"],
                      env, out, err)
 
     def up(self, name: str, out: TextIO, err: TextIO, message: str, env: dict | None = None) -> None:
+        self._outputs.pop(name, None)
         self._pulumi(["up", "--yes", "--skip-preview", "--stack", name, "--message", message, "--color", "never",
                       "--suppress-progress", "--suppress-outputs", "--non-interactive"], env, out, err)
 
     def sent(self, name: str) -> dict[str, int]:
         """Bytes each node was sent by the last up (`pulumi stack output`: no secrets, no passphrase)."""
-        res = self._pulumi(["stack", "output", "--json", "nodes", "--stack", name])
-        nodes = json.loads(res.stdout or "{}") or {}
+        nodes = self.outputs(name).get("nodes")
+        nodes = nodes if isinstance(nodes, dict) else {}
         return {k: int(((v or {}).get("lastTransfer") or {}).get("bytesSent") or 0) for k, v in nodes.items()}
 
 
@@ -531,18 +555,20 @@ def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit
     env = {"SANDO_VIA": via, "SANDO_BY": history.operator()}
     if getattr(args, "now", False):
         env["SANDO_NOW"] = "1"
-    project.pin(stack, version)
     if host:
-        project.pin_host(stack, host)
+        project.pin(stack, version, host)
+    else:
+        project.pin(stack, version)
     try:
         ctx.out.write(f"sando: preview of {stack} with sando:version {version}:\n")
         project.preview(stack, ctx.out, ctx.err, env)
         if not args.yes and not _confirm(f"Deploy {version} ({short(commit)}) to {stack}?", ctx):
             raise Refused(f"not deployed; {stack}'s sando:version is back to {before or '(unset)'}")
     except BaseException:
-        project.pin(stack, before)
         if host:
-            project.pin_host(stack, host_before)
+            project.pin(stack, before, host_before)
+        else:
+            project.pin(stack, before)
         raise
     if cfg.restart_warning_seconds > 0 and not getattr(args, "now", False):
         ctx.out.write(f"sando: users get {cfg.restart_warning_seconds}s notice before each restart "
@@ -696,6 +722,8 @@ def cmd_status(args, ctx: Context) -> int:
             commit = project.commit_of(cfg, cfg.version)
             return {"stack": stack, "cfg": cfg, "nodes": nodes, "commit": commit,
                     "release": project.migrations(cfg, commit)}
+        except Usage:
+            raise  # a named stack that does not exist: the operator's typo, exit 2
         except Exception as exc:  # noqa: BLE001 - one unreadable stack must not hide the others
             return {"stack": stack, "error": one_line(str(exc))}
 

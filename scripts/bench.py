@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,10 +40,17 @@ from tests.toxiproxy import Toxiproxy  # noqa: E402
 import bench_switch  # noqa: E402  (scripts/, beside this file)
 
 RUNS = int(os.environ.get("SANDO_BENCH_RUNS", "5"))
+BIG = int(os.environ.get("SANDO_BENCH_FLEET", "64"))  # the large fleet (a smaller one for a quick check of the bench)
 BINS = ["makenotwork", "mnw-admin"]
 GOALS = {"noop": 1.3, "bumpOverhead": 1.5, "bumpWithBuild": 1.3, "wanBump": 1.5, "wanRollbackVsBump": 0.5,
-         "fanout16": 1.5, "bytesVsRsync": 1.2}
+         "fanout16": 2.0, "bytesVsRsync": 1.2}
 CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 nodes share this machine's cores",
+           f"fanout{BIG}": f"no goal of its own: compare with fanout{BIG}Floor",
+           f"fanout{BIG}Floor": f"the minimal script's own {BIG}/1 ratio here",
+           f"bump{BIG}VsMinimal": f"sando bump of {BIG} nodes / the minimal script on {BIG} nodes at once",
+           f"noop{BIG}Cli": f"sando no-op of {BIG} nodes as `pulumi up` / the empty program's `pulumi up`",
+           f"parallelDiffNoop{BIG}": f"no-op of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (same stack, alternating)",
+           f"parallelDiffBump{BIG}": f"bump of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (alternating)",
            "noopCli": "noop measured with `pulumi up` typed as an operator does, without the Automation API's "
                       "extra CLI runs (stack output, history) that both sides of `noop` pay"}
 HEADER = f"""\
@@ -58,6 +66,9 @@ HEADER = f"""\
    wanRollbackVsBump  rollback by pin over WAN / bump over WAN
    fanout16      sando bump of one stack of 16 nodes / of one node (fanout16Floor: the same ratio
                  for the minimal script run on 16 nodes at once: the nodes share this machine)
+   fanout64      sando bump of one stack of 64 nodes / of one node (fanout64Floor: the minimal script
+                 on 64 nodes at once / on one); bump64VsMinimal, noop64Cli; parallelDiff*64: the same
+                 64-node stack with and without PULUMI_PARALLEL_DIFF=true, alternating
    bytesVsRsync  bytes a sando bump of the realistic server sends / bytes `rsync -az
                  --copy-dest=<live release>` sends for the same release (its --stats)
    switch        sando:switch.strategy restart vs blueGreen: failed requests and the longest gap a
@@ -134,6 +145,40 @@ def bootstrap_minimal(nodes: Node | list[Node], work: Path, env: dict, app, vers
     d.destroy()
 
 
+@dataclass
+class FleetNode(Node):
+    """A node of a Fleet: its name in the stack is unique across the fleet's sets (each set has
+    its own node1..); `exec` and the node's own files still go by its name in its set."""
+
+    alias: str = ""
+
+    def config(self) -> dict:
+        return {**super().config(), "name": self.alias}
+
+
+class Fleet:
+    """Nodes of several testnodes sets as one fleet: node1's client key let into every node."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = [FleetNode(**asdict(n), alias=f"node{i:02d}") for i, n in enumerate(nodes, 1)]
+        nodes = self.nodes
+        pub = Path(nodes[0].privateKeyPath + ".pub").read_text()
+        for n in nodes[1:]:
+            with open(n.path("/root/.ssh/authorized_keys"), "a") as fh:
+                fh.write(pub)
+
+
+def fleet_of(count: int, base: Path, sets: list[TestNodes], per_set: int = 16) -> Fleet:
+    """`count` nodes started as sets of `per_set`, one after another: 64 systemd instances booting
+    at once on 2 shared cores miss testnodes' boot timeout."""
+    nodes: list[Node] = []
+    for k in range(0, count, per_set):
+        s = TestNodes(min(per_set, count - k), base.with_name(f"{base.name}-{k // per_set}"))
+        sets.append(s)
+        nodes += s.nodes
+    return Fleet(nodes)
+
+
 def rrepo_app(path: Path) -> AppRepo:
     """The realistic repo seen as an AppRepo (only its path is used by Deploy)."""
     app = AppRepo.__new__(AppRepo)
@@ -171,12 +216,13 @@ def main() -> int:
         say("\n== setup (untimed)")
         app = AppRepo(work / "standin")
         versions = [f"v{i}" for i in range(2, 2 + RUNS)]
-        for v in versions:
+        versions64 = [f"v{i}" for i in range(2 + RUNS, 2 + 3 * RUNS)]  # 64 nodes: a plain and a parallel-diff bump each
+        for v in versions + versions64:
             app.version(v)
         src = SourceConfig(repo=str(app.path))
         os.environ["SANDO_CACHE_DIR"] = env["SANDO_CACHE_DIR"]
         art = {}
-        for v in ["v1", *versions]:  # the stand-in is built once per version, before anything is timed
+        for v in ["v1", *versions, *versions64]:  # the stand-in is built once per version, before anything is timed
             art[v] = Path(build.ensure_built(str(app.path), app.commit(v), src.build_command, src.bin_dir,
                                              src.error_pages_dir, BINS).root)
         t0 = time.monotonic()
@@ -184,10 +230,11 @@ def main() -> int:
         n16 = TestNodes(16, work / "nodes-16")
         m16 = TestNodes(16, work / "nodes-16-minimal")
         sets += [n1, n16, m16]
-        n16.share_key()
-        m16.share_key()
+        n64, m64 = (fleet_of(BIG, work / name, sets) for name in ("nodes-64", "nodes-64-minimal"))
+        for s in (n16, m16):
+            s.share_key()
         a, a_min, wan, wan_min, r, r_min = n1.nodes
-        say(f"   started 38 nodes in {time.monotonic() - t0:.1f}s")
+        say(f"   started {sum(len(s.nodes) for s in sets)} nodes in {time.monotonic() - t0:.1f}s")
         toxi = Toxiproxy().start()
         p_sando = toxi.proxy("wan-sando", f"{wan.host}:22")
         p_min = toxi.proxy("wan-min", f"{wan_min.host}:22")
@@ -198,13 +245,16 @@ def main() -> int:
         d_wan = Deploy(work, env, [wan], app)
         d_wan.set(nodes=[wan.config() | {"host": p_sando.host, "port": p_sando.port}])
         d_16 = Deploy(work, env, n16.nodes, app)
-        stacks += [d_a, d_wan, d_16]
+        d_64 = Deploy(work, env, n64.nodes, app)
+        stacks += [d_a, d_wan, d_16, d_64]
         for d in stacks:
             run_up(d)  # v1 everywhere: bootstrap and warm-up
         for n in (a_min, wan_min):
             bootstrap_minimal(n, work, env, app, "v1")
         bootstrap_minimal(m16.nodes, work, env, app, "v1")
+        bootstrap_minimal(m64.nodes, work, env, app, "v1")
         m_16 = [Minimal(n, work) for n in m16.nodes]
+        m_64 = [Minimal(n, work) for n in m64.nodes]
         empty = empty_program(work, env)
         empty.up(color="never")
         m_a, m_wan = Minimal(a_min, work), Minimal(wan_min, work, p_min.host, p_min.port)
@@ -232,6 +282,28 @@ def main() -> int:
             d_wan.set(version=v)
             run_up(d_wan)  # forward again, untimed
             for n in (a, wan, *n16.nodes):
+                assert n.served()["version"] == v, (n.name, n.served())
+
+        say(f"\n== timed: {BIG} nodes (no-op, bump; with and without PULUMI_PARALLEL_DIFF, alternating)")
+        ws64 = d_64.stack.workspace
+        for i in range(RUNS):
+            for pd in (False, True):
+                ws64.env_vars.pop("PULUMI_PARALLEL_DIFF", None)
+                if pd:
+                    ws64.env_vars["PULUMI_PARALLEL_DIFF"] = "true"
+                tag = ", PULUMI_PARALLEL_DIFF" if pd else ""
+                v = versions64[2 * i + pd]
+                t.timed(f"sando no-op up ({BIG} nodes{tag})", lambda: run_up(d_64))
+                d_64.set(version=v)
+                t.timed(f"sando bump ({BIG} nodes{tag})", lambda: run_up(d_64))
+            ws64.env_vars.pop("PULUMI_PARALLEL_DIFF", None)
+            t.add(f"sando no-op: pulumi up (CLI, {BIG} nodes)", cli_up(str(d_64.project), d_64.name, env))
+            t.add("empty program: pulumi up (CLI)", cli_up(empty.workspace.work_dir, "empty", env))
+            v = versions64[2 * i + 1]
+            with ThreadPoolExecutor(BIG) as pool:
+                t.timed(f"minimal script bump ({BIG} nodes in parallel)",
+                        lambda: list(pool.map(lambda m: m.deploy(v, art[v]), m_64)))
+            for n in n64.nodes:
                 assert n.served()["version"] == v, (n.name, n.served())
 
         say("\n== realistic server (tokio, axum, sqlx): cold build untimed, then bumps incl. the build")
@@ -286,6 +358,12 @@ def main() -> int:
             "wanRollbackVsBump": m["sando rollback by pin over WAN"] / m["sando bump over WAN"],
             "fanout16": m["sando bump (16 nodes)"] / m["sando bump (1 node)"],
             "fanout16Floor": m["minimal script bump (16 nodes in parallel)"] / m["minimal script bump (1 node)"],
+            f"fanout{BIG}": m[f"sando bump ({BIG} nodes)"] / m["sando bump (1 node)"],
+            f"fanout{BIG}Floor": m[f"minimal script bump ({BIG} nodes in parallel)"] / m["minimal script bump (1 node)"],
+            f"bump{BIG}VsMinimal": m[f"sando bump ({BIG} nodes)"] / m[f"minimal script bump ({BIG} nodes in parallel)"],
+            f"noop{BIG}Cli": m[f"sando no-op: pulumi up (CLI, {BIG} nodes)"] / m["empty program: pulumi up (CLI)"],
+            f"parallelDiffNoop{BIG}": m[f"sando no-op up ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando no-op up ({BIG} nodes)"],
+            f"parallelDiffBump{BIG}": m[f"sando bump ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando bump ({BIG} nodes)"],
             "bytesVsRsync": statistics.median(sent) / statistics.median(rsynced),
             "noopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["empty program: pulumi up (CLI)"],
         }

@@ -181,11 +181,23 @@ class Node:
             return err.code, err.read().decode()
 
 
+def first_offset(max_n: int, env: dict[str, str] | None = None) -> int:
+    """Where this process's node sets start: $SANDO_TESTNODES_OFFSET, else 10; under pytest-xdist
+    each worker starts at its own share of the range, so that workers rarely try the same subnets
+    (a collision is still safe: testnodes refuses a busy subnet and TestNodes shifts)."""
+    env = os.environ if env is None else env
+    base = int(env.get("SANDO_TESTNODES_OFFSET", "10"))
+    worker, count = env.get("PYTEST_XDIST_WORKER", ""), int(env.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return base
+    return base + int(worker[2:]) % count * ((max_n - base) // count)
+
+
 class TestNodes:
     """`scripts/testnodes start N` in a private state dir; stop() removes everything."""
 
-    _next_offset = int(os.environ.get("SANDO_TESTNODES_OFFSET", "10"))
     MAX_N = 250  # scripts/testnodes: node number offset+i <= 250
+    _next_offset = first_offset(MAX_N)
 
     def __init__(self, count: int, state_dir: Path, token: str | None = None):
         self.state_dir = state_dir

@@ -150,7 +150,8 @@ class StandInProject(cli.Project):
 
         def counted(args, *rest, **kw):
             words = [a for a in args if not a.startswith("-")]
-            RAN.append(words[:2] if words[0] == "stack" or words[1:2] in (["set"], ["rm"]) else words[:1])
+            RAN.append(words[:2] if words[0] == "stack" or words[1:2] in (["set"], ["rm"], ["set-all"], ["rm-all"])
+                       else words[:1])
             return run(args, *rest, **kw)
         self.ws.pulumi_command.run = counted
 
@@ -195,20 +196,25 @@ def test_promote_rollback_status_through_the_engine(scratch):
     code, out, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
     assert (code, err) == (0, ""), out
     assert "Previewing update (prod)" in out and "Updating (prod)" in out
-    assert RAN == [["stack", "ls"], ["config"], ["config"], ["stack", "output"], ["config", "set"], ["preview"],
-                   ["up"], ["stack", "output"]]  # the source's host config; no `stack output` x2 + `stack history`
-    # after the up
+    assert RAN == [["config"], ["config"], ["stack", "output"], ["config", "set-all"], ["preview"],
+                   ["up"], ["stack", "output"]]  # the source's host config; no `stack ls` for named stacks, no
+    # `stack output` x2 + `stack history` after the up (issue 24: 7 pulumi commands, was 8; Stack.up: 11)
     prod = outputs(project, "prod")
     assert prod["commit"] == commits["v2"] and prod["nodes"]["prod"]["liveCommit"] == commits["v2"]
     assert "sando:version: v2" in (project / "Pulumi.prod.yaml").read_text()
     state = json.loads((project / "nodes-state" / "prod" / "prod.json").read_text())
     assert [h["via"] for h in state["history"]] == ["sando promote"]  # SANDO_VIA reached the program
 
+    code, _, err = sando(project, "promote", "--from", "nosuch", "--to", "prod", "--yes")  # a typo: the stacks named
+    assert (code, err) == (2, f"sando: --from: no stack 'nosuch' in {project} (stacks: prod, testnot)\n")
+    assert RAN == [["config"], ["stack", "ls"]]  # `stack ls` only to say which stacks there are
+
     code, _, err = sando(project, "rollback", "-s", "testnot", "--to", "v9", "--yes")
     assert (code, err) == (2, "sando: --to: v9 is not retained on any node (retained: tn1: v1, v2; tn2: v1, v2)\n")
 
     code, out, err = sando(project, "rollback", "-s", "testnot", "--yes")
     assert (code, err) == (0, ""), out
+    assert RAN == [["config"], ["config", "set-all"], ["preview"], ["up"], ["stack", "output"]]
     assert f"testnot runs v1 ({commits['v1'][:12]}) on every node (tn1, tn2), healthy now; 0 bytes sent" in out
     assert {n["liveVersion"] for n in outputs(project, "testnot")["nodes"].values()} == {"v1"}
 
@@ -217,3 +223,7 @@ def test_promote_rollback_status_through_the_engine(scratch):
     rows = [line.split()[:4] for line in out.splitlines()[1:]]
     assert rows == [["prod", "prod", "v2", "-"], ["testnot", "tn1", "v1", "v2"], ["testnot", "tn2", "v1", "v2"]]
     assert RAN == [["stack", "ls"], ["config"], ["config"]]  # one engine command per stack
+    code, out, err = sando(project, "status", "testnot")
+    assert (code, err) == (0, "") and RAN == [["config"]], err  # a named stack: no `stack ls`
+    code, out, err = sando(project, "status", "testnot", "nosuch")
+    assert (code, err) == (2, f"sando: STACK: no stack 'nosuch' in {project} (stacks: prod, testnot)\n"), err
