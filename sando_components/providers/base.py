@@ -106,6 +106,8 @@ class NodeState:
     foreign: tuple[str, ...] = ()  # directories under releases/ that sando did not make
     host: HostState | None = None  # the host files as the node has them (host config, issue 18.5)
     root_missing: bool = False  # no release root yet: nothing deployed here
+    arch: str = ""  # `uname -m` ("" = not read: nothing is checked)
+    glibc: str = ""  # `getconf GNU_LIBC_VERSION` ("glibc 2.36"), "none" without glibc ("" = not read)
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -159,7 +161,8 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      free_kib=int(free), zstd=report.one("zstd") == "yes",
                      active=(report.one("active") or "").strip() in ("active", "reloading", "activating"),
                      releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
-                     host=parse_host_state(out))
+                     host=parse_host_state(out), arch=(report.one("arch") or "").strip(),
+                     glibc=(report.one("glibc") or "").strip())
 
 
 _states: dict[tuple, NodeState] = {}

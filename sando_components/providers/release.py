@@ -10,13 +10,15 @@ pointer after a switch (pointer.py), from what the node really holds.
 
 from __future__ import annotations
 
+import os
 import secrets
+import struct
 import time
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .. import build, commands, diagnostics, paths, scripts, ssh, times, transfer
+from .. import build, commands, diagnostics, elf, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember
@@ -76,6 +78,7 @@ class ReleaseProvider(NodeProvider):
             return self._reuse(props, held)
         art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
                                  props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
+        self._fits(node, version, art, props["binNames"], state)
         manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
                     "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
         if conn.local:  # the machine that built it: no stream, files by hard link from the artifacts
@@ -130,6 +133,27 @@ class ReleaseProvider(NodeProvider):
         return self._outs(props, held.files, held.created_at,
                           {"version": version, "bytesSent": 0, "linked": len(held.files), "patched": 0, "full": 0,
                            "at": _now()})
+
+    @staticmethod
+    def _fits(node: str, version: str, art: build.Artifacts, bins: list[str], state) -> None:
+        """Issue 22.2: each binary runs on the node (its ELF machine vs `uname -m`, the newest
+        GLIBC_x.y it needs vs the node's glibc), checked before a byte is sent. A file that is not
+        ELF (a script) is not checked; a static binary needs no glibc."""
+        if not state.arch and not state.glibc:
+            return  # a node read that does not say (cannot happen with this probe): nothing to compare
+        why = []
+        for b in sorted(bins):
+            try:
+                need = elf.needs(os.path.join(art.root, b))
+            except (elf.NotElf, OSError, struct.error, ValueError):
+                continue
+            reason = elf.misfit(b, need, state.arch, elf.node_glibc(state.glibc))
+            if reason:
+                why.append(reason)
+        if why:
+            raise OperatorError(
+                f"{node}: the build of {version} cannot run there: {'; '.join(why)}; nothing was sent. Build on a "
+                "machine matching the node (or a static build) and run pulumi up again")
 
     @staticmethod
     def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool) -> ssh.Result:
