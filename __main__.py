@@ -20,6 +20,7 @@ except (ConfigError, OperatorError) as err:  # before any resource exists, so be
 token = stack.service_token(cfg)
 deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
 known = stack.known_destructive(cfg, source, migrations)
+expect = stack.expected_build(cfg, source)  # promoted: the source stack's bytes (issue 22.1)
 nodes, earlier, pointers = {}, [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
@@ -28,7 +29,7 @@ for number, batch in enumerate(cfg.batches()):
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
                                              after=earlier), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
-                                                              commit=source.commit, repo=source.repo), after_reach)
+                                                              commit=source.commit, repo=source.repo, expect=expect), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,

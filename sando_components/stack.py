@@ -112,6 +112,15 @@ def known_destructive(cfg: StackConfig, source: Source, release: list[migrations
     return sorted(found, key=lambda v: (len(v), v))
 
 
+def expected_build(cfg: StackConfig, source: Source) -> dict | None:
+    """The bytes the pinned commit must have (sando:verifiedBuild, set by sando promote from the
+    source stack's nodes), or None when no promotion recorded any for this commit (issue 22.1)."""
+    v = cfg.verified_build
+    if v is None or v.commit != source.commit:
+        return None
+    return {"from": v.source, "version": v.version, "commit": v.commit, "files": dict(v.files)}
+
+
 def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
     """The unit's EnvironmentFile (where the service reads DATABASE_PATH), else the default."""
     m = re.search(r"^EnvironmentFile=-?(\S+)", sources.get("unit", ""), re.M)
@@ -132,6 +141,6 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
     }
 
 
-__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "deployer", "env_file", "known_destructive",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "deployer", "env_file", "expected_build", "known_destructive",
            "load_config", "node_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

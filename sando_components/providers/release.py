@@ -37,6 +37,8 @@ class ReleaseProvider(NodeProvider):
         changes = changed(olds, news, [*self.DEFINING, *AUTH])
         if sorted(olds.get("binNames") or []) != sorted(news.get("binNames") or []):
             changes.append("binNames")
+        if (olds.get("expect") or None) != (news.get("expect") or None):
+            changes.append("expect")  # a new promotion's bytes: the release is checked against them
         if not changes:  # drift: the release dir is gone, or another commit sits there
             held = node_state(news).releases.get(news["version"])
             if held is None or held.commit != news["commit"]:
@@ -49,7 +51,7 @@ class ReleaseProvider(NodeProvider):
     def update(self, _id, olds, news):
         if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
             held = node_state(news).releases.get(news["version"])
-            if held is not None and held.commit == news["commit"]:
+            if held is not None and held.commit == news["commit"] and olds.get("expect") == news.get("expect"):
                 return UpdateResult(outs=refresh_auth(olds, news))
         return UpdateResult(outs=self._ensure(news))
 
@@ -76,9 +78,19 @@ class ReleaseProvider(NodeProvider):
                 "move it away on the node or pin another version name (sando:version)")
         if held is not None:
             return self._reuse(props, held)
-        art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
-                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
+        expect = props.get("expect")
+        art = None
+        if expect and expect.get("commit") == props["commit"]:  # promoted: the source's own bytes, when
+            art = build.from_objects(props["commit"], expect["files"], list(props["binNames"]))  # fetched here
+            if art is not None:
+                diagnostics.log("info", f"{node}: {version} is {expect['from']}'s bytes (sando:verifiedBuild), "
+                                        "not a local build")
+        if art is None:
+            art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
+                                     props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]))
         self._fits(node, version, art, props["binNames"], state)
+        self._same_bytes(props, {rel: digest for rel, digest, _ in art.files}, "built here",
+                         f"; remove {os.path.dirname(art.root)} to build it again")
         manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
                     "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
         if conn.local:  # the machine that built it: no stream, files by hard link from the artifacts
@@ -130,9 +142,28 @@ class ReleaseProvider(NodeProvider):
             raise OperatorError(
                 f"{node}: release {version} on the node has no {', '.join(missing)} (sando:binNames asks for it); "
                 "releases are immutable: pin a new version to ship it")
+        self._same_bytes(props, held.files, f"on {node}")
         return self._outs(props, held.files, held.created_at,
                           {"version": version, "bytesSent": 0, "linked": len(held.files), "patched": 0, "full": 0,
                            "at": _now()})
+
+    @staticmethod
+    def _same_bytes(props: dict, files: dict[str, str], where: str, rebuild: str = "") -> None:
+        """Issue 22.1: a promoted release is byte-identical to what its source stack runs (the sums
+        sando promote read from the source's nodes, props["expect"]); otherwise this node fails
+        before a byte is sent, naming each file that differs and both sums."""
+        expect = props.get("expect")
+        if not expect or expect.get("commit") != props["commit"]:
+            return
+        want, src = expect["files"], expect["from"]
+        differ = [f for f in sorted(set(want) | set(files)) if want.get(f) != files.get(f)]
+        if differ:
+            said = "; ".join(f"{f}: {where} {files.get(f) or 'missing'}, on {src} {want.get(f) or 'missing'}"
+                             for f in differ)
+            raise OperatorError(
+                f"{node_of(props)}: {props['version']} ({props['commit'][:12]}) {where} is not byte-identical to what "
+                f"{src} runs: {said}; nothing was sent. Run `sando promote --from {src}` (it fetches {src}'s bytes), or "
+                f"build with the toolchain that built {src}'s (same compiler, flags, paths{rebuild})")
 
     @staticmethod
     def _fits(node: str, version: str, art: build.Artifacts, bins: list[str], state) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import shutil
 import stat
 from pathlib import Path
 
@@ -443,3 +444,62 @@ def test_a_new_nodes_empty_database_passes_the_destructive_gate_with_a_note(make
     d.set(version="v3")
     said = d.up_fails()
     assert "has destructive migrations pending" in said and n.served()["version"] == "v2", said
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deploy, sando, monkeypatch, tmp_path):
+    """Issue 22.1: operator A deployed v2 to testnot; operator B (a build cache of their own, and a
+    toolchain flag that changes the binaries) promotes it: prod gets testnot's own bytes (fetched
+    from testnot's node), not B's build. A node joining prod later, deployed by a plain `pulumi up`
+    of B's, whose build differs: refused before a byte is sent, naming the files and both sums."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t_node, p_node, p2_node = make_nodes(3)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project)
+    run_up(testnot)
+    run_up(prod)
+    testnot.set(version="v2")
+    run_up(testnot)
+    tested = json.loads((t_node.release_root / "releases" / "v2" / ".sando" / "manifest.json").read_text())["files"]
+    assert len(tested) == 5  # two binaries, three error pages
+
+    cache_b = tmp_path / "operator-b-cache"  # operator B: another cache, another toolchain flag
+    monkeypatch.setenv("SANDO_CACHE_DIR", str(cache_b))
+    monkeypatch.setenv("RUSTFLAGS", "-C debuginfo=1")
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    assert f"{prod.name} gets {testnot.name}'s own bytes: 5 files" in said
+    rel = p_node.release_root / "releases" / "v2"
+    assert {f: _sha(rel / f) for f in tested} == tested  # byte-identical to what testnot runs
+    assert p_node.served()["version"] == "v2"
+    assert not (cache_b / "builds" / repo.commit("v2")).exists()  # B built nothing
+
+    # a node joins prod, deployed by B's plain `pulumi up` with an empty cache: B's build differs
+    shutil.rmtree(cache_b)
+    prod.env = {**prod.env, "SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"}
+    prod.stack.workspace.env_vars.update({"SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"})
+    prod.nodes = [p_node, p2_node]
+    prod.set(nodes=[p_node.config(), p2_node.config()])
+    text = prod.up_fails()
+    built_b = cache_b / "builds" / repo.commit("v2") / "artifacts"
+    (error,) = [e for e in prod.errors(text) if e.startswith("node3:")] or [text[-3000:]]
+    assert error.startswith(f"node3: v2 ({repo.commit('v2')[:12]}) built here is not byte-identical to what "
+                            f"{testnot.name} runs: "), error
+    for b in ("makenotwork", "mnw-admin"):
+        assert _sha(built_b / b) != tested[b]
+        assert f"{b}: built here {_sha(built_b / b)}, on {testnot.name} {tested[b]}" in error
+    assert "error-pages/404.html:" not in error  # the same bytes: not named
+    assert f"Run `sando promote --from {testnot.name}` (it fetches {testnot.name}'s bytes)" in error
+    assert not (p2_node.release_root / "releases" / "v2").exists()  # not a byte
+    assert p_node.served()["version"] == "v2"
+
+    # as the message says: promote again, and the new node gets testnot's bytes too
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    rel = p2_node.release_root / "releases" / "v2"
+    assert {f: _sha(rel / f) for f in tested} == tested

@@ -150,7 +150,7 @@ class StandInProject(cli.Project):
 
         def counted(args, *rest, **kw):
             words = [a for a in args if not a.startswith("-")]
-            RAN.append(words[:2] if words[0] == "stack" or words[1:2] in (["set"], ["rm"]) else words[:1])
+            RAN.append(words[:2] if words[0] == "stack" or words[1:2] in (["set"], ["set-all"], ["rm"]) else words[:1])
             return run(args, *rest, **kw)
         self.ws.pulumi_command.run = counted
 
@@ -195,8 +195,8 @@ def test_promote_rollback_status_through_the_engine(scratch):
     code, out, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
     assert (code, err) == (0, ""), out
     assert "Previewing update (prod)" in out and "Updating (prod)" in out
-    assert RAN == [["stack", "ls"], ["config"], ["config"], ["stack", "output"], ["config", "set"], ["preview"],
-                   ["up"], ["stack", "output"]]  # the source's host config; no `stack output` x2 + `stack history`
+    assert RAN == [["stack", "ls"], ["config"], ["config"], ["stack", "output"], ["config", "set-all"],
+                   ["preview"], ["up"], ["stack", "output"]]  # the source's host config; no `stack output` x2 + `stack history`
     # after the up
     prod = outputs(project, "prod")
     assert prod["commit"] == commits["v2"] and prod["nodes"]["prod"]["liveCommit"] == commits["v2"]
