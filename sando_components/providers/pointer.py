@@ -116,6 +116,12 @@ class PointerProvider(NodeProvider):
                               outcome={"ok": False, "node": node, "message": self._failure(props, res, report,
                                                                                           live_before)},
                               report=report, status=status)
+        applied = gate.verdict(report, (props.get("gate") or {}).get("names"))
+        if applied["destructive"] and "note" not in applied:  # issue 19.8: allowed here, but never silently
+            diagnostics.log("warning", f"{node}: {version} applied the destructive migration"
+                                       f"{'s' if len(applied['destructive']) > 1 else ''} "
+                                       f"{', '.join(applied['destructive'])} (drops a table or column)"
+                                       + (f"; the backup before it: {applied['backup']}" if applied["backup"] else ""))
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
                           status=status, switched_at=_iso(report.one("switched")))
 

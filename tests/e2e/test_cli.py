@@ -503,3 +503,37 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     assert code == 0, said
     rel = p2_node.release_root / "releases" / "v2"
     assert {f: _sha(rel / f) for f in tested} == tested
+
+
+def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 19.8: testnot (destructive migrations allowed) applies v2's destructive migration with a
+    warning naming it; promoting v2 to prod (refuseDestructive) shows prod's gate verdict and refuses
+    before any preview or up: prod's pin, node and release dir untouched."""
+    from sando_components.migrations import of_release
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2", ("destructive-migration",))
+    [drop] = [f"{m.version} {m.description}" for m in of_release(str(repo.path), repo.commit("v2"), "server/migrations")
+              if m.destructive]
+    t_node, p_node = make_nodes(2)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project, migrations={"refuseDestructive": True})
+    run_up(testnot)
+    run_up(prod)
+    testnot.set(version="v2")
+    run_up(testnot)
+    said = "\n".join(testnot.log)
+    assert f"warning: node1: v2 applied the destructive migration {drop} (drops a table or column); the backup " \
+           "before it: /var/backups/makenotwork/pre-v2-" in said, said
+
+    yaml_before = (testnot.project / f"Pulumi.{prod.name}.yaml").read_text()
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert (f"sando: migration gate on {prod.name} for v2: {prod.name} refuses destructive migrations "
+            f"(sando:migrations.refuseDestructive) and v2 is not in sando:migrations.allowDestructive\n"
+            f"  node2: pending {drop}; destructive: {drop}\n") in said, said
+    assert (f"sando: {prod.name} would refuse v2: destructive migrations pending on node2 ({drop}), and {prod.name} "
+            "refuses them (sando:migrations.refuseDestructive); nothing was changed.") in said
+    assert "preview of" not in said and "Updating" not in said  # refused before the preview and the up
+    assert (testnot.project / f"Pulumi.{prod.name}.yaml").read_text() == yaml_before
+    assert not (p_node.release_root / "releases" / "v2").exists() and p_node.served()["version"] == "v1"
