@@ -21,7 +21,7 @@ token = stack.service_token(cfg)
 deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
 known = stack.known_destructive(cfg, source, migrations)
 expect = stack.expected_build(cfg, source)  # promoted: the source stack's bytes (issue 22.1)
-nodes, earlier, pointers = {}, [], []
+nodes, earlier, pointers, parity = {}, [], [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
@@ -36,8 +36,10 @@ for number, batch in enumerate(cfg.batches()):
             after=earlier, deploy=deploy, known_destructive=known), after_reach)
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)
+        parity.append((node.name, release, pointer))
     earlier = pointers[-len(batch):]
 verdict(pointers)
+stack.add_bytes(nodes, parity, cfg.version, expect)  # each node's bytes vs the pin's recorded build
 
 pulumi.export("version", cfg.version)
 pulumi.export("commit", source.commit)

@@ -185,6 +185,15 @@ def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error
     return art
 
 
+def cached_files(commit: str) -> dict[str, str] | None:
+    """{release-relative path: sha256} of this machine's cached build of `commit`, or None."""
+    try:
+        recorded = json.loads((cache_root() / "builds" / commit / "artifacts.json").read_text())
+        return {rel: digest for rel, digest, _ in recorded["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def from_objects(commit: str, files: dict[str, str], bin_names: list[str]) -> Artifacts | None:
     """The release of `commit` made of given bytes (release-relative path -> sha256) taken from the
     object store, laid out like a build's artifacts (binaries 0755, the rest 0644); None when the

@@ -268,11 +268,37 @@ def _pending_text(pending: list[Migration] | None) -> str | None:
                           for m in pending) or "none")
 
 
+def odd_bytes(nodes: list[NodeNow]) -> dict[str, str]:
+    """{node: why} for each node whose live release has other bytes than its peers on the same
+    version (issue 22.5): the bytes most of them run (the first node's, on a tie) are the reference;
+    read from the nodes' manifests now."""
+    by_version: dict[str, list[NodeNow]] = {}
+    for n in nodes:
+        if n.reachable and n.live and n.live in n.releases:
+            by_version.setdefault(n.live, []).append(n)
+    odd = {}
+    for peers in by_version.values():
+        groups: dict[str, list[NodeNow]] = {}
+        for n in peers:
+            groups.setdefault(json.dumps(n.releases[n.live].files, sort_keys=True), []).append(n)
+        if len(groups) < 2:
+            continue
+        ref = max(groups.values(), key=len)[0]
+        want = ref.releases[ref.live].files
+        for n in peers:
+            have = n.releases[n.live].files
+            differ = sorted(f for f in set(want) | set(have) if want.get(f) != have.get(f))
+            if differ:
+                odd[n.name] = f"its {n.live} differs from {ref.name}'s: {', '.join(differ)}"
+    return odd
+
+
 def status_rows(stack: str, pin: str | None, nodes: list[NodeNow], release: list[Migration] | None = None,
                 error: str | None = None) -> list[dict]:
     """One row per node of a stack, read now."""
     if error:
         return [{"stack": stack, "error": f"cannot read the stack: {error}"}]
+    odd = odd_bytes(nodes)
     rows = []
     for n in nodes:
         if not n.reachable:
@@ -283,7 +309,8 @@ def status_rows(stack: str, pin: str | None, nodes: list[NodeNow], release: list
             caddy = f"{caddy}, {n.caddy_health.text()}"
         rows.append({
             "stack": stack, "node": n.name,
-            "live": f"{n.live} (pin {pin})" if n.live and pin and n.live != pin else n.live,
+            "live": (f"{n.live} (pin {pin})" if n.live and pin and n.live != pin else n.live)
+                    + (" (other bytes!)" if n.name in odd else ""),
             "previous": n.previous, "commit": short(n.live_commit, 7),
             "unit": _cut(n.unit.split()[0] if n.unit.split()[:1] == ["active"] else n.unit, 20),
             "health": _cut(n.health.text() if n.health else None),
@@ -817,6 +844,9 @@ def cmd_status(args, ctx: Context) -> int:
             r["stack"], r["cfg"].version if "cfg" in r else None, r.get("nodes") or [], r.get("release"),
             r.get("error"))]
         ctx.out.write(render_status(rows))
+        for r in read:
+            for name, why in odd_bytes(r.get("nodes") or []).items():
+                ctx.out.write(f"sando: {r['stack']}/{name} runs other bytes than its peers: {why}\n")
     failed = [r["stack"] for r in read if r.get("error")]
     down = [f"{r['stack']}/{n.name}" for r in read for n in r.get("nodes") or [] if not n.reachable]
     if failed or down:
@@ -831,7 +861,9 @@ def _status_json(r: dict) -> dict:
     for n in r["nodes"]:
         node = n.as_json()
         pending = pending_of(n, r["release"])
+        odd = odd_bytes(r["nodes"])
         if n.reachable:
+            node["otherBytes"] = odd.get(n.name)  # issue 22.5: None = the same bytes as its peers
             node["pendingMigrations"] = None if pending is None else [
                 {"version": m.version, "description": m.description, "destructive": m.destructive} for m in pending]
         out["nodes"].append(node)

@@ -44,5 +44,6 @@ class Release(pulumi.ComponentResource):
         self.sha256 = files.sha256
         self.path = files.path
         self.last_transfer = files.lastTransfer
+        self.build = files.recordedBuild  # the pin's recorded build (issue 22.5)
         self.register_outputs({"version": self.version, "sha256": self.sha256, "path": self.path,
                                "lastTransfer": self.last_transfer})

@@ -132,6 +132,7 @@ class PointerProvider(NodeProvider):
         return {
             **public(props),
             "liveVersion": state.live, "liveCommit": live.commit if live else None,
+            "liveFiles": dict(live.files) if live else None,  # sha256 of what it runs (issue 22.5)
             "previousVersion": state.previous,
             "switchedAt": switched_at or olds.get("switchedAt"),
             "health": health,
@@ -242,7 +243,7 @@ def _warning(props: dict) -> dict | None:
 class Pointer(NodeResource):
     _provider_class = PointerProvider
     _output_names = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "foreign",
-                     "pruned", "restartWarning", "migrations", "outcome", "lastDeploy")
+                     "pruned", "restartWarning", "migrations", "outcome", "lastDeploy", "liveFiles")
     liveVersion: pulumi.Output[str]
     liveCommit: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
@@ -254,6 +255,7 @@ class Pointer(NodeResource):
     migrations: pulumi.Output[dict]
     outcome: pulumi.Output[dict]  # {ok, node, message | heldBack}: the Verdict fails the run on a bad one
     lastDeploy: pulumi.Output[dict]  # the node's last switch record: {at, version, commit, from, result, by, via, warning}
+    liveFiles: pulumi.Output[dict]  # release-relative path -> sha256 of the live release, from its manifest
 
 
 FAILED_ON = "the deploy failed on"  # the verdict's first line: "the deploy failed on node1, node2:"

@@ -202,8 +202,18 @@ class ReleaseProvider(NodeProvider):
                              "pulumi up again")
 
     @staticmethod
-    def _outs(props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
+    def _recorded(props: dict, files: dict) -> dict:
+        """The pin's recorded build (issue 22.5): the bytes promote verified on the source stack, else
+        this machine's cached build of the commit (never built just for this), else what was sent."""
+        expect = props.get("expect")
+        if expect and expect.get("commit") == props["commit"]:
+            return dict(expect["files"])
+        return build.cached_files(props["commit"]) or dict(files)
+
+    @classmethod
+    def _outs(cls, props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
         return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
+                "recordedBuild": cls._recorded(props, files),
                 "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
                 "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
 
@@ -213,8 +223,9 @@ def _now() -> str:
 
 
 class ReleaseFiles(NodeResource):
-    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer")
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer", "recordedBuild")
     sha256: pulumi.Output[dict]
     path: pulumi.Output[str]
     commit: pulumi.Output[str]
     lastTransfer: pulumi.Output[dict]
+    recordedBuild: pulumi.Output[dict]  # the pin's recorded build: release-relative path -> sha256

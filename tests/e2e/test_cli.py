@@ -487,7 +487,7 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     prod.set(nodes=[p_node.config(), p2_node.config()])
     text = prod.up_fails()
     built_b = cache_b / "builds" / repo.commit("v2") / "artifacts"
-    (error,) = [e for e in prod.errors(text) if e.startswith("node3:")] or [text[-3000:]]
+    (error,) = [e for e in prod.errors(text) if e.startswith("node3:")] or [text[text.find("Diagnostics"):][:3000]]
     assert error.startswith(f"node3: v2 ({repo.commit('v2')[:12]}) built here is not byte-identical to what "
                             f"{testnot.name} runs: "), error
     for b in ("makenotwork", "mnw-admin"):
@@ -537,3 +537,28 @@ def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make
     assert "preview of" not in said and "Updating" not in said  # refused before the preview and the up
     assert (testnot.project / f"Pulumi.{prod.name}.yaml").read_text() == yaml_before
     assert not (p_node.release_root / "releases" / "v2").exists() and p_node.served()["version"] == "v1"
+
+
+def test_status_and_outputs_flag_a_node_whose_bytes_differ_from_its_peers(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 22.5: operator A deploys v1 to node1; operator B (another cache, another toolchain flag)
+    adds node2 with a plain `pulumi up`: node2 runs v1 with other bytes. The outputs say so per node,
+    and `sando status` flags node2."""
+    repo = AppRepo(tmp_path / "app")
+    n1, n2 = make_nodes(2)
+    prod = make_deploy([n1], repo=repo)
+    run_up(prod)
+    assert prod.node_out(n1)["bytes"] == "match the pinned build (as recorded for node1)"
+    prod.stack.workspace.env_vars.update({"SANDO_CACHE_DIR": str(tmp_path / "operator-b-cache"),
+                                          "RUSTFLAGS": "-C debuginfo=1"})
+    prod.nodes = [n1, n2]
+    prod.set(nodes=[n1.config(), n2.config()])
+    run_up(prod)
+    assert prod.node_out(n1)["bytes"] == "match the pinned build (as recorded for node1)"
+    assert prod.node_out(n2)["bytes"] == "differ from the pinned build (as recorded for node1): makenotwork, mnw-admin"
+    code, said = sando(prod.project, "status", prod.name)
+    assert code == 0, said
+    rows = [line.split() for line in said.splitlines()]
+    assert any(r[:3] == [prod.name, "node1", "v1"] for r in rows), said
+    assert any(r[:5] == [prod.name, "node2", "v1", "(other", "bytes!)"] for r in rows), said
+    assert (f"sando: {prod.name}/node2 runs other bytes than its peers: its v1 differs from node1's: makenotwork, "
+            "mnw-admin") in said

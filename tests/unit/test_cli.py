@@ -633,3 +633,14 @@ def test_a_failed_up_where_a_node_switched_keeps_the_pin(fake):
         FakeProject.nodes_now = real_nodes_now
     assert code == 1 and "prod's sando:version stays v4 (was v3)" in err
     assert fake.stacks["prod"]["config"].version == "v4"
+
+
+def test_status_flags_a_node_whose_bytes_differ_from_its_peers_on_the_same_version():
+    same = {"makenotwork": "a" * 64, "error-pages/404.html": "c" * 64}
+    other = {**same, "makenotwork": "b" * 64}
+    nodes = [node("node1", files=same), node("node2", files=other), node("node3", files=same),
+             node("node4", live="v3", files=other)]
+    assert cli.odd_bytes(nodes) == {"node2": "its v4 differs from node1's: makenotwork"}
+    rows = cli.status_rows("prod", "v4", nodes)
+    assert [r["live"] for r in rows] == ["v4", "v4 (other bytes!)", "v4", "v3 (pin v4)"]
+    assert cli.odd_bytes(nodes[:1] + nodes[2:]) == {}
