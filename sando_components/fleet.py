@@ -260,7 +260,8 @@ def fetch_release(cfg: config_model.StackConfig, node: config_model.NodeConfig, 
         if obj.exists():
             continue
         path = f"{cfg.release_root}/{paths.RELEASES}/{version}/{rel}"
-        res = ssh.run(conn(cfg, node), fetch_command(path), timeout=600, check=False)
+        via = ssh.Conn.local_node(node.name) if node.local else conn(cfg, node)
+        res = ssh.run(via, fetch_command(path), timeout=600, check=False)
         if res.rc != 0:
             raise OperatorError(f"{node.name}: cannot read {path} ({(res.err or res.out).strip()[-200:]})")
         data = base64.b64decode(res.out)

@@ -644,3 +644,10 @@ def test_status_flags_a_node_whose_bytes_differ_from_its_peers_on_the_same_versi
     rows = cli.status_rows("prod", "v4", nodes)
     assert [r["live"] for r in rows] == ["v4", "v4 (other bytes!)", "v4", "v3 (pin v4)"]
     assert cli.odd_bytes(nodes[:1] + nodes[2:]) == {}
+
+
+def test_a_release_file_is_fetched_as_base64_by_an_exact_command():
+    from sando_components import fleet
+    assert fleet.fetch_command("/opt/makenotwork/releases/v2/error-pages/404.html") == \
+        "base64 -w0 -- /opt/makenotwork/releases/v2/error-pages/404.html"
+    assert fleet.fetch_command("/opt/x y/releases/v2/a") == "base64 -w0 -- '/opt/x y/releases/v2/a'"
