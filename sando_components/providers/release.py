@@ -160,10 +160,15 @@ class ReleaseProvider(NodeProvider):
         if differ:
             said = "; ".join(f"{f}: {where} {files.get(f) or 'missing'}, on {src} {want.get(f) or 'missing'}"
                              for f in differ)
+            if where.startswith("on "):  # held already: releases are immutable, it is never rewritten
+                todo = (f"releases are immutable: move {props['releaseRoot']}/releases/{props['version']} away on the "
+                        "node (when it is not live) and run pulumi up again")
+            else:
+                todo = (f"Run `sando promote --from {src}` (it fetches {src}'s bytes), or build with the toolchain "
+                        f"that built {src}'s (same compiler, flags, paths{rebuild})")
             raise OperatorError(
                 f"{node_of(props)}: {props['version']} ({props['commit'][:12]}) {where} is not byte-identical to what "
-                f"{src} runs: {said}; nothing was sent. Run `sando promote --from {src}` (it fetches {src}'s bytes), or "
-                f"build with the toolchain that built {src}'s (same compiler, flags, paths{rebuild})")
+                f"{src} runs: {said}; nothing was sent. {todo}")
 
     @staticmethod
     def _fits(node: str, version: str, art: build.Artifacts, bins: list[str], state) -> None:
