@@ -538,6 +538,19 @@ def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make
     assert (testnot.project / f"Pulumi.{prod.name}.yaml").read_text() == yaml_before
     assert not (p_node.release_root / "releases" / "v2").exists() and p_node.served()["version"] == "v1"
 
+    # allowed for v2, but the up fails before any node switched (the restart warning is refused and
+    # prod aborts then): the pins are put back, and promote says so
+    prod.set(migrations={"refuseDestructive": True, "allowDestructive": ["v2"]}, restartWarningSeconds=1,
+             restartWarningOnFailure="abort")
+    prod.set_secret("cliServiceToken", "not-the-nodes-token")
+    yaml_before = (testnot.project / f"Pulumi.{prod.name}.yaml").read_text()
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert f"{prod.name} allows them for v2 (sando:migrations.allowDestructive)" in said
+    assert f"no node of {prod.name} switched: its sando:version is back to v1 (nothing to commit)" in said, said
+    assert (testnot.project / f"Pulumi.{prod.name}.yaml").read_text() == yaml_before  # version, verifiedBuild
+    assert p_node.served()["version"] == "v1"
+
 
 def test_status_and_outputs_flag_a_node_whose_bytes_differ_from_its_peers(make_nodes, make_deploy, sando, tmp_path):
     """Issue 22.5: operator A deploys v1 to node1; operator B (another cache, another toolchain flag)
