@@ -446,6 +446,16 @@ def test_a_new_nodes_empty_database_passes_the_destructive_gate_with_a_note(make
     assert "has destructive migrations pending" in said and n.served()["version"] == "v2", said
 
 
+def _caddy_room(*nodes) -> None:
+    """The test nodes share the host's uids, and Debian's caddy.service has LimitNPROC=512: the caddy
+    threads of every test node on the machine count against one limit, so with a few dozen nodes
+    running (other test runs) a node's caddy cannot start a thread or a reload (EAGAIN). These tests
+    are not about that limit: lift it on their own nodes (a drop-in, and caddy restarted under it)."""
+    for n in nodes:
+        n.unit_dropin("sando-test-nproc", "[Service]\nLimitNPROC=infinity", unit="caddy")
+        n.exec("systemctl", "restart", "caddy", check=True)
+
+
 def _sha(path: Path) -> str:
     import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -459,6 +469,7 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     repo = AppRepo(tmp_path / "app")
     repo.version("v2")
     t_node, p_node, p2_node = make_nodes(3)
+    _caddy_room(t_node, p_node, p2_node)
     testnot = make_deploy([t_node], repo=repo)
     prod = make_deploy([p_node], repo=repo, project=testnot.project)
     run_up(testnot)
@@ -516,6 +527,7 @@ def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make
     [drop] = [f"{m.version} {m.description}" for m in of_release(str(repo.path), repo.commit("v2"), "server/migrations")
               if m.destructive]
     t_node, p_node = make_nodes(2)
+    _caddy_room(t_node, p_node)
     testnot = make_deploy([t_node], repo=repo)
     prod = make_deploy([p_node], repo=repo, project=testnot.project, migrations={"refuseDestructive": True})
     run_up(testnot)
@@ -558,6 +570,7 @@ def test_status_and_outputs_flag_a_node_whose_bytes_differ_from_its_peers(make_n
     and `sando status` flags node2."""
     repo = AppRepo(tmp_path / "app")
     n1, n2 = make_nodes(2)
+    _caddy_room(n1, n2)
     prod = make_deploy([n1], repo=repo)
     run_up(prod)
     assert prod.node_out(n1)["bytes"] == "match the pinned build (as recorded for node1)"
