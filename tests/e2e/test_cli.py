@@ -472,6 +472,7 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     _caddy_room(t_node, p_node, p2_node)
     testnot = make_deploy([t_node], repo=repo)
     prod = make_deploy([p_node], repo=repo, project=testnot.project)
+    prod.set_secret("sshPrivateKey", Path(t_node.privateKeyPath).read_text())  # node1's key is in every node
     run_up(testnot)
     run_up(prod)
     testnot.set(version="v2")
