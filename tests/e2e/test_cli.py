@@ -485,9 +485,9 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     monkeypatch.setenv("RUSTFLAGS", "-C debuginfo=1")
     code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
     assert code == 0, said
-    assert f"{prod.name} gets {testnot.name}'s own bytes: 5 files" in said
     rel = p_node.release_root / "releases" / "v2"
     assert {f: _sha(rel / f) for f in tested} == tested  # byte-identical to what testnot runs
+    assert f"{prod.name} gets {testnot.name}'s own bytes: 5 files" in said
     assert p_node.served()["version"] == "v2"
     assert not (cache_b / "builds" / repo.commit("v2")).exists()  # B built nothing
 
