@@ -245,7 +245,7 @@ def test_a_build_the_node_cannot_run_is_never_sent(make_nodes, make_deploy, vers
             "again") in errors
     assert ("node2: the build of v1 cannot run there: makenotwork is built for x86_64, the node is aarch64; "
             "mnw-admin is built for x86_64, the node is aarch64; nothing was sent. Build on a machine matching the "
-            "node (or a static build) and run pulumi up again") in errors
+            "node (or a static build) and run pulumi up again") in errors, text
     for node in (node1, node2):  # not a byte: no release, no staging dir, nothing started
         rels = node.release_root / "releases"
         assert not rels.exists() or list(rels.iterdir()) == []
