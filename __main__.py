@@ -20,7 +20,8 @@ except (ConfigError, OperatorError) as err:  # before any resource exists, so be
 token = stack.service_token(cfg)
 deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
 known = stack.known_destructive(cfg, source, migrations)
-nodes, earlier, pointers = {}, [], []
+expect = stack.expected_build(cfg, source)  # promoted: the source stack's bytes (issue 22.1)
+nodes, earlier, pointers, parity = {}, [], [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
@@ -28,15 +29,17 @@ for number, batch in enumerate(cfg.batches()):
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
                                              after=earlier), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
-                                                              commit=source.commit, repo=source.repo), after_reach)
+                                                              commit=source.commit, repo=source.repo, expect=expect), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, release_outcome=release.outcome, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,
             after=earlier, deploy=deploy, known_destructive=known), after_reach)
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)
+        parity.append((node.name, release, pointer))
     earlier = pointers[-len(batch):]
 verdict(pointers)
+stack.add_bytes(nodes, parity, cfg.version, expect)  # each node's bytes vs the pin's recorded build
 
 pulumi.export("version", cfg.version)
 pulumi.export("commit", source.commit)

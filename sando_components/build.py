@@ -188,6 +188,39 @@ def ensure_built(repo: str, commit: str, build_command: str, bin_dir: str, error
     return art
 
 
+def cached_files(commit: str) -> dict[str, str] | None:
+    """{release-relative path: sha256} of this machine's cached build of `commit`, or None."""
+    try:
+        recorded = json.loads((cache_root() / "builds" / commit / "artifacts.json").read_text())
+        return {rel: digest for rel, digest, _ in recorded["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def from_objects(commit: str, files: dict[str, str], bin_names: list[str]) -> Artifacts | None:
+    """The release of `commit` made of given bytes (release-relative path -> sha256) taken from the
+    object store, laid out like a build's artifacts (binaries 0755, the rest 0644); None when the
+    store lacks any of them. `sando promote` fetches the source's bytes there (issue 22.1)."""
+    if not all(object_path(d).is_file() for d in files.values()):
+        return None
+    key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    out = cache_root() / "verified" / f"{commit}-{key}"
+    with _Flock(out.with_suffix(".lock")):
+        out.mkdir(parents=True, exist_ok=True)
+        listed = []
+        for rel, digest in sorted(files.items(), key=lambda kv: (kv[0] not in bin_names, kv[0])):
+            mode = BIN_MODE if rel in bin_names else FILE_MODE
+            dest = out / rel
+            if not dest.is_file() or sha256_file(dest) != digest:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+                os.link(object_path(digest), tmp)  # a link: the store keeps the object while this holds it
+                os.chmod(tmp, mode)
+                os.replace(tmp, dest)
+            listed.append((rel, digest, mode))
+    return Artifacts(str(out), tuple(listed))
+
+
 def keep_builds() -> int:
     raw = os.environ.get("SANDO_KEEP_BUILDS", "")
     if not raw:

@@ -268,11 +268,37 @@ def _pending_text(pending: list[Migration] | None) -> str | None:
                           for m in pending) or "none")
 
 
+def odd_bytes(nodes: list[NodeNow]) -> dict[str, str]:
+    """{node: why} for each node whose live release has other bytes than its peers on the same
+    version (issue 22.5): the bytes most of them run (the first node's, on a tie) are the reference;
+    read from the nodes' manifests now."""
+    by_version: dict[str, list[NodeNow]] = {}
+    for n in nodes:
+        if n.reachable and n.live and n.live in n.releases:
+            by_version.setdefault(n.live, []).append(n)
+    odd = {}
+    for peers in by_version.values():
+        groups: dict[str, list[NodeNow]] = {}
+        for n in peers:
+            groups.setdefault(json.dumps(n.releases[n.live].files, sort_keys=True), []).append(n)
+        if len(groups) < 2:
+            continue
+        ref = max(groups.values(), key=len)[0]
+        want = ref.releases[ref.live].files
+        for n in peers:
+            have = n.releases[n.live].files
+            differ = sorted(f for f in set(want) | set(have) if want.get(f) != have.get(f))
+            if differ:
+                odd[n.name] = f"its {n.live} differs from {ref.name}'s: {', '.join(differ)}"
+    return odd
+
+
 def status_rows(stack: str, pin: str | None, nodes: list[NodeNow], release: list[Migration] | None = None,
                 error: str | None = None) -> list[dict]:
     """One row per node of a stack, read now."""
     if error:
         return [{"stack": stack, "error": f"cannot read the stack: {error}"}]
+    odd = odd_bytes(nodes)
     rows = []
     for n in nodes:
         if not n.reachable:
@@ -283,7 +309,8 @@ def status_rows(stack: str, pin: str | None, nodes: list[NodeNow], release: list
             caddy = f"{caddy}, {n.caddy_health.text()}"
         rows.append({
             "stack": stack, "node": n.name,
-            "live": f"{n.live} (pin {pin})" if n.live and pin and n.live != pin else n.live,
+            "live": (f"{n.live} (pin {pin})" if n.live and pin and n.live != pin else n.live)
+                    + (" (other bytes!)" if n.name in odd else ""),
             "previous": n.previous, "commit": short(n.live_commit, 7),
             "unit": _cut(n.unit.split()[0] if n.unit.split()[:1] == ["active"] else n.unit, 20),
             "health": _cut(n.health.text() if n.health else None),
@@ -478,16 +505,24 @@ class Project:
 
     _KEEP = object()
 
-    def pin(self, name: str, version: str | None, host: "str | None | object" = _KEEP) -> None:
+    def pin(self, name: str, version: str | None, host: "str | None | object" = _KEEP,
+            verified: "dict | None | object" = _KEEP) -> None:
         """Set (None: remove) sando:version and, when given, sando:bootstrap.ref (promote carries the
-        host config commit): one `config set-all` and/or one `config rm-all`, not one run per key."""
-        keys = {"sando:version": version} | ({} if host is self._KEEP else {"sando:bootstrap.ref": host})
+        host config commit) and sando:verifiedBuild (the bytes promote read from the source's nodes,
+        which the target's Release must match, issue 22.1): one `config set-all` and/or one
+        `config rm-all`, not one run per key."""
+        keys: dict[str, str | None] = {"sando:version": version}
+        if host is not self._KEEP:
+            keys["sando:bootstrap.ref"] = host  # type: ignore[assignment]
+        if verified is not self._KEEP:
+            keys["sando:verifiedBuild"] = None if verified is None else json.dumps(verified, sort_keys=True)
         sets = [a for k, v in keys.items() if v is not None for a in ("--plaintext", f"{k}={v}")]
         rms = [k for k, v in keys.items() if v is None]
+        path = ["--path"] if "sando:bootstrap.ref" in keys else []
         if sets:
-            self._pulumi(["config", "set-all", "--path", *sets, "--stack", name])
+            self._pulumi(["config", "set-all", *path, *sets, "--stack", name])
         if rms:
-            self._pulumi(["config", "rm-all", "--path", *rms, "--stack", name])
+            self._pulumi(["config", "rm-all", *path, *rms, "--stack", name])
 
     def preview(self, name: str, out: TextIO, err: TextIO, env: dict | None = None) -> None:
         self._pulumi(["preview", "--stack", name, "--color", "never", "--suppress-progress", "--non-interactive"],
@@ -545,30 +580,35 @@ def _live(nodes: list[NodeNow]) -> str:
 
 
 def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit: str | None, via: str,
-            message: str, args, ctx: Context, host: str | None = None) -> int:
-    """Pin `version` (and with `host` the host config commit, sando:bootstrap.ref), preview, confirm,
-    up (SANDO_VIA tells the program how it was started, so each switch records it on the node), then
-    read the nodes: `version` at `commit` live and healthy on every one. The pins are put back if the
-    preview fails or the operator says no."""
+            message: str, args, ctx: Context, host: str | None = None, verified: dict | None = None,
+            nodes_before: list[NodeNow] | None = None) -> int:
+    """Pin `version` (and with `host` the host config commit, sando:bootstrap.ref; with `verified` the
+    bytes it must have, sando:verifiedBuild), preview, confirm, up (SANDO_VIA tells the program how it
+    was started, so each switch records it on the node), then read the nodes: `version` at `commit`
+    live and healthy on every one. The pins are put back if the preview fails, the operator says no,
+    or the up fails with no node switched (`nodes_before`: what they ran before, issue 19.8)."""
     before = cfg.version
     host_before = cfg.bootstrap.ref if host else None
+    verified_before = cfg.verified_build.model_dump(by_alias=True) if cfg.verified_build else None
     env = {"SANDO_VIA": via, "SANDO_BY": history.operator()}
     if getattr(args, "now", False):
         env["SANDO_NOW"] = "1"
-    if host:
-        project.pin(stack, version, host)
-    else:
-        project.pin(stack, version)
+
+    def pins(version_: str | None, host_: str | None, verified_: dict | None) -> None:
+        project.pin(stack, version_, **({"host": host_} if host else {}),
+                    **({"verified": verified_} if verified else {}))
+
+    def put_back() -> None:
+        pins(before, host_before, verified_before)
+
+    pins(version, host, verified)
     try:
         ctx.out.write(f"sando: preview of {stack} with sando:version {version}:\n")
         project.preview(stack, ctx.out, ctx.err, env)
         if not args.yes and not _confirm(f"Deploy {version} ({short(commit)}) to {stack}?", ctx):
             raise Refused(f"not deployed; {stack}'s sando:version is back to {before or '(unset)'}")
     except BaseException:
-        if host:
-            project.pin(stack, before, host_before)
-        else:
-            project.pin(stack, before)
+        put_back()
         raise
     if cfg.restart_warning_seconds > 0 and not getattr(args, "now", False):
         ctx.out.write(f"sando: users get {cfg.restart_warning_seconds}s notice before each restart "
@@ -577,6 +617,10 @@ def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit
         with _countdown(ctx, cfg.restart_warning_seconds if not getattr(args, "now", False) else 0):
             project.up(stack, ctx.out, ctx.err, message, env)
     except Refused as exc:
+        if nodes_before is not None and _none_switched(nodes_before, project.nodes_now(cfg)):
+            put_back()
+            raise Refused(f"{exc}\nno node of {stack} switched: its sando:version is back to {before or '(unset)'} "
+                          f"(nothing to commit); see `sando status {stack.split('/')[-1]}`") from None
         raise Refused(f"{exc}\n{stack}'s sando:version stays {version} (was {before or '(unset)'}); "
                       f"see `sando status {stack.split('/')[-1]}`") from None
     nodes = project.nodes_now(cfg)
@@ -591,6 +635,74 @@ def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit
                   + (f" ({', '.join(f'{k}: {v}' for k, v in sent.items() if v)})" if any(sent.values()) else "")
                   + f". Commit Pulumi.{stack.split('/')[-1]}.yaml to record the pin.\n")
     return 0
+
+
+def _none_switched(before: list[NodeNow], after: list[NodeNow]) -> bool:
+    """Whether every node runs what it ran before the up (a node that cannot be read now counts
+    as switched: nothing is put back on a guess)."""
+    was = {n.name: (n.live, n.live_commit) for n in before if n.reachable}
+    return all(n.reachable and was.get(n.name, (None, None)) == (n.live, n.live_commit) for n in after)
+
+
+def _source_bytes(source: str, nodes: list[NodeNow]) -> dict[str, str]:
+    """The sha256 of every file of the release live on the source's nodes (read from them now):
+    what the target must run byte for byte (issue 22.1). Nodes that disagree are refused."""
+    seen: dict[str, list[str]] = {}
+    files: dict[str, dict[str, str]] = {}
+    for n in nodes:
+        release = n.releases.get(n.live) if n.live else None
+        if release is None:
+            raise Refused(f"{source}: {n.name}'s live release cannot be read (no manifest)")
+        key = json.dumps(release.files, sort_keys=True)
+        seen.setdefault(key, []).append(n.name)
+        files[key] = release.files
+    if len(seen) > 1:
+        first, *others = files.values()
+        differ = sorted(f for other in others for f in set(first) | set(other) if first.get(f) != other.get(f))
+        raise Refused(f"{source} is not promotable: its nodes run {nodes[0].live} with different bytes "
+                      f"({' / '.join(', '.join(v) for v in seen.values())} differ in {', '.join(dict.fromkeys(differ))}); "
+                      "redeploy it from one build first")
+    return next(iter(files.values()))
+
+
+def gate_verdict(target: str, cfg: StackConfig, version: str, release: list[Migration] | None,
+                 nodes: list[NodeNow]) -> tuple[list[str], str | None]:
+    """What the target's migration gate will say of `version` (read from its nodes now), said before
+    promote asks (issue 19.8): (lines to show, why it would refuse or None)."""
+    if not cfg.migrations.gate:
+        return [f"sando: migration gate: off on {target}"], None
+    if release is None:
+        return [f"sando: migration gate: the migrations of {version} cannot be read"], None
+    allowed = not cfg.migrations.refuse_destructive or version in cfg.migrations.allow_destructive
+    lines, refused = [], []
+    for n in nodes:
+        pending = pending_of(n, release)
+        if pending is None:
+            lines.append(f"  {n.name}: pending migrations unknown ({n.error or n.db})")
+            continue
+        if not pending:
+            lines.append(f"  {n.name}: no pending migrations")
+            continue
+        bad = [m for m in pending if m.destructive]
+        empty = n.db == "missing"  # a new node: nothing to destroy, the gate lets it pass
+        lines.append(f"  {n.name}: pending {', '.join(f'{m.version} {m.description}' for m in pending)}"
+                     + (f"; destructive: {', '.join(f'{m.version} {m.description}' for m in bad)}" if bad else "")
+                     + (" (the database does not exist yet: nothing to destroy)" if bad and empty else ""))
+        if bad and not empty and not allowed:
+            refused.append(f"{n.name} ({', '.join(f'{m.version} {m.description}' for m in bad)})")
+    rule = ("allows destructive migrations" if not cfg.migrations.refuse_destructive else
+            f"allows them for {version} (sando:migrations.allowDestructive)" if allowed else
+            f"refuses destructive migrations (sando:migrations.refuseDestructive) and {version} is not in "
+            "sando:migrations.allowDestructive")
+    head = f"sando: migration gate on {target} for {version}: {target} {rule}"
+    why = None
+    if refused:
+        short_name = target.split("/")[-1]
+        why = (f"{target} would refuse {version}: destructive migrations pending on {'; '.join(refused)}, and {target} "
+               f"refuses them (sando:migrations.refuseDestructive); nothing was changed. If the data loss is "
+               f"intended: pulumi config set --path 'sando:migrations.allowDestructive[{len(cfg.migrations.allow_destructive)}]' "
+               f"{version} -s {short_name}, then promote again")
+    return [head, *lines], why
 
 
 class _countdown:
@@ -652,7 +764,18 @@ def cmd_promote(args, ctx: Context) -> int:
     host = project.host_commit(source)  # the host config commit the source runs
     if host:
         ctx.out.write(f"sando: and the host config {source} runs: sando:bootstrap.ref {short(host)}\n")
-    return _deploy(project, target, tcfg, version, commit, "sando promote", message, args, ctx, host)
+    files = _source_bytes(source, src_nodes)  # the bytes prod must run (issue 22.1)
+    fetched = fleet.fetch_release(scfg, next(n for n in scfg.nodes if n.name == src_nodes[0].name), version, files)
+    ctx.out.write(f"sando: {target} gets {source}'s own bytes: {len(files)} files, sha256 read from {source}'s nodes "
+                  f"(sando:verifiedBuild); {fetched} bytes fetched from {src_nodes[0].name}\n")
+    verified = {"from": source.split("/")[-1], "version": version, "commit": commit, "files": files}
+    lines, refusal = gate_verdict(target, tcfg, version, project.migrations(tcfg, commit), dst_nodes)
+    for line in lines:
+        ctx.out.write(line + "\n")
+    if refusal:
+        raise Refused(refusal)
+    return _deploy(project, target, tcfg, version, commit, "sando promote", message, args, ctx, host, verified,
+                   dst_nodes)
 
 
 def _ahead_warnings(project: Project, cfg: StackConfig, plan: Plan, nodes: list[NodeNow]) -> list[ahead.Ahead]:
@@ -705,7 +828,7 @@ def cmd_rollback(args, ctx: Context) -> int:
                       "above); if the data loss is understood, run again with --accept-destructive")
     via = "sando rollback"
     message = f"sando rollback {stack}: {live} -> {plan.version} ({short(plan.commit)}) by {history.operator()}"
-    return _deploy(project, stack, cfg, plan.version, plan.commit, via, message, args, ctx)
+    return _deploy(project, stack, cfg, plan.version, plan.commit, via, message, args, ctx, nodes_before=nodes)
 
 
 def cmd_status(args, ctx: Context) -> int:
@@ -736,6 +859,9 @@ def cmd_status(args, ctx: Context) -> int:
             r["stack"], r["cfg"].version if "cfg" in r else None, r.get("nodes") or [], r.get("release"),
             r.get("error"))]
         ctx.out.write(render_status(rows))
+        for r in read:
+            for name, why in odd_bytes(r.get("nodes") or []).items():
+                ctx.out.write(f"sando: {r['stack']}/{name} runs other bytes than its peers: {why}\n")
     failed = [r["stack"] for r in read if r.get("error")]
     down = [f"{r['stack']}/{n.name}" for r in read for n in r.get("nodes") or [] if not n.reachable]
     if failed or down:
@@ -750,7 +876,9 @@ def _status_json(r: dict) -> dict:
     for n in r["nodes"]:
         node = n.as_json()
         pending = pending_of(n, r["release"])
+        odd = odd_bytes(r["nodes"])
         if n.reachable:
+            node["otherBytes"] = odd.get(n.name)  # issue 22.5: None = the same bytes as its peers
             node["pendingMigrations"] = None if pending is None else [
                 {"version": m.version, "description": m.description, "destructive": m.destructive} for m in pending]
         out["nodes"].append(node)

@@ -373,6 +373,16 @@ class SwitchConfig(_Model):
         return self.strategy == "blueGreen"
 
 
+class VerifiedBuild(_Model):
+    """The bytes a promoted version runs with on its source stack, read from the source's nodes by
+    `sando promote` (issue 22.1): a Release of that commit must be byte-identical to them."""
+
+    source: str = Field(alias="from")  # the source stack
+    version: str
+    commit: str
+    files: dict[str, str]  # release-relative path -> sha256
+
+
 class StackConfig(_Model):
     nodes: tuple[NodeConfig, ...]
     version: str
@@ -393,6 +403,7 @@ class StackConfig(_Model):
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
+    verified_build: VerifiedBuild | None = Field(None, alias="verifiedBuild")  # set by sando promote
 
     @field_validator("version")
     @classmethod
@@ -503,7 +514,7 @@ LOCAL_EXCLUDES = ("host", "port", "user", "hostKey", "proxyJump")
 
 SECRET_KEYS = {"sshPrivateKey", "cliServiceToken", "nodeKeys"}
 STRUCTURED_KEYS = {"nodes", "source", "binNames", "healthCheck", "bootstrap", "migrations", "rollout", "nodeKeys",
-                   "switch"}
+                   "switch", "verifiedBuild"}
 LIST_HINTS = {  # what a list-valued key holds, in an operator's words
     "nodes": "a list of nodes ({name, host, hostKey, ...})",
     "binNames": "a list of binary names, e.g. [makenotwork, mnw-admin]",

@@ -242,6 +242,43 @@ def disconnect() -> None:
         entry.client.close()
 
 
+def fetch_command(path: str) -> str:
+    """Read one release file off a node as base64 text (one exec per file, read-only)."""
+    return f"base64 -w0 -- {shlex.quote(path)}"
+
+
+def fetch_release(cfg: config_model.StackConfig, node: config_model.NodeConfig, version: str,
+                  files: dict[str, str]) -> int:
+    """Copy into the local object store (build.object_path) each file of release `version` on the
+    node whose bytes it does not hold yet, each checked against its sha256: `sando promote` ships the
+    source's bytes, not a local build (issue 22.1). Returns the bytes fetched."""
+    import base64
+    import hashlib
+
+    from . import build
+
+    got = 0
+    for rel, digest in sorted(files.items()):
+        obj = build.object_path(digest)
+        if obj.exists():
+            continue
+        path = f"{cfg.release_root}/{paths.RELEASES}/{version}/{rel}"
+        via = ssh.Conn.local_node(node.name) if node.local else conn(cfg, node)
+        res = ssh.run(via, fetch_command(path), timeout=600, check=False)
+        if res.rc != 0:
+            raise OperatorError(f"{node.name}: cannot read {path} ({(res.err or res.out).strip()[-200:]})")
+        data = base64.b64decode(res.out)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise OperatorError(f"{node.name}: {path} does not match its manifest's sha256 {digest}; "
+                                "its release changed on the node: redeploy it before promoting")
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        tmp = obj.with_name(f"{obj.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, obj)
+        got += len(data)
+    return got
+
+
 def read(cfg: config_model.StackConfig) -> list[NodeNow]:
     """Every node of the stack now, all at once, in config order."""
     with ThreadPoolExecutor(max_workers=min(64, len(cfg.nodes))) as pool:

@@ -21,6 +21,7 @@ class ReleaseArgs(NodeTarget):
     version: str
     commit: str
     repo: str  # absolute path of the server repo (for the lazy build)
+    expect: dict | None = None  # the bytes the release must have (stack.expected_build, issue 22.1)
 
 
 class Release(pulumi.ComponentResource):
@@ -35,6 +36,7 @@ class Release(pulumi.ComponentResource):
                 "binNames": list(args.cfg.bin_names),
                 "build": {"repo": args.repo, "command": src.build_command, "binDir": src.bin_dir,
                           "errorPagesDir": src.error_pages_dir},
+                "expect": args.expect,
             },
             pulumi.ResourceOptions(parent=self),
         )
@@ -43,5 +45,6 @@ class Release(pulumi.ComponentResource):
         self.path = files.path
         self.last_transfer = files.lastTransfer
         self.outcome = files.outcome  # this node's upload failed: the pointer does not switch, the verdict says why
+        self.build = files.recordedBuild  # the pin's recorded build (issue 22.5)
         self.register_outputs({"version": self.version, "sha256": self.sha256, "path": self.path,
                                "lastTransfer": self.last_transfer})

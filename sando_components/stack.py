@@ -112,10 +112,50 @@ def known_destructive(cfg: StackConfig, source: Source, release: list[migrations
     return sorted(found, key=lambda v: (len(v), v))
 
 
+def expected_build(cfg: StackConfig, source: Source) -> dict | None:
+    """The bytes the pinned commit must have (sando:verifiedBuild, set by sando promote from the
+    source stack's nodes), or None when no promotion recorded any for this commit (issue 22.1)."""
+    v = cfg.verified_build
+    if v is None or v.commit != source.commit:
+        return None
+    return {"from": v.source, "version": v.version, "commit": v.commit, "files": dict(v.files)}
+
+
 def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
     """The unit's EnvironmentFile (where the service reads DATABASE_PATH), else the default."""
     m = re.search(r"^EnvironmentFile=-?(\S+)", sources.get("unit", ""), re.M)
     return m.group(1) if m else paths.for_service(paths.DEFAULT_ENV_FILE, cfg.service)
+
+
+def bytes_verdict(reference: dict | None, source: str, pin: str, live: str | None, files: dict | None) -> str:
+    """Whether the node runs the pin's recorded build, byte for byte (issue 22.5)."""
+    if live != pin:
+        return f"not on the pin {pin} (runs {live or 'nothing'})"
+    if not reference or files is None:
+        return "unknown: no recorded build"
+    differ = sorted(f for f in set(reference) | set(files) if reference.get(f) != files.get(f))
+    return (f"differ from the pinned build ({source}): {', '.join(differ)}" if differ
+            else f"match the pinned build ({source})")
+
+
+def add_bytes(outputs: dict, nodes: list, pin: str, expect: dict | None) -> None:
+    """Each node's `bytes` output (issue 22.5): its live release's sha256 (read from the node) against
+    the pin's recorded build: the bytes promote verified on the source stack, else the build recorded
+    by the first node (config order) whose release is the pin."""
+    def verdicts(values: list) -> dict:
+        rows = [values[i:i + 4] for i in range(0, len(values), 4)]  # (name, recorded, live, files)
+        if expect:
+            ref, source = expect["files"], f"verified on {expect['from']}"
+        else:
+            first = next(((name, rec) for name, rec, live, _ in rows if live == pin and rec), (None, None))
+            ref, source = first[1], f"as recorded for {first[0]}"
+        return {name: bytes_verdict(ref, source, pin, live, files) for name, _, live, files in rows}
+
+    flat = [x for name, release, pointer in nodes
+            for x in (name, release.build, pointer.pointer.liveVersion, pointer.pointer.liveFiles)]
+    said = pulumi.Output.all(*flat).apply(verdicts)
+    for name, _, _ in nodes:
+        outputs[name]["bytes"] = said.apply(lambda d, n=name: d[n])
 
 
 def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None) -> dict:
@@ -132,6 +172,6 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
     }
 
 
-__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "deployer", "env_file", "known_destructive",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "add_bytes", "deployer", "env_file", "expected_build", "known_destructive",
            "load_config", "node_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

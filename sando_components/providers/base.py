@@ -130,6 +130,8 @@ class NodeState:
     instance: str | None = None  # blueGreen: the live instance's port (<release root>/.sando/instance)
     instance_active: bool = False  # blueGreen: that instance runs
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # failed release -> (when, why)
+    arch: str = ""  # `uname -m` ("" = not read: nothing is checked)
+    glibc: str = ""  # `getconf GNU_LIBC_VERSION` ("glibc 2.36"), "none" without glibc ("" = not read)
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -195,7 +197,9 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      releases=releases, foreign=foreign, root_missing=report.one("root") == "missing",
                      host=parse_host_state(out), instance=(inst or "").split(" ")[0] or None,
                      instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"),
-                     failures=failures_of(report))
+                     failures=failures_of(report),
+                     arch=(report.one("arch") or "").strip(),
+                     glibc=(report.one("glibc") or "").strip())
 
 
 _states: dict[tuple, NodeState] = {}

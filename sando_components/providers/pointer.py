@@ -173,6 +173,12 @@ class PointerProvider(NodeProvider):
             switched_at = record.get("at")
             status = _warning_of(record, status)
             report = Report(report.entries + (("history", report.one("history-last")),))
+        applied = gate.verdict(report, (props.get("gate") or {}).get("names"))
+        if applied["destructive"] and "note" not in applied:  # issue 19.8: allowed here, but never silently
+            diagnostics.log("warning", f"{node}: {version} applied the destructive migration"
+                                       f"{'s' if len(applied['destructive']) > 1 else ''} "
+                                       f"{', '.join(applied['destructive'])} (drops a table or column)"
+                                       + (f"; the backup before it: {applied['backup']}" if applied["backup"] else ""))
         return self._outs(props, olds, state, health="ok", outcome={"ok": True, "node": node}, report=report,
                           status=status, switched_at=switched_at)
 
@@ -183,6 +189,7 @@ class PointerProvider(NodeProvider):
         return {
             **public(props),
             "liveVersion": state.live, "liveCommit": live.commit if live else None,
+            "liveFiles": dict(live.files) if live else None,  # sha256 of what it runs (issue 22.5)
             "previousVersion": state.previous,
             "switchedAt": switched_at or olds.get("switchedAt"),
             "health": health,
@@ -364,7 +371,7 @@ def _warning(props: dict) -> dict | None:
 class Pointer(NodeResource):
     _provider_class = PointerProvider
     _output_names = ("liveVersion", "liveCommit", "previousVersion", "switchedAt", "health", "releases", "foreign",
-                     "pruned", "restartWarning", "migrations", "outcome", "lastDeploy")
+                     "pruned", "restartWarning", "migrations", "outcome", "lastDeploy", "liveFiles")
     liveVersion: pulumi.Output[str]
     liveCommit: pulumi.Output[str]
     previousVersion: pulumi.Output[str]
@@ -376,6 +383,7 @@ class Pointer(NodeResource):
     migrations: pulumi.Output[dict]
     outcome: pulumi.Output[dict]  # {ok, node, message | heldBack}: the Verdict fails the run on a bad one
     lastDeploy: pulumi.Output[dict]  # the node's last switch record: {at, version, commit, from, result, by, via, warning}
+    liveFiles: pulumi.Output[dict]  # release-relative path -> sha256 of the live release, from its manifest
 
 
 FAILED_ON = "the deploy failed on"  # the verdict's first line: "the deploy failed on node1, node2:"

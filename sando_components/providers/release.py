@@ -10,13 +10,15 @@ pointer after a switch (pointer.py), from what the node really holds.
 
 from __future__ import annotations
 
+import os
 import secrets
+import struct
 import time
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .. import build, commands, diagnostics, paths, scripts, ssh, times, transfer
+from .. import build, commands, diagnostics, elf, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
 from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember, say_auth_only
@@ -35,6 +37,8 @@ class ReleaseProvider(NodeProvider):
         changes = changed(olds, news, [*self.DEFINING, *AUTH])
         if sorted(olds.get("binNames") or []) != sorted(news.get("binNames") or []):
             changes.append("binNames")
+        if (olds.get("expect") or None) != (news.get("expect") or None):
+            changes.append("expect")  # a new promotion's bytes: the release is checked against them
         if not changes:  # drift: the release dir is gone, or another commit sits there
             held = node_state(news).releases.get(news["version"])
             if held is None or held.commit != news["commit"]:
@@ -49,7 +53,7 @@ class ReleaseProvider(NodeProvider):
     def update(self, _id, olds, news):
         if not changed(olds, news, self.DEFINING) and sorted(olds["binNames"]) == sorted(news["binNames"]):
             held = node_state(news).releases.get(news["version"])
-            if held is not None and held.commit == news["commit"]:
+            if held is not None and held.commit == news["commit"] and olds.get("expect") == news.get("expect"):
                 return UpdateResult(outs={**refresh_auth(olds, news), "outcome": {"ok": True, "node": node_of(news)}})
         return UpdateResult(outs=self._sent(news, olds))
 
@@ -91,9 +95,20 @@ class ReleaseProvider(NodeProvider):
         if held is not None:
             return self._reuse(props, held)
         progress = diagnostics.Progress()  # the build's own progress, then the bytes sent (issue 19.5)
-        art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
-                                 props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]),
-                                 progress=lambda said: progress.say("build", f"building {version}: {said}"))
+        expect = props.get("expect")
+        art = None
+        if expect and expect.get("commit") == props["commit"]:  # promoted: the source's own bytes, when
+            art = build.from_objects(props["commit"], expect["files"], list(props["binNames"]))  # fetched here
+            if art is not None:
+                diagnostics.log("info", f"{node}: {version} is {expect['from']}'s bytes (sando:verifiedBuild), "
+                                        "not a local build")
+        if art is None:
+            art = build.ensure_built(props["build"]["repo"], props["commit"], props["build"]["command"],
+                                     props["build"]["binDir"], props["build"]["errorPagesDir"], list(props["binNames"]),
+                                     progress=lambda said: progress.say("build", f"building {version}: {said}"))
+        self._fits(node, version, art, props["binNames"], state)
+        self._same_bytes(props, {rel: digest for rel, digest, _ in art.files}, "built here",
+                         f"; remove {os.path.dirname(art.root)} to build it again")
         manifest = {"sando": 2, "version": version, "commit": props["commit"], "createdAt": time.time(),
                     "bins": sorted(props["binNames"]), "files": {rel: digest for rel, digest, _ in art.files}}
         if conn.local:  # the machine that built it: no stream, files by hard link from the artifacts
@@ -150,9 +165,54 @@ class ReleaseProvider(NodeProvider):
             raise OperatorError(
                 f"{node}: release {version} on the node has no {', '.join(missing)} (sando:binNames asks for it); "
                 "releases are immutable: pin a new version to ship it")
+        self._same_bytes(props, held.files, f"on {node}")
         return self._outs(props, held.files, held.created_at,
                           {"version": version, "bytesSent": 0, "linked": len(held.files), "patched": 0, "full": 0,
                            "at": _now()})
+
+    @staticmethod
+    def _same_bytes(props: dict, files: dict[str, str], where: str, rebuild: str = "") -> None:
+        """Issue 22.1: a promoted release is byte-identical to what its source stack runs (the sums
+        sando promote read from the source's nodes, props["expect"]); otherwise this node fails
+        before a byte is sent, naming each file that differs and both sums."""
+        expect = props.get("expect")
+        if not expect or expect.get("commit") != props["commit"]:
+            return
+        want, src = expect["files"], expect["from"]
+        differ = [f for f in sorted(set(want) | set(files)) if want.get(f) != files.get(f)]
+        if differ:
+            said = "; ".join(f"{f}: {where} {files.get(f) or 'missing'}, on {src} {want.get(f) or 'missing'}"
+                             for f in differ)
+            if where.startswith("on "):  # held already: releases are immutable, it is never rewritten
+                todo = (f"releases are immutable: move {props['releaseRoot']}/releases/{props['version']} away on the "
+                        "node (when it is not live) and run pulumi up again")
+            else:
+                todo = (f"Run `sando promote --from {src}` (it fetches {src}'s bytes), or build with the toolchain "
+                        f"that built {src}'s (same compiler, flags, paths{rebuild})")
+            raise OperatorError(
+                f"{node_of(props)}: {props['version']} ({props['commit'][:12]}) {where} is not byte-identical to what "
+                f"{src} runs: {said}; nothing was sent. {todo}")
+
+    @staticmethod
+    def _fits(node: str, version: str, art: build.Artifacts, bins: list[str], state) -> None:
+        """Issue 22.2: each binary runs on the node (its ELF machine vs `uname -m`, the newest
+        GLIBC_x.y it needs vs the node's glibc), checked before a byte is sent. A file that is not
+        ELF (a script) is not checked; a static binary needs no glibc."""
+        if not state.arch and not state.glibc:
+            return  # a node read that does not say (cannot happen with this probe): nothing to compare
+        why = []
+        for b in sorted(bins):
+            try:
+                need = elf.needs(os.path.join(art.root, b))
+            except (elf.NotElf, OSError, struct.error, ValueError):
+                continue
+            reason = elf.misfit(b, need, state.arch, elf.node_glibc(state.glibc))
+            if reason:
+                why.append(reason)
+        if why:
+            raise OperatorError(
+                f"{node}: the build of {version} cannot run there: {'; '.join(why)}; nothing was sent. Build on a "
+                "machine matching the node (or a static build) and run pulumi up again")
 
     @staticmethod
     def _send(conn: ssh.Conn, root: str, version: str, plan: transfer.Plan, zstd: bool,
@@ -175,8 +235,18 @@ class ReleaseProvider(NodeProvider):
                              "pulumi up again")
 
     @staticmethod
-    def _outs(props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
+    def _recorded(props: dict, files: dict) -> dict:
+        """The pin's recorded build (issue 22.5): the bytes promote verified on the source stack, else
+        this machine's cached build of the commit (never built just for this), else what was sent."""
+        expect = props.get("expect")
+        if expect and expect.get("commit") == props["commit"]:
+            return dict(expect["files"])
+        return build.cached_files(props["commit"]) or dict(files)
+
+    @classmethod
+    def _outs(cls, props: dict, files: dict, created_at: float, transfer_: dict) -> dict:
         return {**public(props), "sha256": {b: files.get(b) for b in props["binNames"]},
+                "recordedBuild": cls._recorded(props, files),
                 "path": paths.NodePaths(props["releaseRoot"]).release(props["version"]),
                 "createdAt": times.iso(created_at), "lastTransfer": transfer_}  # issue 20.9: ISO UTC
 
@@ -200,9 +270,11 @@ def _now() -> str:
 
 
 class ReleaseFiles(NodeResource):
-    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer", "outcome")
+    _provider_class, _output_names = ReleaseProvider, ("sha256", "path", "createdAt", "lastTransfer", "outcome",
+                                                       "recordedBuild")
     sha256: pulumi.Output[dict]
     path: pulumi.Output[str]
     commit: pulumi.Output[str]
     lastTransfer: pulumi.Output[dict]
     outcome: pulumi.Output[dict]  # {ok, node, message}: a failure goes to the verdict (pointer.py)
+    recordedBuild: pulumi.Output[dict]  # the pin's recorded build: release-relative path -> sha256

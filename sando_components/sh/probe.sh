@@ -16,6 +16,14 @@ read_tools() {
   if command -v zstd >/dev/null 2>&1; then report zstd yes; else report zstd no; fi
 }
 
+# --- what a binary needs of the node (issue 22.2): its machine and its C library ------------------
+# arch: `uname -m`; glibc: `getconf GNU_LIBC_VERSION` ("glibc 2.36"), or "none" (musl, or no getconf)
+read_platform() {
+  report arch "$(uname -m 2>/dev/null)"
+  _libc=$(getconf GNU_LIBC_VERSION 2>/dev/null) || _libc=
+  report glibc "${_libc:-none}"
+}
+
 # free_kib DIR: free KiB on DIR's filesystem, or fail naming what could not be read
 free_kib() {
   _free=$(df -Pk -- "$1" 2>&1 | awk 'NR==2 {print $4}')
@@ -63,4 +71,5 @@ read_releases() (
 
 read_service
 read_tools
+read_platform
 read_releases || exit

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import shutil
 import stat
 from pathlib import Path
 
@@ -443,3 +444,149 @@ def test_a_new_nodes_empty_database_passes_the_destructive_gate_with_a_note(make
     d.set(version="v3")
     said = d.up_fails()
     assert "has destructive migrations pending" in said and n.served()["version"] == "v2", said
+
+
+def _caddy_room(*nodes) -> None:
+    """The test nodes share the host's uids, and Debian's caddy.service has LimitNPROC=512: the caddy
+    threads of every test node on the machine count against one limit, so with a few dozen nodes
+    running (other test runs) a node's caddy cannot start a thread or a reload (EAGAIN). These tests
+    are not about that limit: lift it on their own nodes (a drop-in, and caddy restarted under it)."""
+    for n in nodes:
+        n.unit_dropin("sando-test-nproc", "[Service]\nLimitNPROC=infinity", unit="caddy")
+        n.exec("systemctl", "restart", "caddy", check=True)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deploy, sando, monkeypatch, tmp_path):
+    """Issue 22.1: operator A deployed v2 to testnot; operator B (a build cache of their own, and a
+    toolchain flag that changes the binaries) promotes it: prod gets testnot's own bytes (fetched
+    from testnot's node), not B's build. A node joining prod later, deployed by a plain `pulumi up`
+    of B's, whose build differs: refused before a byte is sent, naming the files and both sums."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t_node, p_node, p2_node = make_nodes(3)
+    _caddy_room(t_node, p_node, p2_node)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project)
+    prod.set_secret("sshPrivateKey", Path(t_node.privateKeyPath).read_text())  # node1's key is in every node
+    run_up(testnot)
+    run_up(prod)
+    testnot.set(version="v2")
+    run_up(testnot)
+    tested = json.loads((t_node.release_root / "releases" / "v2" / ".sando" / "manifest.json").read_text())["files"]
+    assert len(tested) == 5  # two binaries, three error pages
+
+    cache_b = tmp_path / "operator-b-cache"  # operator B: another cache, another toolchain flag
+    monkeypatch.setenv("SANDO_CACHE_DIR", str(cache_b))
+    monkeypatch.setenv("RUSTFLAGS", "-C debuginfo=1")
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    rel = p_node.release_root / "releases" / "v2"
+    assert {f: _sha(rel / f) for f in tested} == tested  # byte-identical to what testnot runs
+    assert f"{prod.name} gets {testnot.name}'s own bytes: 5 files" in said
+    assert p_node.served()["version"] == "v2"
+    assert not (cache_b / "builds" / repo.commit("v2")).exists()  # B built nothing
+
+    # a node joins prod, deployed by B's plain `pulumi up` with an empty cache: B's build differs
+    shutil.rmtree(cache_b)
+    prod.env = {**prod.env, "SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"}
+    prod.stack.workspace.env_vars.update({"SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"})
+    prod.nodes = [p_node, p2_node]
+    prod.set(nodes=[p_node.config(), p2_node.config()])
+    text = prod.up_fails()
+    built_b = cache_b / "builds" / repo.commit("v2") / "artifacts"
+    (error,) = [e for e in prod.errors(text) if e.startswith("node3:")] or [text[text.find("Diagnostics"):][:3000]]
+    assert error.startswith(f"node3: v2 ({repo.commit('v2')[:12]}) built here is not byte-identical to what "
+                            f"{testnot.name} runs: "), error
+    for b in ("makenotwork", "mnw-admin"):
+        assert _sha(built_b / b) != tested[b]
+        assert f"{b}: built here {_sha(built_b / b)}, on {testnot.name} {tested[b]}" in error
+    assert "error-pages/404.html:" not in error  # the same bytes: not named
+    assert f"Run `sando promote --from {testnot.name}` (it fetches {testnot.name}'s bytes)" in error
+    assert not (p2_node.release_root / "releases" / "v2").exists()  # not a byte
+    assert p_node.served()["version"] == "v2"
+
+    # as the message says: promote again, and the new node gets testnot's bytes too
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 0, said
+    rel = p2_node.release_root / "releases" / "v2"
+    assert {f: _sha(rel / f) for f in tested} == tested
+
+
+def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 19.8: testnot (destructive migrations allowed) applies v2's destructive migration with a
+    warning naming it; promoting v2 to prod (refuseDestructive) shows prod's gate verdict and refuses
+    before any preview or up: prod's pin, node and release dir untouched."""
+    from sando_components.migrations import of_release
+
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2", ("destructive-migration",))
+    [drop] = [f"{m.version} {m.description}" for m in of_release(str(repo.path), repo.commit("v2"), "server/migrations")
+              if m.destructive]
+    t_node, p_node = make_nodes(2)
+    _caddy_room(t_node, p_node)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project, migrations={"refuseDestructive": True})
+    run_up(testnot)
+    run_up(prod)
+    testnot.set(version="v2")
+    run_up(testnot)
+    said = "\n".join(testnot.log)
+    assert f"warning: node1: v2 applied the destructive migration {drop} (drops a table or column); the backup " \
+           "before it: /var/backups/makenotwork/pre-v2-" in said, said
+
+    yaml_before = (testnot.project / f"Pulumi.{prod.name}.yaml").read_text()
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert (f"sando: migration gate on {prod.name} for v2: {prod.name} refuses destructive migrations "
+            f"(sando:migrations.refuseDestructive) and v2 is not in sando:migrations.allowDestructive\n"
+            f"  node2: pending {drop}; destructive: {drop}\n") in said, said
+    assert (f"sando: {prod.name} would refuse v2: destructive migrations pending on node2 ({drop}), and {prod.name} "
+            "refuses them (sando:migrations.refuseDestructive); nothing was changed.") in said
+    assert "preview of" not in said and "Updating" not in said  # refused before the preview and the up
+    assert (testnot.project / f"Pulumi.{prod.name}.yaml").read_text() == yaml_before
+    assert not (p_node.release_root / "releases" / "v2").exists() and p_node.served()["version"] == "v1"
+
+    # allowed for v2, but the up fails before any node switched (the restart warning is refused and
+    # prod aborts then): the pins are put back, and promote says so
+    prod.set(migrations={"refuseDestructive": True, "allowDestructive": ["v2"]}, restartWarningSeconds=1,
+             restartWarningOnFailure="abort")
+    prod.set_secret("cliServiceToken", "not-the-nodes-token")
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert f"{prod.name} allows them for v2 (sando:migrations.allowDestructive)" in said
+    assert f"no node of {prod.name} switched: its sando:version is back to v1 (nothing to commit)" in said, said
+    config = prod.stack.get_all_config()
+    assert config["sando:version"].value == "v1" and "sando:verifiedBuild" not in config
+    assert json.loads(config["sando:bootstrap"].value) == {"ref": "main"}  # the host-config pin put back too
+    assert p_node.served()["version"] == "v1"
+
+
+def test_status_and_outputs_flag_a_node_whose_bytes_differ_from_its_peers(make_nodes, make_deploy, sando, tmp_path):
+    """Issue 22.5: operator A deploys v1 to node1; operator B (another cache, another toolchain flag)
+    adds node2 with a plain `pulumi up`: node2 runs v1 with other bytes. The outputs say so per node,
+    and `sando status` flags node2."""
+    repo = AppRepo(tmp_path / "app")
+    n1, n2 = make_nodes(2)
+    _caddy_room(n1, n2)
+    prod = make_deploy([n1], repo=repo)
+    run_up(prod)
+    assert prod.node_out(n1)["bytes"] == "match the pinned build (as recorded for node1)"
+    prod.stack.workspace.env_vars.update({"SANDO_CACHE_DIR": str(tmp_path / "operator-b-cache"),
+                                          "RUSTFLAGS": "-C debuginfo=1"})
+    prod.nodes = [n1, n2]
+    prod.set(nodes=[n1.config(), n2.config()])
+    run_up(prod)
+    assert prod.node_out(n1)["bytes"] == "match the pinned build (as recorded for node1)"
+    assert prod.node_out(n2)["bytes"] == "differ from the pinned build (as recorded for node1): makenotwork, mnw-admin"
+    code, said = sando(prod.project, "status", prod.name)
+    assert code == 0, said
+    rows = [line.split() for line in said.splitlines()]
+    assert any(r[:3] == [prod.name, "node1", "v1"] for r in rows), said
+    assert any(r[:5] == [prod.name, "node2", "v1", "(other", "bytes!)"] for r in rows), said
+    assert (f"sando: {prod.name}/node2 runs other bytes than its peers: its v1 differs from node1's: makenotwork, "
+            "mnw-admin") in said

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sando_components import build
+from sando_components import build, elf
 from tests.support import AppRepo, run_preview, run_up
 
 
@@ -216,3 +216,42 @@ def test_a_binary_the_build_does_not_make_is_one_line(make_nodes, make_deploy, v
     assert "Traceback" not in text
     (error,) = d.errors(text)
     assert error.startswith("sando:binNames: server not built: no such file in server/target/release/")
+
+
+def _shadow(node, tool: str, arg: str, says: str) -> None:
+    """A tool placed first on the node's PATH (/usr/local/bin) that answers `tool arg` with `says`
+    and runs the real one otherwise: the node reports an older glibc or another machine the way a
+    real one would (it is what `getconf`/`uname` would print there); the build is the real one."""
+    fake = node.path(f"/usr/local/bin/{tool}")
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = {arg} ]; then echo "{says}"; exit 0; fi\nexec /usr/bin/{tool} "$@"\n')
+    fake.chmod(0o755)
+
+
+def test_a_build_the_node_cannot_run_is_never_sent(make_nodes, make_deploy, versions, engine):
+    """Issue 22.2: node1 reports glibc 2.17 (older than the build needs), node2 reports aarch64:
+    each fails before a byte is sent, naming the binary, what it needs and what the node has."""
+    node1, node2 = make_nodes(2)
+    _shadow(node1, "getconf", "GNU_LIBC_VERSION", "glibc 2.17")
+    _shadow(node2, "uname", "-m", "aarch64")
+    d = make_deploy([node1, node2], repo=versions)
+    text = d.up_fails()
+    assert "Traceback" not in text
+    need = elf.needs(str(built(engine, versions, "v1") / "makenotwork"))
+    assert need.glibc > (2, 17)
+    errors = d.errors(text)
+    assert (f"node1: the build of v1 cannot run there: makenotwork needs {need.glibc_text}, the node has glibc 2.17; "
+            f"mnw-admin needs {elf.needs(str(built(engine, versions, 'v1') / 'mnw-admin')).glibc_text}, the node has "
+            "glibc 2.17; nothing was sent. Build on a machine matching the node (or a static build) and run pulumi up "
+            "again") in errors
+    assert ("node2: the build of v1 cannot run there: makenotwork is built for x86_64, the node is aarch64; "
+            "mnw-admin is built for x86_64, the node is aarch64; nothing was sent. Build on a machine matching the "
+            "node (or a static build) and run pulumi up again") in errors, text
+    for node in (node1, node2):  # not a byte: no release, no staging dir, nothing started
+        rels = node.release_root / "releases"
+        assert not rels.exists() or list(rels.iterdir()) == []
+        assert [e for e in node.unit_events() if "makenotwork" in e[1]] == []
+    # the node as it really is (the shadow tools gone): the same build goes
+    for node, tool in ((node1, "getconf"), (node2, "uname")):
+        node.path(f"/usr/local/bin/{tool}").unlink()
+    run_up(d)
+    assert node1.served()["version"] == node2.served()["version"] == "v1"

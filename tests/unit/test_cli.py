@@ -26,11 +26,12 @@ def rec(version, result="ok", via="pulumi up", frm="", by="ann@box", at="2026-01
 
 
 def node(name="node1", live="v4", previous="v3", releases=("v3", "v4"), failed=(), history=None, unit="active running",
-         health=200, caddy=200, applied=(("1", "init"),), backups=(), error=None, commits=None) -> NodeNow:
+         health=200, caddy=200, applied=(("1", "init"),), backups=(), error=None, commits=None,
+         files=None) -> NodeNow:
     if error:
         return NodeNow(name, "10.0.0.1", error=error)
     commits = {**COMMITS, **(commits or {})}
-    held = {v: NodeRelease(v, commits[v], float(i), {}, v in failed) for i, v in enumerate(releases)}
+    held = {v: NodeRelease(v, commits[v], float(i), dict(files or {}), v in failed) for i, v in enumerate(releases)}
     return NodeNow(name, "10.0.0.1", live=live, previous=previous, releases=held, free_kib=2 * 1024 * 1024,
                    unit=unit, health=Probe(health, '{"version": "%s"}' % live) if health else Probe(0, "refused"),
                    caddy="active", caddy_health=Probe(caddy, "") if caddy else None, database="/var/lib/x.db",
@@ -367,6 +368,8 @@ class FakeProject:
 
     stacks: dict[str, dict] = {}
     after_up: dict[str, list] = {}
+    up_fails: str | None = None  # the up fails (before anything switched) with this
+    release: list = [Migration("1", "init", False)]
 
     def __init__(self, directory):
         self.dir = Path(directory)
@@ -394,10 +397,12 @@ class FakeProject:
         return COMMITS.get(version)
 
     def migrations(self, cfg, commit):
-        return [Migration("1", "init", False)]
+        return self.release
 
-    def pin(self, name, version):
+    def pin(self, name, version, host=cli.Project._KEEP, verified=cli.Project._KEEP):
         self.calls.append(("pin", name, version))
+        if verified is not cli.Project._KEEP:
+            self.calls.append(("verified", name, verified))
         s = self.stacks[name]
         s["config"] = s["config"].model_copy(update={"version": version})
 
@@ -407,6 +412,8 @@ class FakeProject:
 
     def up(self, name, out, err, message, env=None):
         self.calls.append(("up", name, message, env))
+        if self.up_fails:
+            raise cli.Refused(f"pulumi up failed: {self.up_fails}")
         version = self.stacks[name]["config"].version
         self.stacks[name]["nodes"] = self.after_up.get(name) or [
             node(n.name, live=version, previous=n.live, releases=tuple(sorted({*n.releases, version})))
@@ -427,6 +434,8 @@ def fake(monkeypatch):
                  "nodes": [node("prod", "v3", "v2", releases=("v2", "v3"), history=[rec("v2"), rec("v3")])]},
     }
     FakeProject.after_up = {}
+    FakeProject.up_fails = None
+    FakeProject.release = [Migration("1", "init", False)]
     monkeypatch.setattr(cli, "git_commit", lambda repo, ref: COMMITS.get(ref))
     return FakeProject
 
@@ -434,15 +443,16 @@ def fake(monkeypatch):
 def test_promote_deploys_and_checks_the_commit(fake):
     code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
     assert (code, err) == (0, "")
-    assert [c[0] for c in fake.last.calls] == ["pin", "preview", "up"]
-    assert fake.last.calls[2][2].startswith(f"sando promote testnot -> prod: v4 ({B[:12]}) by ")
-    assert fake.last.calls[2][3]["SANDO_VIA"] == "sando promote" and "SANDO_NOW" not in fake.last.calls[2][3]
+    assert [c[0] for c in fake.last.calls] == ["pin", "verified", "preview", "up"]
+    assert fake.last.calls[1][2] == {"from": "testnot", "version": "v4", "commit": B, "files": {}}
+    assert fake.last.calls[3][2].startswith(f"sando promote testnot -> prod: v4 ({B[:12]}) by ")
+    assert fake.last.calls[3][3]["SANDO_VIA"] == "sando promote" and "SANDO_NOW" not in fake.last.calls[3][3]
     assert f"prod runs v4 ({B[:12]}) on every node (prod), healthy now; 0 bytes sent" in out
 
 
 def test_promote_now_skips_the_warning(fake):
     code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes", "--now")
-    assert (code, err) == (0, "") and fake.last.calls[2][3]["SANDO_NOW"] == "1"
+    assert (code, err) == (0, "") and fake.last.calls[3][3]["SANDO_NOW"] == "1"
 
 
 def test_promote_refuses_a_moved_tag(fake, monkeypatch):
@@ -468,7 +478,7 @@ def test_declined_deploy_puts_the_pin_back(fake):
     code, out, err = run("promote", "--from", "testnot", "--to", "prod", stdin=Tty("n\n"))
     assert code == 1 and "back to v3" in err and "Deploy v4" in out
     assert fake.stacks["prod"]["config"].version == "v3"
-    assert [c[0] for c in fake.last.calls] == ["pin", "preview", "pin"]
+    assert [c[0] for c in fake.last.calls] == ["pin", "verified", "preview", "pin", "verified"]
 
 
 def test_failed_preview_puts_the_pin_back(fake, monkeypatch):
@@ -564,3 +574,75 @@ def test_restart_stdin_carries_the_token_only_when_warning():
 def test_new_commands_help_fits_a_screen(command):
     code, out, err = run(*command, "--help")
     assert code == 0 and err == "" and len(out.splitlines()) < 40
+
+
+def test_promote_refuses_a_source_whose_nodes_run_different_bytes(fake):
+    fake.stacks["testnot"]["nodes"] = [node(files={"makenotwork": "a" * 64}), node("node2", files={"makenotwork": "b" * 64})]
+    code, _, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert code == 1 and err == ("sando: testnot is not promotable: its nodes run v4 with different bytes (node1 / node2 "
+                                 "differ in makenotwork); redeploy it from one build first\n") and fake.last.calls == []
+
+
+def test_promote_shows_the_gate_and_refuses_before_the_up_when_the_target_would(fake):
+    fake.stacks["prod"]["config"] = config("v3", "prod", migrations='{"refuseDestructive": true}')
+    fake.release = [Migration("1", "init", False), Migration("2", "drop_notes", True)]
+    code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert code == 1 and fake.last.calls == []
+    assert ("sando: migration gate on prod for v4: prod refuses destructive migrations "
+            "(sando:migrations.refuseDestructive) and v4 is not in sando:migrations.allowDestructive\n"
+            "  prod: pending 2 drop_notes; destructive: 2 drop_notes\n") in out
+    assert err == ("sando: prod would refuse v4: destructive migrations pending on prod (2 drop_notes), and prod refuses "
+                   "them (sando:migrations.refuseDestructive); nothing was changed. If the data loss is intended: pulumi "
+                   "config set --path 'sando:migrations.allowDestructive[0]' v4 -s prod, then promote again\n")
+    # allowed for that version: shown, and it goes on
+    fake.stacks["prod"]["config"] = config("v3", "prod", migrations='{"refuseDestructive": true, "allowDestructive": ["v4"]}')
+    code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert code == 0, err
+    assert "prod allows them for v4 (sando:migrations.allowDestructive)" in out
+
+
+def test_a_failed_up_where_no_node_switched_puts_the_pins_back(fake):
+    fake.up_fails = "node prod: refused"
+    code, _, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert code == 1 and "no node of prod switched: its sando:version is back to v3 (nothing to commit)" in err
+    assert fake.stacks["prod"]["config"].version == "v3"
+    assert fake.last.calls[-1] == ("verified", "prod", None)
+
+
+def test_a_failed_up_where_a_node_switched_keeps_the_pin(fake):
+    fake.up_fails = "node2 failed"
+    fake.stacks["prod"]["nodes"].append(node("prod2", "v3", "v2", releases=("v2", "v3")))
+    real_nodes_now = FakeProject.nodes_now
+    calls = []
+
+    def nodes_now(self, cfg):
+        calls.append(1)
+        nodes = real_nodes_now(self, cfg)
+        if len(calls) > 2:  # after the up: prod switched to v4, prod2 did not
+            return [node("prod", "v4", "v3"), nodes[1]]
+        return nodes
+    FakeProject.nodes_now = nodes_now
+    try:
+        code, _, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    finally:
+        FakeProject.nodes_now = real_nodes_now
+    assert code == 1 and "prod's sando:version stays v4 (was v3)" in err
+    assert fake.stacks["prod"]["config"].version == "v4"
+
+
+def test_status_flags_a_node_whose_bytes_differ_from_its_peers_on_the_same_version():
+    same = {"makenotwork": "a" * 64, "error-pages/404.html": "c" * 64}
+    other = {**same, "makenotwork": "b" * 64}
+    nodes = [node("node1", files=same), node("node2", files=other), node("node3", files=same),
+             node("node4", live="v3", files=other)]
+    assert cli.odd_bytes(nodes) == {"node2": "its v4 differs from node1's: makenotwork"}
+    rows = cli.status_rows("prod", "v4", nodes)
+    assert [r["live"] for r in rows] == ["v4", "v4 (other bytes!)", "v4", "v3 (pin v4)"]
+    assert cli.odd_bytes(nodes[:1] + nodes[2:]) == {}
+
+
+def test_a_release_file_is_fetched_as_base64_by_an_exact_command():
+    from sando_components import fleet
+    assert fleet.fetch_command("/opt/makenotwork/releases/v2/error-pages/404.html") == \
+        "base64 -w0 -- /opt/makenotwork/releases/v2/error-pages/404.html"
+    assert fleet.fetch_command("/opt/x y/releases/v2/a") == "base64 -w0 -- '/opt/x y/releases/v2/a'"

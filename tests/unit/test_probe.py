@@ -155,3 +155,19 @@ def test_without_zstd(node, tmp_path):
     res = node.run(commands.probe(str(node.root), "makenotwork"), PATH=f"{node.bin}:{tools}")
     assert res.rc == 0, res.err
     assert parse_state(res.out).zstd is False and res.get("zstd") == "no"
+
+
+def test_the_nodes_machine_and_glibc_are_read(node):
+    """Issue 22.2: `uname -m` and `getconf GNU_LIBC_VERSION` of the node, as the node says them;
+    a node without glibc (musl: getconf knows no GNU_LIBC_VERSION) says none."""
+    import subprocess
+
+    _, state = probe(node)
+    assert state.arch == subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip()
+    assert state.glibc == subprocess.run(["getconf", "GNU_LIBC_VERSION"], capture_output=True, text=True).stdout.strip()
+    musl = node.base / "musl-bin"
+    musl.mkdir()
+    (musl / "getconf").write_text("#!/bin/sh\necho 'getconf: Unrecognized variable' >&2\nexit 1\n")
+    (musl / "getconf").chmod(0o755)
+    _, state = probe(node, PATH=f"{musl}:{node.env()['PATH']}")
+    assert state.glibc == "none"
