@@ -390,10 +390,17 @@ def main() -> int:
                 d.destroy()
         if toxi is not None:
             toxi.stop()
+        left = []
         for s in sets:
-            with contextlib.suppress(Exception):
+            try:
                 s.stop()
-        shutil.rmtree(work, ignore_errors=True)
+            except Exception as exc:  # noqa: BLE001 - stop the others; keep the state dir to stop it by hand
+                left.append(f"{s.state_dir} ({exc})")
+        if left:  # removing a live set's state dir would leave its nodes running with no way to stop them
+            say("   NOT removed: nodes may still run; stop each with `scripts/testnodes stop --state-dir DIR`: "
+                + "; ".join(left))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         say(f"   total runtime {time.monotonic() - t_start:.0f}s")
 
 
