@@ -3,9 +3,12 @@ commits, and uuid-named sando stacks driven through the real pulumi engine."""
 
 from __future__ import annotations
 
+import io
+import os
+
 import pytest
 
-from tests.support import AppRepo, Deploy, TestNodes, engine_env
+from tests.support import TOOLS, AppRepo, Deploy, TestNodes, engine_env
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +57,28 @@ def make_deploy(tmp_path, engine, app):
             failures.append(f"{d.name}: {exc}")
     if failures:
         pytest.fail("stack teardown failed (a stack or its state leaked):\n" + "\n".join(failures))
+
+
+class Tty(io.StringIO):
+    """A stderr that says it is a terminal (sando's countdown, promote's question)."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def sando(monkeypatch, engine):
+    """`sando ...` as an operator runs it: the engine's environment, the project dir as cwd.
+    run.out: stdout alone (--json)."""
+    from sando_components import cli
+
+    for k, v in engine.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
+
+    def run(project, *argv, tty: bool = False) -> tuple[int, str]:
+        out, err = io.StringIO(), (Tty() if tty else io.StringIO())
+        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
+        run.out = out.getvalue()
+        return code, out.getvalue() + err.getvalue()
+    return run

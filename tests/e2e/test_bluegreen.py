@@ -321,25 +321,6 @@ def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_p
     assert changed == {}
 
 
-@pytest.fixture
-def sando(monkeypatch, engine):
-    """`sando ...` as an operator runs it (as in test_cli.py)."""
-    import io
-
-    from sando_components import cli
-
-    for k, v in engine.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
-
-    def run(project, *argv) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
-        run.out = out.getvalue()  # stdout alone (--json)
-        return code, out.getvalue() + err.getvalue()
-    return run
-
-
 def test_sando_status_and_restart_see_the_live_instance(bg_deploy, sando):
     """`sando status` reads the live instance (its unit, its health on its own port); `sando
     restart` restarts it and checks it there; the plain unit is not started beside it."""

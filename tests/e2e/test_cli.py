@@ -5,7 +5,6 @@ rollback goes back one version with no upload, a moved tag is refused (issues 10
 from __future__ import annotations
 
 import getpass
-import io
 import json
 import os
 import re
@@ -14,32 +13,11 @@ import shutil
 import stat
 from pathlib import Path
 
-import pytest
 
 from sando_components import cli
 from tests.support import TOOLS, AppRepo, run_preview, run_up
 
 ME = f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-@pytest.fixture
-def sando(monkeypatch, engine):
-    """`sando ...` as an operator runs it: the engine's environment, the project dir as cwd."""
-    for k, v in engine.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
-
-    def run(project, *argv, tty: bool = False) -> tuple[int, str]:
-        out, err = io.StringIO(), (Tty() if tty else io.StringIO())
-        code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
-        run.out = out.getvalue()  # stdout alone (--json)
-        return code, out.getvalue() + err.getvalue()
-    return run
-
-
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
 
 
 def history_of(node) -> list[dict]:

@@ -324,26 +324,6 @@ def test_a_committed_symlink_to_a_private_key_fails_at_preview(make_nodes, make_
     assert node.unit_events() == []
 
 
-@pytest.fixture
-def sando(monkeypatch, engine):
-    """`sando ...` as an operator runs it (as in test_cli.py)."""
-    import io
-    import os
-
-    from sando_components import cli
-    from tests.support import TOOLS
-
-    for k, v in engine.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PATH", f"{TOOLS / 'bin'}:{os.environ['PATH']}")
-
-    def run(project, *argv) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main([*argv, "--cwd", str(project)], out=out, err=err, stdin=io.StringIO())
-        return code, out.getvalue() + err.getvalue()
-    return run
-
-
 def test_promote_carries_the_host_config_commit_testnot_runs(make_nodes, make_deploy, node_app, sando):
     t_node, p_node = make_nodes(2)
     old = node_app.commit("main")
