@@ -218,6 +218,8 @@ def from_objects(commit: str, files: dict[str, str], bin_names: list[str]) -> Ar
                 os.chmod(tmp, mode)
                 os.replace(tmp, dest)
             listed.append((rel, digest, mode))
+    os.utime(out)  # newest = last used, as a build's index
+    prune_verified(keep_also=out.name)
     return Artifacts(str(out), tuple(listed))
 
 
@@ -243,9 +245,22 @@ def prune_builds(repo_id: str, keep_also: str = "", now: float | None = None) ->
                 mine.append((index.stat().st_mtime, index.parent))
         except (OSError, ValueError):
             continue
-    mine.sort(reverse=True)
+    return _prune(mine, keep_also, now)
+
+
+def prune_verified(keep_also: str = "", now: float | None = None) -> list[str]:
+    """The promoted bytes (`<cache>/verified/`, from_objects) bounded as builds are: the newest
+    keep_builds() of them, never one used in the last RECENT_SECONDS nor one locked; then the
+    objects nothing holds. Returns the directory names removed."""
+    now = time.time() if now is None else now
+    held = [(d.stat().st_mtime, d) for d in (cache_root() / "verified").glob("*") if d.is_dir()]
+    return _prune(held, keep_also, now)
+
+
+def _prune(dirs: list[tuple[float, Path]], keep_also: str, now: float) -> list[str]:
+    dirs.sort(reverse=True)
     removed = []
-    for mtime, work in mine[keep_builds():]:
+    for mtime, work in dirs[keep_builds():]:
         if work.name == keep_also or now - mtime < RECENT_SECONDS:
             continue
         lock = work.with_suffix(".lock")

@@ -364,6 +364,30 @@ def test_a_recently_used_build_is_never_pruned(repo, log, monkeypatch):
     assert len([p for p in (build.cache_root() / "builds").iterdir() if p.is_dir()]) == 3
 
 
+def test_promoted_bytes_are_bounded_like_builds(monkeypatch):
+    """`<cache>/verified/` (the source's bytes sando promote fetched) keeps the newest
+    SANDO_KEEP_BUILDS too, and the objects only a removed one held go with it (issue 22.4)."""
+    import hashlib
+
+    monkeypatch.setenv("SANDO_KEEP_BUILDS", "2")
+    monkeypatch.setattr(build, "RECENT_SECONDS", 0)
+    made = []
+    for i in range(3):
+        files = {}
+        for name in ("makenotwork", "error-pages/500.html"):
+            data = f"{name} of promote {i}".encode()
+            digest = hashlib.sha256(data).hexdigest()
+            build.object_path(digest).parent.mkdir(parents=True, exist_ok=True)
+            build.object_path(digest).write_bytes(data)
+            files[name] = digest
+        made.append((f"{i:040d}", files, build.from_objects(f"{i:040d}", files, ["makenotwork"])))
+    left = sorted(p.name.split("-")[0] for p in (build.cache_root() / "verified").iterdir() if p.is_dir())
+    assert left == [made[1][0], made[2][0]]
+    assert not any(build.object_path(d).exists() for d in made[0][1].values())
+    assert all(build.object_path(d).exists() for _, files, _ in made[1:] for d in files.values())
+    assert Path(made[2][2].root, "makenotwork").read_bytes() == b"makenotwork of promote 2"
+
+
 def test_keep_builds_is_checked(monkeypatch):
     monkeypatch.setenv("SANDO_KEEP_BUILDS", "zero")
     with pytest.raises(ConfigError, match="SANDO_KEEP_BUILDS: must be a whole number"):
