@@ -83,3 +83,18 @@ mark_failed() {
   printf '%s\n' "$2" > "$P_RELEASES/$1/$P_FAILED" 2>/dev/null
   report failed "$1"
 }
+
+# live_instance SERVICE: the port of the blueGreen live instance SERVICE@PORT (the port in
+# P_INSTANCE, relative to the release root: the working directory) when that unit exists; nothing
+# when the plain unit is what runs (issue 23)
+live_instance() {
+  _sando_li=$(cat "$P_INSTANCE" 2>/dev/null)
+  case $_sando_li in '' | *[!0-9]*) return 0 ;; esac
+  if systemctl cat "$1@$_sando_li.service" >/dev/null 2>&1; then printf '%s' "$_sando_li"; fi
+}
+
+# on_port URL PORT: URL with its host:port replaced by 127.0.0.1:PORT (an instance's own port,
+# bound to 127.0.0.1: sando:switch.bindHost's default)
+on_port() {
+  printf '%s' "$1" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$2|"
+}

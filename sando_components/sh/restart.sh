@@ -17,17 +17,12 @@ H_VERSION=${live##*/}
 # blueGreen (issue 23): the live instance SERVICE@PORT (PORT in .sando/instance) is what runs, on its
 # own port (bound to 127.0.0.1, sando:switch.bindHost's default): restarted and checked there
 unit=$SERVICE
-port=$(cat "$P_INSTANCE" 2>/dev/null)
-case $port in
-  '' | *[!0-9]*) ;;
-  *)
-    if systemctl cat "$SERVICE@$port.service" >/dev/null 2>&1; then
-      unit=$SERVICE@$port
-      HEALTH_URL=$(printf '%s' "$HEALTH_URL" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$port|")
-      WARN_URL=$(printf '%s' "$WARN_URL" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$port|")
-    fi
-    ;;
-esac
+port=$(live_instance "$SERVICE")
+if [ -n "$port" ]; then
+  unit=$SERVICE@$port
+  HEALTH_URL=$(on_port "$HEALTH_URL" "$port")
+  WARN_URL=$(on_port "$WARN_URL" "$port")
+fi
 trap '' HUP PIPE # once the warning is out, a lost connection does not stop the restart halfway
 
 code=''

@@ -19,16 +19,11 @@
 
 # blueGreen (issue 23): the live instance SERVICE@PORT (PORT in .sando/instance) is the unit that
 # serves, answering on its own port (bound to 127.0.0.1, sando:switch.bindHost's default)
-_port=$(cat "$RELEASE_ROOT/.sando/instance" 2>/dev/null)
-case $_port in
-  '' | *[!0-9]*) ;;
-  *)
-    if systemctl cat "$SERVICE@$_port.service" >/dev/null 2>&1; then
-      SERVICE=$SERVICE@$_port
-      HEALTH_URL=$(printf '%s' "$HEALTH_URL" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$_port|")
-    fi
-    ;;
-esac
+_port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
+if [ -n "$_port" ]; then
+  SERVICE=$SERVICE@$_port
+  HEALTH_URL=$(on_port "$HEALTH_URL" "$_port")
+fi
 report unit "$(systemctl show -p ActiveState --value "$SERVICE.service" 2>/dev/null) $(systemctl show -p SubState --value "$SERVICE.service" 2>/dev/null)"
 report unit-since "$(systemctl show -p ActiveEnterTimestamp --value "$SERVICE.service" 2>/dev/null)"
 
