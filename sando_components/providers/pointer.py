@@ -55,6 +55,8 @@ def _iso(epoch: str | None) -> str | None:
 class PointerProvider(NodeProvider):
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
+        if "switch" in changes and "switch" not in olds and not bluegreen.enabled(news):
+            changes.remove("switch")  # state of a sando before issue 23: a restart switch is what it did
         if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
             ahead.warn_at_preview(news, olds)
         state = node_state(news)

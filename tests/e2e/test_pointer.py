@@ -191,7 +191,7 @@ def test_restart_warning_abort_mode_stops_before_any_restart(make_nodes, make_de
     d.set(version="v2", restartWarningSeconds=2, restartWarningOnFailure="abort")
     d.set_secret("cliServiceToken", "wrong-" + token)  # the app answers 401
     (error,) = d.errors(d.up_fails())
-    assert error == ("node1: the restart warning failed (failed HTTP 401 ) and sando:restartWarningOnFailure is "
+    assert error == ("node1: the restart warning failed (failed HTTP 401) and sando:restartWarningOnFailure is "
                      "abort; nothing was restarted and v1 stays live")
     assert app_starts(node) == 1
     assert current(node) == "releases/v1" and node.served()["version"] == "v1"

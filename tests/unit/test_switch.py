@@ -538,6 +538,21 @@ def test_provider_diff_puts_back_a_hand_moved_current_and_starts_a_stopped_servi
     assert PointerProvider().diff("id", p, p).changes is True
 
 
+def test_provider_state_from_before_the_switch_setting_is_no_change_unless_blue_green(provider_node):
+    """A sando before issue 23 recorded no `switch` input: the restart strategy is what it did, so
+    no update (the first up after upgrading sando changes nothing); blueGreen is a change."""
+    node = provider_node
+    live_v1(node)
+    olds = props(node, "v1")
+    assert "switch" not in olds
+    news = {**olds, "switch": {"strategy": "restart", "ports": [3001, 3002], "bindEnv": "MNW_BIND"}}
+    assert PointerProvider().diff("id", olds, news).changes is False
+    base._states.clear()
+    blue = {**news, "switch": {**news["switch"], "strategy": "blueGreen"}}
+    assert PointerProvider().diff("id", olds, blue).changes is True
+    base._states.clear()
+
+
 def test_provider_a_rotated_key_alone_records_it_and_runs_nothing_on_the_node(provider_node, monkeypatch):
     """Issue 18.8: only how sando connects changed: an update that only records the new credentials
     (said once per node), no switch script; with the node off its pin it is a real switch again."""
