@@ -90,8 +90,8 @@ def _pulumi_on_a_terminal() -> bool:
 
 class Progress:
     """One resource's progress, said as its latest status (Pulumi's ephemeral diagnostic): in the
-    interactive display as it changes (at most once a second unless it matters), in a log only the
-    first status of each step."""
+    interactive display as it changes (a step's first status at once, then at most once a second
+    unless it matters), in a log only the first status of each step."""
 
     def __init__(self, urn: str | None = None):
         self.urn = _current_urn() if urn is None else urn
@@ -103,8 +103,8 @@ class Progress:
 
         now = time.monotonic()
         if interactive():
-            if not force and now - self._last < 1.0:
-                return
+            if not force and step in self._steps and now - self._last < 1.0:
+                return  # a new step's first status always shows: the upload right after the build's last
         elif step in self._steps:
             return
         self._steps.add(step)

@@ -1,0 +1,29 @@
+"""diagnostics.Progress: a resource's latest status on the interactive console (issue 19.5)."""
+
+from sando_components import diagnostics
+
+
+def said_by(monkeypatch, interactive: bool) -> list[str]:
+    said: list[str] = []
+    monkeypatch.setattr(diagnostics, "interactive", lambda: interactive)
+    monkeypatch.setattr(diagnostics, "log", lambda level, message, urn=None, ephemeral=False: said.append(message))
+    return said
+
+
+def test_a_new_steps_first_status_shows_at_once_then_at_most_once_a_second(monkeypatch):
+    said = said_by(monkeypatch, interactive=True)
+    p = diagnostics.Progress(urn="urn:x")
+    p.say("build", "building v5: Compiling a (1/2)")
+    p.say("build", "building v5: Compiling b (2/2)")  # within the second: not said
+    p.say("upload", "sending v5: 4 KB sent")  # the next step, right after: said
+    p.say("upload", "sending v5: 8 KB sent")
+    p.say("switch", "switched to v5", force=True)
+    assert said == ["building v5: Compiling a (1/2)", "sending v5: 4 KB sent", "switched to v5"]
+
+
+def test_a_log_gets_the_first_status_of_each_step_only(monkeypatch):
+    said = said_by(monkeypatch, interactive=False)
+    p = diagnostics.Progress(urn="urn:x")
+    for step, message in [("build", "b1"), ("build", "b2"), ("upload", "u1"), ("upload", "u2")]:
+        p.say(step, message)
+    assert said == ["b1", "u1"]
