@@ -39,11 +39,13 @@ def stack_config(entries: dict) -> config_model.StackConfig:
 
 
 def conn(cfg: config_model.StackConfig, node: config_model.NodeConfig) -> ssh.Conn:
-    """How the program's resources reach the node: its pinned host key, the stack's key (or agent)."""
-    return ssh.Conn(host=node.host, port=node.port, user=node.user, host_key=node.host_key,
-                    insecure=cfg.insecure_skip_host_key_check and not node.host_key,
-                    private_key=cfg.ssh_private_key.get_secret_value() if cfg.ssh_private_key else None,
-                    node=node.name)
+    """How the program's resources reach the node (the same connection): its pinned host key, its
+    own key (sando:nodeKeys) or the stack's (or the agent), its proxyJump; a local shell for a local
+    node."""
+    from .stack import connection
+
+    key = cfg.private_key(node)
+    return ssh.Conn.from_props(connection(cfg, node), key.get_secret_value() if key else None, node.name)
 
 
 # --- one node now ---------------------------------------------------------------------------
@@ -263,8 +265,7 @@ def fetch_release(cfg: config_model.StackConfig, node: config_model.NodeConfig, 
         if obj.exists():
             continue
         path = f"{cfg.release_root}/{paths.RELEASES}/{version}/{rel}"
-        via = ssh.Conn.local_node(node.name) if node.local else conn(cfg, node)
-        res = ssh.run(via, fetch_command(path), timeout=600, check=False)
+        res = ssh.run(conn(cfg, node), fetch_command(path), timeout=600, check=False)
         if res.rc != 0:
             raise OperatorError(f"{node.name}: cannot read {path} ({(res.err or res.out).strip()[-200:]})")
         data = base64.b64decode(res.out)

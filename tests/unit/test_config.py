@@ -613,6 +613,21 @@ def test_a_node_may_have_its_own_key_and_a_proxy_jump(node, host_key, ed25519_ke
     assert (jump.host, jump.port, jump.user, jump.host_key) == ("bastion.example", 22, "root", host_key)
 
 
+def test_sando_commands_reach_a_node_as_the_program_does(node, host_key, ed25519_key):
+    """status/promote/rollback/logs/ssh/restart (fleet.conn): the node's own key, its proxyJump, a
+    local shell for a local node, as the providers connect (stack.connection)."""
+    from sando_components import fleet
+
+    other = {**node, "name": "n2", "proxyJump": {"host": "bastion.example", "hostKey": host_key}}
+    raw = raw_config([node, other, {"name": "here", "local": True}], nodeKeys=json.dumps({"n2": ed25519_key[1]}))
+    cfg = load(raw, SECRETS | {"sando:nodeKeys"})
+    n1, n2, here = (fleet.conn(cfg, n) for n in cfg.nodes)
+    assert (n1.host, n1.port, n1.user, n1.jump, n1.private_key) == ("127.0.0.2", 2222, "deploy", None, PRIVATE_KEY)
+    assert n2.private_key == ed25519_key[1] and n2.jump.host == "bastion.example"
+    assert n2.jump.host_key == host_key and n2.jump.private_key == ed25519_key[1]
+    assert here.local and here.node == "here"
+
+
 def test_node_keys_must_be_secret_readable_and_name_nodes(node, ed25519_key):
     raw = raw_config([node], nodeKeys=json.dumps({"n1": ed25519_key[1]}))
     assert error_of(raw) == ("sando:nodeKeys: must be set as a secret: "
