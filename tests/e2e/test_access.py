@@ -4,6 +4,7 @@ added to a running stack and brought up by a rolling rollout, through the real e
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -77,6 +78,24 @@ def test_a_node_with_its_own_key_behind_a_bastion_joins_a_running_fleet(behind_b
 
     res, changed = run_up(d)  # nothing to do: one read of each node, through the bastion for node2
     assert changed == {}
+
+
+def test_sando_status_reaches_a_node_behind_a_bastion_with_its_own_key(behind_bastion, make_deploy, sando):
+    """`sando status` connects as the program does: node2 through node1, with node2's own key."""
+    bastion, inner, port = behind_bastion
+    joining = {**inner.config(), "host": "127.0.0.1", "port": port,
+               "proxyJump": {"host": bastion.host, "port": 22, "user": "root", "hostKey": bastion.hostKey}}
+    d = make_deploy([bastion, inner])
+    d.set(nodes=[bastion.config(), joining])
+    d.cli(["config", "set", "--secret", "--path", f"sando:nodeKeys.{inner.name}"],
+          input=Path(inner.privateKeyPath).read_text())
+    run_up(d)
+    code, out = sando(d.project, "status", d.name, "--json")
+    assert code == 0, out
+    [st] = json.loads(sando.out)["stacks"]
+    rows = {n["node"]: n for n in st["nodes"]}
+    assert rows[inner.name]["reachable"] and rows[inner.name]["liveVersion"] == "v1", out
+    assert rows[bastion.name]["liveVersion"] == "v1", out
 
 
 def test_a_bastion_whose_host_key_does_not_match_is_refused_naming_it(behind_bastion, make_deploy):
