@@ -873,10 +873,10 @@ def _status_json(r: dict) -> dict:
     if r.get("error"):
         return {"stack": r["stack"], "error": r["error"]}
     out = {"stack": r["stack"], "version": r["cfg"].version, "commit": r["commit"], "nodes": []}
+    odd = odd_bytes(r["nodes"])
     for n in r["nodes"]:
         node = n.as_json()
         pending = pending_of(n, r["release"])
-        odd = odd_bytes(r["nodes"])
         if n.reachable:
             node["otherBytes"] = odd.get(n.name)  # issue 22.5: None = the same bytes as its peers
             node["pendingMigrations"] = None if pending is None else [
