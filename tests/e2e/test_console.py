@@ -206,7 +206,8 @@ def test_progress_on_the_interactive_console(make_nodes, make_deploy, repo):
     os.close(master)
     text = ANSI.sub("", seen.decode(errors="replace"))
     assert proc.returncode == 0, text
-    assert re.search(r"building v5: Compiling \S+ \(\d+/\d+\)", text), text
+    # cargo draws its `n/N` bar only once a build has run for a while; its `Compiling x` line always
+    assert re.search(r"building v5: Compiling \S+", text), text
     assert re.search(r"sending v5: \d+(\.\d)? [KM]B sent", text), text
     assert re.search(r"restart warning sent; restarting at \d\d:\d\d:\d\d UTC", text), text
     assert "Diagnostics:" not in text  # statuses only: nothing left for the end

@@ -27,3 +27,11 @@ def test_a_log_gets_the_first_status_of_each_step_only(monkeypatch):
     for step, message in [("build", "b1"), ("build", "b2"), ("upload", "u1"), ("upload", "u2")]:
         p.say(step, message)
     assert said == ["b1", "u1"]
+
+
+def test_build_progress_reads_cargos_bar_and_its_plain_lines():
+    from sando_components.build import build_progress
+    assert build_progress("    Building [=====>    ] 12/57: serde, tokio") == "Compiling serde (12/57)"
+    assert build_progress("   Compiling makenotwork v0.1.0 (/src/server)") == "Compiling makenotwork"
+    assert build_progress("    Finished release [optimized] target(s) in 0.31s") is None
+    assert build_progress("warning: unused variable") is None
