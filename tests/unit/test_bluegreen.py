@@ -82,12 +82,13 @@ def test_caddyfile_import_check():
 def test_switch_parameters_by_exact_value():
     props = {"switch": {"strategy": "blueGreen", "ports": [3001, 3002], "bindHost": "127.0.0.1",
                         "bindEnv": "MNW_BIND", "drainSeconds": 2.0, "healthPath": "/health?x=1",
-                        "warnPath": "/api/internal/restart-warning"}}
+                        "warnPath": "/api/internal/restart-warning"},
+             "healthCheck": {"url": "http://localhost:3000/health?x=1"}}
     assert bluegreen.params(props) == {
         "BG": 1, "BG_PORTS": "3001 3002", "BG_HOST": "127.0.0.1", "BG_BIND_ENV": "MNW_BIND", "BG_DRAIN": "2",
         "BG_HEALTH_PATH": "/health?x=1", "BG_WARN_PATH": "/api/internal/restart-warning",
         "BG_UPSTREAM": "/etc/caddy/sando-upstream.caddy", "BG_UNIT_DIR": "/etc/systemd/system",
-        "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile"}
+        "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile", "BG_FRONT": "127.0.0.1:3000"}
     assert bluegreen.params({"switch": {**props["switch"], "strategy": "restart"}}) is None
     assert bluegreen.params({}) is None
     # the restart switch renders with the part off
@@ -95,6 +96,13 @@ def test_switch_parameters_by_exact_value():
                            health=commands.health_params("http://127.0.0.1:3000/", 5, 1, "c0ffee"))
     text = shlex.split(text)[2]  # the script itself (sh -c TEXT NAME)
     assert "\nBG=0\n" in text and "\nBG_PORTS=''\n" in text
+
+
+def test_front_is_loopback_and_the_plain_units_port():
+    assert commands.front("http://127.0.0.1:3000/") == "127.0.0.1:3000"
+    assert commands.front("http://localhost:8080/health") == "127.0.0.1:8080"
+    assert commands.front("http://user:pw@app.internal/x") == "127.0.0.1:80"
+    assert commands.front("https://[::1]:8443/") == "127.0.0.1:8443"
 
 
 UNIT = """[Unit]
