@@ -132,6 +132,7 @@ class NodeState:
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # failed release -> (when, why)
     arch: str = ""  # `uname -m` ("" = not read: nothing is checked)
     glibc: str = ""  # `getconf GNU_LIBC_VERSION` ("glibc 2.36"), "none" without glibc ("" = not read)
+    nft: bool | None = None  # nft is installed (blueGreen's front); None = not read
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -199,7 +200,8 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"),
                      failures=failures_of(report),
                      arch=(report.one("arch") or "").strip(),
-                     glibc=(report.one("glibc") or "").strip())
+                     glibc=(report.one("glibc") or "").strip(),
+                     nft={"yes": True, "no": False}.get(report.one("nft") or ""))
 
 
 _states: dict[tuple, NodeState] = {}

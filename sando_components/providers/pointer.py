@@ -53,6 +53,14 @@ def _iso(epoch: str | None) -> str | None:
 
 
 class PointerProvider(NodeProvider):
+    def check(self, olds, news):
+        result = super().check(olds, news)
+        if (bluegreen.enabled(news) and isinstance(news.get("connection"), dict)
+                and isinstance(news.get("releaseRoot"), str) and node_state(news).nft is False):
+            raise OperatorError(f"{node_of(news)}: sando:switch.strategy is blueGreen, whose switch moves an nft rule, "
+                                "but nft is not installed on the node: apt-get install nftables there, then run again")
+        return result
+
     def diff(self, _id, olds, news):
         changes = changed(olds, news, INPUTS)
         if "switch" in changes and "switch" not in olds and not bluegreen.enabled(news):

@@ -145,6 +145,17 @@ def test_preview_names_the_missing_import(make_nodes, make_deploy, app):
     assert not node.path(UPSTREAM).exists()  # nothing changed on the node
 
 
+def test_preview_names_a_node_without_nft(make_nodes, make_deploy, repo):
+    (node,) = make_nodes(1)
+    node.exec("sh", "-c", "mv /usr/sbin/nft /usr/sbin/nft.hidden", check=True)
+    d = make_deploy([node], repo=repo, switch=BLUE_GREEN)
+    with pytest.raises(Exception) as err:
+        run_preview(d)
+    assert ("node1: sando:switch.strategy is blueGreen, whose switch moves an nft rule, but nft is not installed on "
+            "the node: apt-get install nftables there, then run again") in str(err.value)
+    assert not (node.release_root / "current").exists()
+
+
 def test_bumps_through_caddy_fail_no_request(bg_deploy):
     """v1 -> v2 -> v3 (3 s to start) -> rollback by pin to v2, a poller through Caddy every 10 ms:
     not one failed request; the instances alternate, only the live one runs and starts at boot."""
