@@ -99,7 +99,7 @@ bg_front_unit() {
   {
     printf '[Unit]\nDescription=sando: %s to the live instance of %s (sando:switch blueGreen)\n' "$BG_FRONT" "$BG_BASE"
     printf 'Before=caddy.service\nConditionPathExists=%s\n\n' "$RELEASE_ROOT/$P_FRONT_NFT"
-    printf '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=%s -f %s\n\n' "$_nft" "$RELEASE_ROOT/$P_FRONT_NFT"
+    printf '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=%s -f "%s"\n\n' "$_nft" "$RELEASE_ROOT/$P_FRONT_NFT"
     printf '[Install]\nWantedBy=multi-user.target\n'
   } >"$_t"
   chmod 0644 "$_t"
