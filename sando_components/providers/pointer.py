@@ -62,8 +62,7 @@ class PointerProvider(NodeProvider):
         if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
             ahead.warn_at_preview(news, olds)
         state = node_state(news)
-        host = news.get("hostOutcome")
-        if isinstance(host, dict) and host.get("ok") is False:
+        if _host_failed(news):
             changes.append("hostConfig")  # its host config failed in this run: its update says so for the verdict
         elif not (olds.get("outcome") or {}).get("ok", True):
             changes.append("outcome")  # it failed last time: its update says where it stands now
@@ -97,7 +96,8 @@ class PointerProvider(NodeProvider):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))
 
     def update(self, _id, olds, news):
-        if not unreachable(news) and set(changed(olds, news, INPUTS)) <= set(AUTH) and self._as_it_was(news):
+        if not unreachable(news) and not _host_failed(news) and (olds.get("outcome") or {}).get("ok", True) \
+                and set(changed(olds, news, INPUTS)) <= set(AUTH) and self._as_it_was(news):
             return UpdateResult(outs=refresh_auth(olds, news))  # only the credentials: nothing to do on the node
         return UpdateResult(outs=self._apply(news, olds))
 
@@ -349,7 +349,14 @@ class _Flight:
             what = (f"its switch to {self.version} goes on (this run waits for it; a second Ctrl-C leaves it to "
                     "the node, which stops before its restart warning)")
         diagnostics.log("warning", f"{self.node}: Ctrl-C does not stop this node: {what}. See the result with "
-                                   f"{status}", urn=self.progress.urn)
+                                   f"{status}; after a second Ctrl-C, `pulumi up --refresh` picks up where each node "
+                                   "stands", urn=self.progress.urn)
+
+
+def _host_failed(props: dict) -> bool:
+    """The node's host config failed in this run (unknown in a preview: not yet)."""
+    host = props.get("hostOutcome")
+    return isinstance(host, dict) and host.get("ok") is False
 
 
 def _hms(epoch: float) -> str:

@@ -124,10 +124,13 @@ def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_d
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # the second: pulumi stops at once, the switch in flight
-    proc.communicate(timeout=60)
+    stopped = proc.communicate(timeout=60)[0]
+    assert "after a second Ctrl-C, `pulumi up --refresh` picks up where each node stands" in stopped, stopped
     wait_for(lambda: node.served()["version"] == "v3", timeout=30)  # the node went on by itself
     d.cli(["cancel", "--yes"], check=False)  # the hard stop may leave the stack's lock
-    d.cli(["up", "--yes"])
+    again = d.cli(["up", "--yes", "--refresh"])  # as the Ctrl-C line says (issue 19.6)
+    assert "pending operations" not in again.stdout + again.stderr, again.stdout  # Pulumi's generic text
+    assert "interrupted while updating" not in again.stdout + again.stderr
     out = d.node_out(node)
     assert (out["liveVersion"], out["previousVersion"]) == ("v3", "v1")
     last = out["lastDeploy"]
@@ -161,7 +164,8 @@ def test_ctrl_c_during_the_restart_warning_says_what_goes_on(make_nodes, make_de
     at = re.search(r"; restart warning sent; restarting at (\d\d:\d\d:\d\d) UTC$", status[0]).group(1)
     assert _diagnostics(out, "node1") == [
         f"warning: node1: Ctrl-C does not stop this node: the restart warning is out, so it switches to v3 at {at} UTC "
-        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`"]
+        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`; "
+        "after a second Ctrl-C, `pulumi up --refresh` picks up where each node stands"]
     for step in ("building v3: ", "sending v3: "):  # at most one line per step in a log (besides its done line)
         assert sum(step in line and " updating (" in line for line in out.splitlines()) <= 1, out
     wait_for(lambda: node.served()["version"] == "v3", timeout=30)
