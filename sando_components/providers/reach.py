@@ -28,6 +28,7 @@ class ReachProvider(NodeProvider):
                 # recorded (they would show as deleted); the node's other resources change nothing, its
                 # pointer carries this to the verdict, which says it once at the end (issue 19.3)
                 mark_unreachable(news, str(exc))
+                diagnostics.log("warning", f"{news.get('node')}: not reached (the error at the end says why)")
         return result
 
     def diff(self, _id, olds, news):

@@ -333,6 +333,9 @@ def test_a_failed_host_step_or_an_unreachable_node_is_said_once(make_nodes, make
         f"node1 (root@{node.host}:2222): cannot connect: Connection refused (check the node's host and port in "
         "sando:nodes and that sshd runs there)")
     assert "Resource monitor has terminated" not in out
+    for name, warning in (("node1-reach", "not reached"), ("node1-current-switch", "not reached, nothing changed here")):
+        assert [line for line in out.splitlines() if f"{name} " in line and f"warning: node1: {warning} (the error at "
+                "the end says why)" in line], out
     assert d.node_out(node)["liveVersion"] == "v1"
 
     # fixed: the next up converges
