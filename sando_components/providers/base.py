@@ -229,6 +229,28 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
         return _states[key]
 
 
+# Nodes this run could not reach (their Reach resource's check found it in a run that skips its
+# preview, diagnostics.skips_preview): the node's other resources change nothing there, and its
+# pointer carries the message to the verdict, which says it once at the end (issue 19.3).
+_unreachable: dict[tuple, str] = {}
+
+
+def node_key(props: dict) -> tuple:
+    """One node of this run, as the providers' caches know it."""
+    return _state_key(props)
+
+
+def unreachable(props: dict) -> str | None:
+    """Why this run cannot reach the node (its Reach found so), else None."""
+    with _guard:
+        return _unreachable.get(_state_key(props))
+
+
+def mark_unreachable(props: dict, message: str) -> None:
+    with _guard:
+        _unreachable[_state_key(props)] = message
+
+
 def prefetch(props: dict) -> None:
     """Start reading what the node holds in the background (the first resource of a node to be
     checked does this), so the connection and the read are done by the time a diff needs them.

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .base import AUTH, NodeProvider, NodeResource, changed, node_state, public, say_auth_only
+from .. import diagnostics
+from ..errors import OperatorError
+from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_state, public, say_auth_only,
+                   unreachable)
 
 
 class ReachProvider(NodeProvider):
     def check(self, olds, news):
         result = super().check(olds, news)
         if isinstance(news.get("connection"), dict) and isinstance(news.get("releaseRoot"), str):
-            node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
+            try:
+                node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
+            except OperatorError as exc:
+                if not diagnostics.skips_preview():
+                    raise  # a preview (a plain up's too) stops here, said once for the node
+                # an up without a preview: a raise here would end the run before the program's outputs are
+                # recorded (they would show as deleted); the node's other resources change nothing, its
+                # pointer carries this to the verdict, which says it once at the end (issue 19.3)
+                mark_unreachable(news, str(exc))
+                diagnostics.log("warning", f"{news.get('node')}: not reached (the error at the end says why)")
         return result
 
     def diff(self, _id, olds, news):
         changes = changed(olds, news, ["releaseRoot", "service", *AUTH])
-        if changes and set(changes) <= set(AUTH):
+        if changes and set(changes) <= set(AUTH) and not unreachable(news):
             say_auth_only(news, changes)
         return DiffResult(changes=bool(changes), replaces=[])
 
