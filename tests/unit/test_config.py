@@ -767,3 +767,21 @@ def test_bootstrap_ref_is_required_when_something_is_managed(node):
     raw = raw_config([node], bootstrap=json.dumps({"backupUser": "root"}))
     assert error_of(raw).startswith("sando:bootstrap.ref: is required")
     assert load(raw_config([node], bootstrap='{"manage": []}'), SECRETS).bootstrap.ref is None
+
+
+def test_the_first_reach_carries_the_peers_that_share_its_key(node, host_key, ed25519_key):
+    """stack.peers (issue 24): a carrier's Reach names the other SSH nodes on its key, public fields
+    only (never a key), so its check starts reading them all at once; a node with its own key and a
+    local node are read by their own Reach."""
+    from sando_components import stack
+
+    n3 = {**node, "name": "n3", "host": "127.0.0.3"}
+    raw = raw_config([node, {**node, "name": "n2"}, n3, {"name": "here", "local": True}],
+                     nodeKeys=json.dumps({"n2": ed25519_key[1]}))
+    cfg = load(raw, SECRETS | {"sando:nodeKeys"})
+    n1, n2, _, _ = cfg.nodes
+    assert stack.peers(cfg, n1) == [{"node": "n3", "connection": {"host": "127.0.0.3", "port": 2222, "user": "deploy",
+                                                                  "hostKey": node["hostKey"], "insecure": False}}]
+    assert stack.peers(cfg, n2) == []  # its own key: nobody shares it
+    text = json.dumps(stack.peers(cfg, n1))
+    assert PRIVATE_KEY.splitlines()[1] not in text and ed25519_key[1].splitlines()[1] not in text
