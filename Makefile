@@ -17,8 +17,8 @@ XDIST := -n $(WORKERS) --dist load --maxschedchunk 1
 setup:
 	@bash scripts/setup.sh
 
-test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests
+test: setup  # --durations: the slowest tests, for keeping `make test` under ~25 min
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) --durations=15 tests
 
 quick: setup  # all but the slow scenarios (16 nodes); CI runs `make test`
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow" tests

@@ -15,6 +15,7 @@ A step on a node is one script in one SSH exec (one round trip). Scripts report 
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Iterable
 
@@ -127,16 +128,24 @@ GATE_OFF = {"GATE_RELEASE": "", "GATE_MIGRATIONS": "", "GATE_DESTRUCTIVE": "", "
 WARNING_OFF = {"WARN_URL": "", "WARN_SECONDS": 0, "WARN_ABORT": 0}
 BLUE_GREEN_OFF = {"BG": 0, "BG_PORTS": "", "BG_HOST": "", "BG_BIND_ENV": "", "BG_DRAIN": 0, "BG_HEALTH_PATH": "",
                   "BG_WARN_PATH": "", "BG_UPSTREAM": "", "BG_UNIT_DIR": "", "BG_ENV_DIR": "",
-                  "BG_CADDYFILE": ""}
+                  "BG_CADDYFILE": "", "BG_FRONT": ""}
+
+
+def front(health_url: str) -> str:
+    """blueGreen's front: what Caddy dials (127.0.0.1 and the port of the service's own unit, the
+    health URL's); sando's nft rule points it at the live instance."""
+    m = re.match(r"^(https?)://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)(?::(\d+))?", health_url)
+    port = m.group(3) if m and m.group(3) else ("443" if health_url.startswith("https") else "80")
+    return f"127.0.0.1:{port}"
 
 
 def blue_green_params(ports: Iterable[int], host: str, bind_env: str, drain: float, health_path: str,
-                      warn_path: str) -> dict[str, object]:
+                      warn_path: str, front_addr: str) -> dict[str, object]:
     """sh/bluegreen.sh's parameters (sando:switch.strategy blueGreen)."""
     return {"BG": 1, "BG_PORTS": " ".join(str(int(p)) for p in ports), "BG_HOST": host, "BG_BIND_ENV": bind_env,
             "BG_DRAIN": f"{float(drain):g}", "BG_HEALTH_PATH": health_path, "BG_WARN_PATH": warn_path,
             "BG_UPSTREAM": paths.UPSTREAM_FILE, "BG_UNIT_DIR": paths.UNIT_DIR,
-            "BG_ENV_DIR": paths.INSTANCE_ENV_DIR, "BG_CADDYFILE": paths.CADDYFILE}
+            "BG_ENV_DIR": paths.INSTANCE_ENV_DIR, "BG_CADDYFILE": paths.CADDYFILE, "BG_FRONT": front_addr}
 
 
 def switch(*, release_root: str, version: str, service: str, expect: str, health: dict[str, object],

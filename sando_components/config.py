@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .commands import front
 from .errors import ConfigError
 
 NAMESPACE = "sando"
@@ -507,11 +508,9 @@ class StackConfig(_Model):
         return re.sub(r"^https?://[^/]+", "", self.health_check.url) or "/"
 
     def plain_upstream(self, node: NodeConfig) -> str:
-        """host:port of the service as the plain unit serves it (the health URL's), what Caddy
-        reaches before the first blueGreen switch."""
-        m = re.match(r"^https?://([^/]+)", self.health_url(node))
-        host = m.group(1)
-        return host if ":" in host else host + (":443" if self.health_url(node).startswith("https") else ":80")
+        """blueGreen's front: 127.0.0.1 and the port the service's own unit serves on (the health
+        URL's): what Caddy dials, pointed at the live instance by sando's nft rule."""
+        return front(self.health_url(node))
 
     def batches(self) -> list[tuple[NodeConfig, ...]]:
         """The nodes in rollout batches, in config order."""

@@ -47,6 +47,8 @@ class CurrentPointer(pulumi.ComponentResource):
             {"node": node.name, "connection": args.connection, "privateKey": args.private_key,
              "releaseRoot": cfg.release_root, "service": cfg.service, "version": args.version, "commit": args.commit,
              "release": args.release_path, "releaseOutcome": args.release_outcome, "keepReleases": cfg.keep_releases,
+             # its node's host config step: a failed one is not switched over (the verdict says why)
+             "hostOutcome": args.bootstrap.host_config.outcome if args.bootstrap else None,
              "healthCheck": {"url": cfg.health_url(node), "timeoutSeconds": hc.timeout_seconds,
                         "intervalSeconds": hc.interval_seconds, "expectVersion": hc.expect_version,
                         # the site through Caddy too (health.sh); only when set: no diff for stacks without it

@@ -72,20 +72,42 @@ def interactive() -> bool:
 def _pulumi_on_a_terminal() -> bool:
     if os.environ.get("CI", "") not in ("", "0", "false") or os.environ.get("PULUMI_NON_INTERACTIVE") == "true":
         return False
+    found = _pulumi_process()
+    if found is None or b"--non-interactive" in found[1]:
+        return False
+    try:
+        return os.readlink(f"/proc/{found[0]}/fd/1").startswith(("/dev/pts/", "/dev/tty"))
+    except OSError:
+        return False
+
+
+def _pulumi_process() -> tuple[int, list[bytes]] | None:
+    """(pid, argv) of the pulumi CLI that started this provider, else None."""
     pid = os.getppid()
     for _ in range(5):  # the provider host, its launcher, the CLI
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 argv = fh.read().split(b"\0")
             if os.path.basename(argv[0].decode(errors="replace")) == "pulumi":
-                if b"--non-interactive" in argv:
-                    return False
-                return os.readlink(f"/proc/{pid}/fd/1").startswith(("/dev/pts/", "/dev/tty"))
+                return pid, argv
             with open(f"/proc/{pid}/stat") as fh:
                 pid = int(fh.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
-            return False
-    return False
+            return None
+    return None
+
+
+def skips_preview(argv: list[bytes] | None = None) -> bool:
+    """Whether this run is a `pulumi up --skip-preview` (as the Automation API runs it): its diffs are
+    the update's own, so a node's failure found there is recorded for the verdict, not raised (a raise
+    there ends the run before the program's outputs are recorded: they would show as deleted). In a
+    preview, or a plain `pulumi up` (which previews first), a diff's failure stops the run at once."""
+    if argv is None:
+        found = _pulumi_process()
+        argv = found[1] if found else []
+    short = [a for a in argv if a.startswith(b"-") and not a.startswith(b"--")]
+    return any(a in (b"up", b"update") for a in argv) and \
+        (any(a in (b"--skip-preview", b"--skip-preview=true") for a in argv) or any(b"f" in a for a in short))
 
 
 class Progress:

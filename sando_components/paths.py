@@ -23,12 +23,15 @@ HISTORY = f"{MANIFEST_DIR}/history"  # <release root>/.sando/history: one JSON l
 INSTANCE = f"{MANIFEST_DIR}/instance"  # blueGreen: the port of the live instance (<release root>/.sando/instance)
 INSTANCES = f"{MANIFEST_DIR}/instances"  # blueGreen: <port> -> ../../releases/<v>, the release each instance runs
 SWITCH_LOCK = f"{MANIFEST_DIR}/switch.lock"  # blueGreen: one switch at a time on a node
+FRONT_NFT = f"{MANIFEST_DIR}/front.nft"  # blueGreen: the nft ruleset pointing Caddy's upstream port at the live instance
+FRONT_UNIT = "/etc/systemd/system/sando-front.service"  # blueGreen: loads FRONT_NFT at boot, before Caddy
 
 # What the node-side scripts (sh/*.sh) call these: scripts.py sets them before every step.
 SCRIPT_PATHS = {
     "P_RELEASES": RELEASES, "P_CURRENT": CURRENT, "P_PREVIOUS": PREVIOUS, "P_STAGING_PREFIX": STAGING_PREFIX,
     "P_MANIFEST_DIR": MANIFEST_DIR, "P_MANIFEST": MANIFEST, "P_SUMS": SUMS, "P_FAILED": FAILED,
     "P_ERROR_PAGES": ERROR_PAGES, "P_INSTANCE": INSTANCE, "P_INSTANCES": INSTANCES, "P_SWITCH_LOCK": SWITCH_LOCK,
+    "P_FRONT_NFT": FRONT_NFT, "P_FRONT_UNIT": FRONT_UNIT,
 }
 # Pre-migration backups kept in the backup directory (the newest; older ones are removed).
 BACKUPS_KEPT = 10

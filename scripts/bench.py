@@ -230,7 +230,6 @@ def main() -> int:
         n16 = TestNodes(16, work / "nodes-16")
         m16 = TestNodes(16, work / "nodes-16-minimal")
         sets += [n1, n16, m16]
-        n64, m64 = (fleet_of(BIG, work / name, sets) for name in ("nodes-64", "nodes-64-minimal"))
         for s in (n16, m16):
             s.share_key()
         a, a_min, wan, wan_min, r, r_min = n1.nodes
@@ -245,16 +244,13 @@ def main() -> int:
         d_wan = Deploy(work, env, [wan], app)
         d_wan.set(nodes=[wan.config() | {"host": p_sando.host, "port": p_sando.port}])
         d_16 = Deploy(work, env, n16.nodes, app)
-        d_64 = Deploy(work, env, n64.nodes, app)
-        stacks += [d_a, d_wan, d_16, d_64]
+        stacks += [d_a, d_wan, d_16]
         for d in stacks:
             run_up(d)  # v1 everywhere: bootstrap and warm-up
         for n in (a_min, wan_min):
             bootstrap_minimal(n, work, env, app, "v1")
         bootstrap_minimal(m16.nodes, work, env, app, "v1")
-        bootstrap_minimal(m64.nodes, work, env, app, "v1")
         m_16 = [Minimal(n, work) for n in m16.nodes]
-        m_64 = [Minimal(n, work) for n in m64.nodes]
         empty = empty_program(work, env)
         empty.up(color="never")
         m_a, m_wan = Minimal(a_min, work), Minimal(wan_min, work, p_min.host, p_min.port)
@@ -284,6 +280,20 @@ def main() -> int:
             for n in (a, wan, *n16.nodes):
                 assert n.served()["version"] == v, (n.name, n.served())
 
+        # the large fleet boots only now, the 16-node sets stopped: 166 systemd instances booting
+        # beside running ones on 2 shared cores missed testnodes' boot timeout
+        for s in (n16, m16):
+            s.stop()
+            sets.remove(s)
+        stacks.remove(d_16)
+        t0 = time.monotonic()
+        n64, m64 = (fleet_of(BIG, work / name, sets) for name in ("nodes-64", "nodes-64-minimal"))
+        say(f"\n   started {2 * BIG} nodes in {time.monotonic() - t0:.1f}s")
+        d_64 = Deploy(work, env, n64.nodes, app)
+        stacks.append(d_64)
+        run_up(d_64)  # v1: bootstrap and warm-up, untimed
+        bootstrap_minimal(m64.nodes, work, env, app, "v1")
+        m_64 = [Minimal(n, work) for n in m64.nodes]
         say(f"\n== timed: {BIG} nodes (no-op, bump; with and without PULUMI_PARALLEL_DIFF, alternating)")
         ws64 = d_64.stack.workspace
         for i in range(RUNS):

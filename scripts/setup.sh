@@ -33,10 +33,11 @@ TOXIPROXY_VERSION=v2.5.0
 # postgresql + postgresql-client: tests/pg.py starts throwaway clusters for the
 # postgres:// state backend (README "Several operators"); Debian's own `main`
 # cluster on port 5432 is left alone. sudo: a local node run by a non-root operator (tests/e2e/test_local.py);
-# python3-venv: the system-python venv below.
+# python3-venv: the system-python venv below. nftables: sando:switch blueGreen's front (the
+# redirect of Caddy's upstream port to the live instance).
 apt_pkgs=(openssh-server openssh-client caddy sqlite3 curl git procps
   systemd dbus libpam-systemd cron iproute2 rsync zstd patch postgresql postgresql-client shellcheck socat
-  sudo python3-venv)
+  sudo python3-venv nftables)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -132,6 +132,7 @@ class NodeState:
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # failed release -> (when, why)
     arch: str = ""  # `uname -m` ("" = not read: nothing is checked)
     glibc: str = ""  # `getconf GNU_LIBC_VERSION` ("glibc 2.36"), "none" without glibc ("" = not read)
+    nft: bool | None = None  # nft is installed (blueGreen's front); None = not read
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -199,7 +200,8 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      instance_active=(inst or "").split(" ")[-1] in ("active", "reloading", "activating"),
                      failures=failures_of(report),
                      arch=(report.one("arch") or "").strip(),
-                     glibc=(report.one("glibc") or "").strip())
+                     glibc=(report.one("glibc") or "").strip(),
+                     nft={"yes": True, "no": False}.get(report.one("nft") or ""))
 
 
 _states: dict[tuple, NodeState] = {}
@@ -225,6 +227,40 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
             res = ssh.run(conn_of(props), command, check=False)
             _states[key] = parse_state(res.out, res.rc, node_of(props), props["releaseRoot"], res.err)
         return _states[key]
+
+
+# Nodes this run could not reach (their Reach resource's check found it in a run that skips its
+# preview, diagnostics.skips_preview): the node's other resources change nothing there, and its
+# pointer carries the message to the verdict, which says it once at the end (issue 19.3).
+_unreachable: dict[tuple, str] = {}
+
+
+def node_key(props: dict) -> tuple:
+    """One node of this run, as the providers' caches know it."""
+    return _state_key(props)
+
+
+def unreachable(props: dict) -> str | None:
+    """Why this run cannot reach the node (its Reach found so), else None."""
+    with _guard:
+        return _unreachable.get(_state_key(props))
+
+
+def mark_unreachable(props: dict, message: str, why: str = "not reached") -> None:
+    """Hold the node out of this run: `message` for the verdict, `why` for its resources' warnings
+    (not reached, or a pin sando:verifyAgainst refuses there: issue 22.1)."""
+    with _guard:
+        _unreachable[_state_key(props)] = message
+        _held_why[_state_key(props)] = why
+
+
+def held_why(props: dict) -> str:
+    """In the node's own warnings, why it is held out of this run (mark_unreachable)."""
+    with _guard:
+        return _held_why.get(_state_key(props), "not reached")
+
+
+_held_why: dict[tuple, str] = {}
 
 
 def prefetch(props: dict) -> None:

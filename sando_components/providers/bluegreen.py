@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import commands, paths, scripts
 from ..scripts import Report
 
-OUTCOMES = ("EX_BG_UNHEALTHY", "EX_BG_CADDY", "EX_BG_NO_IMPORT", "EX_BG_SETUP")
+OUTCOMES = ("EX_BG_UNHEALTHY", "EX_BG_CADDY", "EX_BG_NO_IMPORT", "EX_BG_SETUP", "EX_BG_FRONT")
 IMPORT_LINE = f"import {paths.UPSTREAM_FILE}"
 
 
@@ -21,7 +21,7 @@ def params(props: dict) -> dict[str, object] | None:
     if not enabled(props):
         return None
     return commands.blue_green_params(sw["ports"], sw["bindHost"], sw["bindEnv"], float(sw["drainSeconds"]),
-                                      sw["healthPath"], sw["warnPath"])
+                                      sw["healthPath"], sw["warnPath"], commands.front(props["healthCheck"]["url"]))
 
 
 def failure(props: dict, rc: int, report: Report, live: str | None) -> tuple[str, str] | None:
@@ -53,6 +53,10 @@ def failure(props: dict, rc: int, report: Report, live: str | None) -> tuple[str
         why = (report.all("caddy-failed") or ["?"])[-1]
         return (f"{node}: Caddy did not take the new upstream ({why}); {paths.UPSTREAM_FILE} is back, {version} "
                 f"({unit}) was stopped and {serves} (sando:switch)"), ""
+    if outcome == "EX_BG_FRONT":
+        why = (report.all("front-failed") or ["?"])[-1]
+        return (f"{node}: the front could not be moved to the new instance ({why}); {version} ({unit}) was "
+                f"stopped and {serves} (sando:switch)"), ""
     if outcome == "EX_BG_NO_IMPORT":
         return (f"{node}: {paths.CADDYFILE} does not import {paths.UPSTREAM_FILE}, so Caddy cannot be moved to the "
                 f"new instance; nothing changed for users and {serves}. Put the line `{IMPORT_LINE}` in place of "

@@ -18,6 +18,7 @@ import hashlib
 import io
 from datetime import datetime, timezone
 import tarfile
+import threading
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
@@ -25,7 +26,12 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public, say_auth_only
+from .base import (AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public,
+                   node_key, say_auth_only, unreachable)
+
+# the host step's outcomes that leave the node as it was (the live files and units unchanged or put
+# back): recorded as the node's outcome for the verdict, not a crash of the run
+OUTCOMES = ("EX_HOST_CHECK", "EX_HOST_RELOAD", "EX_HOST_HEALTH", "EX_HOST_INPUT", "EX_HOST_WARNING")
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
@@ -195,6 +201,8 @@ class HostConfigProvider(NodeProvider):
         return result
 
     def diff(self, _id, olds, news):
+        if unreachable(news):  # said once, by the node's pointer, at the end
+            return DiffResult(changes=False, replaces=[])
         state = node_state(news)
         node, files, old_files = node_of(news), files_of(news), files_of(olds)
         items = drift(news, state)
@@ -211,12 +219,20 @@ class HostConfigProvider(NodeProvider):
                             + " changed on the node (not as committed at sando:bootstrap.ref "
                               f"{news.get('ref')}); `pulumi up` puts the committed "
                             + ("copy" if len(by_hand) == 1 else "copies") + " back")
+        if not (olds.get("outcome") or {}).get("ok", True):
+            changes = True  # it failed last time: its update says where it stands now (the pointer reads it)
         down = caddy_down(news, state)
         if down:
             changes = True
             diagnostics.log("warning", f"{node}: {down}; `pulumi up` starts and enables it")
         if items:
-            self._check(news, items)
+            try:
+                self._check(news, items)
+            except OperatorError as exc:
+                if not diagnostics.skips_preview():
+                    raise  # a preview (or a plain up's) stops here, quoting the tool
+                with _lock:  # the update's own diff: the apply records it for the verdict
+                    _refused[node_key(news)] = str(exc)
         auth = changed(olds, news, AUTH)
         if auth and not changes:  # the outputs must carry the new credentials (refresh, delete)
             say_auth_only(news, auth)
@@ -241,8 +257,10 @@ class HostConfigProvider(NodeProvider):
         state = node_state(news)
         if not drift(news, state) and not caddy_down(news, state) and olds.get("owner") == news.get("owner") \
                 and not any(o and not o.get("ok") for o in news.get("after") or []):
+            failed_before = not (olds.get("outcome") or {}).get("ok", True)  # its failure is no longer the news
             return UpdateResult(outs={**public(news), "installed": olds.get("installed") or {},
-                                      "actions": olds.get("actions") or [], "heldBack": False})  # nothing to do
+                                      "actions": [] if failed_before else olds.get("actions") or [], "heldBack": False,
+                                      "outcome": {"ok": True, "node": node_of(news)}})  # nothing to do
         return UpdateResult(outs=self._apply(news, olds))
 
     def delete(self, _id, props):
@@ -263,7 +281,14 @@ class HostConfigProvider(NodeProvider):
             diagnostics.log("warning", f"{node}: host config not applied: an earlier rollout batch failed")
             return {**public(olds or props), **{k: props.get(k) for k in ("connection", "privateKey")},
                     "installed": olds.get("installed") or {}, "actions": ["held back: an earlier rollout batch failed"],
-                    "heldBack": True}
+                    "heldBack": True, "outcome": {"ok": True, "node": node, "heldBack": True}}
+        away = unreachable(props)
+        if away:
+            return self._failed(props, olds, away, read=False)
+        with _lock:
+            refused = _refused.pop(node_key(props), None)
+        if refused:  # its own tool refused a file in this run's diff: nothing was installed
+            return self._failed(props, olds, refused)
         state = node_state(props)
         token = props.get("token") if warning_step.params(props.get("warning"), props.get("token")) else None
         restart_unit = state.live == props.get("version")  # else the switch that follows restarts it
@@ -271,7 +296,9 @@ class HostConfigProvider(NodeProvider):
                       timeout=900 + 2 * float((props.get("healthCheck") or {}).get("timeoutSeconds") or 30)
                       + float((props.get("warning") or {}).get("seconds") or 0), check=False)
         report = scripts.Report.parse(res.out, node)
-        if res.rc != 0:
+        if res.rc != 0 and scripts.name_of(res.rc) in OUTCOMES:
+            return self._failed(props, olds, failure(props, res.rc, report, res.err))
+        if res.rc != 0:  # the step itself broke: where the node stands is unknown
             raise OperatorError(failure(props, res.rc, report, res.err))
         actions = _actions(props, report)
         for note in report.all("warning"):
@@ -282,7 +309,34 @@ class HostConfigProvider(NodeProvider):
         want = desired(props)
         return {**public(props), "installed": {item: {"path": f["path"], "sha256": want[f["path"]][0],
                                                       "mode": int(f["mode"])} for item, f in files_of(props).items()},
-                "actions": actions, "heldBack": False}
+                "actions": actions, "heldBack": False, "outcome": {"ok": True, "node": node}}
+
+    @staticmethod
+    def _failed(props: dict, olds: dict, message: str, read: bool = True) -> dict:
+        """This node's host config failed, and the node is as it was (the tool refused the file, or
+        the previous file is back): recorded instead of failing the run (issue 19.3), so every node's
+        outputs are recorded (a failed run's outputs must not look deleted) and the node's pointer
+        does not switch; the verdict says the message once, at the end. The outputs keep the files
+        the node really has (read again), the previous inputs' files (so the next run tries again and
+        its preview says what changed in the repo) and the failure in `actions`."""
+        node = node_of(props)
+        diagnostics.log("warning", f"{node}: host config not applied (the error at the end says why)")
+        installed = olds.get("installed") or {}
+        if read:
+            try:
+                have = node_state(props, fresh=True).host
+                installed = {item: _installed((have.files if have else {}).get(f["path"]), f["path"])
+                             for item, f in files_of(props).items()}
+            except OperatorError:
+                pass  # what the last run installed, then
+        kept = with_files(public(props), files_of(olds))
+        return {**kept, "owner": olds.get("owner") if olds else props.get("owner"), "installed": installed,
+                "actions": [f"failed: {message}"], "heldBack": False,
+                "outcome": {"ok": False, "node": node, "message": message}}
+
+
+_lock = threading.Lock()
+_refused: dict[tuple, str] = {}  # node -> the tool's refusal found by this run's diff (an up that skips its preview)
 
 
 def _installed(have, path: str) -> dict:
@@ -320,9 +374,10 @@ def _actions(props: dict, report: scripts.Report) -> list[str]:
 
 
 class HostConfig(NodeResource):
-    _provider_class, _output_names = HostConfigProvider, ("installed", "actions", "heldBack")
+    _provider_class, _output_names = HostConfigProvider, ("installed", "actions", "heldBack", "outcome")
     installed: pulumi.Output[dict]  # item -> {path, sha256, mode} as installed
     actions: pulumi.Output[list]  # what the last apply did (installed, reloaded, started, restarted ...)
+    outcome: pulumi.Output[dict]  # {ok, node, message}: a failure is not switched over (pointer.py), said by the verdict
 
     def __init__(self, name: str, props: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__(name, props, opts)

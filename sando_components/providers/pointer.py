@@ -27,7 +27,7 @@ from ..scripts import Report
 from ..transfer import NodeRelease
 from . import bluegreen, gate, warning
 from .base import (NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public,
-                   refresh_auth, releases_of, remember, say_auth_only)
+                   refresh_auth, releases_of, remember, say_auth_only, unreachable, held_why)
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", "switch",
           *AUTH]
@@ -53,13 +53,27 @@ def _iso(epoch: str | None) -> str | None:
 
 
 class PointerProvider(NodeProvider):
+    def check(self, olds, news):
+        result = super().check(olds, news)
+        if (bluegreen.enabled(news) and isinstance(news.get("connection"), dict)
+                and isinstance(news.get("releaseRoot"), str) and node_state(news).nft is False):
+            raise OperatorError(f"{node_of(news)}: sando:switch.strategy is blueGreen, whose switch moves an nft rule, "
+                                "but nft is not installed on the node: apt-get install nftables there, then run again")
+        return result
+
     def diff(self, _id, olds, news):
+        if unreachable(news):  # its update records that for the verdict (nothing runs on the node)
+            return DiffResult(changes=True, replaces=[])
         changes = changed(olds, news, INPUTS)
         if "switch" in changes and "switch" not in olds and not bluegreen.enabled(news):
             changes.remove("switch")  # state of a sando before issue 23: a restart switch is what it did
         if "version" in changes:  # issue 20.5 hook: a pin onto a version the database is ahead of
             ahead.warn_at_preview(news, olds)
         state = node_state(news)
+        if _host_failed(news):
+            changes.append("hostConfig")  # its host config failed in this run: its update says so for the verdict
+        elif not (olds.get("outcome") or {}).get("ok", True):
+            changes.append("outcome")  # it failed last time: its update says where it stands now
         if not changes:
             if state.live != news["version"]:
                 changes.append("version")  # `current` moved by hand: put it back
@@ -90,7 +104,8 @@ class PointerProvider(NodeProvider):
         return CreateResult(id_=f"{props['connection']['host']}:current", outs=self._apply(props, {}))
 
     def update(self, _id, olds, news):
-        if set(changed(olds, news, INPUTS)) <= set(AUTH) and self._as_it_was(news):
+        if not unreachable(news) and not _host_failed(news) and (olds.get("outcome") or {}).get("ok", True) \
+                and set(changed(olds, news, INPUTS)) <= set(AUTH) and self._as_it_was(news):
             return UpdateResult(outs=refresh_auth(olds, news))  # only the credentials: nothing to do on the node
         return UpdateResult(outs=self._apply(news, olds))
 
@@ -108,6 +123,11 @@ class PointerProvider(NodeProvider):
 
     def _apply(self, props: dict, olds: dict) -> dict:
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
+        away = unreachable(props)
+        if away:  # nothing known of the node in this run: its last recorded state stays, the verdict says why
+            diagnostics.log("warning", f"{node}: {held_why(props)}, nothing changed here (the error at the end says why)")
+            kept = public(olds) if olds else {**public(props), **dict.fromkeys(Pointer._output_names)}
+            return {**kept, "outcome": {"ok": False, "node": node, "message": away}}
         state = node_state(props)
         sent = props.get("releaseOutcome") or {}
         if sent.get("ok") is False:  # the upload failed: nothing to switch to; the verdict quotes the upload's error
@@ -117,6 +137,13 @@ class PointerProvider(NodeProvider):
         if any(not o.get("ok") for o in props.get("after") or [] if o):
             return self._outs(props, olds, state, health="held back: an earlier rollout batch failed",
                               outcome={"ok": False, "node": node, "heldBack": True})
+        host = props.get("hostOutcome") or {}
+        if host.get("ok") is False:  # the last good host config and release stay live; the verdict quotes the host step
+            diagnostics.log("warning", f"{node}: " + (f"{version} did not go live here" if state.live != version else
+                                                      "its host config was not applied")
+                            + " (the error at the end says why)")
+            return self._outs(props, olds, state, health="not checked: its host config failed",
+                              outcome={"ok": False, "node": node, "message": host.get("message") or "?"})
         rollout = props.get("rollout") or {}
         if state.live != version and rollout.get("batch") and rollout.get("pauseSeconds") and \
                 any((o or {}).get("node") in _switched for o in props.get("after") or []):
@@ -200,7 +227,9 @@ class PointerProvider(NodeProvider):
             "foreign": list(state.foreign),
             "pruned": report.all("pruned") if report else [],
             "restartWarning": status or olds.get("restartWarning") or "not sent: nothing restarted",
-            "migrations": gate.verdict(report or Report(()), (props.get("gate") or {}).get("names")),
+            # no switch ran (a failed upload or host config): what the last one found stands
+            "migrations": gate.verdict(report or Report(()), (props.get("gate") or {}).get("names"))
+            if report or not olds.get("migrations") else olds["migrations"],
             "outcome": outcome,
             # issue 20.2 hook: this run's switch record (sh/history.sh), else the last one's
             "lastDeploy": (history.last(report) if report else None) or olds.get("lastDeploy"),
@@ -328,7 +357,14 @@ class _Flight:
             what = (f"its switch to {self.version} goes on (this run waits for it; a second Ctrl-C leaves it to "
                     "the node, which stops before its restart warning)")
         diagnostics.log("warning", f"{self.node}: Ctrl-C does not stop this node: {what}. See the result with "
-                                   f"{status}", urn=self.progress.urn)
+                                   f"{status}; after a second Ctrl-C, `pulumi up --refresh` picks up where each node "
+                                   "stands", urn=self.progress.urn)
+
+
+def _host_failed(props: dict) -> bool:
+    """The node's host config failed in this run (unknown in a preview: not yet)."""
+    host = props.get("hostOutcome")
+    return isinstance(host, dict) and host.get("ok") is False
 
 
 def _hms(epoch: float) -> str:

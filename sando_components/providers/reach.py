@@ -10,25 +10,53 @@ from __future__ import annotations
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
+from .. import diagnostics
 from ..errors import OperatorError
-from .base import AUTH, NodeProvider, NodeResource, changed, node_of, node_state, public, say_auth_only
+from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_of, node_state, public,
+                   say_auth_only, unreachable)
 
 
 class ReachProvider(NodeProvider):
     def check(self, olds, news):
         result = super().check(olds, news)
         if isinstance(news.get("connection"), dict) and isinstance(news.get("releaseRoot"), str):
-            state = node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
-            refuse = news.get("refuse")
-            if isinstance(refuse, dict):  # a pin sando:verifyAgainst refuses (stack.expected_build, issue 22.1)
-                held = state.releases.get(refuse["version"])
-                if held is None or held.commit != refuse["commit"]:
-                    raise OperatorError(f"{node_of(news)}: {refuse['message']}")
+            try:
+                state = node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
+            except OperatorError as exc:
+                if not diagnostics.skips_preview():
+                    raise  # a preview (a plain up's too) stops here, said once for the node
+                # an up without a preview: a raise here would end the run before the program's outputs are
+                # recorded (they would show as deleted); the node's other resources change nothing, its
+                # pointer carries this to the verdict, which says it once at the end (issue 19.3)
+                mark_unreachable(news, str(exc))
+                diagnostics.log("warning", f"{news.get('node')}: not reached (the error at the end says why)")
+                return result
+            refused = self.refused(news, state)
+            if refused:
+                if not diagnostics.skips_preview():
+                    raise OperatorError(refused)  # a preview stops here: nothing built or sent
+                # an up without a preview: held out of this run as an unreached node is, said at the end
+                mark_unreachable(news, refused, "refused (sando:verifyAgainst)")
+                diagnostics.log("warning", f"{node_of(news)}: {news['refuse']['version']} refused here "
+                                           "(the error at the end says why)")
+        return result
+
+    @staticmethod
+    def refused(props: dict, state) -> str | None:
+        """A pin sando:verifyAgainst refuses (stack.expected_build, issue 22.1), unless the node holds
+        that release already (a rollback by pin: its bytes were checked when they shipped)."""
+        refuse = props.get("refuse")
+        if not isinstance(refuse, dict):
+            return None
+        held = state.releases.get(refuse["version"])
+        if held is not None and held.commit == refuse["commit"]:
+            return None
+        return f"{node_of(props)}: {refuse['message']}"
         return result
 
     def diff(self, _id, olds, news):
         changes = changed(olds, news, ["releaseRoot", "service", *AUTH])
-        if changes and set(changes) <= set(AUTH):
+        if changes and set(changes) <= set(AUTH) and not unreachable(news):
             say_auth_only(news, changes)
         return DiffResult(changes=bool(changes), replaces=[])
 

@@ -21,7 +21,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import build, commands, diagnostics, elf, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
-from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember, say_auth_only
+from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember, say_auth_only, unreachable
 
 MB = 1024
 
@@ -34,6 +34,8 @@ class ReleaseProvider(NodeProvider):
     DEFINING = ["version", "commit", "releaseRoot"]
 
     def diff(self, _id, olds, news):
+        if unreachable(news):  # said once, by the node's pointer, at the end
+            return DiffResult(changes=False, replaces=[])
         changes = changed(olds, news, [*self.DEFINING, *AUTH])
         if sorted(olds.get("binNames") or []) != sorted(news.get("binNames") or []):
             changes.append("binNames")
@@ -62,6 +64,9 @@ class ReleaseProvider(NodeProvider):
         goes on to record every node's outputs (a failed run's outputs must not look deleted) and
         the verdict says it once, at the end. A build failure is every node's: it fails here."""
         try:
+            away = unreachable(props)
+            if away:  # a first deploy of a node this run cannot reach: nothing built or sent for it
+                raise OperatorError(away)
             return {**self._ensure(props), "outcome": {"ok": True, "node": node_of(props)}}
         except build.BuildError:
             raise

@@ -2,20 +2,23 @@
 # The blueGreen switch (sando:switch.strategy blueGreen, issue 23), used by switch.sh when BG=1.
 # The service runs as instances of a template unit `SERVICE@PORT` (derived here from the installed
 # `SERVICE.service`: its binary under the instance's own link P_INSTANCES/PORT -> a release, its
-# port handed over through BG_BIND_ENV in an env file read after the unit's own). Caddy reaches
-# the live one through BG_UPSTREAM, the one Caddy file sando owns (the Caddyfile imports it);
-# P_INSTANCE holds the live instance's port (empty or missing: the plain unit SERVICE is live).
+# port handed over through BG_BIND_ENV in an env file read after the unit's own). Caddy dials the
+# front, BG_FRONT (127.0.0.1 and the port of the service's own unit), through BG_UPSTREAM, the one
+# Caddy file sando owns (the Caddyfile imports it; written once, then never changed); sando's nft
+# rule (table ip sando, P_FRONT_NFT, loaded at boot by P_FRONT_UNIT) redirects the front to the
+# live instance. P_INSTANCE holds the live instance's port (empty or missing: the plain unit).
 #
 # A switch: the new release starts as the idle instance while the old one serves; it is checked
 # on its own port (HEALTH_URL's path); only then the restart warning (the old instance's users),
-# the new upstream (caddy validate, `systemctl reload caddy`: graceful, in-flight requests on the
-# old instance finish; put back when it fails), `current` moves, the drain (BG_DRAIN seconds),
-# the old instance stops. The live instance is enabled at boot, the other is not. A new release
-# that fails its start or check is stopped: no user request ever reached it. A pending
-# destructive migration (even an allowed one) takes the restart path instead: the old instance
-# stops (after the warning) before the new one starts and migrates.
+# the front moves (one atomic `nft -f`: every new connection goes to the new instance, those in
+# flight finish on the old one; Caddy is not reloaded, so no connection to Caddy is ever dropped:
+# a Caddy reload on Linux resets connections still queued on its old listener), `current` moves,
+# the drain (BG_DRAIN seconds), the old instance stops. The live instance is enabled at boot, the
+# other is not. A new release that fails its start or check is stopped: no user request ever
+# reached it. A pending destructive migration (even an allowed one) takes the restart path
+# instead: the old instance stops (after the warning) before the new one starts and migrates.
 # params: BG BG_PORTS BG_HOST BG_BIND_ENV BG_DRAIN BG_HEALTH_PATH BG_WARN_PATH BG_UPSTREAM
-# params: BG_UNIT_DIR BG_ENV_DIR BG_CADDYFILE
+# params: BG_UNIT_DIR BG_ENV_DIR BG_CADDYFILE BG_FRONT
 # uses: health warning prune history
 
 # bg_lock: one switch at a time on this node (a re-run waits for an interrupted run still at work)
@@ -78,32 +81,85 @@ bg_env() {
   printf '%s=%s:%s\n' "$BG_BIND_ENV" "$BG_HOST" "$1" >"$_e.sando-tmp" && mv -f "$_e.sando-tmp" "$_e"
 }
 
-# bg_upstream_text ADDR: the upstream file's content
-bg_upstream_text() {
-  printf '# written by sando (sando:switch.strategy blueGreen): where Caddy sends %s requests.\n' "$BG_BASE"
-  printf '# The Caddyfile imports it; do not edit: sando rewrites it at each switch.\n'
-  printf 'reverse_proxy %s\n' "$1"
+# bg_front_text PORT: the nft ruleset redirecting the front to the instance on PORT ('' = none:
+# the plain unit, which listens on the front's port itself)
+bg_front_text() {
+  printf '# written by sando (sando:switch.strategy blueGreen): %s -> the live instance of %s\n' "$BG_FRONT" "$BG_BASE"
+  printf 'table ip sando\ndelete table ip sando\n'
+  [ -n "$1" ] || return 0
+  printf 'table ip sando {\n\tchain front {\n\t\ttype nat hook output priority -100; policy accept;\n'
+  printf '\t\tip daddr %s tcp dport %s redirect to :%s\n\t}\n}\n' "${BG_FRONT%:*}" "${BG_FRONT##*:}" "$1"
 }
 
-# bg_write_upstream ADDR: the upstream file, atomically
-bg_write_upstream() {
-  _t=$(mktemp "$(dirname "$BG_UPSTREAM")/.sando-new.XXXXXX") || return 1
-  bg_upstream_text "$1" >"$_t" && chmod 0644 "$_t" && mv -f "$_t" "$BG_UPSTREAM"
+# bg_front_unit: the unit that loads P_FRONT_NFT at boot, before Caddy (an nft ruleset does not
+# survive a reboot), installed and enabled when it differs
+bg_front_unit() {
+  _nft=$(command -v nft)
+  _t=$(mktemp "$BG_UNIT_DIR/.sando-new.XXXXXX") || return 1
+  {
+    printf '[Unit]\nDescription=sando: %s to the live instance of %s (sando:switch blueGreen)\n' "$BG_FRONT" "$BG_BASE"
+    printf 'Before=caddy.service\nConditionPathExists=%s\n\n' "$RELEASE_ROOT/$P_FRONT_NFT"
+    printf '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=%s -f "%s"\n\n' "$_nft" "$RELEASE_ROOT/$P_FRONT_NFT"
+    printf '[Install]\nWantedBy=multi-user.target\n'
+  } >"$_t"
+  chmod 0644 "$_t"
+  if cmp -s "$_t" "$P_FRONT_UNIT"; then
+    rm -f "$_t"
+  else
+    mv -f "$_t" "$P_FRONT_UNIT" && systemctl daemon-reload
+  fi
+  systemctl is-enabled --quiet "${P_FRONT_UNIT##*/}" 2>/dev/null || systemctl enable --quiet "${P_FRONT_UNIT##*/}"
 }
 
-# bg_caddy PORT: Caddy to the instance on PORT: the new upstream file, checked (caddy validate;
-# the Caddyfile must import it: `caddy adapt` then dials the new address), `systemctl reload
-# caddy`; on any failure the previous file is back (and Caddy reloaded with it). Returns 1
-# (Caddy failed) or 2 (the Caddyfile does not import the file).
+# bg_front PORT: the front to the instance on PORT ('' = the plain unit): one atomic `nft -f`
+# (new connections go there at once; established ones stay where they are), kept for the boot
+bg_front() {
+  if ! command -v nft >/dev/null 2>&1; then
+    report front-failed "nft is not installed on the node (apt-get install nftables)"
+    return 1
+  fi
+  mkdir -p "$P_MANIFEST_DIR"
+  if ! bg_front_text "$1" >"$P_FRONT_NFT.sando-tmp" || ! mv -f "$P_FRONT_NFT.sando-tmp" "$P_FRONT_NFT"; then
+    report front-failed "cannot write $P_FRONT_NFT"
+    return 1
+  fi
+  if ! _out=$(nft -f "$P_FRONT_NFT" 2>&1); then
+    report front-failed "nft -f $P_FRONT_NFT: $(printf '%s' "$_out" | head -c 300)"
+    return 1
+  fi
+  bg_front_unit || {
+    report front-failed "cannot install $P_FRONT_UNIT"
+    return 1
+  }
+  report front "$BG_FRONT ${1:-plain}"
+}
+
+# bg_front_off: blueGreen turned off (the restart strategy): no redirect, no boot unit, no file
+bg_front_off() {
+  nft delete table ip sando 2>/dev/null
+  systemctl disable --quiet "${P_FRONT_UNIT##*/}" 2>/dev/null
+  rm -f "$P_FRONT_UNIT" "$P_FRONT_NFT"
+  report front-off "$P_FRONT_NFT"
+}
+
+# bg_caddy: Caddy dials the front through BG_UPSTREAM. Already so (every switch but the first
+# after an earlier sando wrote a per-instance file): nothing to do, Caddy is not reloaded. Else
+# the file is written, checked (caddy validate; the Caddyfile must import it: `caddy adapt`
+# then dials the front), Caddy reloaded once; on any failure the previous file is back (and
+# Caddy reloaded with it). Returns 1 (Caddy failed) or 2 (the Caddyfile does not import the file).
 bg_caddy() {
-  _addr=$BG_HOST:$1
+  _addr=$BG_FRONT
+  if [ -f "$BG_UPSTREAM" ] && [ "$(cat "$BG_UPSTREAM")" = "$(upstream_text "$BG_BASE" "$_addr")" ]; then
+    return 0
+  fi
   _prev=$(mktemp) || return 1
   _had=''
   if [ -f "$BG_UPSTREAM" ]; then cp -p "$BG_UPSTREAM" "$_prev" && _had=1; fi
-  bg_write_upstream "$_addr" || {
+  if ! _t=$(mktemp "$(dirname "$BG_UPSTREAM")/.sando-new.XXXXXX") || ! upstream_text "$BG_BASE" "$_addr" >"$_t" ||
+    ! chmod 0644 "$_t" || ! mv -f "$_t" "$BG_UPSTREAM"; then
     report caddy-failed "cannot write $BG_UPSTREAM"
     return 1
-  }
+  fi
   _r=0
   if ! _out=$(caddy validate --adapter caddyfile --config "$BG_CADDYFILE" 2>&1); then
     report caddy-failed "caddy validate: $(printf '%s' "$_out" | grep -iE 'error' | tail -n 2 | head -c 400)"
@@ -165,6 +221,10 @@ bg_live() {
   if [ -n "$_lp" ] && [ "$(readlink "$P_INSTANCES/$_lp" 2>/dev/null)" = "../../${target:-}" ] &&
     systemctl is-active --quiet "$BG_BASE@$_lp"; then
     bg_check "$_lp" "$BG_BASE@$_lp" || exit "$EX_LIVE_UNHEALTHY"
+    bg_front "$_lp" || exit "$EX_BG_FRONT"
+    bg_caddy
+    _c=$?
+    if [ "$_c" = 2 ]; then exit "$EX_BG_NO_IMPORT"; elif [ "$_c" != 0 ]; then exit "$EX_BG_CADDY"; fi
     bg_only_live "$_lp"
     healthy
   fi
@@ -227,9 +287,15 @@ bg_switch() {
     exit "$EX_BG_UNHEALTHY"
   fi
   if [ -z "$stop_first" ] && [ -n "$old_active" ]; then bg_warn; fi
-  bg_caddy "$new"
+  if ! bg_front "$new"; then
+    bg_front "$old" >/dev/null
+    bg_undo
+    exit "$EX_BG_FRONT"
+  fi
+  bg_caddy
   _c=$?
   if [ "$_c" != 0 ]; then
+    bg_front "$old" >/dev/null
     bg_undo
     if [ "$_c" = 2 ]; then exit "$EX_BG_NO_IMPORT"; fi
     exit "$EX_BG_CADDY"

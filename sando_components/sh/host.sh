@@ -26,9 +26,9 @@
 #   HEALTH_TIMEOUT  seconds; HEALTH_INTERVAL seconds
 #   WARN_URL WARN_SECONDS WARN_ABORT   the restart warning before a unit restart (WARN_SECONDS 0: none)
 #   PREV_DIR        where the previous copy of each replaced file is kept
-#   UPSTREAM        blueGreen (sando:switch): the upstream file the Caddyfile imports (made, pointing
-#                   at UPSTREAM_DEFAULT, host:port of the service's own unit, when it does not exist
-#                   yet: the switch moves it), or empty
+#   UPSTREAM        blueGreen (sando:switch): the upstream file the Caddyfile imports (made when it
+#                   does not exist yet: Caddy dials UPSTREAM_DEFAULT, 127.0.0.1 and the port of the
+#                   service's own unit, which the switch points at the live instance), or empty
 
 # the bearer header line comes first on stdin, the tar after it
 AUTH=''
@@ -110,11 +110,6 @@ interpreter() { # the shell that runs a script (its #! line): bash or sh
   esac
 }
 
-upstream_text() { # the first upstream file (blueGreen): the service's own unit, until the first switch
-  printf '# written by sando (sando:switch.strategy blueGreen): where Caddy sends %s requests.\n' "$SERVICE"
-  printf '# The Caddyfile imports it; do not edit: sando rewrites it at each switch.\n'
-  printf 'reverse_proxy %s\n' "$UPSTREAM_DEFAULT"
-}
 
 check_staged() { # ITEM SOURCE: the checks that need no live file
   out="$STAGE/.check-$1"
@@ -126,7 +121,7 @@ check_staged() { # ITEM SOURCE: the checks that need no live file
       fi
       _cfg=$STAGE/$1
       if [ -n "$UPSTREAM" ] && [ ! -f "$UPSTREAM" ]; then # checked as it will be: with the upstream file made
-        upstream_text >"$STAGE/.upstream"
+        upstream_text "$SERVICE" "$UPSTREAM_DEFAULT" >"$STAGE/.upstream"
         sed "s|$UPSTREAM|$STAGE/.upstream|g" "$STAGE/$1" >"$STAGE/.caddyfile-check"
         _cfg=$STAGE/.caddyfile-check
       fi
@@ -169,7 +164,7 @@ fi
 mkdir -p "$PREV_DIR"
 chmod 0700 "$PREV_DIR"
 if [ -n "$UPSTREAM" ] && [ ! -f "$UPSTREAM" ]; then
-  (umask 022 && mkdir -p "$(dirname "$UPSTREAM")" && upstream_text >"$UPSTREAM.sando-tmp" &&
+  (umask 022 && mkdir -p "$(dirname "$UPSTREAM")" && upstream_text "$SERVICE" "$UPSTREAM_DEFAULT" >"$UPSTREAM.sando-tmp" &&
     mv -f "$UPSTREAM.sando-tmp" "$UPSTREAM") && report upstream-made "$UPSTREAM $UPSTREAM_DEFAULT"
 fi
 if [ -n "$OWNER" ]; then chown -R "$OWNER" "$RELEASE_ROOT"; fi

@@ -98,3 +98,14 @@ live_instance() {
 on_port() {
   printf '%s' "$1" | sed "s|^\(https*://\)[^/]*|\1127.0.0.1:$2|"
 }
+
+# upstream_text SERVICE ADDR: the one Caddy file sando owns (blueGreen, issue 23): Caddy dials ADDR,
+# the front (127.0.0.1 and the port of the service's own unit), which sando's nft rule points at
+# the live instance (bluegreen.sh's bg_front), so a switch never reloads Caddy. No keep-alive to
+# the app: each request dials anew, so a switch moves every new request at once.
+upstream_text() {
+  printf '# written by sando (sando:switch.strategy blueGreen): where Caddy sends %s requests.\n' "$1"
+  printf '# The Caddyfile imports it; do not edit. %s is pointed at the live instance by sando\n' "$2"
+  printf "# (nft table ip sando, loaded at boot by %s).\n" "$P_FRONT_UNIT"
+  printf 'reverse_proxy %s {\n\ttransport http {\n\t\tkeepalive off\n\t}\n}\n' "$2"
+}

@@ -30,3 +30,4 @@ EX_BG_UNHEALTHY=80  # blueGreen: the new instance failed its start or health che
 EX_BG_CADDY=81  # blueGreen: Caddy did not take the new upstream; the upstream file is back, the old instance serves
 EX_BG_NO_IMPORT=82  # blueGreen: the Caddyfile does not import sando's upstream file; nothing changed for users
 EX_BG_SETUP=83  # blueGreen: the instances could not be set up (no installed unit, another switch running)
+EX_BG_FRONT=84  # blueGreen: the front (nft redirect) could not be moved to the new instance; the old instance serves

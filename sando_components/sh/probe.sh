@@ -14,6 +14,7 @@ read_service() {
 # --- tools sando can use --------------------------------------------------------------------------
 read_tools() {
   if command -v zstd >/dev/null 2>&1; then report zstd yes; else report zstd no; fi
+  if command -v nft >/dev/null 2>&1; then report nft yes; else report nft no; fi # blueGreen's front
 }
 
 # --- what a binary needs of the node (issue 22.2): its machine and its C library ------------------

@@ -17,7 +17,7 @@
 #   text REL BASE64            REL holds the decoded text (a local node's sums and manifest)
 
 cd -- "$RELEASE_ROOT" || fail "$EX_NO_ROOT" error "cannot enter the release root $RELEASE_ROOT"
-[ -d "$P_RELEASES" ] || mkdir -m 0755 -- "$P_RELEASES" || exit
+(umask 022 && mkdir -p -- "$P_RELEASES") || exit # -p: a first deploy's host step may make it at the same time
 find "$P_RELEASES" -mindepth 1 -maxdepth 1 -type d -name "$P_STAGING_PREFIX*" -exec rm -rf {} +
 final=$P_RELEASES/$VERSION
 if [ -e "$final" ] || [ -L "$final" ]; then fail "$EX_EXISTS" exists "$VERSION"; fi

@@ -52,6 +52,7 @@ if [ "$live" = "$target" ]; then
   # outputs say what that run did, not stale values (issue 19.9)
   if [ -n "$H_FILE" ] && [ -f "$H_FILE" ]; then report history-last "$(tail -n 1 -- "$H_FILE")"; fi
   if [ "$BG" = 1 ]; then bg_live; fi
+  if [ -f "$P_FRONT_NFT" ]; then bg_front_off; fi # blueGreen turned off: Caddy reaches the plain unit again
   if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
   health "$EXPECT" || exit "$EX_LIVE_UNHEALTHY"
   healthy
@@ -72,6 +73,7 @@ relink "$P_CURRENT" "$target"
 relink "$P_ERROR_PAGES" "$P_CURRENT/$P_ERROR_PAGES"
 if [ -n "$live" ]; then relink "$P_PREVIOUS" "$live"; fi
 report switched "$(date +%s)"
+if [ -f "$P_FRONT_NFT" ]; then bg_front_off; fi # blueGreen turned off: Caddy reaches the plain unit again
 restart
 if [ "$rc" = 0 ] && health "$EXPECT"; then
   sando_history ok

@@ -1,12 +1,14 @@
 """sando:switch.strategy blueGreen (issue 23) on real-systemd nodes through the real engine: the
 new release starts beside the old one on the idle port, is checked there, and takes traffic only
-when healthy (Caddy's upstream moves by a graceful reload); users through Caddy see no failed
-request, also when the new release crashes at start, hangs, or Caddy's reload fails."""
+when healthy (sando's nft rule moves Caddy's upstream port, the front, to it: Caddy is never
+reloaded by a switch); users through Caddy see no failed request, also when the new release
+crashes at start, hangs, or the one Caddy reload (an earlier sando's upstream file) fails."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -95,9 +97,16 @@ def enabled(node, unit: str) -> str:
 
 
 def live_port(node) -> str:
-    text = node.path(UPSTREAM).read_text()
-    (line,) = [x for x in text.splitlines() if x.startswith("reverse_proxy ")]
-    return line.split(":")[-1]
+    """The port the front (Caddy's upstream, 127.0.0.1:3000) is redirected to, as the kernel has it;
+    Caddy itself dials the front, through the upstream file."""
+    assert "reverse_proxy 127.0.0.1:3000 {" in node.path(UPSTREAM).read_text()
+    (port,) = re.findall(r"tcp dport 3000 redirect to :(\d+)", sh(node, "nft list table ip sando"))
+    return port
+
+
+def caddy_reloads(node) -> int:
+    return sum(1 for e in node._pid1_entries() if e.get("UNIT") == "caddy.service"
+               and (e.get("MESSAGE") or "").startswith("Reloading"))
 
 
 def assert_only_live(node, port: str, version: str) -> None:
@@ -136,11 +145,23 @@ def test_preview_names_the_missing_import(make_nodes, make_deploy, app):
     assert not node.path(UPSTREAM).exists()  # nothing changed on the node
 
 
+def test_preview_names_a_node_without_nft(make_nodes, make_deploy, repo):
+    (node,) = make_nodes(1)
+    node.exec("sh", "-c", "mv /usr/sbin/nft /usr/sbin/nft.hidden", check=True)
+    d = make_deploy([node], repo=repo, switch=BLUE_GREEN)
+    with pytest.raises(Exception) as err:
+        run_preview(d)
+    assert ("node1: sando:switch.strategy is blueGreen, whose switch moves an nft rule, but nft is not installed on "
+            "the node: apt-get install nftables there, then run again") in str(err.value)
+    assert not (node.release_root / "current").exists()
+
+
 def test_bumps_through_caddy_fail_no_request(bg_deploy):
     """v1 -> v2 -> v3 (3 s to start) -> rollback by pin to v2, a poller through Caddy every 10 ms:
     not one failed request; the instances alternate, only the live one runs and starts at boot."""
     node, d = bg_deploy(healthCheck={"timeoutSeconds": 20, "intervalSeconds": 0.2, "expectVersion": True})
     assert_only_live(node, "3001", "v1")
+    reloads = caddy_reloads(node)
     poller = polling(node)
     try:
         d.set(version="v2")
@@ -156,6 +177,7 @@ def test_bumps_through_caddy_fail_no_request(bg_deploy):
         poller.stop()
     assert poller.failures == [], poller.failures[:5]
     assert poller.requests > 100 and {"v1", "v2", "v3"} <= poller.versions
+    assert caddy_reloads(node) == reloads  # a Caddy reload resets connections queued on its old listener
     assert os.readlink(node.release_root / "current") == "releases/v2"
     assert os.readlink(node.release_root / "previous") == "releases/v3"
     out = d.node_out(node)
@@ -164,7 +186,7 @@ def test_bumps_through_caddy_fail_no_request(bg_deploy):
     assert changed == {}
 
 
-def _fails_unseen(node, d, version: str, **config) -> list[str]:
+def _fails_unseen(node, d, version: str, legacy: bool = False, **config) -> list[str]:
     poller = polling(node)
     try:
         d.set(version=version, **config)
@@ -173,7 +195,11 @@ def _fails_unseen(node, d, version: str, **config) -> list[str]:
         poller.stop()
     assert poller.failures == [], poller.failures[:5]
     assert poller.versions == {"v1"}  # users never reached the new release
-    assert_only_live(node, "3001", "v1")
+    if not legacy:
+        assert_only_live(node, "3001", "v1")
+    else:  # Caddy still dials 3001 itself; the front is back on it too
+        assert re.findall(r"redirect to :(\d+)", sh(node, "nft list table ip sando")) == ["3001"]
+        assert active(node, "makenotwork@3002") != "active" and node.served(node.caddyUrl)["version"] == "v1"
     assert os.readlink(node.release_root / "current") == "releases/v1"
     return errors
 
@@ -199,14 +225,27 @@ def test_new_instance_hangs_before_healthy(bg_deploy):
 
 
 def test_caddy_reload_fails(bg_deploy):
+    """A switch does not need Caddy: with Caddy's reload broken, a bump goes through. The one reload
+    left, an earlier sando's per-instance upstream file moved to the front, fails: the file is
+    back, the front and the new instance undone, v1 still serves; fixed, the re-run converges."""
     node, d = bg_deploy()
-    before = node.path(UPSTREAM).read_text()
     node.unit_dropin("broken-reload", "[Service]\nExecReload=\nExecReload=/bin/false", unit="caddy")
-    (error,) = _fails_unseen(node, d, "v2")
+    d.set(version="v2")
+    run_up(d)
+    assert_only_live(node, "3002", "v2")
+    d.set(version="v1")  # back to v1 (3001), as an earlier sando left it: Caddy dialing 3001 itself
+    run_up(d)
+    legacy = ("# written by sando (sando:switch.strategy blueGreen): where Caddy sends makenotwork requests.\n"
+              "reverse_proxy 127.0.0.1:3001\n")
+    node.path(UPSTREAM).write_text(legacy)
+    node.unit_dropin("", "", unit="caddy")
+    node.exec("systemctl", "reload", "caddy", check=True)
+    node.unit_dropin("broken-reload", "[Service]\nExecReload=\nExecReload=/bin/false", unit="caddy")
+    (error,) = _fails_unseen(node, d, "v2", legacy=True)
     assert error.startswith("node1: Caddy did not take the new upstream (systemctl reload caddy: "), error
     assert error.endswith(f"{UPSTREAM} is back, v2 (makenotwork@3002.service) was stopped and v1 still serves "
                           "(sando:switch)"), error
-    assert node.path(UPSTREAM).read_text() == before
+    assert node.path(UPSTREAM).read_text() == legacy
     node.unit_dropin("", "", unit="caddy")
     run_up(d)  # Caddy reloads again: the deploy goes through
     assert_only_live(node, "3002", "v2")
@@ -237,8 +276,9 @@ def test_ctrl_c_between_start_and_switch(bg_deploy):
 
 
 def test_systemd_restarted_after_a_blue_green_deploy(bg_deploy):
-    """The node's systemd re-executed and every unit stopped and started as at boot: the live
-    instance comes back on its port (the other one and the plain unit stay down)."""
+    """The node's systemd re-executed, every unit stopped and started as at boot, the kernel's nft
+    rules gone: the live instance comes back on its port, the front is pointed at it again before
+    Caddy starts (the other instance and the plain unit stay down)."""
     node, d = bg_deploy()
     d.set(version="v2")
     run_up(d)
@@ -247,6 +287,7 @@ def test_systemd_restarted_after_a_blue_green_deploy(bg_deploy):
                           "> /etc/systemd/system/sando-test-down.target && systemctl daemon-reexec && "
                           "systemctl isolate sando-test-down.target", check=True)
     assert active(node, "makenotwork@3002") != "active" and active(node, "caddy") != "active"
+    node.exec("nft", "flush", "ruleset", check=True)  # as a reboot does: the kernel keeps no rule
     node.exec("systemctl", "isolate", "multi-user.target", check=True)
     wait_for(lambda: active(node, "makenotwork@3002") == "active" and active(node, "caddy") == "active", timeout=30)
     wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
@@ -319,6 +360,11 @@ def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_p
     assert os.readlink(node.release_root / "current") == "releases/v1"
     _, changed = run_up(d)
     assert changed == {}
+    d.set(switch={"strategy": "restart"})  # and off again: Caddy reaches the plain unit, no rule left
+    run_up(d)
+    assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0
+    assert not node.path("/etc/systemd/system/sando-front.service").exists()
+    assert active(node, "makenotwork") == "active" and node.served(node.caddyUrl)["version"] == "v1"
 
 
 def test_sando_status_and_restart_see_the_live_instance(bg_deploy, sando):

@@ -541,12 +541,19 @@ def test_a_manual_pin_is_checked_against_the_stack_it_must_match(make_nodes, mak
     prod.set(version="v4")
     res = prod.cli(["preview"], check=False, env={"SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"})
     assert res.returncode != 0
-    assert prod.errors(res.stdout + res.stderr) == [
+    refusal = (
         f"node2: sando:version v4 ({repo.commit('v4')[:12]}) is not what {testnot.name} runs (sando:verifyAgainst: "
         f"{testnot.name}; {testnot.name} runs v3 ({repo.commit('v3')[:12]}) on node1) and this node does not hold "
         f"it; nothing was sent: deploy it to {testnot.name} first, then `sando promote --from {testnot.name} --to "
-        f"{prod.name}`"], res.stdout + res.stderr
+        f"{prod.name}`")
+    assert prod.errors(res.stdout + res.stderr) == [refusal], res.stdout + res.stderr
     assert not (cache_b / "builds" / repo.commit("v4")).exists()  # not even built
+    # an up that skips its preview (the Automation API): the same words, once; the outputs still recorded
+    text = prod.up_fails()
+    assert prod.errors(text) == [refusal], text[text.find("Diagnostics"):][:3000]
+    assert "warning: node2: v4 refused here" in text
+    assert prod.node_out(p_node)["liveVersion"] == "v2" and p_node.served()["version"] == "v2"
+    assert not (p_node.release_root / "releases" / "v4").exists() and not (cache_b / "builds" / repo.commit("v4")).exists()
 
     # a rollback by pin to a release prod holds (its bytes were checked when it shipped): deployed
     prod.set(version="v1")

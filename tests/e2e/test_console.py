@@ -5,6 +5,7 @@ a success; the outputs still say where each node stands."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -123,10 +124,13 @@ def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_d
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # the second: pulumi stops at once, the switch in flight
-    proc.communicate(timeout=60)
+    stopped = proc.communicate(timeout=60)[0]
+    assert "after a second Ctrl-C, `pulumi up --refresh` picks up where each node stands" in stopped, stopped
     wait_for(lambda: node.served()["version"] == "v3", timeout=30)  # the node went on by itself
     d.cli(["cancel", "--yes"], check=False)  # the hard stop may leave the stack's lock
-    d.cli(["up", "--yes"])
+    again = d.cli(["up", "--yes", "--refresh"])  # as the Ctrl-C line says (issue 19.6)
+    assert "pending operations" not in again.stdout + again.stderr, again.stdout  # Pulumi's generic text
+    assert "interrupted while updating" not in again.stdout + again.stderr
     out = d.node_out(node)
     assert (out["liveVersion"], out["previousVersion"]) == ("v3", "v1")
     last = out["lastDeploy"]
@@ -160,7 +164,8 @@ def test_ctrl_c_during_the_restart_warning_says_what_goes_on(make_nodes, make_de
     at = re.search(r"; restart warning sent; restarting at (\d\d:\d\d:\d\d) UTC$", status[0]).group(1)
     assert _diagnostics(out, "node1") == [
         f"warning: node1: Ctrl-C does not stop this node: the restart warning is out, so it switches to v3 at {at} UTC "
-        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`"]
+        f"and checks its health on its own, whatever happens to this run. See the result with `sando status {d.name}`; "
+        "after a second Ctrl-C, `pulumi up --refresh` picks up where each node stands"]
     for step in ("building v3: ", "sending v3: "):  # at most one line per step in a log (besides its done line)
         assert sum(step in line and " updating (" in line for line in out.splitlines()) <= 1, out
     wait_for(lambda: node.served()["version"] == "v3", timeout=30)
@@ -246,3 +251,95 @@ def test_a_failed_upload_is_said_once_and_the_outputs_do_not_look_deleted(make_n
     node1.exec("rm", "-f", f"{releases_dir}/.filler", check=True)
     d.cli(["up", "--yes"])  # the fix: a re-run sends it and switches
     assert node1.served()["version"] == "v3"
+
+
+def _branch(repo: AppRepo, name: str, rel: str, edit) -> str:
+    """A branch of the repo with one host file edited (main stays as it is); its commit."""
+    repo.git("checkout", "-q", "-b", name, "main")
+    path = repo.path / rel
+    path.write_text(edit(path.read_text()))
+    repo.git("commit", "-q", "-am", name)
+    repo.git("checkout", "-q", "main")
+    return repo.commit(name)
+
+
+def _outputs_section(out: str) -> str:
+    assert "\nOutputs:" in out, out
+    return out.split("\nOutputs:")[-1].split("\nResources:", 1)[0]
+
+
+def test_a_failed_host_step_or_an_unreachable_node_is_said_once(make_nodes, make_deploy, repo):
+    """Issue 19.3: a node whose host config fails (a Caddyfile put back after its reload, a unit
+    `systemd-analyze verify` refuses in an up that skips its preview) or that cannot be reached in
+    such an up: its failure is said once, at the end, in its own words; its lines carry a warning
+    instead of reading as a success; its pointer does not switch (the last good release and host
+    config stay live); the run's outputs are not shown as deleted and say where the node stands."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo, healthCheck={"timeoutSeconds": 5, "intervalSeconds": 0.2,
+                                                    "expectVersion": True, "caddyUrl": node.caddyUrl})
+    d.cli(["up", "--yes"])
+    good = node.path("/etc/caddy/Caddyfile").read_text()
+    typo = _branch(repo, "host-typo", "server/deploy/Caddyfile",
+                   lambda t: t.replace("{$MNW_UPSTREAM:127.0.0.1:3000}", "{$MNW_UPSTREAM:127.0.0.1:3001}"))
+    _branch(repo, "host-bogus", "server/deploy/makenotwork.service", lambda t: t.replace("Type=simple", "Type=bogus"))
+
+    def said_once(out: str, words: str) -> str:
+        update = out.split("\nUpdating (", 1)[-1]  # the preview's Diagnostics are its notes
+        (msg,) = d.errors(update)
+        assert words in msg, out
+        console = update.replace(_outputs_section(out), "")  # the outputs say it too: the node's hostConfig
+        assert sum(line.count(words) for line in console.splitlines()) == 1, out  # once, in the Diagnostics
+        assert "error: the deploy failed on node1:" in out
+        assert not re.search(r"^  - ", _outputs_section(out), re.M), out  # no output looks deleted
+        return msg
+
+    def lines(out: str, name: str) -> list[str]:
+        return [line for line in out.split("Updating (", 1)[1].splitlines() if f"{name} updated" in line]
+
+    # 1. a plain up: Caddy takes the new Caddyfile but the site through it fails: put back, v3 not switched to
+    d.set(version="v3", bootstrap={"ref": "host-typo"})
+    out = up(d)
+    msg = said_once(out, "was not taken")
+    assert msg == (f"node1: server/deploy/Caddyfile -> /etc/caddy/Caddyfile at sando:bootstrap.ref host-typo "
+                   f"({typo[:12]}) was not taken: the site through Caddy ({node.caddyUrl}) is not healthy with the new "
+                   "Caddyfile; the previous /etc/caddy/Caddyfile is back"), msg
+    for name, warning in (("node1-host", "host config not applied"), ("node1-current-switch", "v3 did not go live here")):
+        done = lines(out, name)
+        assert done and all(f"warning: node1: {warning} (the error at the end says why)" in line for line in done), out
+    assert "~ nodes" in _outputs_section(out)
+    outs = d.node_out(node)
+    assert (outs["liveVersion"], outs["health"]) == ("v1", "not checked: its host config failed")
+    assert outs["hostConfig"]["actions"] == [f"failed: {msg}"]
+    assert outs["hostConfig"]["files"]["caddyfile"]["sha256"] == hashlib.sha256(good.encode()).hexdigest()
+    assert node.path("/etc/caddy/Caddyfile").read_text() == good and node.served()["version"] == "v1"
+
+    # 2. an up that skips its preview: the unit systemd-analyze refuses, found by the update's own diff
+    d.set(bootstrap={"ref": "host-bogus"})
+    res = d.cli(["up", "--yes", "--skip-preview"], check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert said_once(out, "fails systemd-analyze verify").startswith(
+        "node1: server/deploy/makenotwork.service -> /etc/systemd/system/makenotwork.service at sando:bootstrap.ref "
+        "host-bogus"), out
+    assert "Type=simple" in node.path("/etc/systemd/system/makenotwork.service").read_text()
+    assert node.served()["version"] == "v1"
+
+    # 3. the node cannot be reached, in an up that skips its preview: said once, its outputs stay
+    d.set(nodes=[node.config() | {"port": 2222}])  # nothing listens there
+    res = d.cli(["up", "--yes", "--skip-preview"], check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert said_once(out, "cannot connect") == (
+        f"node1 (root@{node.host}:2222): cannot connect: Connection refused (check the node's host and port in "
+        "sando:nodes and that sshd runs there)")
+    assert "Resource monitor has terminated" not in out
+    for name, warning in (("node1-reach", "not reached"), ("node1-current-switch", "not reached, nothing changed here")):
+        assert [line for line in out.splitlines() if f"{name} " in line and f"warning: node1: {warning} (the error at "
+                "the end says why)" in line], out
+    assert d.node_out(node)["liveVersion"] == "v1"
+
+    # fixed: the next up converges
+    d.set(nodes=[node.config()], bootstrap={"ref": "main"})
+    d.cli(["up", "--yes"])
+    assert node.served()["version"] == "v3"
+    assert d.node_out(node)["hostConfig"]["actions"] == []

@@ -82,12 +82,13 @@ def test_caddyfile_import_check():
 def test_switch_parameters_by_exact_value():
     props = {"switch": {"strategy": "blueGreen", "ports": [3001, 3002], "bindHost": "127.0.0.1",
                         "bindEnv": "MNW_BIND", "drainSeconds": 2.0, "healthPath": "/health?x=1",
-                        "warnPath": "/api/internal/restart-warning"}}
+                        "warnPath": "/api/internal/restart-warning"},
+             "healthCheck": {"url": "http://localhost:3000/health?x=1"}}
     assert bluegreen.params(props) == {
         "BG": 1, "BG_PORTS": "3001 3002", "BG_HOST": "127.0.0.1", "BG_BIND_ENV": "MNW_BIND", "BG_DRAIN": "2",
         "BG_HEALTH_PATH": "/health?x=1", "BG_WARN_PATH": "/api/internal/restart-warning",
         "BG_UPSTREAM": "/etc/caddy/sando-upstream.caddy", "BG_UNIT_DIR": "/etc/systemd/system",
-        "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile"}
+        "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile", "BG_FRONT": "127.0.0.1:3000"}
     assert bluegreen.params({"switch": {**props["switch"], "strategy": "restart"}}) is None
     assert bluegreen.params({}) is None
     # the restart switch renders with the part off
@@ -95,6 +96,13 @@ def test_switch_parameters_by_exact_value():
                            health=commands.health_params("http://127.0.0.1:3000/", 5, 1, "c0ffee"))
     text = shlex.split(text)[2]  # the script itself (sh -c TEXT NAME)
     assert "\nBG=0\n" in text and "\nBG_PORTS=''\n" in text
+
+
+def test_front_is_loopback_and_the_plain_units_port():
+    assert commands.front("http://127.0.0.1:3000/") == "127.0.0.1:3000"
+    assert commands.front("http://localhost:8080/health") == "127.0.0.1:8080"
+    assert commands.front("http://user:pw@app.internal/x") == "127.0.0.1:80"
+    assert commands.front("https://[::1]:8443/") == "127.0.0.1:8443"
 
 
 UNIT = """[Unit]
@@ -160,3 +168,70 @@ def test_the_node_read_names_the_live_instance(tmp_path):
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     state = parse_state(res.stdout, res.returncode)
     assert (state.instance, state.instance_active) == (None, False)
+
+
+def test_the_front_by_exact_text(tmp_path):
+    """bg_front: the nft ruleset (front -> the instance's port; '' = no redirect: the plain unit),
+    the boot unit that loads it, installed and enabled once; upstream_text: Caddy's one file."""
+    root = tmp_path / "make notwork"
+    (root / ".sando").mkdir(parents=True)
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    (bins / "nft").write_text('#!/bin/sh\necho "nft $*" >> "$CALLS"\n')
+    (bins / "nft").chmod(0o755)
+    unit = tmp_path / "sando-front.service"
+    script = scripts.render_inline(
+        scripts.params(BG_UNIT_DIR=tmp_path, BG_BASE="makenotwork", RELEASE_ROOT=root, BG_FRONT="127.0.0.1:3000",
+                       P_FRONT_UNIT=unit),
+        scripts.source("bluegreen.sh")
+        + '\nsystemctl() { echo "systemctl $*" >> "$CALLS"; case $1 in is-enabled) return 1 ;; esac; }\n'
+        + 'cd "$RELEASE_ROOT" && bg_front 3002 && cat "$P_FRONT_NFT" && bg_front "" && cat "$P_FRONT_NFT"'
+        + ' && upstream_text makenotwork "$BG_FRONT"')
+    calls = tmp_path / "calls"
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{bins}:/usr/bin:/bin", "CALLS": str(calls)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"""\
+{{"@":"front","v":"127.0.0.1:3000 3002"}}
+# written by sando (sando:switch.strategy blueGreen): 127.0.0.1:3000 -> the live instance of makenotwork
+table ip sando
+delete table ip sando
+table ip sando {{
+\tchain front {{
+\t\ttype nat hook output priority -100; policy accept;
+\t\tip daddr 127.0.0.1 tcp dport 3000 redirect to :3002
+\t}}
+}}
+{{"@":"front","v":"127.0.0.1:3000 plain"}}
+# written by sando (sando:switch.strategy blueGreen): 127.0.0.1:3000 -> the live instance of makenotwork
+table ip sando
+delete table ip sando
+# written by sando (sando:switch.strategy blueGreen): where Caddy sends makenotwork requests.
+# The Caddyfile imports it; do not edit. 127.0.0.1:3000 is pointed at the live instance by sando
+# (nft table ip sando, loaded at boot by {unit}).
+reverse_proxy 127.0.0.1:3000 {{
+\ttransport http {{
+\t\tkeepalive off
+\t}}
+}}
+"""
+    nft = f"{root}/.sando/front.nft"
+    assert unit.read_text() == f"""\
+[Unit]
+Description=sando: 127.0.0.1:3000 to the live instance of makenotwork (sando:switch blueGreen)
+Before=caddy.service
+ConditionPathExists={nft}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={bins}/nft -f "{nft}"
+
+[Install]
+WantedBy=multi-user.target
+"""
+    assert calls.read_text().splitlines() == [
+        "nft -f .sando/front.nft", "systemctl daemon-reload", "systemctl is-enabled --quiet sando-front.service",
+        "systemctl enable --quiet sando-front.service",
+        "nft -f .sando/front.nft", "systemctl is-enabled --quiet sando-front.service",
+        "systemctl enable --quiet sando-front.service"]

@@ -160,3 +160,23 @@ def test_a_create_on_a_node_with_the_files_says_it_adopts_them_and_what_the_dele
     assert host.adoption(PROPS, state(edited)).startswith(
         "n1: host config: 4 of 5 host files are on the node as committed at sando:bootstrap.ref host-7, adopted as "
         "they are; installs /etc/caddy/Caddyfile. ")
+
+
+def test_a_failed_host_step_is_recorded_with_the_files_the_node_has(monkeypatch):
+    """Issue 19.3: a failure that leaves the node as it was is the node's outcome, not a crash of the
+    run: the previous inputs' files are kept (the next run tries again), the failure is in `actions`,
+    `installed` is what the node really has, and the pointer reads the outcome."""
+    said = []
+    monkeypatch.setattr(host.diagnostics, "log", lambda level, msg, **kw: said.append((level, msg)))
+    before = {**FILES, "caddyfile": {**FILES["caddyfile"], "content": ":8080\n"}}
+    olds = {**PROPS, **before, "installed": {"caddyfile": {"path": "/etc/caddy/Caddyfile", "sha256": "old", "mode": 420}},
+            "owner": "mnw"}
+    outs = host.HostConfigProvider._failed({**PROPS, "owner": "root"}, olds, "n1: Caddyfile was not taken", read=False)
+    assert outs["caddyfile"]["content"] == ":8080\n" and outs["owner"] == "mnw"  # as before: tried again next run
+    assert outs["actions"] == ["failed: n1: Caddyfile was not taken"]
+    assert outs["outcome"] == {"ok": False, "node": "n1", "message": "n1: Caddyfile was not taken"}
+    assert outs["installed"] == olds["installed"]
+    assert said == [("warning", "n1: host config not applied (the error at the end says why)")]
+    first = host.HostConfigProvider._failed(PROPS, {}, "n1: refused", read=False)  # a first deploy: no files kept
+    assert host.files_of(first) == {} and first["outcome"]["ok"] is False
+    assert set(host.OUTCOMES) <= set(scripts.outcomes())

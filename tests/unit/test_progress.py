@@ -35,3 +35,17 @@ def test_build_progress_reads_cargos_bar_and_its_plain_lines():
     assert build_progress("   Compiling makenotwork v0.1.0 (/src/server)") == "Compiling makenotwork"
     assert build_progress("    Finished release [optimized] target(s) in 0.31s") is None
     assert build_progress("warning: unused variable") is None
+
+
+def test_skips_preview_reads_the_pulumi_command_line():
+    """Issue 19.3: a node's failure in an up's own diff is recorded only when that up skips its preview."""
+    def argv(*args: str) -> list[bytes]:
+        return [b"/x/.tools/bin/pulumi", *(a.encode() for a in args), b""]
+
+    assert diagnostics.skips_preview(argv("up", "--yes", "--skip-preview", "--stack", "t1"))
+    assert diagnostics.skips_preview(argv("up", "-yf"))
+    assert diagnostics.skips_preview(argv("update", "--skip-preview=true"))
+    assert not diagnostics.skips_preview(argv("up", "--yes", "--stack", "t1"))  # it previews first
+    assert not diagnostics.skips_preview(argv("preview", "--stack", "t1"))
+    assert not diagnostics.skips_preview(argv("up", "--yes", "--skip-preview=false"))
+    assert not diagnostics.skips_preview([])  # no pulumi above this process: say everything at once

@@ -291,3 +291,33 @@ def test_quote_lines_keeps_whole_lines():
     assert quote_lines(tar) == ("tar: ./a/file-one: Cannot open: No space left on device; "
                                 "tar: ./a/file-two: Cannot open: No space left on device; and 1 more line")
     assert quote_lines("x\nx\n") == "x" and quote_lines("") == "no output"
+
+
+def test_skips_preview_unreachable_node_is_recorded_for_its_resources(monkeypatch):
+    """Issue 19.3: in an up that skips its preview, Reach records a node it cannot reach (instead of
+    ending the run); its other resources then change nothing and its pointer carries the message."""
+    from sando_components import diagnostics
+    from sando_components.providers import base, reach
+
+    props = {"node": "n9", "connection": {"host": "10.9.9.9", "port": 2222, "user": "root"}, "releaseRoot": "/opt/x", "service": "x"}
+
+    def refused(_props, **_kw):
+        raise OperatorError("n9 (root@10.9.9.9:2222): cannot connect: Connection refused")
+
+    monkeypatch.setattr(reach, "node_state", refused)
+    monkeypatch.setattr(base, "prefetch", lambda _props: None)  # no connection from a unit test
+    monkeypatch.setattr(base, "_unreachable", {})
+    monkeypatch.setattr(diagnostics, "skips_preview", lambda: False)
+    with pytest.raises(OperatorError):  # a preview stops at once
+        reach.ReachProvider().check({}, props)
+    assert base.unreachable(props) is None
+    monkeypatch.setattr(diagnostics, "skips_preview", lambda: True)
+    reach.ReachProvider().check({}, props)
+    assert base.unreachable(props) == "n9 (root@10.9.9.9:2222): cannot connect: Connection refused"
+    assert pointer.PointerProvider().diff("id", {}, props).changes
+    said = []
+    monkeypatch.setattr(pointer.diagnostics, "log", lambda level, msg, **kw: said.append(msg))
+    outs = pointer.PointerProvider()._apply({**props, "version": "v2"}, {**props, "liveVersion": "v1", "version": "v1"})
+    assert outs["liveVersion"] == "v1" and outs["outcome"] == {
+        "ok": False, "node": "n9", "message": "n9 (root@10.9.9.9:2222): cannot connect: Connection refused"}
+    assert said == ["n9: not reached, nothing changed here (the error at the end says why)"]

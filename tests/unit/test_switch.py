@@ -549,6 +549,12 @@ def test_provider_state_from_before_the_switch_setting_is_no_change_unless_blue_
     assert PointerProvider().diff("id", olds, news).changes is False
     base._states.clear()
     blue = {**news, "switch": {**news["switch"], "strategy": "blueGreen"}}
+    with pytest.raises(OperatorError, match=r"^node1: sando:switch.strategy is blueGreen, whose switch moves an nft "
+                                            r"rule, but nft is not installed on the node: apt-get install nftables"):
+        PointerProvider().check(olds, blue)  # this fake node has no nft
+    base._states.clear()
+    (node.bin / "nft").write_text("#!/bin/sh\nexit 0\n")
+    (node.bin / "nft").chmod(0o755)
     assert PointerProvider().diff("id", olds, blue).changes is True
     base._states.clear()
 

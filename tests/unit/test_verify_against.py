@@ -105,3 +105,27 @@ def test_reach_refuses_the_pin_unless_the_node_holds_that_release(provider_node)
     base.remember(props, NodeState(live="v2", previous="v1", free_kib=1, zstd=True, active=True,
                                    releases={"v1": NodeRelease("v1", C1, 1.0, {})}))
     assert ReachProvider().check({}, props).inputs["refuse"] == refuse
+
+
+def test_in_an_up_without_a_preview_the_refused_node_is_held_out_for_the_verdict(provider_node, monkeypatch):
+    """An up that skips its preview (the Automation API, sando's commands): a raise in a check would end
+    the run before the outputs are recorded (issue 19.3), so the node is held out of the run as an
+    unreached node is, with the refusal for the verdict and its own words for its warnings."""
+    from fakenode import connection
+
+    from sando_components import diagnostics
+    from sando_components.providers import base
+    from sando_components.providers.base import NodeState
+    from sando_components.providers.reach import ReachProvider
+
+    monkeypatch.setattr(diagnostics, "skips_preview", lambda: True)
+    said = []
+    monkeypatch.setattr(diagnostics, "log", lambda level, text: said.append((level, text)))
+    refuse = {"version": "v4", "commit": C1, "message": "sando:version v4 is not what testnot runs"}
+    props = {"node": "node7", "connection": connection(), "privateKey": None,
+             "releaseRoot": str(provider_node.root), "service": "makenotwork", "refuse": refuse}
+    base.remember(props, NodeState(live="v2", previous=None, free_kib=1, zstd=True, active=True))
+    ReachProvider().check({}, props)
+    assert base.unreachable(props) == "node7: sando:version v4 is not what testnot runs"
+    assert base.held_why(props) == "refused (sando:verifyAgainst)"
+    assert said == [("warning", "node7: v4 refused here (the error at the end says why)")]
