@@ -13,6 +13,8 @@ try:
     sources = bootstrap_sources(cfg, source.repo)
     migrations = stack.release_migrations(cfg, source)
     stack.check_local_nodes(cfg)  # a local node's sudo
+    # promoted or sando:verifyAgainst: the bytes the pin must have; a pin the source does not run: refused
+    expect, refuse = stack.expected_build(cfg, source, stack.source_outputs(cfg, source), pulumi.get_stack())
 except (ConfigError, OperatorError) as err:  # before any resource exists, so before any remote change
     pulumi.log.error(str(err))
     sys.exit(32)  # "error already shown" to the language host
@@ -20,12 +22,11 @@ except (ConfigError, OperatorError) as err:  # before any resource exists, so be
 token = stack.service_token(cfg)
 deploy = {**stack.deployer(), "stack": pulumi.get_stack()}  # who runs this and how (SANDO_VIA): recorded with each switch
 known = stack.known_destructive(cfg, source, migrations)
-expect = stack.expected_build(cfg, source)  # promoted: the source stack's bytes (issue 22.1)
 nodes, earlier, pointers, parity = {}, [], [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
-        after_reach = stack.reach(target)  # a node that cannot be reached fails here, once
+        after_reach = stack.reach(target, refuse)  # a node that cannot be reached fails here, once
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
                                              after=earlier), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,

@@ -23,6 +23,8 @@ NAMESPACE = "sando"
 
 # A release name becomes a directory name and a shell word: keep it boring.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# a stack name, alone or fully qualified (organization/project/stack), as `pulumi stack ls` shows it
+STACK_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99}/){0,2}[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HOSTKEY_TYPES = {
@@ -405,6 +407,8 @@ class StackConfig(_Model):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
     verified_build: VerifiedBuild | None = Field(None, alias="verifiedBuild")  # set by sando promote
+    # the stack whose verified bytes this one must run (issue 22.1: a manual pin is checked too)
+    verify_against: str | None = Field(None, alias="verifyAgainst")
 
     @field_validator("version")
     @classmethod
@@ -414,6 +418,13 @@ class StackConfig(_Model):
                 "must be a git ref usable as a directory name: letters, digits, '.', '_', '+', '-'; "
                 "no '/', '..', spaces or shell characters"
             )
+        return v
+
+    @field_validator("verify_against")
+    @classmethod
+    def _verify_against(cls, v: str | None) -> str | None:
+        if v is not None and not STACK_RE.fullmatch(v):
+            raise ValueError("must name a stack of this backend, e.g. testnot (or organization/project/testnot)")
         return v
 
     @field_validator("nodes")

@@ -3,11 +3,13 @@ its migrations, and how to reach each node; and the stack outputs of a node."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 
 import pulumi
+import pulumi.runtime
 import pulumi.runtime.config as runtime_config
 
 from . import build, migrations, paths
@@ -60,14 +62,15 @@ def connection(cfg: StackConfig, node) -> dict:
     return conn
 
 
-def reach(target) -> pulumi.ResourceOptions:
+def reach(target, refuse: dict | None = None) -> pulumi.ResourceOptions:
     """The node's Reach resource (providers/reach.py), as the options that make every other resource
-    of the node wait for it: a node that cannot be reached is said once, before anything else."""
+    of the node wait for it: a node that cannot be reached is said once, before anything else; and a
+    pin that sando:verifyAgainst refuses (expected_build), unless the node holds that release."""
     from .providers import Reach
 
     cfg, node = target.cfg, target.node
     props = {"node": node.name, "connection": target.connection, "privateKey": target.private_key,
-             "releaseRoot": cfg.release_root, "service": cfg.service}
+             "releaseRoot": cfg.release_root, "service": cfg.service, "refuse": refuse}
     if any(node is n for n in cfg.nodes[:PEER_CARRIERS]):
         props["peers"] = peers(cfg, node)
     r = Reach(f"{node.name}-reach", props)
@@ -130,13 +133,74 @@ def known_destructive(cfg: StackConfig, source: Source, release: list[migrations
     return sorted(found, key=lambda v: (len(v), v))
 
 
-def expected_build(cfg: StackConfig, source: Source) -> dict | None:
-    """The bytes the pinned commit must have (sando:verifiedBuild, set by sando promote from the
-    source stack's nodes), or None when no promotion recorded any for this commit (issue 22.1)."""
+def source_outputs(cfg: StackConfig, source: Source) -> dict | None:
+    """The outputs of the stack sando:verifyAgainst names (issue 22.1: a manual pin is checked against
+    what that stack verified), read through the engine from the backend this stack is in (the
+    builtin readStackOutputs a StackReference reads: no file of sando's, no second `pulumi` process;
+    one in-engine call per run). None when not asked, or when a promote's verifiedBuild already
+    names the pinned commit (it wins)."""
+    name = cfg.verify_against
     v = cfg.verified_build
-    if v is None or v.commit != source.commit:
+    if name is None or (v is not None and v.commit == source.commit):
         return None
-    return {"from": v.source, "version": v.version, "commit": v.commit, "files": dict(v.files)}
+    parts = name.split("/")
+    if parts[-1] == pulumi.get_stack() and (len(parts) < 2 or parts[-2] == pulumi.get_project()):
+        raise ConfigError(f"sando:verifyAgainst: names this stack ({name}); name the stack whose verified bytes "
+                          "this one must run, e.g. testnot")
+    full = "/".join([pulumi.get_organization(), pulumi.get_project()][:3 - len(parts)] + parts)
+    try:
+        said = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": full}).value
+    except Exception as exc:  # noqa: BLE001 - the engine's own words, e.g. unknown stack
+        why = str(exc).rsplit("returned an error: ", 1)[-1]
+        raise ConfigError(f"sando:verifyAgainst: cannot read the outputs of stack {name} ({why}); name a stack of "
+                          "this backend (`pulumi stack ls`), or unset the key") from None
+    return dict((said or {}).get("outputs") or {})
+
+
+def _runs(outputs: dict) -> str:
+    """What a stack's nodes run, from its outputs: "v2 (0123456789ab) on node1, node2"."""
+    by: dict[str, list[str]] = {}
+    for name, o in sorted((outputs.get("nodes") or {}).items()):
+        live = f"{o.get('liveVersion')} ({str(o.get('liveCommit'))[:12]})" if o.get("liveVersion") else "nothing"
+        by.setdefault(live, []).append(name)
+    return "; ".join(f"{live} on {', '.join(names)}" for live, names in by.items()) or "nothing"
+
+
+def expected_build(cfg: StackConfig, source: Source, against: dict | None = None,
+                   stack: str = "") -> tuple[dict | None, dict | None]:
+    """(the bytes the pinned commit must have, or None; a refusal for a node that does not hold it,
+    or None) (issue 22.1). A promote's sando:verifiedBuild of this commit wins; else, with
+    sando:verifyAgainst, the sums the source stack's outputs record for the nodes that run this
+    commit; a commit the source does not run is refused, except on a node that holds it already
+    (a rollback by pin: its bytes were checked when they shipped)."""
+    v = cfg.verified_build
+    if v is not None and v.commit == source.commit:
+        return {"from": v.source, "version": v.version, "commit": v.commit, "files": dict(v.files)}, None
+    name = cfg.verify_against
+    if name is None or against is None:
+        return None, None
+    nodes = against.get("nodes")
+    if not isinstance(nodes, dict) or not nodes:
+        raise ConfigError(f"sando:verifyAgainst: stack {name} records no deploy (no nodes in its outputs): "
+                          f"run `pulumi up -s {name}` first, or unset the key")
+    running = {n: o for n, o in sorted(nodes.items()) if isinstance(o, dict) and o.get("liveCommit") == source.commit}
+    if not running:
+        return None, {"version": cfg.version, "commit": source.commit, "message": (
+            f"sando:version {cfg.version} ({source.commit[:12]}) is not what {name} runs (sando:verifyAgainst: {name}; "
+            f"{name} runs {_runs(against)}) and this node does not hold it; nothing was sent: deploy it to {name} "
+            f"first, then `sando promote --from {name} --to {stack or 'this stack'}`")}
+    builds: dict[str, list[str]] = {}
+    for n, o in running.items():
+        if not isinstance(o.get("liveFiles"), dict):
+            raise ConfigError(f"sando:verifyAgainst: stack {name}'s outputs do not record the bytes {n} runs "
+                              f"(deployed by an older sando): run `pulumi up -s {name}` once")
+        builds.setdefault(json.dumps(o["liveFiles"], sort_keys=True), []).append(n)
+    if len(builds) > 1:
+        raise ConfigError(f"sando:verifyAgainst: {name}'s nodes run {source.commit[:12]} with different bytes "
+                          f"({' / '.join(', '.join(ns) for ns in builds.values())}): redeploy {name} from one build first")
+    first = next(iter(running.values()))
+    return {"from": name, "to": stack, "version": first.get("liveVersion"), "commit": source.commit,
+            "files": json.loads(next(iter(builds)))}, None
 
 
 def env_file(cfg: StackConfig, sources: dict[str, str]) -> str:
@@ -183,6 +247,7 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
         "host": node.host or "localhost", "local": node.local, "batch": batch, "liveVersion": p.liveVersion, "liveCommit": p.liveCommit,
         "previousVersion": p.previousVersion, "switchedAt": p.switchedAt, "health": p.health,
         "releases": p.releases, "foreign": p.foreign, "release": release.path, "sha256": release.sha256,
+        "liveFiles": p.liveFiles,  # sha256 of every file it runs: what sando:verifyAgainst reads (issue 22.1)
         "lastTransfer": release.last_transfer, "restartWarning": p.restartWarning, "migrations": p.migrations,
         "lastDeploy": p.lastDeploy,  # who switched what, when, how (the node's .sando/history)
         **({"hostConfig": {"files": bootstrap.host_config.installed, "actions": bootstrap.host_config.actions}}
@@ -191,5 +256,5 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
 
 
 __all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "add_bytes", "deployer", "env_file", "expected_build", "known_destructive",
-           "load_config", "node_outputs", "private_key", "reach",
+           "load_config", "node_outputs", "source_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

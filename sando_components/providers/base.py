@@ -246,9 +246,21 @@ def unreachable(props: dict) -> str | None:
         return _unreachable.get(_state_key(props))
 
 
-def mark_unreachable(props: dict, message: str) -> None:
+def mark_unreachable(props: dict, message: str, why: str = "not reached") -> None:
+    """Hold the node out of this run: `message` for the verdict, `why` for its resources' warnings
+    (not reached, or a pin sando:verifyAgainst refuses there: issue 22.1)."""
     with _guard:
         _unreachable[_state_key(props)] = message
+        _held_why[_state_key(props)] = why
+
+
+def held_why(props: dict) -> str:
+    """In the node's own warnings, why it is held out of this run (mark_unreachable)."""
+    with _guard:
+        return _held_why.get(_state_key(props), "not reached")
+
+
+_held_why: dict[tuple, str] = {}
 
 
 def prefetch(props: dict) -> None:

@@ -27,7 +27,7 @@ from ..scripts import Report
 from ..transfer import NodeRelease
 from . import bluegreen, gate, warning
 from .base import (NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of, node_of, node_state, public,
-                   refresh_auth, releases_of, remember, say_auth_only, unreachable)
+                   refresh_auth, releases_of, remember, say_auth_only, unreachable, held_why)
 
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", "switch",
           *AUTH]
@@ -125,7 +125,7 @@ class PointerProvider(NodeProvider):
         conn, root, version, node = conn_of(props), props["releaseRoot"], props["version"], node_of(props)
         away = unreachable(props)
         if away:  # nothing known of the node in this run: its last recorded state stays, the verdict says why
-            diagnostics.log("warning", f"{node}: not reached, nothing changed here (the error at the end says why)")
+            diagnostics.log("warning", f"{node}: {held_why(props)}, nothing changed here (the error at the end says why)")
             kept = public(olds) if olds else {**public(props), **dict.fromkeys(Pointer._output_names)}
             return {**kept, "outcome": {"ok": False, "node": node, "message": away}}
         state = node_state(props)

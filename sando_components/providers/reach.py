@@ -3,7 +3,8 @@ what the node holds (the one round trip every run makes anyway, then kept for th
 resources), so a node that does not resolve or answer, a host key that no longer matches, or a key
 the node refuses fails `pulumi preview` and `pulumi up` at once, said once for the node, before
 any other resource of it is even looked at (a first deploy included, whose creates are otherwise
-planned without asking the node)."""
+planned without asking the node). A pin that sando:verifyAgainst refuses (a commit the source stack
+does not run) fails here too, unless the node holds that release already (a rollback by pin)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from .. import diagnostics
 from ..errors import OperatorError
-from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_state, prefetch, public,
+from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_of, node_state, prefetch, public,
                    say_auth_only, unreachable)
 
 
@@ -24,7 +25,7 @@ class ReachProvider(NodeProvider):
                           "service": news.get("service")})
         if isinstance(news.get("connection"), dict) and isinstance(news.get("releaseRoot"), str):
             try:
-                node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
+                state = node_state(news)  # raises the node's own error (RemoteError names the node and what to check)
             except OperatorError as exc:
                 if not diagnostics.skips_preview():
                     raise  # a preview (a plain up's too) stops here, said once for the node
@@ -33,7 +34,28 @@ class ReachProvider(NodeProvider):
                 # pointer carries this to the verdict, which says it once at the end (issue 19.3)
                 mark_unreachable(news, str(exc))
                 diagnostics.log("warning", f"{news.get('node')}: not reached (the error at the end says why)")
+                return result
+            refused = self.refused(news, state)
+            if refused:
+                if not diagnostics.skips_preview():
+                    raise OperatorError(refused)  # a preview stops here: nothing built or sent
+                # an up without a preview: held out of this run as an unreached node is, said at the end
+                mark_unreachable(news, refused, "refused (sando:verifyAgainst)")
+                diagnostics.log("warning", f"{node_of(news)}: {news['refuse']['version']} refused here "
+                                           "(the error at the end says why)")
         return result
+
+    @staticmethod
+    def refused(props: dict, state) -> str | None:
+        """A pin sando:verifyAgainst refuses (stack.expected_build, issue 22.1), unless the node holds
+        that release already (a rollback by pin: its bytes were checked when they shipped)."""
+        refuse = props.get("refuse")
+        if not isinstance(refuse, dict):
+            return None
+        held = state.releases.get(refuse["version"])
+        if held is not None and held.commit == refuse["commit"]:
+            return None
+        return f"{node_of(props)}: {refuse['message']}"
 
     def diff(self, _id, olds, news):
         changes = changed(olds, news, ["releaseRoot", "service", *AUTH])

@@ -192,7 +192,8 @@ class ReleaseProvider(NodeProvider):
                 todo = (f"releases are immutable: move {props['releaseRoot']}/releases/{props['version']} away on the "
                         "node (when it is not live) and run pulumi up again")
             else:
-                todo = (f"Run `sando promote --from {src}` (it fetches {src}'s bytes), or build with the toolchain "
+                to = f" --to {expect['to']}" if expect.get("to") else ""
+                todo = (f"Run `sando promote --from {src}{to}` (it fetches {src}'s bytes), or build with the toolchain "
                         f"that built {src}'s (same compiler, flags, paths{rebuild})")
             raise OperatorError(
                 f"{node_of(props)}: {props['version']} ({props['commit'][:12]}) {where} is not byte-identical to what "

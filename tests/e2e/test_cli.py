@@ -495,6 +495,73 @@ def test_promote_ships_the_sources_exact_bytes_or_refuses(make_nodes, make_deplo
     assert {f: _sha(rel / f) for f in tested} == tested
 
 
+def test_a_manual_pin_is_checked_against_the_stack_it_must_match(make_nodes, make_deploy, tmp_path):
+    """Issue 22.1, a manual pin: prod sets sando:verifyAgainst: testnot and is deployed by a plain
+    `pulumi up` of a pin, no promote. Testnot's commit, built alike: deployed, its `bytes` output says
+    it matches testnot. Built by operator B (another cache, another toolchain flag): refused naming
+    the files and both sums, nothing sent. A commit testnot does not run: refused at preview, one
+    line. A rollback by pin to a release prod holds already: deployed."""
+    repo = AppRepo(tmp_path / "app")
+    for v in ("v2", "v3", "v4"):
+        repo.version(v)
+    t_node, p_node = make_nodes(2)
+    _caddy_room(t_node, p_node)
+    testnot = make_deploy([t_node], repo=repo)
+    prod = make_deploy([p_node], repo=repo, project=testnot.project, verifyAgainst=testnot.name)
+    run_up(testnot)
+    run_up(prod)  # v1 on both, one build (operator A's)
+    testnot.set(version="v2")
+    run_up(testnot)
+    prod.set(version="v2")
+    run_up(prod)
+    assert p_node.served()["version"] == "v2"
+    assert prod.node_out(p_node)["bytes"] == f"match the pinned build (verified on {testnot.name})"
+
+    # operator B pins what testnot runs now; B's build differs
+    testnot.set(version="v3")
+    run_up(testnot)
+    tested = json.loads((t_node.release_root / "releases" / "v3" / ".sando" / "manifest.json").read_text())["files"]
+    cache_b = tmp_path / "operator-b-cache"
+    prod.stack.workspace.env_vars.update({"SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"})
+    prod.set(version="v3")
+    text = prod.up_fails()
+    built_b = cache_b / "builds" / repo.commit("v3") / "artifacts"
+    (error,) = prod.errors(text) or [text[text.find("Diagnostics"):][:3000]]
+    assert error.startswith(f"node2: v3 ({repo.commit('v3')[:12]}) built here is not byte-identical to what "
+                            f"{testnot.name} runs: "), error
+    for b in ("makenotwork", "mnw-admin"):
+        assert _sha(built_b / b) != tested[b]
+        assert f"{b}: built here {_sha(built_b / b)}, on {testnot.name} {tested[b]}" in error
+    assert "error-pages/404.html:" not in error  # the same bytes: not named
+    assert f"Run `sando promote --from {testnot.name} --to {prod.name}`" in error
+    assert not (p_node.release_root / "releases" / "v3").exists()  # not a byte
+    assert p_node.served()["version"] == "v2"
+
+    # a commit testnot never ran: refused at preview, in one line
+    prod.set(version="v4")
+    res = prod.cli(["preview"], check=False, env={"SANDO_CACHE_DIR": str(cache_b), "RUSTFLAGS": "-C debuginfo=1"})
+    assert res.returncode != 0
+    refusal = (
+        f"node2: sando:version v4 ({repo.commit('v4')[:12]}) is not what {testnot.name} runs (sando:verifyAgainst: "
+        f"{testnot.name}; {testnot.name} runs v3 ({repo.commit('v3')[:12]}) on node1) and this node does not hold "
+        f"it; nothing was sent: deploy it to {testnot.name} first, then `sando promote --from {testnot.name} --to "
+        f"{prod.name}`")
+    assert prod.errors(res.stdout + res.stderr) == [refusal], res.stdout + res.stderr
+    assert not (cache_b / "builds" / repo.commit("v4")).exists()  # not even built
+    # an up that skips its preview (the Automation API): the same words, once; the outputs still recorded
+    text = prod.up_fails()
+    assert prod.errors(text) == [refusal], text[text.find("Diagnostics"):][:3000]
+    assert "warning: node2: v4 refused here" in text
+    assert prod.node_out(p_node)["liveVersion"] == "v2" and p_node.served()["version"] == "v2"
+    assert not (p_node.release_root / "releases" / "v4").exists() and not (cache_b / "builds" / repo.commit("v4")).exists()
+
+    # a rollback by pin to a release prod holds (its bytes were checked when it shipped): deployed
+    prod.set(version="v1")
+    run_up(prod)
+    assert p_node.served()["version"] == "v1"
+    assert prod.node_out(p_node)["lastTransfer"]["bytesSent"] == 0
+
+
 def test_promote_shows_the_gate_first_and_refuses_before_the_up(make_nodes, make_deploy, sando, tmp_path):
     """Issue 19.8: testnot (destructive migrations allowed) applies v2's destructive migration with a
     warning naming it; promoting v2 to prod (refuseDestructive) shows prod's gate verdict and refuses

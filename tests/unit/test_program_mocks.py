@@ -85,8 +85,8 @@ class Run:
         return self.mocks.resources[name].inputs
 
 
-def run_program(config: dict[str, str], secret_keys: list[str]) -> Run:
-    mocks = EchoMocks()
+def run_program(config: dict[str, str], secret_keys: list[str], mocks: EchoMocks | None = None) -> Run:
+    mocks = mocks or EchoMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(config, secret_keys)
     settings.ROOT.set(None)  # a fresh root Stack per run
@@ -455,3 +455,43 @@ def test_every_component_of_a_node_waits_for_its_reach(config):
         for name in (node, f"{node}-release", f"{node}-current"):
             assert list(run.regs[name].dependencies) == [run.urn(f"{node}-reach")], name
         assert run.inputs(f"{node}-reach")["node"] == node
+
+
+# --- sando:verifyAgainst (issue 22.1, a manual pin) ---------------------------------------------------
+
+
+class SourceStack(EchoMocks):
+    """The engine's readStackOutputs of the stack sando:verifyAgainst names: these outputs."""
+
+    def __init__(self, outputs: dict):
+        super().__init__()
+        self.source, self.asked = outputs, []
+
+    def call(self, args):
+        self.asked.append((args.token, dict(args.args)))
+        return {"name": args.args["name"], "outputs": self.source, "secretOutputNames": []}
+
+
+def test_a_pin_the_source_runs_expects_its_sums_and_one_it_does_not_run_goes_to_reach(config, server_repo):
+    files = {"makenotwork": "a" * 64, "mnw-admin": "b" * 64}
+    mocks = SourceStack({"nodes": {"t1": {"liveVersion": "v1", "liveCommit": server_repo["commit"],
+                                          "liveFiles": files}}})
+    run = run_program(*config(nodes=("n1",), verifyAgainst="testnot"), mocks=mocks)
+    assert mocks.asked == [("pulumi:pulumi:readStackOutputs", {"name": "organization/sando/testnot"})]
+    assert run.inputs("n1-release-files")["expect"] == {"from": "testnot", "to": "t", "version": "v1",
+                                                        "commit": server_repo["commit"], "files": files}
+    assert run.inputs("n1-reach").get("refuse") is None
+
+    mocks = SourceStack({"nodes": {"t1": {"liveVersion": "v0", "liveCommit": "0" * 40, "liveFiles": files}}})
+    run = run_program(*config(nodes=("n1",), verifyAgainst="testnot"), mocks=mocks)
+    assert run.inputs("n1-release-files").get("expect") is None
+    refuse = run.inputs("n1-reach")["refuse"]
+    assert (refuse["version"], refuse["commit"]) == ("v1", server_repo["commit"])
+    assert refuse["message"].startswith(f"sando:version v1 ({server_repo['commit'][:12]}) is not what testnot runs "
+                                        f"(sando:verifyAgainst: testnot; testnot runs v0 (000000000000) on t1)")
+
+
+def test_without_verify_against_the_source_is_not_read(config):
+    mocks = SourceStack({})
+    run_program(*config(nodes=("n1",)), mocks=mocks)
+    assert mocks.asked == []

@@ -49,11 +49,12 @@ def test_prod_warns_users_and_refuses_destructive_migrations():
     assert cfg.migrations.refuse_destructive is True and cfg.migrations.allow_destructive == ()
     assert cfg.health_check.expect_version is True and cfg.health_check.timeout_seconds == 60
     assert cfg.bin_names == ("makenotwork", "mnw-admin")
+    assert cfg.verify_against == "testnot"  # a manual pin runs testnot's bytes or is refused (issue 22.1)
 
 
 def test_testnot_neither_warns_nor_refuses():
     cfg = load(*filled_in("testnot"))
-    assert cfg.restart_warning_seconds == 0
+    assert cfg.restart_warning_seconds == 0 and cfg.verify_against is None
     assert cfg.migrations.refuse_destructive is False
     assert cfg.bin_names == ("makenotwork", "mnw-admin")
 
