@@ -297,6 +297,10 @@ class Deploy:
             for f in PROJECT_FILES:
                 src = REPO / f
                 (shutil.copytree if src.is_dir() else shutil.copy)(src, self.project / f)
+        # its own copy: the workspace keeps the very dict it is given, so a test's
+        # `stack.workspace.env_vars.update(...)` (operator B's RUSTFLAGS and cache) would otherwise change the
+        # session's engine env for every later test of the worker (CI: a later test's operator A built with B's flags)
+        self.env = dict(self.env)
         ws_opts = auto.LocalWorkspaceOptions(
             work_dir=str(self.project), pulumi_home=self.env["PULUMI_HOME"], env_vars=self.env,
             pulumi_command=auto.PulumiCommand(root=str(TOOLS)),
