@@ -507,7 +507,7 @@ class StackConfig(_Model):
         """The health check's path (and query): what a blueGreen instance is checked at on its own port."""
         return re.sub(r"^https?://[^/]+", "", self.health_check.url) or "/"
 
-    def plain_upstream(self, node: NodeConfig) -> str:
+    def front(self, node: NodeConfig) -> str:
         """blueGreen's front: 127.0.0.1 and the port the service's own unit serves on (the health
         URL's): what Caddy dials, pointed at the live instance by sando's nft rule."""
         return front(self.health_url(node))
@@ -727,7 +727,7 @@ def load(raw: dict[str, Any], secret_keys: set[str] | frozenset[str] = frozenset
                 msgs.append(f"sando:{loc}: {_in_operator_words(err, loc)}")
     if cfg is not None and cfg.switch.blue_green:
         for node in cfg.nodes:
-            port = cfg.plain_upstream(node).rsplit(":", 1)[1]
+            port = cfg.front(node).rsplit(":", 1)[1]
             if port in {str(p) for p in cfg.switch.ports}:
                 msgs.append(f"sando:switch.ports: {port} is the port the service's own unit listens on "
                             f"({cfg.health_url(node)}, sando:healthCheck.url): give the two instances other ports")

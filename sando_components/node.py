@@ -178,7 +178,7 @@ class Node(pulumi.ComponentResource):
              "warning": warning, "token": args.token if warning else None,
              "after": [p.outcome for p in args.after],
              # blueGreen: the upstream file the Caddyfile imports, made when missing (issue 23)
-             "upstream": {"file": paths.UPSTREAM_FILE, "default": cfg.plain_upstream(args.node)}
+             "upstream": {"file": paths.UPSTREAM_FILE, "default": cfg.front(args.node)}
              if cfg.switch.blue_green else None},
             pulumi.ResourceOptions(parent=self),
         )

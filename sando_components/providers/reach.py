@@ -19,7 +19,7 @@ from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, 
 class ReachProvider(NodeProvider):
     def check(self, olds, news):
         result = super().check(olds, news)
-        for peer in news.get("peers") or []:  # the first node's: its peers are read at the same time
+        for peer in news.get("peers") or []:  # a carrier (stack.peers): its peers are read at the same time
             if isinstance(peer, dict):
                 prefetch({**peer, "privateKey": news.get("privateKey"), "releaseRoot": news.get("releaseRoot"),
                           "service": news.get("service")})

@@ -42,7 +42,7 @@ def test_blue_green_values():
     sw = cfg.switch
     assert (sw.blue_green, sw.ports, sw.bind_env, sw.bind_host, sw.drain_seconds) == \
         (True, (4001, 4002), "APP_BIND", "127.0.0.1", 5)
-    assert cfg.health_path() == "/" and cfg.plain_upstream(cfg.nodes[0]) == "127.0.0.1:3000"
+    assert cfg.health_path() == "/" and cfg.front(cfg.nodes[0]) == "127.0.0.1:3000"
 
 
 @pytest.mark.parametrize("switch,said", [
