@@ -4,11 +4,16 @@ import sys
 
 import pulumi
 
+from sando_components import headstart
+
+headstart.provider()  # the engine starts the provider process now, not at the first registration (issue 24)
+
 from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, Node, NodeArgs, NodeTarget,
                               OperatorError, Release, ReleaseArgs, bootstrap_sources, stack, verdict)
 
 try:
     cfg = stack.load_config()
+    headstart.reads(stack.node_reads(cfg))  # every node's read starts now, in the provider process
     source = stack.resolve_source(cfg)
     sources = bootstrap_sources(cfg, source.repo)
     migrations = stack.release_migrations(cfg, source)

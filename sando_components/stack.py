@@ -71,26 +71,22 @@ def reach(target, refuse: dict | None = None) -> pulumi.ResourceOptions:
     cfg, node = target.cfg, target.node
     props = {"node": node.name, "connection": target.connection, "privateKey": target.private_key,
              "releaseRoot": cfg.release_root, "service": cfg.service, "refuse": refuse}
-    if any(node is n for n in cfg.nodes[:PEER_CARRIERS]):
-        props["peers"] = peers(cfg, node)
     r = Reach(f"{node.name}-reach", props)
     return pulumi.ResourceOptions(depends_on=[r])
 
 
-# The first nodes' Reach carry the fleet's other nodes (the engine's registration order is the
-# program's, give or take a few): whichever of them is checked first starts every read.
-PEER_CARRIERS = 4
-
-
-def peers(cfg: StackConfig, carrier) -> list[dict]:
-    """The other SSH nodes that log in with the carrier's key (public fields only, never a key):
-    the engine checks resources one at a time, so the carrier's check starts reading all of them
-    at once (providers/base.prefetch) instead of one SSH connection after another."""
-    key = cfg.private_key(carrier)
-    same = (lambda n: cfg.private_key(n) is None) if key is None else (
-        lambda n: (k := cfg.private_key(n)) is not None and k.get_secret_value() == key.get_secret_value())
-    return [{"node": n.name, "connection": connection(cfg, n)} for n in cfg.nodes
-            if n is not carrier and not n.local and not carrier.local and same(n)]
+def node_reads(cfg: StackConfig) -> list[dict]:
+    """Every node as its Reach reads it (props above, the key in clear: headstart.reads marks it
+    secret), for the head start that reads them all at once while the program still works: the
+    engine checks resources one at a time, so the Reach checks would otherwise read one node after
+    another."""
+    reads = []
+    for node in cfg.nodes:
+        key = cfg.private_key(node)
+        reads.append({"node": node.name, "connection": connection(cfg, node),
+                      "privateKey": None if key is None else key.get_secret_value(),
+                      "releaseRoot": cfg.release_root, "service": cfg.service})
+    return reads
 
 
 def check_local_nodes(cfg: StackConfig) -> None:

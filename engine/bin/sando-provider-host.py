@@ -14,7 +14,14 @@ run under it unchanged.
   in pulumi.dynamic.current_call.urn, so a warning is shown on that resource's line;
 - Cancel (the engine's call when the operator presses Ctrl-C) runs the callables a provider put in
   pulumi.dynamic.on_cancel (the SDK's own Cancel does nothing), so a provider can say what goes on
-  on the nodes after the interrupt.
+  on the nodes after the interrupt;
+- an invoke of `pulumi-python:dynamic:start` (the SDK's own Invoke refuses every token) starts
+  work in this process at once: its `hook` argument names a function (`module:function`, imported
+  from the project directory, as the SDK imports a serialized provider) that gets the invoke's
+  arguments in a thread of its own; the invoke answers at once, with nothing. A program sends it
+  first thing, so that this process, which the engine otherwise starts only at the program's
+  first registration, starts while the program still works, and can begin what its resources
+  will need (sando: reading every node) before the engine asks for it.
 """
 
 import os
@@ -69,8 +76,47 @@ def with_urn(add):
         for name in CALLS:
             setattr(servicer, name, wrap(getattr(servicer, name)))
         servicer.Cancel = cancel(servicer.Cancel)
+        servicer.Invoke = start(servicer.Invoke)
         return add(servicer, server)
     return add_servicer
+
+
+START = "pulumi-python:dynamic:start"
+
+
+def start(invoke):
+    """`pulumi-python:dynamic:start`: run the named hook in a thread of its own, answer at once."""
+    import importlib
+    import threading
+
+    from google.protobuf import json_format
+    from pulumi.runtime.proto import provider_pb2
+
+    def quietly(fn, *args):
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - a head start only: the resources' own calls do the work and report
+            if os.environ.get("SANDO_DEBUG", "") not in ("", "0", "false"):
+                traceback.print_exc()
+            return None
+
+    def hook(name: str):
+        # imported under the lock the SDK holds while it deserializes a provider (which imports the
+        # same modules): two threads importing a package's modules in different orders can each be
+        # handed the other's half-initialised module (seen: KeyError 'sando_components.providers')
+        module, _, attr = name.partition(":")
+        with getattr(sys.modules.get("__main__"), "_PROVIDER_LOCK", None) or threading.Lock():
+            return getattr(importlib.import_module(module), attr)
+
+    def call(request, context):
+        if request.tok != START:
+            return invoke(request, context)
+        args = json_format.MessageToDict(request.args)
+        fn = quietly(hook, str(args.get("hook", "")))
+        if fn is not None:
+            threading.Thread(target=quietly, args=(fn, args), daemon=True).start()
+        return provider_pb2.InvokeResponse()
+    return call
 
 
 def main() -> None:

@@ -220,13 +220,23 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
     with _guard:
         lock = _state_locks.setdefault(key, threading.Lock())
     with lock:
+        if not fresh and key in _read_failed:
+            raise _read_failed[key]  # this run's read failed (the head start's, say): said, not tried again
         if fresh or key not in _states:
             # one exec: the host files' state (sh/host-probe.sh, host config: issue 18.5), then the
             # release-path read (sh/probe.sh, last: its exit code is the read's)
             command = host_probe(props["service"]) + "\n" + commands.probe(props["releaseRoot"], props["service"])
-            res = ssh.run(conn_of(props), command, check=False)
-            _states[key] = parse_state(res.out, res.rc, node_of(props), props["releaseRoot"], res.err)
+            try:
+                res = ssh.run(conn_of(props), command, check=False)
+                _states[key] = parse_state(res.out, res.rc, node_of(props), props["releaseRoot"], res.err)
+            except OperatorError as exc:  # the node's own error: a second try would only wait as long again
+                _read_failed[key] = exc
+                raise
+            _read_failed.pop(key, None)
         return _states[key]
+
+
+_read_failed: dict[tuple, OperatorError] = {}
 
 
 # Nodes this run could not reach (their Reach resource's check found it in a run that skips its
@@ -286,6 +296,21 @@ def prefetch(props: dict) -> None:
 
 
 _prefetching: set[tuple] = set()
+
+
+def warm(_args: dict) -> None:
+    """The program's head start (headstart.provider): load what reading a node needs while the
+    program still works (this module's import has loaded the providers already)."""
+    import paramiko  # noqa: F401
+
+
+def read_nodes(args: dict) -> None:
+    """The program's head start (headstart.reads): start reading every node, all at once, before the
+    engine gets to the nodes' Reach checks, which it makes one at a time."""
+    for props in args.get("nodes") or []:
+        if isinstance(props, dict):
+            key = props.get("privateKey")
+            prefetch({**props, "privateKey": key.get("value") if isinstance(key, dict) else key})
 
 
 class NodeProvider(ResourceProvider):

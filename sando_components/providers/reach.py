@@ -12,17 +12,13 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from .. import diagnostics
 from ..errors import OperatorError
-from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_of, node_state, prefetch, public,
+from .base import (AUTH, NodeProvider, NodeResource, changed, mark_unreachable, node_of, node_state, public,
                    say_auth_only, unreachable)
 
 
 class ReachProvider(NodeProvider):
     def check(self, olds, news):
         result = super().check(olds, news)
-        for peer in news.get("peers") or []:  # a carrier (stack.peers): its peers are read at the same time
-            if isinstance(peer, dict):
-                prefetch({**peer, "privateKey": news.get("privateKey"), "releaseRoot": news.get("releaseRoot"),
-                          "service": news.get("service")})
         if isinstance(news.get("connection"), dict) and isinstance(news.get("releaseRoot"), str):
             try:
                 state = node_state(news)  # raises the node's own error (RemoteError names the node and what to check)

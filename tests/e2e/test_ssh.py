@@ -4,6 +4,7 @@ transfer retried once on a fresh connection."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from sando_components import ssh
 from tests.support import AppRepo, run_up
+from tests.toxiproxy import Toxiproxy
 
 
 def conn(node, **change) -> ssh.Conn:
@@ -172,3 +174,49 @@ def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, tw
     assert changed == {}
     log = sshd_since(node, since)
     assert len(re.findall(r"Starting session: command", log)) == 1, log
+
+
+def reach_checks(grpc_log: Path) -> dict[str, float]:
+    """Seconds each node's Reach check took, from the engine's gRPC log (PULUMI_DEBUG_GRPC)."""
+    took = {}
+    for line in grpc_log.read_text().splitlines():
+        call = json.loads(line)
+        urn = (call.get("request") or {}).get("urn", "")
+        if call["method"].endswith("/Check") and urn.endswith("-reach") and call.get("duration"):
+            took[urn.rsplit("::", 1)[-1]] = call["duration"] / 1e9
+    return took
+
+
+def test_every_node_is_read_at_once_from_the_programs_start(make_nodes, make_deploy, tmp_path):
+    """The head start (issue 24): the program has the engine start the provider first thing and, once
+    the config is read, every node's read, all at once. The engine checks resources one at a time, so
+    before, each node's Reach check was a whole SSH connection and read after the previous one's: with
+    four slow nodes (each behind 150 ms each way) the checks took four slow reads in a row; now the
+    first check waits for its node's read and the others find theirs done or nearly. And each node is
+    still read once in a no-op (test_one_connection_per_node_and_few_round_trips)."""
+    nodes = make_nodes(4)
+    with Toxiproxy() as tp:
+        slow = []
+        for n in nodes:
+            p = tp.proxy(f"slow-{n.name}", f"{n.host}:{n.port}")
+            p.wan(latency_ms=150, rate_kbps=0)
+            slow.append(n.config() | {"host": p.addr[0], "port": p.addr[1]})
+        d = make_deploy(nodes)
+        d.set(nodes=slow)
+        run_up(d)
+        for n in nodes:
+            sshd_verbose(n)
+        since = {n.name: n.journal_cursor() for n in nodes}
+        log = tmp_path / "grpc.json"
+        d.stack.workspace.env_vars["PULUMI_DEBUG_GRPC"] = str(log)
+        _, changed = run_up(d)
+        del d.stack.workspace.env_vars["PULUMI_DEBUG_GRPC"]
+    assert changed == {}
+    took = reach_checks(log)
+    assert sorted(took) == sorted(f"{n.name}-reach" for n in nodes), took
+    slowest = max(took.values())
+    assert slowest > 0.6, took  # one read through the proxy: several round trips of 0.3 s
+    # serial reads would take about four times the slowest (before: each check its own read)
+    assert sum(took.values()) < 2 * slowest, took
+    for n in nodes:  # once each: the head start's read is the one the checks use
+        assert len(re.findall(r"Starting session: command", sshd_since(n, since[n.name]))) == 1, n.name

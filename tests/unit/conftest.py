@@ -55,4 +55,5 @@ def provider_node(tmp_path, monkeypatch):
     node = FakeNode(tmp_path / "node")
     monkeypatch.setattr(ssh, "run", node.ssh_run)
     monkeypatch.setattr(base, "_states", {})
+    monkeypatch.setattr(base, "_read_failed", {})
     return node

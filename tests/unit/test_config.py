@@ -769,19 +769,23 @@ def test_bootstrap_ref_is_required_when_something_is_managed(node):
     assert load(raw_config([node], bootstrap='{"manage": []}'), SECRETS).bootstrap.ref is None
 
 
-def test_the_first_reach_carries_the_peers_that_share_its_key(node, host_key, ed25519_key):
-    """stack.peers (issue 24): a carrier's Reach names the other SSH nodes on its key, public fields
-    only (never a key), so its check starts reading them all at once; a node with its own key and a
-    local node are read by their own Reach."""
-    from sando_components import stack
+def test_the_head_start_reads_every_node_with_its_own_key_marked_secret(node, host_key, ed25519_key):
+    """stack.node_reads + headstart.read_args (issue 24): the program's head start names every node as
+    its Reach reads it, with the node's own key (sando:nodeKeys, else sando:sshPrivateKey) marked
+    secret in the invoke, and a local node without one."""
+    from sando_components import headstart, stack
 
-    n3 = {**node, "name": "n3", "host": "127.0.0.3"}
-    raw = raw_config([node, {**node, "name": "n2"}, n3, {"name": "here", "local": True}],
+    raw = raw_config([node, {**node, "name": "n2"}, {"name": "here", "local": True}],
                      nodeKeys=json.dumps({"n2": ed25519_key[1]}))
     cfg = load(raw, SECRETS | {"sando:nodeKeys"})
-    n1, n2, _, _ = cfg.nodes
-    assert stack.peers(cfg, n1) == [{"node": "n3", "connection": {"host": "127.0.0.3", "port": 2222, "user": "deploy",
-                                                                  "hostKey": node["hostKey"], "insecure": False}}]
-    assert stack.peers(cfg, n2) == []  # its own key: nobody shares it
-    text = json.dumps(stack.peers(cfg, n1))
-    assert PRIVATE_KEY.splitlines()[1] not in text and ed25519_key[1].splitlines()[1] not in text
+    reads = stack.node_reads(cfg)
+    conn = {"host": "127.0.0.2", "port": 2222, "user": "deploy", "hostKey": node["hostKey"], "insecure": False}
+    common = {"releaseRoot": cfg.release_root, "service": cfg.service}
+    assert reads == [{"node": "n1", "connection": conn, "privateKey": PRIVATE_KEY, **common},
+                     {"node": "n2", "connection": conn, "privateKey": ed25519_key[1], **common},
+                     {"node": "here", "connection": {"local": True, "host": "localhost", "port": 0},
+                      "privateKey": None, **common}]
+    args = headstart.read_args(reads)
+    assert [n["privateKey"] for n in args["nodes"]] == [
+        {headstart.SECRET_SIG: headstart.SECRET, "value": PRIVATE_KEY},
+        {headstart.SECRET_SIG: headstart.SECRET, "value": ed25519_key[1]}, None]
