@@ -15,6 +15,31 @@ _sando_clean() {
   esac
 }
 
+# _sando_esc TEXT: _sando_clean's result in _sando_v, without a subshell when TEXT is printable
+# (most values; a release's manifest has quotes only): a node read makes ~30 reports, and a
+# subshell and a pipeline each cost the read ~1-5 ms of the node's forks
+_sando_esc() {
+  case $1 in
+    *[![:print:]]*) _sando_v=$(_sando_clean "$1") ;;
+    *[\"\\]*)
+      _sando_r=$1 _sando_v=
+      while :; do
+        case $_sando_r in
+          *[\"\\]*)
+            _sando_p=${_sando_r%%[\"\\]*}
+            _sando_r=${_sando_r#"$_sando_p"}
+            _sando_v=$_sando_v$_sando_p\\${_sando_r%"${_sando_r#?}"}
+            _sando_r=${_sando_r#?}
+            ;;
+          *) break ;;
+        esac
+      done
+      _sando_v=$_sando_v$_sando_r
+      ;;
+    *) _sando_v=$1 ;;
+  esac
+}
+
 # report KEY VALUE...: tell sando something, as one JSON object on one line of stdout:
 #   {"@":"KEY","v":"VALUE"}
 # KEY is [a-z0-9-]+; VALUE is any text (the words joined by spaces, cleaned by _sando_clean).
@@ -22,7 +47,8 @@ _sando_clean() {
 report() {
   _sando_k=$1
   shift
-  printf '{"@":"%s","v":"%s"}\n' "$_sando_k" "$(_sando_clean "$*")"
+  _sando_esc "$*"
+  printf '{"@":"%s","v":"%s"}\n' "$_sando_k" "$_sando_v"
 }
 
 # report_named KEY NAME VALUE...: a value about one of several things (e.g. one release's
@@ -30,9 +56,11 @@ report() {
 # ends (Report.named).
 report_named() {
   _sando_k=$1
-  _sando_n=$2
+  _sando_esc "$2"
+  _sando_nv=$_sando_v
   shift 2
-  printf '{"@":"%s","v":"%s\\t%s"}\n' "$_sando_k" "$(_sando_clean "$_sando_n")" "$(_sando_clean "$*")"
+  _sando_esc "$*"
+  printf '{"@":"%s","v":"%s\\t%s"}\n' "$_sando_k" "$_sando_nv" "$_sando_v"
 }
 
 # fail CODE KEY VALUE...: report KEY VALUE, then exit with CODE (a name from outcomes.sh).
@@ -45,6 +73,14 @@ fail() {
 
 # --- releases (the cwd is the release root) ------------------------------------------------------
 
+# _sando_one_line FILE: FILE's text in _sando_m, read without a subshell, when it is one line (a
+# manifest is); fails otherwise (unreadable, empty, more lines: list_releases reads it with cat)
+_sando_one_line() {
+  _sando_m='' _sando_x=''
+  { IFS= read -r _sando_m; IFS= read -r _sando_x && _sando_x=1; } 2>/dev/null <"$1" || true
+  [ -n "$_sando_m" ] && [ -z "$_sando_x" ]
+}
+
 # list_releases TAG: every directory under releases/: one sando made (TAGrelease NAME MANIFEST,
 # then TAGfailed NAME when it failed here, and TAGfailed-why NAME EPOCH WHY; TAGunreadable NAME WHY when its manifest cannot be
 # read), or one it did not make (TAGforeign NAME). Uploads in progress (staging) are skipped.
@@ -56,7 +92,7 @@ list_releases() {
     case $_sando_n in "$P_STAGING_PREFIX"*) continue ;; esac
     if [ ! -f "$_sando_d/$P_MANIFEST" ]; then
       report "${1}foreign" "$_sando_n"
-    elif _sando_m=$(cat -- "$_sando_d/$P_MANIFEST" 2>&1); then
+    elif _sando_one_line "$_sando_d/$P_MANIFEST" || _sando_m=$(cat -- "$_sando_d/$P_MANIFEST" 2>&1); then
       report_named "${1}release" "$_sando_n" "$_sando_m"
       if [ -f "$_sando_d/$P_FAILED" ]; then
         report "${1}failed" "$_sando_n"

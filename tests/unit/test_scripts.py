@@ -34,7 +34,8 @@ def test_shellcheck_every_script():
 
 
 HOSTILE = ['plain', 'with "quotes"', "back\\slash", "new\nline\ttab\rcr", "ünïcödé ✓", "$(touch /tmp/x) `id` ;|&",
-           "", "  lead and trail  ", "\x01\x1f control"]
+           "", "  lead and trail  ", "\x01\x1f control", '""\\\\"', 'ends with \\', '{"sando":2,"a":"b\\"c"}',
+           "*[a]? ${x} %s %%"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -129,3 +130,19 @@ def test_every_exit_code_the_python_names_is_in_the_table():
     assert names and names <= set(scripts.outcomes())
     used = set(re.findall(r"\$EX_[A-Z_]+|\$\{EX_[A-Z_]+", "".join(p.read_text() for p in scripts.SH_DIR.glob("*.sh"))))
     assert {u.strip("${") for u in used} <= set(scripts.outcomes())
+
+
+def test_list_releases_reads_each_manifest_as_cat_would(tmp_path):
+    """A one-line manifest is read without a subshell (_sando_one_line, issue 24); any other (more
+    lines, none at the end, empty) as before: the reported text is the file's either way."""
+    from sando_components import paths
+
+    texts = {"v1": '{"sando":2,"version":"v1","q":"a\\"b"}\n', "v2": '{"a":\n 1}\n', "v3": '{"no":"newline"}',
+             "v4": "", "v5": "one\n\n"}
+    for v, text in texts.items():
+        d = tmp_path / paths.RELEASES / v / paths.MANIFEST
+        d.parent.mkdir(parents=True)
+        d.write_text(text)
+    res = sh(f"cd {tmp_path} && " + scripts.render_inline("", 'list_releases ""'))
+    assert res.returncode == 0, res.stderr
+    assert Report.parse(res.stdout).named("release") == {v: t.rstrip("\n").replace("\n", " ") for v, t in texts.items()}

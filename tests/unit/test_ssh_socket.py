@@ -25,6 +25,26 @@ def test_the_socket_to_a_node_has_nagle_off():
             sock.close()
 
 
+def test_the_socket_acknowledges_each_read_at_once():
+    """sshd (Nagle on for a session without a terminal) held the second part of a reply until the
+    first was ACKed, and the kernel delayed that ACK 40 ms: every connection's first session paid it
+    (tcpdump). After each read the socket asks for the ACK now (TCP_QUICKACK, which Linux resets)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = ssh._socket(_conn(server.getsockname()[1]))
+        peer, _ = server.accept()
+        try:
+            raw = sock._sock
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            peer.sendall(b"SSH-2.0-x\r\n")
+            assert sock.recv(64) == b"SSH-2.0-x\r\n"
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+            assert sock.fileno() == raw.fileno() and sock._closed is False  # paramiko's uses, passed through
+        finally:
+            sock.close()
+            peer.close()
+        assert sock._closed is True
+
+
 def test_a_refused_connection_names_the_node_and_its_keys_without_a_traceback():
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
