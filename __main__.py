@@ -17,6 +17,8 @@ try:
     source = stack.resolve_source(cfg)
     sources = bootstrap_sources(cfg, source.repo)
     migrations = stack.release_migrations(cfg, source)
+    env_file = stack.env_file(cfg, sources.files)
+    headstart.ahead(stack.ahead_reads(cfg, env_file))  # the switching nodes' status reads, also at once
     stack.check_local_nodes(cfg)  # a local node's sudo
     # promoted or sando:verifyAgainst: the bytes the pin must have; a pin the source does not run: refused
     expect, refuse = stack.expected_build(cfg, source, stack.source_outputs(cfg, source), pulumi.get_stack())
@@ -38,7 +40,7 @@ for number, batch in enumerate(cfg.batches()):
                                                               commit=source.commit, repo=source.repo, expect=expect), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, release_outcome=release.outcome, token=token,
-            bootstrap=bootstrap, migrations=migrations, env_file=stack.env_file(cfg, sources.files), batch=number,
+            bootstrap=bootstrap, migrations=migrations, env_file=env_file, batch=number,
             after=earlier, deploy=deploy, known_destructive=known), after_reach)
         pointers.append(pointer.pointer)
         nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 
@@ -63,11 +65,85 @@ def describe(a: Ahead, target: str, service: str, ssh_hint: str) -> str:
     return text + "No backup from before them was found on the node."
 
 
+def status_command(props: dict) -> str:
+    """The node's status read this warning needs (sh/status.sh): its database's applied migrations,
+    its switch history, its backups. `props`: the pointer's (service, releaseRoot, healthCheck, gate)."""
+    from . import paths, scripts
+
+    gate, service = props.get("gate") or {}, props["service"]
+    return scripts.command(
+        "status", SERVICE=service, RELEASE_ROOT=props["releaseRoot"],
+        HEALTH_URL=(props.get("healthCheck") or {}).get("url") or "", CADDY_URL="",
+        DATABASE=gate.get("database") or "",
+        ENV_FILE=gate.get("envFile") or paths.for_service(paths.DEFAULT_ENV_FILE, service),
+        DEFAULT_DATABASE=paths.for_service(paths.DEFAULT_DATABASE, service),
+        BACKUP_DIR=gate.get("backupDir") or paths.for_service(paths.DEFAULT_BACKUP_DIR, service),
+        HISTORY=paths.HISTORY, HISTORY_LINES=200)
+
+
+# The program's head start (headstart.ahead -> read_early): the status read of each node that will
+# switch (its live release is not the pin), begun as soon as the node's own read is done, so that
+# the pointers' diffs, which the engine makes one at a time, find it done instead of each making
+# its own round trip in turn (16 nodes: 2.2 s of a bump's 8.7 s). Keyed by node and command.
+_early: dict[tuple, Future] = {}
+_early_lock = threading.Lock()
+
+
+def _early_key(props: dict, command: str) -> tuple:
+    c = props["connection"]
+    return (c.get("host"), c.get("port"), props["releaseRoot"], props["service"], command)
+
+
+def read_early(args: dict) -> None:
+    """Hook of the provider process (headstart.ahead): for each node whose gate is on and whose live
+    release is not the pin, start its status read now (after the node's own read, on its connection)."""
+    from . import ssh
+    from .providers import base
+
+    def read(props: dict, command: str, done: Future) -> None:
+        try:
+            if base.node_state(props).live == props.get("version"):
+                done.set_result(None)  # nothing will switch here: warn_at_preview reads on its own if it must
+                return
+            conn = ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
+            done.set_result(ssh.run(conn, command, timeout=60, check=False))
+        except BaseException as exc:  # noqa: BLE001 - warn_at_preview tries again itself
+            done.set_exception(exc)
+
+    for props in args.get("nodes") or []:
+        if not isinstance(props, dict) or not (props.get("gate") or {}).get("enabled"):
+            continue
+        key = props.get("privateKey")
+        props = {**props, "privateKey": key.get("value") if isinstance(key, dict) else key}
+        command = status_command(props)
+        done: Future = Future()
+        with _early_lock:
+            if _early.setdefault(_early_key(props, command), done) is not done:
+                continue
+        threading.Thread(target=read, args=(props, command, done), daemon=True).start()
+
+
+def _status(conn, props: dict, command: str):
+    """The status read: the head start's when it made this very one, else a round trip now."""
+    from . import ssh
+
+    with _early_lock:
+        early = _early.get(_early_key(props, command))
+    if early is not None:
+        try:
+            res = early.result(timeout=60)
+            if res is not None:
+                return res
+        except Exception:  # noqa: BLE001 - read it again below, with this call's own error
+            pass
+    return ssh.run(conn, command, timeout=60, check=False)
+
+
 def warn_at_preview(props: dict, olds: dict) -> None:
     """A manual pin (the pointer's version changes): when the node's database is ahead of the new
     version, say so in the preview (one read of the node, only when the version changes).
     Nothing here fails the run."""
-    from . import diagnostics, history, paths, scripts, ssh
+    from . import diagnostics, history, scripts, ssh
 
     gate = props.get("gate") or {}
     version, service = props.get("version"), props.get("service")
@@ -75,14 +151,7 @@ def warn_at_preview(props: dict, olds: dict) -> None:
         return
     try:
         conn = ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
-        res = ssh.run(conn, scripts.command(
-            "status", SERVICE=service, RELEASE_ROOT=props["releaseRoot"],
-            HEALTH_URL=(props.get("healthCheck") or {}).get("url") or "", CADDY_URL="",
-            DATABASE=gate.get("database") or "",
-            ENV_FILE=gate.get("envFile") or paths.for_service(paths.DEFAULT_ENV_FILE, service),
-            DEFAULT_DATABASE=paths.for_service(paths.DEFAULT_DATABASE, service),
-            BACKUP_DIR=gate.get("backupDir") or paths.for_service(paths.DEFAULT_BACKUP_DIR, service),
-            HISTORY=paths.HISTORY, HISTORY_LINES=200), timeout=60, check=False)
+        res = _status(conn, props, status_command(props))
         report = scripts.Report.parse(res.out)
         applied = [(row.partition(" ")[0], row.partition(" ")[2]) for row in report.all("applied")]
         found = migrations_ahead(props.get("node") or conn.host, applied, report.one("database") or "?",

@@ -5,7 +5,8 @@ registrations leave the program only once its main body has run: so the program'
 provider's start (Python, the SDK) and the first read of each node came one after another. The
 program sends an invoke of `pulumi-python:dynamic:start` (engine/bin/sando-provider-host.py) first
 thing, from a thread of its own, which makes the engine start the provider at once; and, once the
-config is read, a second one that starts reading every node (providers/base.read_nodes). The
+config is read, a second one that starts reading every node (providers/base.read_nodes), and a third
+that starts the status reads of the nodes that will switch (ahead.read_early). The
 resources' own checks then find the reads done or under way. An invoke is recorded nowhere (not in
 the state); the key goes in it marked secret, as a resource input would. A provider host without
 the hook refuses the invoke: nothing is lost but the head start.
@@ -30,14 +31,16 @@ def send(hook: str, args: dict | None = None) -> threading.Thread:
     """Invoke START with `hook` (`module:function` of the provider side) and `args`, in a thread:
     the program does not wait for the provider to start. A failure is silent (a head start only)."""
 
+    from pulumi.runtime import settings
+
+    monitor = settings.get_monitor()  # here: the SDK's settings are the program thread's (context variables)
+
     def call() -> None:
         try:
             from google.protobuf import struct_pb2
-            from pulumi.runtime import settings
             from pulumi.runtime.proto import resource_pb2
 
-            monitor = settings.get_monitor()
-            if monitor is None:  # not under the engine (unit tests)
+            if monitor is None:  # not under the engine
                 return
             struct = struct_pb2.Struct()
             struct.update({**(args or {}), "hook": hook})
@@ -62,6 +65,13 @@ def reads(nodes: list[dict]) -> threading.Thread:
 
 
 READS = "sando_components.providers.base:read_nodes"
+AHEAD = "sando_components.ahead:read_early"
+
+
+def ahead(nodes: list[dict]) -> threading.Thread | None:
+    """Start, after each node's read, the status read a pointer's diff needs when the node will
+    switch and its migration gate is on (ahead.read_early); nodes as stack.ahead_reads gives them."""
+    return send(AHEAD, read_args(nodes)) if nodes else None
 
 
 def read_args(nodes: list[dict]) -> dict:

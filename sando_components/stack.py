@@ -89,6 +89,18 @@ def node_reads(cfg: StackConfig) -> list[dict]:
     return reads
 
 
+def ahead_reads(cfg: StackConfig, env_file: str) -> list[dict]:
+    """Every node as its pointer's status read sees it (ahead.status_command: the same fields as
+    current_pointer gives the Pointer), with the pin, for the head start (headstart.ahead); none
+    when the migration gate is off (there is nothing to warn of)."""
+    if not cfg.migrations.gate:
+        return []
+    mig = cfg.migrations
+    return [{**read, "version": cfg.version, "healthCheck": {"url": cfg.health_url(node)},
+             "gate": {"enabled": True, "database": mig.database, "envFile": env_file, "backupDir": mig.backup_dir}}
+            for node, read in zip(cfg.nodes, node_reads(cfg))]
+
+
 def check_local_nodes(cfg: StackConfig) -> None:
     """A local node run by a non-root sando: can it use `sudo -n`? Asked once here, before any
     resource exists, so that a preview already says it (a create is not diffed: no read would)."""

@@ -40,6 +40,7 @@ class RecordingMonitor(pm.MockMonitor):
         super().__init__(mocks)
         self.registrations = []
         self.outputs = []
+        self.invokes = []
 
     def RegisterResource(self, request):
         self.registrations.append(request)
@@ -48,6 +49,10 @@ class RecordingMonitor(pm.MockMonitor):
     def RegisterResourceOutputs(self, request):
         self.outputs.append(request)
         return super().RegisterResourceOutputs(request)
+
+    def Invoke(self, request):
+        self.invokes.append(request)
+        return super().Invoke(request)
 
 
 class EchoMocks(pm.Mocks):
@@ -468,6 +473,8 @@ class SourceStack(EchoMocks):
         self.source, self.asked = outputs, []
 
     def call(self, args):
+        if args.token == "pulumi-python:dynamic:start":  # the head start's (its own test below)
+            return {}
         self.asked.append((args.token, dict(args.args)))
         return {"name": args.args["name"], "outputs": self.source, "secretOutputNames": []}
 
@@ -495,3 +502,44 @@ def test_without_verify_against_the_source_is_not_read(config):
     mocks = SourceStack({})
     run_program(*config(nodes=("n1",)), mocks=mocks)
     assert mocks.asked == []
+
+
+# --- the head start (issue 24) -----------------------------------------------------------------------
+
+
+def test_the_head_start_starts_the_provider_the_reads_and_the_pointers_status_reads(config):
+    """First thing, the program invokes the provider's start hook, then every node's read (its key
+    marked secret), then the status read each pointer's diff makes when its node switches, with the
+    very command the pointer would run (ahead.status_command of the Pointer's own inputs)."""
+    import time
+
+    from google.protobuf import json_format
+
+    from sando_components import ahead, headstart
+
+    raw, secrets = config()
+    run = run_program(raw, secrets)
+    deadline = time.monotonic() + 10
+    while len(run.monitor.invokes) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the invokes are sent from threads of their own
+    calls = {json_format.MessageToDict(r.args)["hook"]: json_format.MessageToDict(r.args)
+             for r in run.monitor.invokes if r.tok == headstart.START}
+    assert sorted(calls) == sorted(["sando_components.providers.base:warm", headstart.READS, headstart.AHEAD])
+    reads = calls[headstart.READS]["nodes"]
+    assert [n["node"] for n in reads] == ["n1", "n2"]
+    key = raw["sando:sshPrivateKey"]
+    assert all(n["privateKey"] == {headstart.SECRET_SIG: headstart.SECRET, "value": key} for n in reads)
+    for n in calls[headstart.AHEAD]["nodes"]:
+        pointer = run.inputs(f"{n['node']}-current-switch")
+        assert n["version"] == pointer["version"] == "v1"
+        assert ahead.status_command(n) == ahead.status_command(pointer), n["node"]
+
+
+def test_no_status_reads_ahead_when_the_gate_is_off(config):
+    """The gate off: a pointer's diff warns of nothing, so nothing is read ahead for it."""
+    from sando_components import stack
+    from sando_components.config import load
+
+    raw, secrets = config(migrations='{"gate": false}')
+    assert stack.ahead_reads(load(raw, frozenset(secrets)), "/etc/x.env") == []
+    assert len(stack.ahead_reads(load(config()[0], frozenset(secrets)), "/etc/x.env")) == 2
