@@ -410,6 +410,8 @@ class Project:
 
         env = {} if "PULUMI_SKIP_UPDATE_CHECK" in os.environ else {"PULUMI_SKIP_UPDATE_CHECK": "true"}
         env.setdefault("PULUMI_PARALLEL", os.environ.get("PULUMI_PARALLEL", "64"))  # every node at once
+        # the state written once per run, not after every step (README "Performance"; the nodes are the truth)
+        env.setdefault("PULUMI_SKIP_CHECKPOINTS", os.environ.get("PULUMI_SKIP_CHECKPOINTS", "true"))
         self.ws = Workspace(work_dir=str(self.dir), pulumi_command=command, env_vars=env)
         self._names: list[str] | None = None
         self._flags: dict[str, str] = {}  # stack name -> the flag that named it (for Usage)

@@ -41,6 +41,7 @@ def engine_env(base: Path) -> dict[str, str]:
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_PARALLEL": "64",  # as scripts/env.sh: every node at once
+        "PULUMI_SKIP_CHECKPOINTS": "true",  # as scripts/env.sh: the state written once per run
         "SANDO_CACHE_DIR": str(base / "cache"),
     }
 

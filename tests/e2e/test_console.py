@@ -139,6 +139,33 @@ def test_outputs_after_a_hard_stop_during_the_restart_warning(make_nodes, make_d
     assert out["restartWarning"] == f"sent 6s before the switch at {last['at']}"
 
 
+def test_a_run_killed_outright_mid_switch_is_converged_by_a_plain_up(make_nodes, make_deploy, repo):
+    """Issue 24: the state is written once per run (PULUMI_SKIP_CHECKPOINTS, scripts/env.sh), not
+    after every step. A run killed outright during its switches (SIGKILL to pulumi and all it
+    started: a crash, a lost terminal) leaves the state as the run before it left it; the nodes go
+    on with the switch (the warning is out), and the next plain `pulumi up` reads them and converges,
+    with no pending operations to explain (a write per step left the killed run's pending ones)."""
+    token = "tok-" + os.urandom(8).hex()
+    nodes = make_nodes(2, token=token)
+    d = make_deploy(nodes, repo=repo, restartWarningSeconds=6)
+    d.set_secret("cliServiceToken", token)
+    d.cli(["up", "--yes"])
+    d.set(version="v3")
+    proc = _up_in_background(d)
+    wait_for(lambda: all("restart-warning: received" in n.journal("makenotwork") for n in nodes), timeout=120)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    for n in nodes:
+        wait_for(lambda n=n: n.served()["version"] == "v3", timeout=30)  # each node went on by itself
+    d.cli(["cancel", "--yes"], check=False)  # a killed run leaves the stack's lock
+    again = d.cli(["up", "--yes"])
+    assert "pending operations" not in again.stdout + again.stderr, again.stdout
+    for n in nodes:
+        out = d.node_out(n)
+        assert (out["liveVersion"], out["previousVersion"], out["health"]) == ("v3", "v1", "ok"), out
+        assert (out["lastDeploy"]["version"], out["lastDeploy"]["result"]) == ("v3", "ok")
+
+
 def test_ctrl_c_during_the_restart_warning_says_what_goes_on(make_nodes, make_deploy, repo):
     """Issue 19.6 (and 19.5 in a log): the switch's line says when the restart comes, once; Ctrl-C
     during the warning says that the node still switches, when, and how to see the result; the

@@ -96,7 +96,7 @@ class LocalSando:
             "PATH": f"{TOOLS / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "PULUMI_HOME": f"{self.home}/pulumi-home", "PULUMI_BACKEND_URL": f"file://{self.home}/state",
             "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE, "PULUMI_SKIP_UPDATE_CHECK": "true",
-            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true", "PULUMI_PARALLEL": "64",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true", "PULUMI_PARALLEL": "64", "PULUMI_SKIP_CHECKPOINTS": "true",
             "SANDO_VENV": str(SYSVENV), "SANDO_CACHE_DIR": f"{self.home}/cache",
         }
         envfile = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())

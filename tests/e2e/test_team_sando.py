@@ -51,7 +51,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
         "Pulumi.yaml": REPO / "Pulumi.yaml", "__main__.py": REPO / "__main__.py",
         "sando_components": REPO / "sando_components", ".gitignore": "__pycache__/\n"})
     alice = Operator.clone("alice", origin, tmp_path, backend_url=url, passphrase=PASSPHRASE,
-                           extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-alice"), "PULUMI_PARALLEL": "64", **TOOLCHAIN})
+                           extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-alice"), "PULUMI_PARALLEL": "64", "PULUMI_SKIP_CHECKPOINTS": "true", **TOOLCHAIN})
     alice.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
     config = {"nodes": [node.config()], "version": "v1", "source": {"repo": str(app.path)},
               "binNames": ["makenotwork", "mnw-admin"], "restartWarningSeconds": 1, "bootstrap": {"ref": "main"},
@@ -65,7 +65,7 @@ def test_two_operators_deploy_one_stack(pg, make_nodes, tmp_path):
     alice.commit_push("prod stack: v1")
     bob = Operator.clone("bob", origin, tmp_path, backend_url=pg.url_for(db, None, db), login=False,
                          pgpass=pg.pgpass_line(db, password, db), passphrase=PASSPHRASE,
-                         extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-bob"), "PULUMI_PARALLEL": "64", **TOOLCHAIN})
+                         extra_env={"SANDO_CACHE_DIR": str(tmp_path / "cache-bob"), "PULUMI_PARALLEL": "64", "PULUMI_SKIP_CHECKPOINTS": "true", **TOOLCHAIN})
 
     alice.up("-s", STACK, message="v1")
     assert node.served()["version"] == "v1"
