@@ -20,6 +20,7 @@ import pytest
 from datetime import datetime, timezone
 
 from tests.support import TOOLS, AppRepo, wait_for
+from tests.team import Operator
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +154,8 @@ def test_a_run_killed_outright_mid_switch_is_converged_by_a_plain_up(make_nodes,
     d.set(version="v3")
     proc = _up_in_background(d)
     wait_for(lambda: all("restart-warning: received" in n.journal("makenotwork") for n in nodes), timeout=120)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    killed = Operator.stop(proc)  # SIGKILL to pulumi and every plugin it started (each in a group of its own)
+    assert len(killed) >= 3  # the CLI, the language host and program, the dynamic provider
     for n in nodes:
         wait_for(lambda n=n: n.served()["version"] == "v3", timeout=30)  # each node went on by itself
     d.cli(["cancel", "--yes"], check=False)  # a killed run leaves the stack's lock
