@@ -428,13 +428,13 @@ def test_turning_blue_green_off_stops_the_instances_once_the_plain_unit_is_healt
     node.unit_dropin("broken", "[Service]\nExecStartPre=/bin/false")  # the plain unit's own, not the template's
     d.set(switch={"strategy": "restart"})
     (error,) = d.errors(d.up_fails())
+    assert_only_live(node, "3002", "v2")
+    assert (node.release_root / ".sando" / "instance").read_text().strip() == "3002"
     assert error.startswith("node1: makenotwork.service, the plain unit sando:switch.strategy restart goes back to, "
                             "is not healthy (restart failed: "), error
     assert error.endswith("; nothing was stopped: makenotwork@3002 still serves v2 (the front is back on it). "
                           "sando:switch.strategy restart takes effect once makenotwork.service is healthy: fix it "
                           "and run again"), error
-    assert_only_live(node, "3002", "v2")
-    assert (node.release_root / ".sando" / "instance").read_text().strip() == "3002"
 
     node.unit_dropin("", "")
     run_up(d)
@@ -461,11 +461,11 @@ def test_turning_blue_green_off_with_a_bump_that_fails_then_one_that_passes(bg_d
     node, d = bg_deploy()
     d.set(version="v5", switch={"strategy": "restart"})
     error, *_ = d.errors(d.up_fails())
+    assert_only_live(node, "3001", "v1")
+    assert os.readlink(node.release_root / "current") == "releases/v1"
     assert error.startswith("node1: v5 exited at start (makenotwork.service "), error
     assert ("v1 is live again; nothing was stopped: makenotwork@3001 still serves v1 (the front is back on it); "
             "sando:switch.strategy restart takes effect at the next healthy switch") in error, error
-    assert_only_live(node, "3001", "v1")
-    assert os.readlink(node.release_root / "current") == "releases/v1"
     d.set(version="v2")
     run_up(d)
     assert active(node, "makenotwork") == "active" and enabled(node, "makenotwork") == "enabled"
