@@ -903,7 +903,7 @@ def cmd_logs(args, ctx: Context) -> int:
     cfg = project.config(stack)
     nodes = _node_names(cfg, args.node, stack)
     lines = args.lines if args.lines is not None or args.since else 100
-    command = fleet.logs_command(cfg.service, lines, args.since, args.follow)
+    command = fleet.logs_command(cfg.service, cfg.release_root, lines, args.since, args.follow)
     lock = threading.Lock()
     codes: dict[str, int] = {}
 
@@ -1087,7 +1087,9 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="the service's journal on a node (or every node)", **common, description=(
         "journalctl of the service on NODE (default: every node, each line after its name), over\n"
-        "SSH with the stack's key and pinned host key (the key never leaves this process).\n"
+        "SSH with the stack's key and pinned host key (the key never leaves this process). On a\n"
+        "blueGreen node (sando:switch), every instance's journal, each line after its unit, after a\n"
+        "line naming the live instance (the node's record).\n"
         "Without -n or --since: the last 100 entries.\n\n"
         "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")

@@ -291,16 +291,12 @@ def read(cfg: config_model.StackConfig) -> list[NodeNow]:
 # host key is the pinned one; nothing is written to disk and no key is on any command line.
 
 
-def logs_command(service: str, lines: int | None = None, since: str | None = None, follow: bool = False) -> str:
-    """journalctl of the service: the last `lines` entries (and --since), then follow."""
-    args = ["journalctl", "--no-pager", "-u", f"{service}.service", "-o", "short-iso"]
-    if lines is not None:
-        args += ["-n", str(lines)]
-    if since:
-        args += ["--since", since]
-    if follow:
-        args.append("-f")
-    return shlex.join(args)
+def logs_command(service: str, release_root: str, lines: int | None = None, since: str | None = None,
+                 follow: bool = False) -> str:
+    """sh/logs.sh: journalctl of the service (the last `lines` entries, --since, then follow); of
+    its blueGreen instances when the node records a live one."""
+    return scripts.command("logs", SERVICE=service, RELEASE_ROOT=release_root,
+                           N_LINES="" if lines is None else int(lines), SINCE=since or "", FOLLOW=1 if follow else 0)
 
 
 def restart_command(cfg: config_model.StackConfig, node: config_model.NodeConfig, commit: str | None,

@@ -64,6 +64,26 @@ def failure(props: dict, rc: int, report: Report, live: str | None) -> tuple[str
     return f"{node}: the blueGreen switch could not start ({'; '.join(report.all('bg-error')) or '?'}); {serves}", ""
 
 
+def turned_off_failure(props: dict, report: Report, live: str | None, why: str, msg: str) -> str | None:
+    """The message when blueGreen was turned off (sando:switch.strategy restart) and the plain unit
+    failed: nothing was stopped, the front is back on the live instance (sh/bluegreen.sh's
+    bg_off_undo); None: not that case."""
+    if not report.has("bg-off-undone"):
+        return None
+    node, service = props["node"], props["service"]
+    port = report.one("bg-off-undone")
+    inst = f"{service}@{port}" if port else "blueGreen's instance"
+    back = any(v.startswith("ok") for v in report.after("bg-off-undone").all("health"))
+    serves = (f"{inst} still serves{f' {live}' if live else ''} (the front is back on it)" if back else
+              f"the front is back on {inst}, but it is not healthy either")
+    if report.has("switched"):  # a new release too: it was switched back, the instance runs the old one
+        return f"{msg}; nothing was stopped: {serves}; sando:switch.strategy restart takes effect at the next healthy switch"
+    # the same release, only the strategy changed: the plain unit itself is what fails
+    return (f"{node}: {service}.service, the plain unit sando:switch.strategy restart goes back to, is not healthy "
+            f"({why}); nothing was stopped: {serves}. sando:switch.strategy restart takes effect once "
+            f"{service}.service is healthy: fix it and run again")
+
+
 def notes(props: dict, report: Report) -> list[str]:
     """What the operator is told about how this blueGreen switch went (a fallback to the restart path)."""
     strategy = report.one("strategy") or ""

@@ -313,6 +313,7 @@ class PointerProvider(NodeProvider):
             msg = f"{node}: {version} failed its health check ({why}); {again}"
         else:
             msg = f"{node}: the switch to {version} failed (exit {res.rc}: {(res.err or res.out).strip()[-300:]})"
+        msg = bluegreen.turned_off_failure(props, report, live, why, msg) or msg
         msg, journal = bluegreen.failure(props, res.rc, report, live) or (msg, journal)
         backup = report.one("backup")
         if backup and outcome in ("EX_NO_PREVIOUS", "EX_SWITCHED_BACK") + bluegreen.OUTCOMES[:1]:

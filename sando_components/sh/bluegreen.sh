@@ -134,12 +134,73 @@ bg_front() {
   report front "$BG_FRONT ${1:-plain}"
 }
 
-# bg_front_off: blueGreen turned off (the restart strategy): no redirect, no boot unit, no file
-bg_front_off() {
+# blueGreen turned off (BG=0, sando:switch.strategy restart) on a node it served: its front (the
+# nft rule, P_FRONT_NFT) or its live instance's record (P_INSTANCE) is still there, the instance
+# runs. The switch to the plain unit lifts the front first (bg_off_lift: the plain unit answers on
+# the front's port, which the rule would send to the instance). Only once the plain unit is
+# healthy are the instances stopped and disabled, the plain unit enabled, the boot unit, the
+# ruleset and the record removed (bg_off_done): one process serves, and a reboot starts the plain
+# unit alone. If the plain unit fails, nothing is stopped: it stops, the front goes back to the
+# instance, which never stopped (bg_off_undo).
+bg_off=''
+
+# bg_off_lift: the front lifted when blueGreen is off but its front or record is left
+bg_off_lift() {
+  [ "$BG" != 1 ] || return 0
+  [ -f "$P_FRONT_NFT" ] || [ -f "$P_INSTANCE" ] || return 0
+  bg_off=1
   nft delete table ip sando 2>/dev/null
+  report front-lifted "$(live_instance "$SERVICE")"
+}
+
+# bg_instance_units: the instance units of SERVICE systemd has loaded (running, failed, or
+# enabled: pulled in at boot) and the ones sando's record and links name
+bg_instance_units() {
+  {
+    systemctl list-units --all --plain --no-legend --type=service "$SERVICE@*.service" 2>/dev/null |
+      awk '{ print $1 }'
+    _p=$(cat "$P_INSTANCE" 2>/dev/null)
+    for _l in "$P_INSTANCES"/*; do [ -L "$_l" ] && _p="$_p ${_l##*/}"; done
+    for _l in $_p; do
+      case $_l in *[!0-9]*) ;; *) printf '%s@%s.service\n' "$SERVICE" "$_l" ;; esac
+    done
+  } | grep -x "$SERVICE@[0-9][0-9]*\.service" | sort -u
+}
+
+# bg_off_done: the plain unit is healthy: the instances stopped and disabled, the plain unit
+# enabled, no boot unit, ruleset, record or instance links left
+bg_off_done() {
+  [ -n "$bg_off" ] || return 0
+  systemctl enable --quiet "$SERVICE" 2>/dev/null
+  for _u in $(bg_instance_units); do
+    if systemctl is-active --quiet "$_u"; then systemctl stop "$_u" && report stopped "$_u"; fi
+    systemctl disable --quiet "$_u" 2>/dev/null
+    systemctl reset-failed "$_u" 2>/dev/null
+  done
   systemctl disable --quiet "${P_FRONT_UNIT##*/}" 2>/dev/null
-  rm -f "$P_FRONT_UNIT" "$P_FRONT_NFT"
+  systemctl stop "${P_FRONT_UNIT##*/}" 2>/dev/null
+  rm -f "$P_FRONT_UNIT" "$P_FRONT_NFT" "$P_INSTANCE"
+  rm -rf "$P_INSTANCES"
+  systemctl daemon-reload
   report front-off "$P_FRONT_NFT"
+}
+
+# bg_off_undo: the plain unit failed: it stops, the front goes back to the live instance (never
+# stopped), whose health is checked through the front (it serves, as before the run)
+bg_off_undo() {
+  [ -n "$bg_off" ] || return 0
+  systemctl stop "$SERVICE" 2>/dev/null
+  systemctl reset-failed "$SERVICE" 2>/dev/null
+  if [ -f "$P_FRONT_NFT" ] && ! _out=$(nft -f "$P_FRONT_NFT" 2>&1); then
+    report front-failed "nft -f $P_FRONT_NFT: $(printf '%s' "$_out" | head -c 300)"
+  fi
+  _p=$(live_instance "$SERVICE")
+  report bg-off-undone "$_p"
+  [ -n "$_p" ] || return 0
+  _svc=$SERVICE
+  unit_mark_for "$SERVICE@$_p"
+  health ''
+  SERVICE=$_svc
 }
 
 # bg_caddy: Caddy dials the front through BG_UPSTREAM. Already so (every switch but the first

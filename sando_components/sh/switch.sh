@@ -52,9 +52,13 @@ if [ "$live" = "$target" ]; then
   # outputs say what that run did, not stale values (issue 19.9)
   if [ -n "$H_FILE" ] && [ -f "$H_FILE" ]; then report history-last "$(tail -n 1 -- "$H_FILE")"; fi
   if [ "$BG" = 1 ]; then bg_live; fi
-  if [ -f "$P_FRONT_NFT" ]; then bg_front_off; fi # blueGreen turned off: Caddy reaches the plain unit again
+  bg_off_lift # blueGreen turned off: Caddy reaches the plain unit again (its instances stop once it is healthy)
   if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
-  health "$EXPECT" || exit "$EX_LIVE_UNHEALTHY"
+  if ! health "$EXPECT"; then
+    bg_off_undo
+    exit "$EX_LIVE_UNHEALTHY"
+  fi
+  bg_off_done
   healthy
 fi
 
@@ -67,16 +71,20 @@ if [ "$BG" = 1 ]; then bg_switch; fi
 trap '' HUP PIPE
 if [ "$WARN" = 1 ]; then
   # users are warned only when there are users: no running service, no warning (and no refusal)
-  if systemctl is-active --quiet "$SERVICE"; then warn; else report warning not-needed; fi
+  # (blueGreen turned off: the live instance's users, through the front that still points at it)
+  _li=$(live_instance "$SERVICE")
+  if systemctl is-active --quiet "$SERVICE" || { [ "$BG" != 1 ] && [ -n "$_li" ] &&
+    systemctl is-active --quiet "$SERVICE@$_li"; }; then warn; else report warning not-needed; fi
 fi
 relink "$P_CURRENT" "$target"
 relink "$P_ERROR_PAGES" "$P_CURRENT/$P_ERROR_PAGES"
 if [ -n "$live" ]; then relink "$P_PREVIOUS" "$live"; fi
 report switched "$(date +%s)"
-if [ -f "$P_FRONT_NFT" ]; then bg_front_off; fi # blueGreen turned off: Caddy reaches the plain unit again
+bg_off_lift # blueGreen turned off: Caddy reaches the plain unit again (its instances stop once it is healthy)
 restart
 if [ "$rc" = 0 ] && health "$EXPECT"; then
   sando_history ok
+  bg_off_done
   healthy
 fi
 
@@ -91,8 +99,12 @@ relink "$P_CURRENT" "$live"
 if [ -n "$prev" ]; then relink "$P_PREVIOUS" "$prev"; else rm -f -- "$P_PREVIOUS"; fi
 report reverted "$(date +%s)"
 sando_history "failed: switched back to ${live##*/}"
-restart
-if [ "$rc" = 0 ]; then health ''; fi
+if [ -n "$bg_off" ]; then
+  bg_off_undo # blueGreen's live instance, never stopped, runs the release switched back to
+else
+  restart
+  if [ "$rc" = 0 ]; then health ''; fi
+fi
 prune "$PRUNE_FAILED"
 list_releases final-
 exit "$EX_SWITCHED_BACK"

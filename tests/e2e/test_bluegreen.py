@@ -381,3 +381,95 @@ def test_sando_status_and_restart_see_the_live_instance(bg_deploy, sando):
     assert code == 0, said
     assert len(node.restart_times("makenotwork@3001")) == starts + 1
     assert_only_live(node, "3001", "v1")
+
+
+def test_sando_logs_reads_the_live_instance_from_the_node(bg_deploy, sando):
+    """`sando logs` on a blueGreen node names the live instance, read from the node's record, and
+    shows the journal of both instances, each line after its unit: after a failed switch the new
+    instance's crash beside the live one's lines; after a good one, the other instance is live."""
+    node, d = bg_deploy()
+    d.set(version="v5")  # exits at start as makenotwork@3002: the switch fails, v1 on 3001 serves on
+    d.up_fails()
+    code, said = sando(d.project, "logs", "-s", d.name, node.name, "-n", "200")
+    assert code == 0, said
+    assert said.startswith("sando: makenotwork@3001.service is live (blueGreen, /opt/makenotwork/.sando/instance); "
+                           "the journal of every makenotwork@ instance, each line after its unit\n"), said
+    assert re.search(r" makenotwork@3001\.service\[\d+\]: makenotwork v1 ", said), said
+    assert re.search(r" makenotwork@3002\.service\[\d+\]: crash-at-start build: exiting", said), said
+    d.set(version="v2")
+    run_up(d)
+    code, said = sando(d.project, "logs", "-s", d.name, "-n", "200")  # every node (one here)
+    assert code == 0, said
+    assert said.startswith("sando: makenotwork@3002.service is live (blueGreen, "), said
+    assert re.search(r" makenotwork@3002\.service\[\d+\]: makenotwork v2 ", said), said
+
+
+def _reboot(node) -> None:
+    """As test_systemd_restarted_after_a_blue_green_deploy: every unit stopped and started as at
+    boot, the kernel's nft rules gone."""
+    node.exec("sh", "-c", "printf '[Unit]\\nDescription=down\\nRequires=basic.target\\nAllowIsolate=yes\\n' "
+                          "> /etc/systemd/system/sando-test-down.target && systemctl daemon-reexec && "
+                          "systemctl isolate sando-test-down.target", check=True)
+    assert active(node, "caddy") != "active"
+    node.exec("nft", "flush", "ruleset", check=True)
+    node.exec("systemctl", "isolate", "multi-user.target", check=True)
+    wait_for(lambda: active(node, "caddy") == "active", timeout=30)
+
+
+def test_turning_blue_green_off_stops_the_instances_once_the_plain_unit_is_healthy(bg_deploy):
+    """sando:switch.strategy back to restart. The plain unit broken: the run fails and nothing is
+    stopped (the front is back on the instance, which serves through Caddy and starts at boot).
+    Fixed: the plain unit serves and starts at boot, every instance is stopped and disabled, no
+    rule, boot unit or record is left; a reboot starts the plain unit alone."""
+    node, d = bg_deploy()
+    d.set(version="v2")
+    run_up(d)  # v1 on 3001, then v2 on 3002: both instances have run
+    assert_only_live(node, "3002", "v2")
+    node.unit_dropin("broken", "[Service]\nExecStartPre=/bin/false")  # the plain unit's own, not the template's
+    d.set(switch={"strategy": "restart"})
+    (error,) = d.errors(d.up_fails())
+    assert_only_live(node, "3002", "v2")
+    assert (node.release_root / ".sando" / "instance").read_text().strip() == "3002"
+    assert error.startswith("node1: makenotwork.service, the plain unit sando:switch.strategy restart goes back to, "
+                            "is not healthy (restart failed: "), error
+    assert error.endswith("; nothing was stopped: makenotwork@3002 still serves v2 (the front is back on it). "
+                          "sando:switch.strategy restart takes effect once makenotwork.service is healthy: fix it "
+                          "and run again"), error
+
+    node.unit_dropin("", "")
+    run_up(d)
+    assert active(node, "makenotwork") == "active" and enabled(node, "makenotwork") == "enabled"
+    for port in ("3001", "3002"):
+        assert active(node, f"makenotwork@{port}") != "active" and enabled(node, f"makenotwork@{port}") != "enabled"
+    assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0
+    assert not node.path("/etc/systemd/system/sando-front.service").exists()
+    assert not (node.release_root / ".sando" / "instance").exists()
+    assert node.served(node.caddyUrl)["version"] == "v2"
+    _, changed = run_up(d)
+    assert changed == {}
+
+    _reboot(node)
+    wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
+    assert active(node, "makenotwork") == "active" and node.served(node.caddyUrl)["version"] == "v2"
+    assert [u for u in ("makenotwork@3001", "makenotwork@3002", "sando-front") if active(node, u) == "active"] == []
+
+
+def test_turning_blue_green_off_with_a_bump_that_fails_then_one_that_passes(bg_deploy):
+    """sando:switch.strategy back to restart in the same run as a bump: a release that exits at
+    start as the plain unit is switched back and nothing is stopped (the instance, which never
+    stopped, serves v1 through Caddy); the next good bump ends on the plain unit alone."""
+    node, d = bg_deploy()
+    d.set(version="v5", switch={"strategy": "restart"})
+    error, *_ = d.errors(d.up_fails())
+    assert_only_live(node, "3001", "v1")
+    assert os.readlink(node.release_root / "current") == "releases/v1"
+    assert error.startswith("node1: v5 exited at start (makenotwork.service "), error
+    assert ("v1 is live again; nothing was stopped: makenotwork@3001 still serves v1 (the front is back on it); "
+            "sando:switch.strategy restart takes effect at the next healthy switch") in error, error
+    d.set(version="v2")
+    run_up(d)
+    assert active(node, "makenotwork") == "active" and enabled(node, "makenotwork") == "enabled"
+    assert active(node, "makenotwork@3001") != "active" and enabled(node, "makenotwork@3001") != "enabled"
+    assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0
+    assert node.served(node.caddyUrl)["version"] == "v2"
+    assert os.readlink(node.release_root / "current") == "releases/v2"

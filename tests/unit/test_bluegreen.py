@@ -235,3 +235,85 @@ WantedBy=multi-user.target
         "systemctl enable --quiet sando-front.service",
         "nft -f .sando/front.nft", "systemctl is-enabled --quiet sando-front.service",
         "systemctl enable --quiet sando-front.service"]
+
+
+def test_turning_blue_green_off_by_exact_commands(tmp_path):
+    """blueGreen turned off (BG=0): bg_off_lift lifts the front only; bg_off_done (the plain unit
+    is healthy) stops and disables every instance (loaded, recorded or linked), enables the plain
+    unit, removes the boot unit, ruleset, record and links; bg_off_undo (it is not) stops the
+    plain unit, loads the ruleset again and checks the live instance."""
+    root = tmp_path / "root"
+    (root / ".sando" / "instances").mkdir(parents=True)
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    (bins / "nft").write_text('#!/bin/sh\necho "nft $*" >> "$CALLS"\n')
+    (bins / "nft").chmod(0o755)
+    unit = tmp_path / "sando-front.service"
+    calls = tmp_path / "calls"
+
+    def run(steps: str) -> tuple[str, list[str]]:
+        (root / ".sando" / "instances").mkdir(exist_ok=True)
+        (root / ".sando" / "instance").write_text("3002\n")
+        (root / ".sando" / "front.nft").write_text("table ip sando\n")
+        (root / ".sando" / "instances" / "3002").unlink(missing_ok=True)
+        (root / ".sando" / "instances" / "3002").symlink_to("../../releases/v1")
+        (root / ".sando" / "instances" / "3005").unlink(missing_ok=True)
+        (root / ".sando" / "instances" / "3005").symlink_to("../../releases/v0")
+        unit.write_text("[Unit]\n")
+        calls.write_text("")
+        script = scripts.render_inline(
+            scripts.params(BG=0, SERVICE="makenotwork", RELEASE_ROOT=root, P_FRONT_UNIT=unit),
+            scripts.source("bluegreen.sh")
+            + '\nsystemctl() { echo "systemctl $*" >> "$CALLS"; case "$*" in'
+            + ' "list-units"*) printf "makenotwork@3001.service loaded failed failed x\\n'
+            + 'makenotwork@3002.service loaded active running x\\n" ;;'
+            + ' "is-active --quiet makenotwork@3002.service") return 0 ;; is-active*) return 1 ;; esac; }\n'
+            + 'unit_mark_for() { echo "unit_mark_for $*" >> "$CALLS"; SERVICE=$1; }\n'
+            + 'health() { echo "health [$*] $SERVICE" >> "$CALLS"; report health "ok {}"; }\n'
+            + f'cd "$RELEASE_ROOT" && {steps} && echo "SERVICE=$SERVICE"')
+        res = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             env={"PATH": f"{bins}:/usr/bin:/bin", "CALLS": str(calls)})
+        assert res.returncode == 0, res.stderr
+        return res.stdout, calls.read_text().splitlines()
+
+    out, said = run("bg_off_done")  # not lifted in this run: nothing to do
+    assert (out, said) == ("SERVICE=makenotwork\n", [])
+    out, said = run("bg_off_lift && bg_off_done")
+    assert out == ('{"@":"front-lifted","v":"3002"}\n{"@":"stopped","v":"makenotwork@3002.service"}\n'
+                   f'{{"@":"front-off","v":".sando/front.nft"}}\nSERVICE=makenotwork\n')
+    assert said == [
+        "nft delete table ip sando",
+        "systemctl cat makenotwork@3002.service",  # live_instance: the record names a unit systemd knows
+        "systemctl enable --quiet makenotwork",
+        "systemctl list-units --all --plain --no-legend --type=service makenotwork@*.service",
+        "systemctl is-active --quiet makenotwork@3001.service",
+        "systemctl disable --quiet makenotwork@3001.service",
+        "systemctl reset-failed makenotwork@3001.service",
+        "systemctl is-active --quiet makenotwork@3002.service",
+        "systemctl stop makenotwork@3002.service",
+        "systemctl disable --quiet makenotwork@3002.service",
+        "systemctl reset-failed makenotwork@3002.service",
+        "systemctl is-active --quiet makenotwork@3005.service",
+        "systemctl disable --quiet makenotwork@3005.service",
+        "systemctl reset-failed makenotwork@3005.service",
+        "systemctl disable --quiet sando-front.service",
+        "systemctl stop sando-front.service",
+        "systemctl daemon-reload",
+    ]
+    assert not unit.exists() and sorted(p.name for p in (root / ".sando").iterdir()) == []
+    out, said = run("bg_off_lift && bg_off_undo")
+    assert out == ('{"@":"front-lifted","v":"3002"}\n{"@":"bg-off-undone","v":"3002"}\n'
+                   '{"@":"health","v":"ok {}"}\nSERVICE=makenotwork\n')
+    assert said == [
+        "nft delete table ip sando",
+        "systemctl cat makenotwork@3002.service",
+        "systemctl stop makenotwork",
+        "systemctl reset-failed makenotwork",
+        "nft -f .sando/front.nft",
+        "systemctl cat makenotwork@3002.service",
+        "unit_mark_for makenotwork@3002",
+        "health [] makenotwork@3002",  # any 2xx, watching the instance (SERVICE is back after it)
+    ]
+    assert unit.exists() and (root / ".sando" / "front.nft").exists() and (root / ".sando" / "instance").exists()
+    out, said = run("BG=1 && bg_off_lift && bg_off_undo")  # blueGreen on: none of it
+    assert (out, said) == ("SERVICE=makenotwork\n", [])

@@ -555,11 +555,55 @@ def test_failures_are_one_line_without_traceback(fake, monkeypatch):
 
 
 def test_logs_command_by_exact_string():
+    import shlex
+
+    from sando_components import fleet, scripts
+    cmd = fleet.logs_command("makenotwork", "/opt/makenotwork", 100)
+    argv = shlex.split(cmd)
+    assert argv[0:2] == ["sh", "-c"] and argv[3:] == ["sando-logs"]
+    assert ("\nSERVICE=makenotwork\nRELEASE_ROOT=/opt/makenotwork\nN_LINES=100\nSINCE=''\nFOLLOW=0\n"
+            in argv[2])
+    assert argv[2].endswith(scripts.source("logs.sh"))
+    follow = shlex.split(fleet.logs_command("mnw", "/srv/mnw", None, "1 hour ago", True))[2]
+    assert "\nSERVICE=mnw\nRELEASE_ROOT=/srv/mnw\nN_LINES=''\nSINCE='1 hour ago'\nFOLLOW=1\n" in follow
+
+
+def _run_logs(tmp_path: Path, *args, instance: str | None = None, unit_exists: bool = True) -> tuple[str, str]:
+    """sh/logs.sh run for real, with stand-in journalctl (prints its argv) and systemctl (`cat`
+    succeeds when the instance unit exists) on PATH: (journalctl's argv, stderr)."""
+    import os
+    import shlex
+    import subprocess
+
     from sando_components import fleet
-    assert fleet.logs_command("makenotwork", 100) == \
-        "journalctl --no-pager -u makenotwork.service -o short-iso -n 100"
-    assert fleet.logs_command("mnw", None, "1 hour ago", True) == \
-        "journalctl --no-pager -u mnw.service -o short-iso --since '1 hour ago' -f"
+    bin_dir, root = tmp_path / "bin", tmp_path / "root"
+    bin_dir.mkdir(exist_ok=True)
+    (root / ".sando").mkdir(parents=True, exist_ok=True)
+    (bin_dir / "journalctl").write_text('#!/bin/sh\nfor a in "$@"; do printf "[%s]" "$a"; done\n')
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexit {0 if unit_exists else 1}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    if instance is not None:
+        (root / ".sando" / "instance").write_text(instance + "\n")
+    res = subprocess.run(shlex.split(fleet.logs_command("makenotwork", str(root), *args)), capture_output=True,
+                         text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=True)
+    return res.stdout, res.stderr
+
+
+def test_logs_names_the_plain_unit_without_a_live_instance(tmp_path):
+    assert _run_logs(tmp_path, 100) == ("[--no-pager][-u][makenotwork.service][-o][short-iso][-n][100]", "")
+    assert _run_logs(tmp_path, None, "1 hour ago", True) == (
+        "[--no-pager][-u][makenotwork.service][-o][short-iso][--since][1 hour ago][-f]", "")
+    # a record whose instance unit systemd does not know is not a live instance
+    assert _run_logs(tmp_path, 5, instance="3002", unit_exists=False)[0] == \
+        "[--no-pager][-u][makenotwork.service][-o][short-iso][-n][5]"
+
+
+def test_logs_on_a_blue_green_node_show_every_instance_and_name_the_live_one(tmp_path):
+    out, err = _run_logs(tmp_path, 100, instance="3002")
+    assert out == "[--no-pager][-u][makenotwork@*.service][-o][with-unit][-n][100]"
+    assert err == (f"sando: makenotwork@3002.service is live (blueGreen, {tmp_path}/root/.sando/instance); the "
+                   "journal of every makenotwork@ instance, each line after its unit\n")
 
 
 def test_restart_stdin_carries_the_token_only_when_warning():
