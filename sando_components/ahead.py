@@ -90,8 +90,9 @@ _early_lock = threading.Lock()
 
 
 def _early_key(props: dict, command: str) -> tuple:
-    c = props["connection"]
-    return (c.get("host"), c.get("port"), props["releaseRoot"], props["service"], command)
+    from .providers import base
+
+    return (*base.node_key(props), command)
 
 
 def read_early(args: dict) -> None:
@@ -113,8 +114,7 @@ def read_early(args: dict) -> None:
     for props in args.get("nodes") or []:
         if not isinstance(props, dict) or not (props.get("gate") or {}).get("enabled"):
             continue
-        key = props.get("privateKey")
-        props = {**props, "privateKey": key.get("value") if isinstance(key, dict) else key}
+        props = base.with_plain_key(props)
         command = status_command(props)
         done: Future = Future()
         with _early_lock:

@@ -309,8 +309,13 @@ def read_nodes(args: dict) -> None:
     engine gets to the nodes' Reach checks, which it makes one at a time."""
     for props in args.get("nodes") or []:
         if isinstance(props, dict):
-            key = props.get("privateKey")
-            prefetch({**props, "privateKey": key.get("value") if isinstance(key, dict) else key})
+            prefetch(with_plain_key(props))
+
+
+def with_plain_key(props: dict) -> dict:
+    """A head start's node props with its key as the resources have it (the invoke marks it secret)."""
+    key = props.get("privateKey")
+    return {**props, "privateKey": key.get("value") if isinstance(key, dict) else key}
 
 
 class NodeProvider(ResourceProvider):
