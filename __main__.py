@@ -46,10 +46,10 @@ for number, batch in enumerate(cfg.batches()):
         nodes[node.name] = stack.node_outputs(node, number, release, pointer, bootstrap)
         parity.append((node.name, release, pointer))
     earlier = pointers[-len(batch):]
-verdict(pointers)
 stack.add_bytes(nodes, parity, cfg.version, expect)  # each node's bytes vs the pin's recorded build
 
 pulumi.export("version", cfg.version)
 pulumi.export("commit", source.commit)
 pulumi.export("hostConfig", {"ref": sources.ref, "commit": sources.commit})  # sando promote carries it
 pulumi.export("nodes", nodes)
+verdict(pointers)  # last: the engine has the outputs before a failed node's verdict ends the run

@@ -9,6 +9,7 @@ the previous batch.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pulumi
@@ -79,5 +80,40 @@ class CurrentPointer(pulumi.ComponentResource):
 
 def verdict(pointers: list[Pointer]) -> Verdict:
     """The run fails, naming each node whose switch failed and those a rollout held back, after every
-    pointer recorded where its node stands."""
-    return Verdict("verdict", [p.outcome for p in pointers], pulumi.ResourceOptions(depends_on=pointers))
+    pointer recorded where its node stands and after the engine has the stack's outputs: call it
+    after the last `pulumi.export`."""
+    outcomes = [p.outcome for p in pointers]
+    return Verdict("verdict", after_stack_outputs(outcomes), pulumi.ResourceOptions(depends_on=pointers))
+
+
+def after_stack_outputs(value):
+    """`value`, once the engine has recorded the stack's outputs (all exported by now).
+
+    The SDK sends the stack's outputs only after the program's body, when every output has
+    resolved: at the same moment as the pointers' outcomes reach the verdict. A verdict that fails
+    first ends the run before the engine takes the outputs, and a failed run's outputs then look
+    deleted and keep saying the run before (the health of a node that just failed: "ok"). So they
+    are sent here, in the SDK's own way, and the verdict is registered only once the engine has
+    acknowledged them; the SDK's own send at the end is then skipped (one registration only)."""
+    from pulumi.runtime import rpc, settings
+    from pulumi.runtime._context import wrap_with_context
+    from pulumi.runtime.proto import resource_pb2
+    from pulumi.runtime.stack import massage
+
+    root = settings.get_root_resource()
+    if root is None or getattr(root, "_outputs_registered", True):  # not the SDK's run_in_stack (mocks)
+        return value
+    outputs = massage(root.outputs, [])
+    root._outputs_registered = True  # the SDK's Stack._finish: its own send would be a second one
+
+    async def send():
+        urn = await root.urn.future()
+        props = await rpc.serialize_properties(outputs, {})
+        monitor = settings.get_monitor()
+        if monitor is not None:
+            request = resource_pb2.RegisterResourceOutputsRequest(urn=urn, outputs=props)
+            await asyncio.get_running_loop().run_in_executor(
+                None, wrap_with_context(lambda: monitor.RegisterResourceOutputs(request)))
+        return value
+
+    return asyncio.ensure_future(send())

@@ -17,6 +17,7 @@ import pulumi
 import pytest
 from pulumi.runtime import mocks as pm
 from pulumi.runtime import rpc, settings
+from pulumi.runtime.stack import Stack
 
 from sando_components.providers import host
 
@@ -41,13 +42,16 @@ class RecordingMonitor(pm.MockMonitor):
         self.registrations = []
         self.outputs = []
         self.invokes = []
+        self.order = []  # ("register" | "outputs", name) as the requests came
 
     def RegisterResource(self, request):
         self.registrations.append(request)
+        self.order.append(("register", request.name))
         return super().RegisterResource(request)
 
     def RegisterResourceOutputs(self, request):
         self.outputs.append(request)
+        self.order.append(("outputs", request.urn.rsplit("::", 1)[-1]))
         return super().RegisterResourceOutputs(request)
 
     def Invoke(self, request):
@@ -94,7 +98,7 @@ def run_program(config: dict[str, str], secret_keys: list[str], mocks: EchoMocks
     mocks = mocks or EchoMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(config, secret_keys)
-    settings.ROOT.set(None)  # a fresh root Stack per run
+    settings.ROOT.set(object())  # not None: set_mocks makes no root Stack of its own (see program)
     # A preview: what the mocks do not return (a provider's outputs) stays unknown, as in a real
     # preview, instead of becoming None (which would drop it, and its dependencies, from the inputs).
     pulumi.runtime.set_mocks(mocks, project="sando", stack="t", preview=True, monitor=monitor,
@@ -103,8 +107,15 @@ def run_program(config: dict[str, str], secret_keys: list[str], mocks: EchoMocks
 
     @pulumi.runtime.test
     def program():
-        runpy.run_path(str(MAIN), run_name="__sando_main__")
-        run.exports.update(settings.get_root_resource().outputs)  # what the program exported, as given
+        # a fresh root Stack, as the SDK's run_in_stack makes it: its outputs sent at the end (one
+        # that set_mocks made would have sent them, empty, at once)
+        settings.ROOT.set(None)
+        root = Stack()
+        try:
+            runpy.run_path(str(MAIN), run_name="__sando_main__")
+        finally:
+            root._finish()
+        run.exports.update(root.outputs)  # what the program exported, as given
 
     program()
     return run
@@ -315,6 +326,20 @@ def test_the_verdict_waits_for_every_pointer(config):
     assert reg.parent == STACK_URN
     assert {run.urn(f"{n}-current-switch") for n in ("n1", "n2", "n3")} <= set(reg.dependencies)
     assert set(reg.propertyDependencies["outcomes"].urns) == {run.urn(f"{n}-current-switch") for n in ("n1", "n2", "n3")}
+
+
+def test_the_stack_outputs_reach_the_engine_once_and_before_the_verdict(config):
+    """A failing verdict ends the run: the engine must have the stack's outputs by then, or they
+    look deleted and keep the run before's word (CI saw a failed node's health still "ok")."""
+    run = run_program(*config(nodes=("n1", "n2")))
+    order = run.monitor.order
+    stack_outputs = [i for i, (kind, name) in enumerate(order) if kind == "outputs" and name == "sando-t"]
+    assert len(stack_outputs) == 1, order  # the SDK's own send at the end is skipped
+    (at,) = stack_outputs
+    assert order.index(("register", "verdict")) > at, order
+    (sent,) = [r for r in run.monitor.outputs if r.urn == STACK_URN]
+    assert set(sent.outputs.fields) == {"version", "commit", "hostConfig", "nodes"}
+    assert sent.outputs.fields["version"].string_value == run.exports["version"]
 
 
 def test_rollout_batches_chain_the_pointers(config):
