@@ -236,12 +236,8 @@ def _reason(text: str, name: str) -> str:
 
 def disconnect() -> None:
     """Close the connections this process opened (a command ends; a test's next command starts
-    afresh, as an operator's next `sando` does)."""
-    with ssh._pool_lock:
-        entries = list(ssh._pool.values())
-        ssh._pool.clear()
-    for entry in entries:
-        entry.client.close()
+    afresh, as an operator's next `sando` does; connections kept by sando's keeper stay there)."""
+    ssh.close_all()
 
 
 def fetch_command(path: str) -> str:

@@ -42,6 +42,15 @@ class LostSession(EOFError):
     """A command's session ended without an exit status: its connection is not to be trusted."""
 
 
+class TransportError(RemoteError):
+    """The connection failed during a remote command (it may have run in part)."""
+
+
+class _Unstarted(EOFError):
+    """A session could not be opened on a pooled connection: nothing ran, so any command may be
+    sent again on a fresh connection (a connection kept from an earlier run may have died since)."""
+
+
 @dataclass(frozen=True)
 class Conn:
     host: str
@@ -324,11 +333,11 @@ def _with_channel(conn: Conn, fn, *, retry: bool):
                     if refused > OPEN_RETRIES:
                         raise
                 else:
-                    if isinstance(exc, LostSession):
+                    if isinstance(exc, (LostSession, _Unstarted)):
                         _forget(conn, entry)
                     else:
                         _forget_if_dead(conn)
-                    if not retry or reconnected:
+                    if not (retry or isinstance(exc, _Unstarted)) or reconnected:
                         raise
                     reconnected = True
                     continue
@@ -375,6 +384,32 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
         from . import localnode
 
         return localnode.run(conn, command, stdin=stdin, timeout=timeout, check=check, on_line=on_line, on_sent=on_sent)
+    from . import keeper
+
+    done = None
+    if keeper.wanted(conn):
+        try:
+            got = keeper.run(conn, command, stdin=stdin, timeout=timeout, retry=retry, on_line=on_line, on_sent=on_sent)
+            done = (got.rc, got.out, got.err, got.sent)
+        except keeper.Unavailable:
+            pass  # no keeper: this process connects on its own
+        except keeper.Failed as failed:
+            if failed.kind == "transport":
+                raise TransportError(failed.args[0]) from None
+            raise RemoteError(failed.args[0]) from None
+    rc, out, err, sent = done or run_pooled(conn, command, stdin=stdin, timeout=timeout, retry=retry,
+                                            on_line=on_line, on_sent=on_sent)
+    o, e = out.decode(errors="replace"), err.decode(errors="replace")
+    if check and rc != 0:
+        raise RemoteError(f"{conn.label}: a remote command exited {rc}: {(e.strip() or o.strip())[-500:]}")
+    return Result(rc, o, e, sent)
+
+
+def run_pooled(conn: Conn, command: str, *, stdin: Stdin, timeout: float, retry: bool,
+               on_line: "Callable[[str], None] | None", on_sent: "Callable[[int], None] | None"
+               ) -> tuple[int, bytes, bytes, int]:
+    """ssh.run's command on this process's pooled connection to the node: (rc, stdout, stderr,
+    bytes of stdin sent). Raises RemoteError (cannot connect) or TransportError."""
     import paramiko
 
     sent = 0
@@ -382,7 +417,12 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     def execute(client: paramiko.SSHClient) -> tuple[int, bytes, bytes]:
         nonlocal sent
         sent = 0
-        chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+        try:
+            chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if _refused_open(exc):
+                raise
+            raise _Unstarted(str(exc) or type(exc).__name__) from None
         with _pool_lock:
             _execs[(conn.host, conn.port)] = _execs.get((conn.host, conn.port), 0) + 1
         try:
@@ -417,12 +457,18 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     try:
         rc, out, err = _with_channel(conn, execute, retry=retry)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise RemoteError(f"{conn.label}: the connection failed during a remote command "
-                          f"({exc or type(exc).__name__})") from None
-    o, e = out.decode(errors="replace"), err.decode(errors="replace")
-    if check and rc != 0:
-        raise RemoteError(f"{conn.label}: a remote command exited {rc}: {(e.strip() or o.strip())[-500:]}")
-    return Result(rc, o, e, sent)
+        raise TransportError(f"{conn.label}: the connection failed during a remote command "
+                             f"({exc or type(exc).__name__})") from None
+    return rc, out, err, sent
+
+
+def close_all() -> None:
+    """Close every pooled connection of this process."""
+    with _pool_lock:
+        entries = list(_pool.values())
+        _pool.clear()
+    for entry in entries:
+        entry.client.close()
 
 
 def stats() -> dict[str, dict[str, int]]:

@@ -7,3 +7,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # sando_compone
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long scenario (16 nodes); `make test` and CI run it, "
                                        "`make quick` leaves it out")
+
+
+def pytest_unconfigure(config):
+    """The whole run is over (the controller, not an xdist worker): end the connection keepers the
+    tests' runs started (sando_components/keeper.py), instead of leaving them to idle out after
+    SANDO_SSH_PERSIST seconds: a CI job is then done when its tests are."""
+    if hasattr(config, "workerinput"):
+        return
+    from sando_components import keeper
+
+    keeper.stop_all()

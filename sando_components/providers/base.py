@@ -300,8 +300,14 @@ _prefetching: set[tuple] = set()
 
 def warm(_args: dict) -> None:
     """The program's head start (headstart.provider): load what reading a node needs while the
-    program still works (this module's import has loaded the providers already)."""
-    import paramiko  # noqa: F401
+    program still works (this module's import has loaded the providers already), and start the
+    connection keeper if none runs (keeper.py)."""
+    from .. import keeper
+
+    if keeper.persist_seconds() > 0:
+        keeper.ensure()
+    else:
+        import paramiko  # noqa: F401
 
 
 def read_nodes(args: dict) -> None:

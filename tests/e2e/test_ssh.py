@@ -1,18 +1,20 @@
 """sando's SSH transport against a real node's sshd: pinned host keys, one connection per node per
 run, few round trips, within sshd's MaxSessions, refused channel opens retried, an idempotent
-transfer retried once on a fresh connection."""
+transfer retried once on a fresh connection; each both through sando's connection keeper (the
+default: connections outlive a run) and in the caller's own process (SANDO_SSH_PERSIST=0)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from sando_components import ssh
+from sando_components import keeper, ssh
 from tests.support import AppRepo, run_up
 from tests.toxiproxy import Toxiproxy
 
@@ -30,7 +32,25 @@ def sshd_verbose(node) -> None:
 
 
 def sshd_since(node, cursor: str) -> str:
-    return node.journal("ssh", after=cursor, output="cat")
+    """sshd's lines since the cursor, by its syslog name: a connection's own sshd moves into the
+    login session's scope, so its later lines (a kept connection's sessions) are not ssh.service's."""
+    return node.exec("sh", "-c", f"journalctl --sync && journalctl --no-pager -o cat -t sshd --after-cursor='{cursor}'",
+                     check=True).stdout
+
+
+@pytest.fixture(params=["keeper", "process"])
+def via(request, monkeypatch):
+    """Where the connections live: sando's keeper (the default) or this process (SANDO_SSH_PERSIST=0)."""
+    if request.param == "process":
+        monkeypatch.setenv(keeper.PERSIST_ENV, "0")
+    return request.param
+
+
+def node_stats(node, via: str, since: dict | None = None) -> dict:
+    """Connections opened and exec channels run to the node, by whichever side held them (since an
+    earlier count: the keeper outlives a test, and a later test's node may have the same address)."""
+    now = (keeper.stats() if via == "keeper" else ssh.stats()).get(f"{node.host}:{node.port}", {})
+    return {k: now.get(k, 0) - (since or {}).get(k, 0) for k in ("connections", "execs")}
 
 
 @pytest.fixture(autouse=True)
@@ -73,10 +93,10 @@ def test_a_node_without_sshd_on_its_port_fails_naming_the_node_and_the_keys(make
     assert not (node.release_root / "releases").exists()
 
 
-def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_nodes):
+def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_nodes, via):
     (node,) = make_nodes(1)
     sshd_verbose(node)
-    since = node.journal_cursor()
+    since, counted = node.journal_cursor(), node_stats(node, via)
     c = conn(node)
     errors: list[str] = []
 
@@ -96,10 +116,10 @@ def test_sixty_parallel_commands_share_one_connection_within_max_sessions(make_n
     log = sshd_since(node, since)
     assert len(re.findall(r"Accepted publickey", log)) == 1  # one connection for all 120 commands
     assert "Disconnecting" not in log and "bad id" not in log
-    assert ssh.stats()[f"{node.host}:{node.port}"] == {"connections": 1, "execs": 120}
+    assert node_stats(node, via, counted) == {"connections": 1, "execs": 120}
 
 
-def test_refused_channel_opens_are_retried(make_nodes):
+def test_refused_channel_opens_are_retried(make_nodes, via):
     """sshd allows only 2 sessions per connection here; sando opens up to 6 at once: the refused
     opens are retried until a channel frees up."""
     (node,) = make_nodes(1)
@@ -121,9 +141,9 @@ def test_refused_channel_opens_are_retried(make_nodes):
     assert errors == []
 
 
-def test_an_idempotent_transfer_is_retried_once_on_a_fresh_connection(make_nodes):
+def test_an_idempotent_transfer_is_retried_once_on_a_fresh_connection(make_nodes, via):
     (node,) = make_nodes(1)
-    c = conn(node)
+    c, counted = conn(node), node_stats(node, via)
     ssh.run(c, "true")  # the pooled connection is up
     attempts = []
 
@@ -137,7 +157,7 @@ def test_an_idempotent_transfer_is_retried_once_on_a_fresh_connection(make_nodes
 
     res = ssh.run(c, "wc -c", stdin=stream, retry=True)
     assert res.out.strip() == "200000" and len(attempts) == 2
-    assert ssh.stats()[f"{node.host}:{node.port}"]["connections"] == 2
+    assert node_stats(node, via, counted)["connections"] == 2
 
     def broken():
         yield b"x" * 100_000
@@ -156,18 +176,21 @@ def two_versions(tmp_path_factory):
     return r
 
 
-def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, two_versions):
+def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, two_versions, via):
     """A bump opens one connection and at most 4 sessions per node; a no-op makes one (the read of
-    what the node holds, which drift detection needs)."""
+    what the node holds, which drift detection needs). Through the keeper, a run after the first
+    opens none: the first run's connection serves it."""
     (node,) = make_nodes(1)
     sshd_verbose(node)
     d = make_deploy([node], repo=two_versions)
+    if via == "process":
+        d.stack.workspace.env_vars[keeper.PERSIST_ENV] = "0"
     run_up(d)
     d.set(version="v2")
     since = node.journal_cursor()
     run_up(d)
     log = sshd_since(node, since)
-    assert len(re.findall(r"Accepted publickey", log)) == 1, log
+    assert len(re.findall(r"Accepted publickey", log)) == (0 if via == "keeper" else 1), log
     assert len(re.findall(r"Starting session: command", log)) <= 4, log
     since = node.journal_cursor()
     _, changed = run_up(d)
@@ -203,6 +226,7 @@ def test_every_node_is_read_at_once_from_the_programs_start(make_nodes, make_dep
             slow.append(n.config() | {"host": p.addr[0], "port": p.addr[1]})
         d = make_deploy(nodes)
         d.set(nodes=slow)
+        d.stack.workspace.env_vars[keeper.PERSIST_ENV] = "0"  # each run its own connections: the reads' whole cost
         run_up(d)
         for n in nodes:
             sshd_verbose(n)
@@ -220,3 +244,62 @@ def test_every_node_is_read_at_once_from_the_programs_start(make_nodes, make_dep
     assert sum(took.values()) < 2 * slowest, took
     for n in nodes:  # once each: the head start's read is the one the checks use
         assert len(re.findall(r"Starting session: command", sshd_since(n, since[n.name]))) == 1, n.name
+
+
+# --- the keeper (SSH connections that outlive a run) ---------------------------------------------
+
+
+def keeper_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "from sando_components import keeper; keeper.serve"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_the_keeper_serves_later_runs_and_reconnects_when_its_connection_died(make_nodes, make_deploy, two_versions):
+    """Runs after the first open no connection of their own; the keeper holds neither the key nor
+    any secret where another process could read it (argv, environment); a connection that died
+    between runs (the node's sshd session killed, as a reboot does) is replaced, and the run
+    goes on."""
+    (node,) = make_nodes(1)
+    sshd_verbose(node)
+    d = make_deploy([node], repo=two_versions)
+    run_up(d)
+    key = Path(node.privateKeyPath).read_text().strip().splitlines()[1]
+    pids = keeper_pids()
+    assert pids
+    for pid in pids:
+        assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert all(v.split(b"=", 1)[0] in (b"PATH", b"LANG") for v in environ if v), environ
+    since = node.journal_cursor()
+    _, changed = run_up(d)
+    assert changed == {}
+    assert not re.findall(r"Accepted publickey", sshd_since(node, since))
+    node.exec("pkill", "-KILL", "-f", "sshd: root@notty")  # the kept connection dies
+    since = node.journal_cursor()
+    d.set(version="v2")
+    run_up(d)
+    assert node.served()["version"] == "v2"
+    assert len(re.findall(r"Accepted publickey", sshd_since(node, since))) == 1
+
+
+def test_the_keeper_serves_only_its_user_and_only_with_the_key(make_nodes, tmp_path):
+    """Another user cannot talk to the keeper (it checks who connects), and a caller with another
+    key does not get the connection a key opened (it is pooled by the key's digest): it has to
+    authenticate, and the node refuses that key."""
+    (node,) = make_nodes(1)
+    c, counted = conn(node), node_stats(node, "keeper")
+    assert ssh.run(c, "hostname").out.strip() == node.name
+    assert node_stats(node, "keeper", counted)["connections"] == 1
+    # as nobody (the system's python: the venv's lives under /root), asking for the keeper's stats
+    probe = ("import socket, struct, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect('\\0' + sys.argv[1])\n"
+             "try:\n    s.sendall(struct.pack('>cI', b'S', 0))\n    print(s.recv(100))\n"
+             "except (ConnectionResetError, BrokenPipeError):\n    print(b'')\n")  # closed on it
+    other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                            probe, keeper.address(keeper.persist_seconds())[1:]], capture_output=True, text=True,
+                           cwd="/", timeout=30)
+    assert other.returncode == 0 and other.stdout.strip() == "b''", other  # closed without a word
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    with pytest.raises(ssh.RemoteError, match="the SSH key was refused"):
+        ssh.run(conn(node, private_key=(tmp_path / "k").read_text()), "hostname")
+    assert node_stats(node, "keeper", counted)["connections"] == 1  # the keyed connection was not lent out
