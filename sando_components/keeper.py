@@ -22,8 +22,10 @@ time send their commands through it.
 - If the keeper cannot be reached or started, the run connects on its own, as before.
 
 The wire: frames of one type byte, a 4-byte length and the payload. The caller sends Q (the request,
-JSON), then its stdin as I frames and E; the keeper answers L (a line of stdout, when asked), then
-O (stdout), e (stderr) and R (JSON: rc, sent), or F (JSON: kind, message) on a failure.
+JSON) and waits for A (taken: a keeper that ends meanwhile, idle, never took it, and the caller
+goes to a new one); then it sends its stdin as I frames and E; the keeper answers L (a line of
+stdout, when asked), then O (stdout), e (stderr) and R (JSON: rc, sent), or F (JSON: kind,
+message) on a failure.
 """
 
 from __future__ import annotations
@@ -218,12 +220,21 @@ def run(conn, command: str, *, stdin, timeout: float, retry: bool,
 def _request(conn, command: str, *, stdin, timeout: float, retry: bool, on_line, on_sent) -> Outcome:
     from .ssh import CHUNK, _tell
 
-    sock = connect()
-    with sock:
-        request = {"conn": asdict(conn), "command": command, "timeout": timeout, "retry": retry,
-                   "stdin": stdin is not None, "lines": on_line is not None}
-        try:
+    request = {"conn": asdict(conn), "command": command, "timeout": timeout, "retry": retry,
+               "stdin": stdin is not None, "lines": on_line is not None}
+    for attempt in (1, 2):
+        sock = connect()
+        try:  # the keeper takes the request (A) before anything runs: a keeper ending (idle) never took it
             send(sock, b"Q", json.dumps(request).encode())
+            if receive(sock)[0] == b"A":
+                break
+        except (OSError, EOFError):
+            pass
+        sock.close()
+        if attempt == 2:
+            raise Unavailable("the keeper did not take the request")
+    with sock:
+        try:
             if stdin is not None:
                 sent = 0
                 for chunk in [stdin] if isinstance(stdin, bytes) else stdin():
@@ -331,7 +342,9 @@ class _Server:
 
                     send(client, b"R", json.dumps(ssh.stats()).encode())
                 elif kind == b"Q":
-                    _handle(client, json.loads(payload))
+                    request = json.loads(payload)
+                    send(client, b"A")
+                    _handle(client, request)
         except (OSError, EOFError, ValueError):
             pass  # the caller went away: its own side says so
         finally:

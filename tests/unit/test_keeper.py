@@ -214,3 +214,22 @@ def test_stop_all_ends_this_sandos_keepers_only():
         for proc in (ours, other):
             proc.kill()
             proc.wait()
+
+
+def test_a_request_that_a_keeper_never_took_goes_to_the_next_one(served, monkeypatch):
+    """A keeper that ends (idle) as a caller connects closes without taking the request: nothing ran,
+    so even a command that is not idempotent goes to the next keeper."""
+    fake_node(monkeypatch, served, lambda _n, _data, _on_line: (0, b"moved", b"", 0))
+    real, calls = keeper.connect, []
+
+    def connect():
+        calls.append(1)
+        if len(calls) == 1:
+            ours, ending = socket.socketpair()
+            ending.close()
+            return ours
+        return real()
+
+    monkeypatch.setattr(keeper, "connect", connect)
+    assert ssh.run(_conn(), "mv a b").out == "moved"
+    assert len(calls) == 2 and len(served["calls"]) == 1
