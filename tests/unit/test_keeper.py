@@ -184,18 +184,24 @@ def test_a_session_that_cannot_be_opened_is_retried_on_a_fresh_connection_for_an
     assert rc == 0 and len(opened) == 2 and clients[0].closed  # not idempotent, and still retried: nothing ran
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the keeper's end, on purpose
 def test_an_idempotent_command_whose_keeper_went_away_is_sent_again(served, monkeypatch):
-    def behave(n, _data, _on_line):
-        if n == 1:
-            raise SystemExit  # the keeper's thread ends without a word: its socket closes
-        return 0, b"again", b"", 0
+    fake_node(monkeypatch, served, lambda _n, _data, _on_line: (0, b"again", b"", 0))
+    handle, taken = keeper._handle, []
 
-    fake_node(monkeypatch, served, behave)
+    def ends_once(client, request):  # the first request taken, the keeper ends without a word
+        taken.append(request["command"])
+        if len(taken) == 1:
+            client.shutdown(socket.SHUT_RDWR)
+            return
+        handle(client, request)
+
+    monkeypatch.setattr(keeper, "_handle", ends_once)
     assert ssh.run(_conn(), "cat /x", retry=True).out == "again"
+    assert taken == ["cat /x", "cat /x"]
+    taken.clear()
     with pytest.raises(ssh.TransportError, match="sando's connection keeper went away"):
-        fake_node(monkeypatch, served | {"calls": []}, behave)
         ssh.run(_conn(), "mv a b")  # not idempotent: said, not sent again
+    assert taken == ["mv a b"]
 
 
 def test_stop_all_ends_this_sandos_keepers_only():
