@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from pulumi import automation as auto  # noqa: E402
 
-from sando_components import build  # noqa: E402
+from sando_components import build, keeper  # noqa: E402
 from sando_components.config import SourceConfig  # noqa: E402
 from tests import realistic  # noqa: E402
 from tests.baselines import minimal_deploy  # noqa: E402
@@ -71,6 +71,8 @@ HEADER = f"""\
                  64-node stack with and without PULUMI_PARALLEL_DIFF=true, alternating
    bytesVsRsync  bytes a sando bump of the realistic server sends / bytes `rsync -az
                  --copy-dest=<live release>` sends for the same release (its --stats)
+   keeper*       with SSH connections kept between runs (sando's keeper, the default) / each run
+                 its own (SANDO_SSH_PERSIST=0): keeperNoopCli (1 node, `pulumi up`), keeperWanNoop
    switch        sando:switch.strategy restart vs blueGreen: failed requests and the longest gap a
                  poller through Caddy (every 10 ms) sees across N bumps, a 3 s start, a crash at start"""
 
@@ -261,6 +263,8 @@ def main() -> int:
             t.timed("sando no-op up (1 node)", lambda: run_up(d_a))
             t.add("empty program: pulumi up (CLI)", cli_up(empty.workspace.work_dir, "empty", env))
             t.add("sando no-op: pulumi up (CLI, 1 node)", cli_up(str(d_a.project), d_a.name, env))
+            t.add("sando no-op: pulumi up (CLI, 1 node, no keeper)",
+                  cli_up(str(d_a.project), d_a.name, {**env, keeper.PERSIST_ENV: "0"}))
             d_a.set(version=v)
             t.timed("sando bump (1 node)", lambda: run_up(d_a))
             t.add("minimal script bump (1 node)", m_a.deploy(v, art[v]))
@@ -277,6 +281,10 @@ def main() -> int:
             t.timed("sando rollback by pin over WAN", lambda: run_up(d_wan))
             d_wan.set(version=v)
             run_up(d_wan)  # forward again, untimed
+            t.timed("sando no-op over WAN", lambda: run_up(d_wan))
+            d_wan.stack.workspace.env_vars[keeper.PERSIST_ENV] = "0"
+            t.timed("sando no-op over WAN (no keeper)", lambda: run_up(d_wan))
+            del d_wan.stack.workspace.env_vars[keeper.PERSIST_ENV]
             for n in (a, wan, *n16.nodes):
                 assert n.served()["version"] == v, (n.name, n.served())
 
@@ -376,6 +384,9 @@ def main() -> int:
             f"parallelDiffBump{BIG}": m[f"sando bump ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando bump ({BIG} nodes)"],
             "bytesVsRsync": statistics.median(sent) / statistics.median(rsynced),
             "noopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["empty program: pulumi up (CLI)"],
+            # SSH connections kept between runs (keeper.py) against each run its own (SANDO_SSH_PERSIST=0)
+            "keeperNoopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["sando no-op: pulumi up (CLI, 1 node, no keeper)"],
+            "keeperWanNoop": m["sando no-op over WAN"] / m["sando no-op over WAN (no keeper)"],
         }
         say(f"\n== results (median of {RUNS})")
         for k in t.runs:
@@ -400,6 +411,7 @@ def main() -> int:
                 d.destroy()
         if toxi is not None:
             toxi.stop()
+        keeper.stop_all()  # the connections the bench's runs kept: its nodes are going
         left = []
         for s in sets:
             try:
