@@ -153,7 +153,11 @@ def connect() -> socket.socket:
             raise Unavailable(str(exc)) from None
         if _broken:
             raise Unavailable("no keeper")
-        _spawn(name, persist)
+        try:
+            _spawn(name, persist)
+        except (OSError, subprocess.SubprocessError) as exc:
+            _broken = True
+            raise Unavailable(f"the keeper could not be started: {exc}") from None
         deadline = time.monotonic() + START_WAIT
         while True:
             try:

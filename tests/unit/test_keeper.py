@@ -239,3 +239,16 @@ def test_a_request_that_a_keeper_never_took_goes_to_the_next_one(served, monkeyp
     monkeypatch.setattr(keeper, "connect", connect)
     assert ssh.run(_conn(), "mv a b").out == "moved"
     assert len(calls) == 2 and len(served["calls"]) == 1
+
+
+def test_a_keeper_that_cannot_start_leaves_the_run_to_connect_on_its_own(monkeypatch):
+    def cannot(*_a):
+        raise OSError("no such file")
+
+    monkeypatch.setattr(keeper, "address", lambda _p: f"\0sando-keeper-test-{uuid.uuid4().hex}")  # none listens
+    monkeypatch.setattr(keeper, "_spawn", cannot)
+    monkeypatch.setattr(keeper, "_broken", False)
+    monkeypatch.setattr(ssh, "run_pooled", lambda *a, **k: (0, b"on its own", b"", 0))
+    monkeypatch.delenv(keeper.PERSIST_ENV, raising=False)
+    assert ssh.run(_conn(), "true").out == "on its own"
+    assert keeper._broken and not keeper.wanted(_conn())  # not tried again in this process
