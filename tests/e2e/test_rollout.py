@@ -83,3 +83,29 @@ def test_a_rerun_pauses_only_after_a_batch_that_switched(make_nodes, make_deploy
     took = time.monotonic() - started
     assert node1.served()["version"] == node2.served()["version"] == "v2"
     assert took < 60, took  # node1 switched nothing in this run: no pause before node2
+
+
+def test_an_unreachable_node_stops_the_rollout_like_a_failed_one(make_nodes, make_deploy, repo):
+    """A node of an earlier batch that cannot be reached: a plain `pulumi up` (which previews first)
+    fails before any change; an up that skips its preview switches the batches before it, says the
+    node once and holds the later batches back, as a failed switch does; reachable again, a plain
+    up converges."""
+    nodes = make_nodes(3)
+    node1, node2, node3 = nodes
+    d = make_deploy(nodes, repo=repo, rollout={"batchSize": 1})
+    run_up(d)
+    d.set(version="v2", nodes=[node1.config(), node2.config() | {"port": 2222}, node3.config()])  # nothing listens there
+    res = d.cli(["up", "--yes"], check=False)  # as typed: the preview fails, nothing is changed
+    assert res.returncode != 0 and "cannot connect" in res.stdout + res.stderr, res.stdout
+    assert {n.served()["version"] for n in nodes} == {"v1"}
+
+    res = d.cli(["up", "--yes", "--skip-preview"], check=False)  # as the Automation API's up (sando promote)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and d.errors(out)[1:] == ["Rollout stopped: node3 not switched (they keep their version)."], out
+    assert sum(line.count("cannot connect: Connection refused") for line in out.splitlines()) == 1, out
+    assert [n.served()["version"] for n in nodes] == ["v2", "v1", "v1"]
+    assert os.readlink(node3.release_root / "current") == "releases/v1"
+
+    d.set(nodes=[n.config() for n in nodes])
+    run_up(d)
+    assert [n.served()["version"] for n in nodes] == ["v2", "v2", "v2"]
