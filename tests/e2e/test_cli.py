@@ -125,7 +125,9 @@ def test_status_reads_every_node_now(make_nodes, make_deploy, sando, tmp_path):
     assert rows[b.name].split()[2:4] == ["v1", "(pin"] and "ok (serves v2)" in rows[b.name], said
     assert f"v2 {na['lastDeploy']['at'][:16]}Z by {ME} (pulumi up)" in rows[a.name], said
 
-    b.exec("systemctl", "stop", "ssh", check=True)
+    # unreachable: sshd stopped, and the connection sando's keeper holds (its sshd outlives the
+    # service's stop, in the login session's scope) ended, as with a node gone down
+    b.exec("sh", "-c", "systemctl stop ssh && pkill -KILL -f 'sshd: root@[n]otty'; true", check=True)
     try:
         code, said = sando(d.project, "status", d.name)
     finally:
@@ -352,7 +354,10 @@ def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando
     proc = subprocess.Popen([*sando_cmd, "logs", "-s", d.name, a.name, "-f", "-n", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(Path(cli.__file__).parents[1]))
     try:
-        time.sleep(3)  # connected and following
+        deadline = time.monotonic() + 60  # connected and following: its journalctl runs on the node
+        while a.exec("pgrep", "-x", "journalctl").returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.2)
         a.exec("systemctl", "restart", "makenotwork", check=True)
         deadline, seen = time.monotonic() + 60, b""
         while b"listening on" not in seen and time.monotonic() < deadline:
