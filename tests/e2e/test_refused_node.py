@@ -92,3 +92,56 @@ def test_a_node_refused_for_its_bytes_gets_no_host_config(make_nodes, make_deplo
         assert n.served()["version"] == "v2"
         assert n.path(CADDYFILE).read_text() == caddyfile.read_text() and n.path(UNIT).read_text() == unit.read_text()
         assert prod.node_out(n)["bytes"] == f"match the pinned build (verified on {testnot.name})"
+
+
+def test_a_promote_refused_where_a_node_holds_other_bytes_leaves_its_host_config(make_nodes, make_deploy, sando,
+                                                                                tmp_path):
+    """`sando promote` (an up that skips its preview) of v2 and of testnot's new host config to a prod
+    node that holds a v2 of other bytes (operator B's build, deployed there and pinned back from):
+    that node is refused (releases are immutable), and keeps its release and its last good host
+    config; promote puts prod's pins back (its version and sando:bootstrap.ref), as the node is."""
+    repo = AppRepo(tmp_path / "app")
+    repo.version("v2")
+    t_node, p_node = make_nodes(2)
+    _caddy_room(t_node, p_node)
+    ref = repo.commit("HEAD")
+    testnot = make_deploy([t_node], repo=repo, bootstrap={"ref": ref})
+    prod = make_deploy([p_node], repo=repo, project=testnot.project, bootstrap={"ref": ref})
+    run_up(testnot)
+    run_up(prod)  # v1 on both
+    operator_b = {"SANDO_CACHE_DIR": str(tmp_path / "operator-b-cache"), "RUSTFLAGS": "-C debuginfo=1"}
+    operator_a = {k: prod.env.get(k) for k in operator_b}
+    prod.stack.workspace.env_vars.update(operator_b)
+    prod.set(version="v2")
+    run_up(prod)  # B's v2 on prod (no verification yet), then the pin back to v1: node2 holds B's v2
+    prod.set(version="v1")
+    run_up(prod)
+    for k, v in operator_a.items():
+        if v is None:
+            prod.stack.workspace.env_vars.pop(k, None)
+        else:
+            prod.stack.workspace.env_vars[k] = v
+    held = json.loads((p_node.release_root / "releases" / "v2" / ".sando" / "manifest.json").read_text())["files"]
+
+    caddyfile = repo.path / "server/deploy/Caddyfile"
+    caddyfile.write_text(caddyfile.read_text() + "\n# through testnot with v2\n")
+    repo.git("commit", "-q", "-am", "host config")
+    testnot.set(version="v2", bootstrap={"ref": repo.commit("HEAD")})
+    run_up(testnot)
+    tested = json.loads((t_node.release_root / "releases" / "v2" / ".sando" / "manifest.json").read_text())["files"]
+    assert held["makenotwork"] != tested["makenotwork"]
+    before = host_files(p_node)
+    assert t_node.path(CADDYFILE).read_text() == caddyfile.read_text() != before[CADDYFILE]
+
+    code, said = sando(testnot.project, "promote", "--from", testnot.name, "--to", prod.name, "--yes")
+    assert code == 1, said
+    assert host_files(p_node) == before, said  # the last good host config
+    assert p_node.served()["version"] == "v1"
+    refusal = (f"node2: v2 ({repo.commit('v2')[:12]}) on node2 is not byte-identical to what {testnot.name} runs: "
+               f"makenotwork: on node2 {held['makenotwork']}, on {testnot.name} {tested['makenotwork']}")
+    up, _, summary = said.partition("sando: pulumi up failed: ")
+    assert up.count(refusal) == 1 and summary.startswith(refusal), said  # once by the up; promote's summary
+    update = up[up.index("Updating ("):]  # after promote's preview (which shows the host change it plans)
+    assert "warning: node2: v2 refused here" in update and "node2-host updat" not in update, said
+    assert f"no node of {prod.name} switched: its sando:version is back to v1" in said, said
+    assert prod.stack.get_config("sando:bootstrap.ref", path=True).value == ref  # as the node is
