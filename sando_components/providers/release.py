@@ -81,7 +81,7 @@ class ReleaseProvider(NodeProvider):
             if isinstance(exc, NotTheTestedBytes):
                 # what was tested is what ships: held out of the rest of this run as a node the pin's
                 # refusal holds (providers/reach.py), so its host config step, which waits for this
-                # verdict (stack.release_gate), changes nothing either
+                # verdict (stack.host_waits_for), changes nothing either
                 mark_unreachable(props, str(exc), f"refused (not {props['expect']['from']}'s bytes)")
                 diagnostics.log("warning", f"{node}: {version} refused here (the error at the end says why)")
             else:
