@@ -34,10 +34,10 @@ for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
         after_reach = stack.reach(target, refuse)  # a node that cannot be reached fails here, once
-        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
-                                             after=earlier), after_reach)
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
                                                               commit=source.commit, repo=source.repo, expect=expect), after_reach)
+        bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,
+                                             after=earlier, wait_for=stack.host_waits_for(expect, release)), after_reach)
         pointer = CurrentPointer(f"{node.name}-current", CurrentPointerArgs(
             **vars(target), version=cfg.version, commit=source.commit, release_path=release.path, release_outcome=release.outcome, token=token,
             bootstrap=bootstrap, migrations=migrations, env_file=env_file, batch=number,

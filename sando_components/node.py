@@ -11,7 +11,8 @@ Host files come from the server repo at `sando:bootstrap.ref` (a tag, branch or 
 with git: never from the working tree (an uncommitted edit never ships), never from outside the
 repo (a symlink or a path leaving it fails at preview), and not per release: pinning an older
 version never rolls host config back. In a rolling rollout a node's host config waits for the
-previous batch like its switch does.
+previous batch like its switch does; with bytes to verify (sando:verifyAgainst, a promote) it waits
+for the node's release too: a node refused there changes nothing (stack.host_waits_for).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class NodeArgs(NodeTarget):
     version: str = ""  # the pinned version: a unit change is left to the switch when it restarts anyway
     token: pulumi.Input[str] | None = None  # the restart warning's bearer (a unit change restarts)
     after: list = field(default_factory=list)  # pointers of the previous rollout batch
+    wait_for: list = field(default_factory=list)  # resources the host step waits for (stack.host_waits_for)
 
 
 def _git(repo: str, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
@@ -180,7 +182,7 @@ class Node(pulumi.ComponentResource):
              # blueGreen: the upstream file the Caddyfile imports, made when missing (issue 23)
              "upstream": {"file": paths.UPSTREAM_FILE, "default": cfg.front(args.node)}
              if cfg.switch.blue_green else None},
-            pulumi.ResourceOptions(parent=self),
+            pulumi.ResourceOptions(parent=self, depends_on=list(args.wait_for) or None),
         )
         self.host = pulumi.Output.from_input(args.node.host)
         self.files = pulumi.Output.from_input({item: f["path"] for item, f in files.items()})

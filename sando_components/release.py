@@ -40,6 +40,7 @@ class Release(pulumi.ComponentResource):
             },
             pulumi.ResourceOptions(parent=self),
         )
+        self.files = files  # the step a verified node's host config waits for (stack.host_waits_for)
         self.version = pulumi.Output.from_input(args.version)
         self.sha256 = files.sha256
         self.path = files.path

@@ -75,6 +75,15 @@ def reach(target, refuse: dict | None = None) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(depends_on=[r])
 
 
+def host_waits_for(expect: dict | None, release) -> list:
+    """What a node's host config step waits for besides its Reach: with bytes the pin must have (a
+    promote's sando:verifiedBuild or sando:verifyAgainst's, expected_build), the node's release,
+    whose refusal of other bytes holds the node out of the run (providers/release.py), so a refused
+    node changes nothing at all, its host config included: what was tested is what ships. Without,
+    nothing: the two steps run side by side."""
+    return [release.files] if expect else []
+
+
 def node_reads(cfg: StackConfig) -> list[dict]:
     """Every node as its Reach reads it (props above, the key in clear: headstart.reads marks it
     secret), for the head start that reads them all at once while the program still works: the
@@ -263,6 +272,6 @@ def node_outputs(node: NodeConfig, batch: int, release, pointer, bootstrap=None)
     }
 
 
-__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "add_bytes", "deployer", "env_file", "expected_build", "known_destructive",
+__all__ = ["ConfigError", "Source", "check_local_nodes", "connection", "add_bytes", "deployer", "env_file", "expected_build", "host_waits_for", "known_destructive",
            "load_config", "node_outputs", "source_outputs", "private_key", "reach",
            "release_migrations", "resolve_source", "service_token"]

@@ -258,7 +258,8 @@ def unreachable(props: dict) -> str | None:
 
 def mark_unreachable(props: dict, message: str, why: str = "not reached") -> None:
     """Hold the node out of this run: `message` for the verdict, `why` for its resources' warnings
-    (not reached, or a pin sando:verifyAgainst refuses there: issue 22.1)."""
+    (not reached, a pin sando:verifyAgainst refuses there, or its release refused for other bytes
+    than the source stack verified: issue 22.1)."""
     with _guard:
         _unreachable[_state_key(props)] = message
         _held_why[_state_key(props)] = why

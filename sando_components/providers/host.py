@@ -26,7 +26,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import diagnostics, paths, scripts, ssh
 from ..errors import OperatorError
 from . import warning as warning_step
-from .base import (AUTH, NodeProvider, NodeResource, changed, conn_of, node_of, node_state, public,
+from .base import (AUTH, NodeProvider, NodeResource, changed, conn_of, held_why, node_of, node_state, public,
                    node_key, say_auth_only, unreachable)
 
 # the host step's outcomes that leave the node as it was (the live files and units unchanged or put
@@ -191,7 +191,8 @@ def adoption(props: dict, state) -> str | None:
 class HostConfigProvider(NodeProvider):
     def check(self, olds, news):
         result = super().check(olds, news)
-        if not olds and files_of(news) and isinstance(news.get("connection"), dict):  # a create: say what it adopts
+        if not olds and files_of(news) and isinstance(news.get("connection"), dict) and not unreachable(news):
+            # a create: say what it adopts (not of a node held out of this run: it adopts nothing now)
             try:
                 said = adoption(news, node_state(news))
             except Exception:  # noqa: BLE001 - an unreachable node is said once, by its Reach resource
@@ -283,8 +284,8 @@ class HostConfigProvider(NodeProvider):
                     "installed": olds.get("installed") or {}, "actions": ["held back: an earlier rollout batch failed"],
                     "heldBack": True, "outcome": {"ok": True, "node": node, "heldBack": True}}
         away = unreachable(props)
-        if away:
-            return self._failed(props, olds, away, read=False)
+        if away:  # held out of this run (not reached, or its release refused): nothing read or installed
+            return self._failed(props, olds, away, read=False, action=f"not applied: {held_why(props)}")
         with _lock:
             refused = _refused.pop(node_key(props), None)
         if refused:  # its own tool refused a file in this run's diff: nothing was installed
@@ -312,13 +313,14 @@ class HostConfigProvider(NodeProvider):
                 "actions": actions, "heldBack": False, "outcome": {"ok": True, "node": node}}
 
     @staticmethod
-    def _failed(props: dict, olds: dict, message: str, read: bool = True) -> dict:
+    def _failed(props: dict, olds: dict, message: str, read: bool = True, action: str | None = None) -> dict:
         """This node's host config failed, and the node is as it was (the tool refused the file, or
         the previous file is back): recorded instead of failing the run (issue 19.3), so every node's
         outputs are recorded (a failed run's outputs must not look deleted) and the node's pointer
         does not switch; the verdict says the message once, at the end. The outputs keep the files
         the node really has (read again), the previous inputs' files (so the next run tries again and
-        its preview says what changed in the repo) and the failure in `actions`."""
+        its preview says what changed in the repo) and the failure in `actions` (`action`: what to
+        say there instead, for a node held out of the run, whose message the verdict says)."""
         node = node_of(props)
         diagnostics.log("warning", f"{node}: host config not applied (the error at the end says why)")
         installed = olds.get("installed") or {}
@@ -331,7 +333,7 @@ class HostConfigProvider(NodeProvider):
                 pass  # what the last run installed, then
         kept = with_files(public(props), files_of(olds))
         return {**kept, "owner": olds.get("owner") if olds else props.get("owner"), "installed": installed,
-                "actions": [f"failed: {message}"], "heldBack": False,
+                "actions": [action or f"failed: {message}"], "heldBack": False,
                 "outcome": {"ok": False, "node": node, "message": message}}
 
 

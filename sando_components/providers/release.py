@@ -21,9 +21,15 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 from .. import build, commands, diagnostics, elf, paths, scripts, ssh, times, transfer
 from ..errors import OperatorError
 from ..transfer import NodeRelease
-from .base import NodeProvider, AUTH, NodeResource, changed, conn_of, node_of, node_state, public, refresh_auth, remember, say_auth_only, unreachable
+from .base import (NodeProvider, AUTH, NodeResource, changed, conn_of, mark_unreachable, node_of, node_state, public,
+                   refresh_auth, remember, say_auth_only, unreachable)
 
 MB = 1024
+
+
+class NotTheTestedBytes(OperatorError):
+    """The pin's bytes on this node would differ from what its source stack verified (issue 22.1):
+    the node is refused, and changes nothing at all in this run."""
 
 
 def _mb(kib: int) -> str:
@@ -72,7 +78,14 @@ class ReleaseProvider(NodeProvider):
             raise
         except OperatorError as exc:
             node, version = node_of(props), props["version"]
-            diagnostics.log("warning", f"{node}: {version} was not sent here (the error at the end says why)")
+            if isinstance(exc, NotTheTestedBytes):
+                # what was tested is what ships: held out of the rest of this run as a node the pin's
+                # refusal holds (providers/reach.py), so its host config step, which waits for this
+                # verdict (stack.host_waits_for), changes nothing either
+                mark_unreachable(props, str(exc), f"refused (not {props['expect']['from']}'s bytes)")
+                diagnostics.log("warning", f"{node}: {version} refused here (the error at the end says why)")
+            else:
+                diagnostics.log("warning", f"{node}: {version} was not sent here (the error at the end says why)")
             return {**public(props), **{k: olds.get(k) for k in ("sha256", "path", "createdAt", "lastTransfer")},
                     "outcome": {"ok": False, "node": node, "message": str(exc)}}
 
@@ -195,7 +208,7 @@ class ReleaseProvider(NodeProvider):
                 to = f" --to {expect['to']}" if expect.get("to") else ""
                 todo = (f"Run `sando promote --from {src}{to}` (it fetches {src}'s bytes), or build with the toolchain "
                         f"that built {src}'s (same compiler, flags, paths{rebuild})")
-            raise OperatorError(
+            raise NotTheTestedBytes(
                 f"{node_of(props)}: {props['version']} ({props['commit'][:12]}) {where} is not byte-identical to what "
                 f"{src} runs: {said}; nothing was sent. {todo}")
 

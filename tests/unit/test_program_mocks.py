@@ -523,6 +523,22 @@ def test_a_pin_the_source_runs_expects_its_sums_and_one_it_does_not_run_goes_to_
                                         f"(sando:verifyAgainst: testnot; testnot runs v0 (000000000000) on t1)")
 
 
+def test_with_bytes_to_verify_the_host_step_waits_for_the_release_else_not(config, server_repo):
+    """A node refused for other bytes changes nothing, its host config included (stack.host_waits_for):
+    with an expected build the host step waits for the node's release (whose refusal holds the node out
+    of the run); without one the two steps run side by side."""
+    files = {"makenotwork": "a" * 64, "mnw-admin": "b" * 64}
+    mocks = SourceStack({"nodes": {"t1": {"liveVersion": "v1", "liveCommit": server_repo["commit"],
+                                          "liveFiles": files}}})
+    run = run_program(*config(verifyAgainst="testnot"), mocks=mocks)
+    for node in ("n1", "n2"):
+        assert run.inputs(f"{node}-release-files")["expect"]["files"] == files
+        assert set(run.regs[f"{node}-host"].dependencies) == {run.urn(f"{node}-release-files")}, node
+    run = run_program(*config())
+    for node in ("n1", "n2"):
+        assert run.urn(f"{node}-release-files") not in set(run.regs[f"{node}-host"].dependencies)
+
+
 def test_without_verify_against_the_source_is_not_read(config):
     mocks = SourceStack({})
     run_program(*config(nodes=("n1",)), mocks=mocks)

@@ -256,6 +256,46 @@ def test_release_provider_reports_the_nodes_own_free_space_check(provider_node, 
     assert node.versions() == []
 
 
+def test_a_release_refused_for_other_bytes_holds_the_node_out_of_the_run(provider_node, tmp_path, monkeypatch):
+    """Issue 22.1: the bytes built here differ from the ones the source stack verified: nothing is
+    sent, and the node is held out of the rest of the run, so its host config step (which waits for
+    the release: stack.host_waits_for) changes nothing. Any other failure of the release holds nothing."""
+    from sando_components import build
+    from sando_components.providers.host import HostConfigProvider
+
+    node = provider_node
+    props = {"node": "node1", "connection": connection(), "privateKey": None, "releaseRoot": str(node.root),
+             "service": "makenotwork", "version": "v7", "commit": "c7", "binNames": ["makenotwork"],
+             "build": {"repo": str(tmp_path), "command": "true", "binDir": "out", "errorPagesDir": "pages"},
+             "expect": {"from": "testnot", "to": "prod", "version": "v7", "commit": "c7",
+                        "files": {"makenotwork": "1" * 64}}}
+    (tmp_path / "makenotwork").write_bytes(b"x")
+    base.remember(props, NodeState(live=None, previous=None, free_kib=1 << 30, zstd=True, active=False))
+    monkeypatch.setattr(base, "_unreachable", {})
+    monkeypatch.setattr(build, "from_objects", lambda *a, **k: None)  # testnot's own bytes are not here
+    monkeypatch.setattr(build, "ensure_built", lambda *a, **k: build.Artifacts(
+        str(tmp_path), (("makenotwork", "2" * 64, 0o755),)))
+    outs = ReleaseProvider().create(props).outs
+    message = outs["outcome"]["message"]
+    assert outs["outcome"]["ok"] is False and message.startswith(
+        "node1: v7 (c7) built here is not byte-identical to what testnot runs: makenotwork: built here 2222")
+    assert node.scripts == []  # nothing sent
+    assert base.unreachable(props) == message and base.held_why(props) == "refused (not testnot's bytes)"
+    host = {k: props[k] for k in ("node", "connection", "privateKey", "releaseRoot", "service")}
+    new = {**host, "caddyfile": {"path": "/etc/caddy/Caddyfile", "mode": 0o644, "source": "Caddyfile", "content": "new"}}
+    assert not HostConfigProvider().diff("id", host, new).changes  # an update: nothing to do
+    outs = HostConfigProvider().create(new).outs  # a first deploy: recorded, nothing installed
+    assert outs["actions"] == ["not applied: refused (not testnot's bytes)"] and outs["installed"] == {}
+    assert outs["outcome"] == {"ok": False, "node": "node1", "message": message}
+    assert node.scripts == []
+
+    monkeypatch.setattr(base, "_unreachable", {})  # another failure (no room): the node is not held
+    base.remember(props, NodeState(live=None, previous=None, free_kib=1, zstd=True, active=False))
+    outs = ReleaseProvider().create({**props, "expect": None}).outs
+    assert outs["outcome"]["ok"] is False and "free" in outs["outcome"]["message"]
+    assert base.unreachable(props) is None
+
+
 # --- rollout: the pause before a later batch ----------------------------------------------------------------
 
 
