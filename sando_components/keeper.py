@@ -133,43 +133,42 @@ def _open(name: str) -> socket.socket:
     return sock
 
 
+def _listening(name: str) -> socket.socket | None:
+    """A connection to the keeper at `name`, or None when none listens there. Raises Unavailable."""
+    try:
+        return _open(name)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except OSError as exc:
+        raise Unavailable(str(exc)) from None
+
+
 def connect() -> socket.socket:
     """A connection to this user's keeper, started if none runs. Raises Unavailable."""
     global _broken
     persist = persist_seconds()
     name = address(persist)
-    try:
-        return _open(name)
-    except (FileNotFoundError, ConnectionRefusedError):
-        pass
-    except OSError as exc:
-        raise Unavailable(str(exc)) from None
+    sock = _listening(name)
+    if sock is not None:
+        return sock
     with _start_lock:
-        try:
-            return _open(name)
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        except OSError as exc:
-            raise Unavailable(str(exc)) from None
+        sock = _listening(name)  # another thread of this process may have started it meanwhile
+        if sock is not None:
+            return sock
         if _broken:
             raise Unavailable("no keeper")
+        _broken = True  # until it answers
         try:
             _spawn(name, persist)
         except (OSError, subprocess.SubprocessError) as exc:
-            _broken = True
             raise Unavailable(f"the keeper could not be started: {exc}") from None
         deadline = time.monotonic() + START_WAIT
-        while True:
-            try:
-                return _open(name)
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    _broken = True
-                    raise Unavailable("the keeper did not start") from None
-                time.sleep(0.005)
-            except OSError as exc:
-                _broken = True
-                raise Unavailable(str(exc)) from None
+        while (sock := _listening(name)) is None:
+            if time.monotonic() > deadline:
+                raise Unavailable("the keeper did not start")
+            time.sleep(0.005)
+        _broken = False
+        return sock
 
 
 def _spawn(name: str, persist: float) -> None:
