@@ -339,7 +339,10 @@ def test_write_file_removes_its_temp_file_on_failure(tmp_path, failure):
     cmd = c.write_file(str(dest), 0o644, "ab")
     env = {"PATH": f"{tools}:/usr/bin:/bin"}
     if failure == "stdin":  # the session is cut mid-content: its processes get SIGHUP
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.PIPE, env=env, start_new_session=True)
+        # SIGHUP at its default, as in an sshd session: a test run under nohup would pass it on ignored,
+        # and a shell cannot trap (nor die of) a signal ignored when it started
+        proc = subprocess.Popen(["env", "--default-signal=HUP", "/bin/sh", "-c", cmd], stdin=subprocess.PIPE, env=env,
+                                start_new_session=True)
         proc.stdin.write(b"partial")
         proc.stdin.flush()
         for _ in range(200):  # wait for the temp file
