@@ -200,28 +200,25 @@ class Outcome:
     sent: int
 
 
-class Failed(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind  # "remote": a connection refused or not verified; "transport": it broke
-
-
 def run(conn, command: str, *, stdin, timeout: float, retry: bool,
         on_line: Callable[[str], None] | None, on_sent: Callable[[int], None] | None) -> Outcome:
-    """ssh.run's command through the keeper. Raises Unavailable (then the caller runs it itself)
-    or Failed (the keeper's word). An upload (stdin) with `retry` is sent once more after a
-    transport failure, with its stdin replayed; without stdin the keeper retries on its own."""
+    """ssh.run's command through the keeper. Raises Unavailable (then the caller runs it itself),
+    or ssh.RemoteError / ssh.TransportError as the command would in-process. An upload (stdin)
+    with `retry` is sent once more after a transport failure, with its stdin replayed; without
+    stdin the keeper retries on its own."""
+    from .ssh import TransportError
+
     try:
         return _request(conn, command, stdin=stdin, timeout=timeout, retry=retry and stdin is None,
                         on_line=on_line, on_sent=on_sent)
-    except Failed as failed:  # an idempotent command, once more (a new keeper if this one went away)
-        if not (retry and failed.kind == "transport"):
+    except TransportError:  # an idempotent command, once more (a new keeper if this one went away)
+        if not retry:
             raise
     return _request(conn, command, stdin=stdin, timeout=timeout, retry=False, on_line=on_line, on_sent=on_sent)
 
 
 def _request(conn, command: str, *, stdin, timeout: float, retry: bool, on_line, on_sent) -> Outcome:
-    from .ssh import CHUNK, _tell
+    from .ssh import CHUNK, RemoteError, TransportError, _tell
 
     request = {"conn": asdict(conn), "command": command, "timeout": timeout, "retry": retry,
                "stdin": stdin is not None, "lines": on_line is not None}
@@ -260,10 +257,11 @@ def _request(conn, command: str, *, stdin, timeout: float, retry: bool, on_line,
                     return Outcome(int(result["rc"]), out, err, int(result["sent"]))
                 elif kind == b"F":
                     failure = json.loads(payload)
-                    raise Failed(failure["kind"], failure["message"])
+                    raise (TransportError if failure["kind"] == "transport" else RemoteError)(failure["message"])
         except (OSError, EOFError) as exc:
             # the keeper itself went away mid-request (killed, or its host ended it)
-            raise Failed("transport", f"sando's connection keeper went away ({exc or type(exc).__name__})") from None
+            raise TransportError(f"{conn.label}: sando's connection keeper went away during a remote command "
+                                 f"({exc or type(exc).__name__})") from None
 
 
 def stats() -> dict:

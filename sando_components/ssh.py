@@ -393,10 +393,6 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
             done = (got.rc, got.out, got.err, got.sent)
         except keeper.Unavailable:
             pass  # no keeper: this process connects on its own
-        except keeper.Failed as failed:
-            if failed.kind == "transport":
-                raise TransportError(failed.args[0]) from None
-            raise RemoteError(failed.args[0]) from None
     rc, out, err, sent = done or run_pooled(conn, command, stdin=stdin, timeout=timeout, retry=retry,
                                             on_line=on_line, on_sent=on_sent)
     o, e = out.decode(errors="replace"), err.decode(errors="replace")
