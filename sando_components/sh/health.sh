@@ -45,7 +45,16 @@ unit_crashed() {
   _k=$((${_u_NRestarts:-0} - ${_mark_restarts:-0}))
   last="exited at start ($SERVICE.service $_u_ActiveState/$_u_SubState, restarted $_k times by systemd)"
   report crashed "$_u_ActiveState/$_u_SubState $_k"
-  journalctl --sync 2>/dev/null
+  # The service's own lines reach journald over its stdout stream, which journald may read after
+  # PID 1's "Main process exited" (before systemd 256 `--sync` does not wait for streams): give
+  # them up to a second to show (a service that printed nothing costs that second).
+  _jw=0
+  while [ "$_jw" -lt 10 ]; do
+    journalctl --sync 2>/dev/null
+    [ -n "$(journalctl "_SYSTEMD_UNIT=$SERVICE.service" --since "@${_mark_since:-0}" -n 1 -q --no-pager -o cat 2>/dev/null)" ] && break
+    sleep 0.1
+    _jw=$((_jw + 1))
+  done
   journalctl -u "$SERVICE" --since "@${_mark_since:-0}" -n 5 --no-pager -o cat 2>/dev/null |
     cut -c 1-200 | while IFS= read -r _line; do report journal "$_line"; done
   return 0

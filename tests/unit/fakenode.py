@@ -57,8 +57,15 @@ case "$1" in
       rm -f "$FAKE_STATE/active" "$FAKE_STATE/running"
       n=$(cat "$FAKE_STATE/nrestarts" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_STATE/nrestarts"
       : > "$FAKE_STATE/auto-restart"
-      printf '%s\n' "Started $2.service." "crash-at-start build: exiting" \
-        "$2.service: Main process exited, code=exited, status=1/FAILURE" >> "$FAKE_STATE/journal"
+      if [ -f "$FAKE_STATE/crash-$v.late" ]; then  # its own line reaches journald after PID 1's
+        printf '%s\n' "Started $2.service." "$2.service: Main process exited, code=exited, status=1/FAILURE" \
+          >> "$FAKE_STATE/journal"
+        echo "crash-at-start build: exiting" > "$FAKE_STATE/journal-pending"
+      else
+        printf '%s\n' "Started $2.service." "crash-at-start build: exiting" \
+          "$2.service: Main process exited, code=exited, status=1/FAILURE" >> "$FAKE_STATE/journal"
+        echo "crash-at-start build: exiting" >> "$FAKE_STATE/journal-own"
+      fi
       exit 0
     fi
     rm -f "$FAKE_STATE/auto-restart"
@@ -113,9 +120,19 @@ printf '{"name":"makenotwork","version":"%s","commit":"c-%s"}\n' "$v" "$v"
 SLEEP = "#!/bin/sh\n" + RECORD + 'exec {sleep} "$@"\n'
 
 JOURNALCTL = "#!/bin/sh\n" + RECORD + r"""
-case " $* " in *" --sync "*) exit 0;; esac
+# journal: every line; journal-own: the service's own (_SYSTEMD_UNIT=); journal-pending: a stream
+# line journald has not read yet: it shows from the second --sync on (systemd < 256)
+case " $* " in *" --sync "*)
+  n=$(cat "$FAKE_STATE/syncs" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_STATE/syncs"
+  if [ "$n" -ge 1 ] && [ -f "$FAKE_STATE/journal-pending" ]; then
+    tee -a "$FAKE_STATE/journal-own" < "$FAKE_STATE/journal-pending" >> "$FAKE_STATE/journal"
+    rm -f "$FAKE_STATE/journal-pending"
+  fi
+  exit 0;;
+esac
+f=journal; case " $* " in *" _SYSTEMD_UNIT="*) f=journal-own;; esac
 n=5; prev=; for a in "$@"; do [ "$prev" = -n ] && n=$a; prev=$a; done
-tail -n "$n" "$FAKE_STATE/journal" 2>/dev/null
+tail -n "$n" "$FAKE_STATE/$f" 2>/dev/null
 """
 
 
@@ -253,9 +270,12 @@ class FakeNode:
     def fail_restart(self, version: str = "all") -> None:
         (self.state / f"fail-restart-{version}").touch()
 
-    def crash_at_start(self, version: str) -> None:
-        """`version` starts (its restart succeeds, Type=simple), then exits: systemd's auto-restart."""
+    def crash_at_start(self, version: str, *, late: bool = False) -> None:
+        """`version` starts (its restart succeeds, Type=simple), then exits: systemd's auto-restart.
+        late: its own line reaches the journal after PID 1's, from the second `journalctl --sync` on."""
         (self.state / f"crash-{version}").touch()
+        if late:
+            (self.state / f"crash-{version}.late").touch()
 
     def serve(self, version: str, body: str | None = None, *, error: bool = False) -> None:
         """What the app answers while `version` runs: a body, or an HTTP 500."""

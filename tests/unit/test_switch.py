@@ -664,6 +664,19 @@ def test_a_release_that_exits_at_start_ends_the_wait_at_once(node):
     assert since.startswith("@") and abs(int(since[1:]) - time.time()) < 60
 
 
+def test_the_journal_quoted_holds_the_service_line_journald_read_late(node):
+    """journald (systemd < 256) may read a dying service's stdout after PID 1's "Main process exited",
+    and `journalctl --sync` does not wait for it: the quote waits (bounded) for the service's own line.
+    (CI stop 29: the e2e crash test quoted only systemd's lines.)"""
+    live_v1(node)
+    node.crash_at_start("v2", late=True)
+    res = switch(node, "v2", timeout=120)
+    assert res.rc == scripts.code("EX_SWITCHED_BACK")
+    assert res.parsed.before("reverted").all("journal") == [
+        "Started makenotwork.service.", "makenotwork.service: Main process exited, code=exited, status=1/FAILURE",
+        "crash-at-start build: exiting"]
+
+
 def test_provider_message_of_a_release_that_exits_at_start(provider_node):
     node = provider_node
     live_v1(node)
