@@ -24,14 +24,43 @@ run under it unchanged.
   will need (sando: reading every node) before the engine asks for it.
 """
 
+import importlib.machinery
 import os
 import runpy
 import sys
 import traceback
+import types
 from concurrent import futures
 
-import grpc
-from pulumi.runtime.proto import provider_pb2_grpc as servicers
+
+def lazy_automation() -> None:
+    """The SDK's `pulumi/__init__` imports pulumi.automation (~30 ms of CPU, YAML and all), which a
+    provider never uses: a stand-in takes its place, which loads it on first use. (The standard
+    library's LazyLoader cannot: the import system reads a module's __spec__, which loads it.)"""
+    top = importlib.machinery.PathFinder.find_spec("pulumi")
+    if top is None or not top.submodule_search_locations:
+        return
+    spec = importlib.machinery.PathFinder.find_spec("pulumi.automation", list(top.submodule_search_locations))
+    if spec is None:
+        return
+
+    class Later(types.ModuleType):
+        def __getattr__(self, name: str):
+            if sys.modules.get(spec.name) is self:
+                del sys.modules[spec.name]
+            real = importlib.import_module(spec.name)
+            self.__dict__.update({k: v for k, v in vars(real).items() if k not in ("__spec__", "__loader__")})
+            return getattr(real, name)
+
+    later = Later(spec.name)
+    later.__spec__, later.__file__, later.__path__ = spec, spec.origin, spec.submodule_search_locations
+    sys.modules[spec.name] = later
+
+
+lazy_automation()
+
+import grpc  # noqa: E402 - after lazy_automation
+from pulumi.runtime.proto import provider_pb2_grpc as servicers  # noqa: E402
 
 WORKERS = 64
 

@@ -49,3 +49,21 @@ def test_the_check_sees_an_ignored_sigint(tmp_path):
     res = subprocess.run([str(show)], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                          capture_output=True, text=True, check=True)
     assert int(res.stdout.split()[1], 16) & (1 << (signal.SIGINT - 1))
+
+
+def test_the_provider_host_loads_pulumi_automation_only_when_used():
+    """The SDK's __init__ imports pulumi.automation (~30 ms of CPU each run), which a provider never
+    uses: the host puts a stand-in in its place that loads it on first use (issue 24)."""
+    import sys
+
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('host', {str(REPO / 'engine' / 'bin' / 'sando-provider-host.py')!r})\n"
+        "host = importlib.util.module_from_spec(spec); spec.loader.exec_module(host)\n"
+        "import pulumi.dynamic, pulumi.runtime.proto.provider_pb2_grpc\n"
+        "print('yaml' in sys.modules, 'pulumi.automation._local_workspace' in sys.modules)\n"
+        "import pulumi\n"
+        "print(pulumi.automation.LocalWorkspace.__name__, 'pulumi.automation._local_workspace' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert res.stdout.split("\n")[:2] == ["False False", "LocalWorkspace True"], res.stdout + res.stderr
