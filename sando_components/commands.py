@@ -148,6 +148,9 @@ def blue_green_params(ports: Iterable[int], host: str, bind_env: str, drain: flo
             "BG_ENV_DIR": paths.INSTANCE_ENV_DIR, "BG_CADDYFILE": paths.CADDYFILE, "BG_FRONT": front_addr}
 
 
+SWITCH_LOCK_WAIT = 900  # seconds a switch waits for another one still at work on its node (sh/switch.sh)
+
+
 def switch(*, release_root: str, version: str, service: str, expect: str, health: dict[str, object],
            gate: dict[str, object] | None = None, warning: dict[str, object] | None = None,
            prune_ok: Iterable[str] = (), prune_failed: Iterable[str] = (),
@@ -161,7 +164,7 @@ def switch(*, release_root: str, version: str, service: str, expect: str, health
               **(blue_green or BLUE_GREEN_OFF), **health}
     values.pop("VERSION", None)
     return scripts.command("switch", RELEASE_ROOT=release_root, VERSION=version, SERVICE=service, EXPECT=expect,
-                           GATE=int(gate is not None), WARN=int(warning is not None),
+                           GATE=int(gate is not None), WARN=int(warning is not None), LOCK_WAIT=SWITCH_LOCK_WAIT,
                            PRUNE_OK=_names(prune_ok), PRUNE_FAILED=_names(prune_failed), **values)
 
 

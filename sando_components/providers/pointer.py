@@ -32,7 +32,7 @@ from .base import (NodeProvider, AUTH, NodeResource, NodeState, changed, conn_of
 INPUTS = ["version", "commit", "releaseRoot", "service", "healthCheck", "warning", "gate", "keepReleases", "switch",
           *AUTH]
 # the switch script's outcomes that are a node's outcome (reported by the Verdict), not a crash
-OUTCOMES = ("EX_MISSING", "EX_CHANGED", "EX_LIVE_UNHEALTHY", "EX_DRY_RUN_FAILED", "EX_DESTRUCTIVE", "EX_GATE_BROKEN",
+OUTCOMES = ("EX_BUSY", "EX_MISSING", "EX_CHANGED", "EX_LIVE_UNHEALTHY", "EX_DRY_RUN_FAILED", "EX_DESTRUCTIVE", "EX_GATE_BROKEN",
             "EX_BACKUP_FAILED", "EX_WARNING_FAILED", "EX_NO_PREVIOUS", "EX_SWITCHED_BACK", *bluegreen.OUTCOMES)
 
 
@@ -255,7 +255,7 @@ class PointerProvider(NodeProvider):
             blue_green=bluegreen.params(props))
         notice = int((props.get("warning") or {}).get("seconds") or 0)
         drain = float((props.get("switch") or {}).get("drainSeconds") or 0)
-        return script, 900 + notice + drain + 2 * (120 + float(hc["timeoutSeconds"]))
+        return script, commands.SWITCH_LOCK_WAIT + notice + drain + 2 * (120 + float(hc["timeoutSeconds"]))
 
     @staticmethod
     def _failure(props: dict, res: ssh.Result, report: Report, live: str | None) -> str:
@@ -266,7 +266,11 @@ class PointerProvider(NodeProvider):
         restart = (report.all("restart") or ["0 "])[0].split(" ", 1)
         failed_check = next((v.partition(" ")[2] for v in report.all("health") if v.startswith("fail")), "")
         why = f"restart failed: {restart[-1].strip()}" if restart[0] != "0" else failed_check
-        if outcome == "EX_MISSING":
+        if outcome == "EX_BUSY":
+            msg = (f"{node}: another switch still runs on the node ({report.one('busy')} held for "
+                   f"{commands.SWITCH_LOCK_WAIT} s); nothing was switched, {stays}. See `sando status`, then run "
+                   "pulumi up again")
+        elif outcome == "EX_MISSING":
             msg = (f"{node}: release {version} is not on the node; nothing was switched, {stays}. "
                    "Run `pulumi up --refresh` to send it again")
         elif outcome == "EX_CHANGED":

@@ -21,13 +21,6 @@
 # params: BG_UNIT_DIR BG_ENV_DIR BG_CADDYFILE BG_FRONT
 # uses: health warning prune history
 
-# bg_lock: one switch at a time on this node (a re-run waits for an interrupted run still at work)
-bg_lock() {
-  mkdir -p "$P_MANIFEST_DIR"
-  exec 9>>"$P_SWITCH_LOCK"
-  flock -w 900 9 || fail "$EX_BG_SETUP" bg-error "another switch still runs on this node ($P_SWITCH_LOCK)"
-}
-
 # bg_live_port: the live instance's port (one of BG_PORTS), or '' (the plain unit)
 bg_live_port() {
   _p=$(cat "$P_INSTANCE" 2>/dev/null)
@@ -276,7 +269,6 @@ bg_only_live() {
 
 # bg_live: `current` is on the pin already: its instance must run and answer, else it is started anew
 bg_live() {
-  bg_lock
   BG_BASE=$SERVICE
   _lp=$(bg_live_port)
   if [ -n "$_lp" ] && [ "$(readlink "$P_INSTANCES/$_lp" 2>/dev/null)" = "../../${target:-}" ] &&
@@ -295,7 +287,6 @@ bg_live() {
 # bg_switch: the switch itself (the gate and the backup passed); never returns
 bg_switch() {
   [ "$BG" = 1 ] || fail "$EX_BG_SETUP" bg-error "not a blueGreen switch"
-  bg_lock
   BG_BASE=$SERVICE
   BG_PLAIN_HEALTH=$HEALTH_URL
   bg_failed_check=''

@@ -9,6 +9,7 @@ EX_MISSING=21  # the release to switch to is not on the node
 EX_CHANGED=22  # files of the release no longer match its SHA256SUMS
 EX_LIVE_UNHEALTHY=23  # the release is live already but fails its health check
 EX_UNREADABLE=24  # something the node read needs exists but cannot be read
+EX_BUSY=25  # another switch still runs on this node (its lock was not freed in time): nothing was done
 EX_DRY_RUN_FAILED=30  # the migration dry run failed: the release is marked failed
 EX_DESTRUCTIVE=31  # a destructive migration is pending and not allowed
 EX_GATE_BROKEN=32  # the migration gate could not run

@@ -7,7 +7,7 @@
 # the exit code is the outcome (outcomes.sh). Nothing user-visible happens before the gate
 # passed; from the warning (or the switch) on, the script ignores a lost connection and runs to
 # the end, so a node is never left half-switched.
-# params: RELEASE_ROOT VERSION SERVICE EXPECT GATE WARN PRUNE_OK PRUNE_FAILED
+# params: RELEASE_ROOT VERSION SERVICE EXPECT GATE WARN PRUNE_OK PRUNE_FAILED LOCK_WAIT
 # uses: health gate backup warning prune history bluegreen
 # With BG=1 (sando:switch.strategy blueGreen) the switch itself is bluegreen.sh's: a second
 # instance, checked on its own port before Caddy's upstream moves to it.
@@ -16,12 +16,24 @@ if [ "$WARN" = 1 ]; then warn_read_token; fi
 exec </dev/null
 last='' # the last health check's error (health.sh)
 cd -- "$RELEASE_ROOT" || exit "$EX_NO_ROOT"
+# One switch at a time on this node: a re-run waits here for the switch of a run stopped by a second
+# Ctrl-C, which goes on on the node (its warning out, its restart to come), then reads what it left.
+# links: what `current` and `previous` point at ($live, $prev); a link written by hand may be
+# absolute: releases/<v> is what sando compares and writes
+links() {
+  live=$(readlink "$P_CURRENT" 2>/dev/null)
+  prev=$(readlink "$P_PREVIOUS" 2>/dev/null)
+  case $live in */"$P_RELEASES"/*) live=$P_RELEASES/${live##*/} ;; esac
+  case $prev in */"$P_RELEASES"/*) prev=$P_RELEASES/${prev##*/} ;; esac
+}
+mkdir -p "$P_MANIFEST_DIR"
+if ! { exec 9>>"$P_SWITCH_LOCK" && flock -w "$LOCK_WAIT" 9; }; then
+  links
+  report live-before "$live"
+  fail "$EX_BUSY" busy "$RELEASE_ROOT/$P_SWITCH_LOCK"
+fi
 target=$P_RELEASES/$VERSION
-live=$(readlink "$P_CURRENT" 2>/dev/null)
-prev=$(readlink "$P_PREVIOUS" 2>/dev/null)
-# a link written by hand may be absolute: releases/<v> is what sando compares and writes
-case $live in */"$P_RELEASES"/*) live=$P_RELEASES/${live##*/} ;; esac
-case $prev in */"$P_RELEASES"/*) prev=$P_RELEASES/${prev##*/} ;; esac
+links
 report live-before "$live"
 report previous-before "$prev"
 [ -f "$target/$P_MANIFEST" ] || fail "$EX_MISSING" error missing

@@ -111,7 +111,7 @@ def test_switch_parameters_with_parts_off():
     text = shlex.split(c.switch(release_root="/opt/m", version="v2", service="m", expect="v2",
                                 health=c.health_params("http://h/", 5, 1, "c2"), prune_ok=["v0", "v1"]))[2]
     assert scripts.params(RELEASE_ROOT="/opt/m", VERSION="v2", SERVICE="m", EXPECT="v2", GATE=0, WARN=0,
-                          PRUNE_OK="v0\nv1", PRUNE_FAILED="") in text
+                          LOCK_WAIT=900, PRUNE_OK="v0\nv1", PRUNE_FAILED="") in text
     assert scripts.params(**c.WARNING_OFF) in text and scripts.params(BACKUP_KEEP=0) in text
     # a directory named with a line break was not made by sando: it is never pruned
     text = shlex.split(c.switch(release_root="/r", version="v2", service="m", expect="", prune_ok=["a\nb", "v1"],

@@ -703,3 +703,58 @@ def test_no_warning_when_the_service_is_not_running(node, mode):
     assert not [c for c in node.calls("curl") if "POST" in c] and ["1"] not in node.calls("sleep")
     assert warning.status(WARNING, res.parsed, True) == "not needed: service not running"
     assert node.running() == "v1"
+
+
+# --- one switch at a time on a node -------------------------------------------------------------------
+
+
+def _held_lock(node: FakeNode, then, after: float):
+    """Hold the node's switch lock (a run stopped by a second Ctrl-C: its switch goes on on the node),
+    call `then` after `after` seconds, then let go; the thread that does it."""
+    import fcntl
+    import threading
+
+    lock = node.root / paths.SWITCH_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a")  # noqa: SIM115 - closed by the thread
+    fcntl.flock(fh, fcntl.LOCK_EX)
+
+    def hold():
+        time.sleep(after)
+        then()
+        fh.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+def test_a_switch_waits_for_one_still_at_work_on_its_node_and_reads_what_it_left(node):
+    """The re-run's script was made from a read that saw v1 live; the interrupted run's switch then
+    finished v2 on the node: the re-run waits for it, finds v2 live, and neither warns nor restarts
+    again (e2e: test_faults' Ctrl-C test with two interrupts, whose re-run used to warn users while
+    the first run's restart was still to come)."""
+    live_v1(node)
+    p = props(node, "v2")
+    script, _ = PointerProvider()._script(p, parse_state(node.run(commands.probe(str(node.root), "makenotwork")).out))
+    thread = _held_lock(node, lambda: (node.point(current="v2", previous="v1"), node.start("v2")), 1.0)
+    node.clear_calls()
+    started = time.monotonic()
+    res = node.run(script)
+    thread.join()
+    assert time.monotonic() - started >= 0.9  # it waited
+    assert res.rc == scripts.code("EX_OK") and res.parsed.one("live-before") == "releases/v2"
+    assert node.restarts() == 0
+
+
+def test_a_switch_that_waits_too_long_for_another_changes_nothing(provider_node, monkeypatch):
+    node = provider_node
+    live_v1(node)
+    monkeypatch.setattr(commands, "SWITCH_LOCK_WAIT", 1)
+    thread = _held_lock(node, lambda: None, 3.0)
+    outs = PointerProvider().create(props(node, "v2", timeout=5)).outs
+    thread.join()
+    assert outs["outcome"]["message"] == (
+        f"node1: another switch still runs on the node ({node.root}/{paths.SWITCH_LOCK} held for 1 s); nothing "
+        "was switched, v1 stays live. See `sando status`, then run pulumi up again")
+    assert node.readlink("current") == "releases/v1" and node.restarts() == 0
