@@ -82,8 +82,9 @@ def _pulumi_on_a_terminal() -> bool:
 
 
 def _pulumi_process() -> tuple[int, list[bytes]] | None:
-    """(pid, argv) of the pulumi CLI that started this provider, else None."""
-    pid = os.getppid()
+    """(pid, argv) of the pulumi CLI that started this provider, else None. A provider forked by the
+    warm start's zygote (engine/bin/sando-provider-host.py) starts from its launcher's pid."""
+    pid = int(os.environ.get("SANDO_PLUGIN_PID") or 0) or os.getppid()
     for _ in range(5):  # the provider host, its launcher, the CLI
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:

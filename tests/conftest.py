@@ -10,11 +10,14 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    """The whole run is over (the controller, not an xdist worker): end the connection keepers the
-    tests' runs started (sando_components/keeper.py), instead of leaving them to idle out after
-    SANDO_SSH_PERSIST seconds: a CI job is then done when its tests are."""
+    """The whole run is over (the controller, not an xdist worker): end the connection keepers and
+    the provider zygotes the tests' runs started (sando_components/keeper.py,
+    engine/bin/sando-provider-host.py), instead of leaving them to idle out after SANDO_SSH_PERSIST
+    and SANDO_KEEP_WARM seconds: a CI job is then done when its tests are."""
     if hasattr(config, "workerinput"):
         return
     from sando_components import keeper
+    from tests.support import provider_host
 
     keeper.stop_all()
+    provider_host().stop_all()

@@ -24,6 +24,16 @@ from sando_components.providers.pointer import FAILED_ON
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / ".tools"
+
+
+def provider_host():
+    """engine/bin/sando-provider-host.py as a module (its zygote's stop_all, its names)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sando_provider_host", REPO / "engine" / "bin" / "sando-provider-host.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 EXAMPLE = REPO / "examples" / "makenotwork"
 PROJECT_FILES = ["Pulumi.yaml", "__main__.py", "sando_components"]
 PASSPHRASE = "sando-test"

@@ -1,0 +1,107 @@
+"""The provider host's warm start (engine/bin/sando-provider-host.py): a zygote with the SDK loaded
+forks each run's provider process, which takes the launcher's stdout (the port the engine reads),
+directory and umask, and ends with the launcher: on the SIGINT the engine sends it, or when the
+launcher is killed. Driven here as the engine starts a plugin; every e2e test then runs through it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, provider_host
+
+HOST = REPO / "engine" / "bin" / "sando-provider-host.py"
+PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+def _env(warm: str, **extra: str) -> dict:
+    # a keep-warm value of this test's own: its own zygote, not the e2e tests'
+    return {"PATH": os.environ["PATH"], "SANDO_KEEP_WARM": warm, "SANDO_TEST_SECRET": "s3cret", **extra}
+
+
+def _start(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """A launcher as the engine starts it (a pipe for stdout, its own process group); the port it says."""
+    proc = subprocess.Popen([str(PYTHON), "-u", str(HOST), "127.0.0.1:1"], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: (os.umask(0o027), os.setpgrp()))
+    line = proc.stdout.readline()
+    assert line.strip().isdigit(), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, int(line)
+
+
+def _listener(port: int) -> int:
+    """The pid that listens on 127.0.0.1:port."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"pid=(\d+)", out).group(1))
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int, within: float = 10) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def warm():
+    value = f"{290 + os.getpid() % 9}.5"
+    yield value
+    for pid in _zygotes(value):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _zygotes(warm: str) -> list[int]:
+    return [pid for pid in provider_host().zygotes()
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].endswith(f"-{warm}".encode())]
+
+
+def test_a_run_s_provider_is_forked_by_the_zygote_and_ends_on_the_engine_s_sigint(tmp_path, warm):
+    launcher, port = _start(tmp_path, _env(warm))
+    provider = _listener(port)
+    (zygote,) = _zygotes(warm)
+    assert provider != launcher.pid and _ppid(provider) == zygote
+    assert os.readlink(f"/proc/{provider}/cwd") == str(tmp_path)
+    assert re.search(r"^Umask:\s+0027$", Path(f"/proc/{provider}/status").read_text(), re.M)
+    zenv = Path(f"/proc/{zygote}/environ").read_bytes().split(b"\0")
+    assert sorted(e.split(b"=")[0] for e in zenv if e) == [b"LANG", b"PATH"]  # no secret of any run
+    launcher.send_signal(signal.SIGINT)  # as the engine stops a plugin
+    assert launcher.wait(timeout=10) == 0
+    assert _gone(provider)
+    # the next run: the same zygote, a new child
+    launcher2, port2 = _start(tmp_path, _env(warm))
+    assert _ppid(_listener(port2)) == zygote and _zygotes(warm) == [zygote]
+    launcher2.send_signal(signal.SIGINT)
+    assert launcher2.wait(timeout=10) == 0
+
+
+def test_a_killed_launcher_takes_its_provider_with_it(tmp_path, warm):
+    launcher, port = _start(tmp_path, _env(warm))
+    provider = _listener(port)
+    assert provider != launcher.pid
+    launcher.kill()
+    launcher.wait(timeout=10)
+    assert _gone(provider)
+
+
+@pytest.mark.parametrize("env", [{"SANDO_KEEP_WARM": "0"}, {"TRACEPARENT": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}])
+def test_no_warm_start_when_it_is_off_or_tracing_is_asked_for(tmp_path, warm, env):
+    launcher, port = _start(tmp_path, {**_env(warm), **env})
+    assert _listener(port) == launcher.pid  # the launcher runs the provider itself
+    assert _zygotes(warm) == []
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=10) in (0, -signal.SIGINT, 130)
