@@ -368,6 +368,23 @@ def _read_lines(chan, on_line) -> bytes:
     return b"".join(out)
 
 
+def _exec(chan, command: str) -> None:
+    """paramiko's Channel.exec_command without waiting for the server's answer: its stdin follows at
+    once, as OpenSSH's client sends it (one round trip less per command: 40 ms on the bench's WAN
+    profile). A refused exec still closes the channel (paramiko's _request_failed), which ends the
+    command without an exit status: a LostSession, as a session that died."""
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+    from paramiko.message import Message
+
+    m = Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)
+    m.add_string(command)
+    chan.transport._send_user_message(m)
+
+
 def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
         check: bool = True, retry: bool = False, on_line: "Callable[[str], None] | None" = None,
         on_sent: "Callable[[int], None] | None" = None) -> Result:
@@ -423,7 +440,7 @@ def run_pooled(conn: Conn, command: str, *, stdin: Stdin, timeout: float, retry:
             _execs[(conn.host, conn.port)] = _execs.get((conn.host, conn.port), 0) + 1
         try:
             chan.settimeout(timeout)
-            chan.exec_command(command)
+            _exec(chan, command)
             if stdin is not None:  # the command reads stdin until EOF (or exits early: stop sending)
                 chunks = [stdin] if isinstance(stdin, bytes) else stdin()
                 try:

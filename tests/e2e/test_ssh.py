@@ -169,6 +169,23 @@ def test_an_idempotent_transfer_is_retried_once_on_a_fresh_connection(make_nodes
         ssh.run(c, "cat > /dev/null", stdin=broken)
 
 
+def test_a_command_s_stdin_follows_its_exec_without_waiting_for_the_answer(make_nodes, monkeypatch):
+    """One round trip less per command: the exec request goes out and the stdin right after it, as
+    OpenSSH's client does (paramiko's exec_command waits for the server's answer first)."""
+    import paramiko
+
+    monkeypatch.setenv(keeper.PERSIST_ENV, "0")  # this process's own connection, to watch it
+    (node,) = make_nodes(1)
+    c = conn(node)
+    ssh.run(c, "true")  # connected
+    waits = []
+    real = paramiko.Channel._wait_for_event
+    monkeypatch.setattr(paramiko.Channel, "_wait_for_event", lambda chan: (waits.append(1), real(chan))[1])
+    res = ssh.run(c, "wc -c", stdin=b"x" * 300_000)
+    assert res.out.strip() == "300000" and waits == []
+    assert ssh.run(c, "exit 3", check=False).rc == 3 and waits == []
+
+
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):
     r = AppRepo(tmp_path_factory.mktemp("sshapp") / "makenotwork")
