@@ -130,10 +130,14 @@ def test_a_keeper_without_a_caller_of_its_user_says_nothing(served, monkeypatch)
 
 
 class _Chan:
-    def settimeout(self, _t):
-        pass
+    remote_chanid = 0  # ssh._exec sends the exec request itself, on the channel's transport
 
-    def exec_command(self, _c):
+    class transport:  # noqa: N801 - paramiko's attribute
+        @staticmethod
+        def _send_user_message(_m):
+            pass
+
+    def settimeout(self, _t):
         pass
 
     def recv(self, _n):
