@@ -43,7 +43,7 @@ RUNS = int(os.environ.get("SANDO_BENCH_RUNS", "5"))
 BIG = int(os.environ.get("SANDO_BENCH_FLEET", "64"))  # the large fleet (a smaller one for a quick check of the bench)
 BINS = ["makenotwork", "mnw-admin"]
 GOALS = {"noop": 1.3, "bumpOverhead": 1.5, "bumpWithBuild": 1.3, "wanBump": 1.5, "wanRollbackVsBump": 0.5,
-         "fanout16": 2.0, "bytesVsRsync": 1.2}
+         "fanout16": 2.0, "bytesVsRsync": 1.2, "noopCli": 1.3, "bumpOverheadCli": 1.5, "wanBumpCli": 1.5}
 CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 nodes share this machine's cores",
            f"fanout{BIG}": f"no goal of its own: compare with fanout{BIG}Floor",
            f"fanout{BIG}Floor": f"the minimal script's own {BIG}/1 ratio here",
@@ -71,8 +71,11 @@ HEADER = f"""\
                  64-node stack with and without PULUMI_PARALLEL_DIFF=true, alternating
    bytesVsRsync  bytes a sando bump of the realistic server sends / bytes `rsync -az
                  --copy-dest=<live release>` sends for the same release (its --stats)
+   *Cli          the same as the command an operator types, `pulumi up` (no Automation API):
+                 noopCli, bumpOverheadCli, wanBumpCli
    keeper*       with SSH connections kept between runs (sando's keeper, the default) / each run
                  its own (SANDO_SSH_PERSIST=0): keeperNoopCli (1 node, `pulumi up`), keeperWanNoop
+   warmNoopCli   the provider process forked warm (the default) / started cold (SANDO_KEEP_WARM=0)
    switch        sando:switch.strategy restart vs blueGreen: failed requests and the longest gap a
                  poller through Caddy (every 10 ms) sees across N bumps, a 3 s start, a crash at start"""
 
@@ -219,12 +222,13 @@ def main() -> int:
         app = AppRepo(work / "standin")
         versions = [f"v{i}" for i in range(2, 2 + RUNS)]
         versions64 = [f"v{i}" for i in range(2 + RUNS, 2 + 3 * RUNS)]  # 64 nodes: a plain and a parallel-diff bump each
-        for v in versions + versions64:
+        versions_cli = [f"v{i}" for i in range(2 + 3 * RUNS, 2 + 4 * RUNS)]  # the bumps typed as `pulumi up`
+        for v in versions + versions64 + versions_cli:
             app.version(v)
         src = SourceConfig(repo=str(app.path))
         os.environ["SANDO_CACHE_DIR"] = env["SANDO_CACHE_DIR"]
         art = {}
-        for v in ["v1", *versions, *versions64]:  # the stand-in is built once per version, before anything is timed
+        for v in ["v1", *versions, *versions64, *versions_cli]:  # the stand-in is built once per version, before anything is timed
             art[v] = Path(build.ensure_built(str(app.path), app.commit(v), src.build_command, src.bin_dir,
                                              src.error_pages_dir, BINS).root)
         t0 = time.monotonic()
@@ -287,6 +291,18 @@ def main() -> int:
             del d_wan.stack.workspace.env_vars[keeper.PERSIST_ENV]
             for n in (a, wan, *n16.nodes):
                 assert n.served()["version"] == v, (n.name, n.served())
+            t.add("sando no-op: pulumi up (CLI, 1 node, cold provider)",
+                  cli_up(str(d_a.project), d_a.name, {**env, "SANDO_KEEP_WARM": "0"}))
+            vc = versions_cli[i]  # the same bumps, typed as `pulumi up`
+            t.add("empty program: pulumi up (CLI)", cli_up(empty.workspace.work_dir, "empty", env))
+            d_a.set(version=vc)
+            t.add("sando bump: pulumi up (CLI, 1 node)", cli_up(str(d_a.project), d_a.name, env))
+            t.add("minimal script bump (1 node)", m_a.deploy(vc, art[vc]))
+            d_wan.set(version=vc)
+            t.add("sando bump over WAN: pulumi up (CLI)", cli_up(str(d_wan.project), d_wan.name, env))
+            t.add("minimal script bump over WAN", m_wan.deploy(vc, art[vc]))
+            for n in (a, wan):
+                assert n.served()["version"] == vc, (n.name, n.served())
 
         # the large fleet boots only now, the 16-node sets stopped: 166 systemd instances booting
         # beside running ones on 2 shared cores missed testnodes' boot timeout
@@ -384,6 +400,10 @@ def main() -> int:
             f"parallelDiffBump{BIG}": m[f"sando bump ({BIG} nodes, PULUMI_PARALLEL_DIFF)"] / m[f"sando bump ({BIG} nodes)"],
             "bytesVsRsync": statistics.median(sent) / statistics.median(rsynced),
             "noopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["empty program: pulumi up (CLI)"],
+            "bumpOverheadCli": (m["sando bump: pulumi up (CLI, 1 node)"] - m["empty program: pulumi up (CLI)"])
+            / m["minimal script bump (1 node)"],
+            "wanBumpCli": m["sando bump over WAN: pulumi up (CLI)"] / m["minimal script bump over WAN"],
+            "warmNoopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["sando no-op: pulumi up (CLI, 1 node, cold provider)"],
             # SSH connections kept between runs (keeper.py) against each run its own (SANDO_SSH_PERSIST=0)
             "keeperNoopCli": m["sando no-op: pulumi up (CLI, 1 node)"] / m["sando no-op: pulumi up (CLI, 1 node, no keeper)"],
             "keeperWanNoop": m["sando no-op over WAN"] / m["sando no-op over WAN (no keeper)"],

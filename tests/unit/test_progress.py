@@ -49,3 +49,30 @@ def test_skips_preview_reads_the_pulumi_command_line():
     assert not diagnostics.skips_preview(argv("preview", "--stack", "t1"))
     assert not diagnostics.skips_preview(argv("up", "--yes", "--skip-preview=false"))
     assert not diagnostics.skips_preview([])  # no pulumi above this process: say everything at once
+
+
+def test_the_pulumi_cli_is_found_from_the_launcher_of_a_warm_provider(tmp_path, monkeypatch):
+    """A provider forked by the warm start's zygote is not the CLI's grandchild: it looks from its
+    launcher (SANDO_PLUGIN_PID, set by engine/bin/sando-provider-host.py) instead of its parent."""
+    import subprocess
+    import time
+
+    fake = tmp_path / "pulumi"
+    fake.symlink_to("/bin/sh")  # a process whose argv[0] is .../pulumi, with a child (the launcher)
+    proc = subprocess.Popen([str(fake), "-c", "sleep 30 & echo $!; wait", "up", "--skip-preview"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        launcher = int(proc.stdout.readline())
+        for _ in range(500):  # until the background child is sleep, no longer a copy of the shell
+            if open(f"/proc/{launcher}/cmdline", "rb").read().startswith(b"sleep"):
+                break
+            time.sleep(0.01)
+        monkeypatch.delenv("SANDO_PLUGIN_PID", raising=False)
+        assert diagnostics._pulumi_process() is None  # this test's own parents: no pulumi
+        monkeypatch.setenv("SANDO_PLUGIN_PID", str(launcher))
+        found = diagnostics._pulumi_process()
+        assert found is not None and found[0] == proc.pid and diagnostics.skips_preview()
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+        proc.wait()
