@@ -330,7 +330,9 @@ def _child(conn, request: dict, fds: list) -> None:
         conn.sendall(str(code).encode())
     except (OSError, ValueError):
         pass
-    os._exit(code)
+    # an interpreter's own exit, as the provider's cold start ends (its worker threads joined): an
+    # exit that skipped it let the engine stop its log service before the program had said its last
+    sys.exit(code)
 
 
 def lazy_automation() -> None:

@@ -45,7 +45,7 @@ def test_each_node_failure_said_once_at_the_end(make_nodes, make_deploy, repo):
     d.cli(["up", "--yes"])
     d.set(version="v2")
     out = up(d)
-    assert "Resource monitor has terminated" not in out
+    assert "Resource monitor has terminated" not in out, out
     errors = [e for e in d.errors(out) if e.startswith(("node1: ", "node2: "))]  # without the quoted journal lines
     assert sorted(e.split(":")[0] for e in errors) == ["node1", "node2"], out
     for n in nodes:
