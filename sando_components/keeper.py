@@ -273,12 +273,12 @@ def stats() -> dict:
         return json.loads(payload) if kind == b"R" else {}
 
 
-def stop_all(digest: str | None = None) -> int:
-    """End this user's keepers of this sando (each persist setting has its own; `digest`: of another
-    code); how many there were."""
+def stop_all(digest: str | None = None, persist: float | None = None) -> int:
+    """End this user's keepers of this sando (`digest`: of another code), each persist setting's or
+    only `persist`'s; how many there were."""
     import signal
 
-    mark = (digest or _digest()).encode()
+    mark = (digest or _digest()).encode() + (b"" if persist is None else f"-{int(persist)}'".encode())
     ended = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

@@ -7,6 +7,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # sando_compone
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long scenario (16 nodes); `make test` and CI run it, "
                                        "`make quick` leaves it out")
+    if not hasattr(config, "workerinput"):
+        # this session's own connection keeper and provider zygote (each is named after its setting),
+        # so that another test session of this user (a CI run beside a developer's) neither shares
+        # them nor ends them; the xdist workers and every engine run inherit these
+        import os
+
+        os.environ.setdefault("SANDO_SSH_PERSIST", str(600 + os.getpid() % 3000))
+        os.environ.setdefault("SANDO_KEEP_WARM", str(600 + os.getpid() % 3000))
 
 
 def pytest_unconfigure(config):
@@ -19,5 +27,6 @@ def pytest_unconfigure(config):
     from sando_components import keeper
     from tests.support import provider_host
 
-    keeper.stop_all()
-    provider_host().stop_all()
+    host = provider_host()
+    keeper.stop_all(persist=keeper.persist_seconds())
+    host.stop_all(warm=host.warm_seconds())

@@ -258,13 +258,17 @@ def zygotes(name: str = "") -> list[int]:
     return sorted(pid for pid, ppid in found.items() if ppid not in found)
 
 
-def stop_all() -> int:
-    """End this user's zygotes (tests: a CI job is done when its tests are); how many there were. The
-    providers they forked run on: each ends with its run."""
+def stop_all(warm: float | None = None) -> int:
+    """End this user's zygotes (of a SANDO_KEEP_WARM setting, or all) (tests: a CI job is done when
+    its tests are); how many there were. The providers they forked run on: each ends with its run."""
     import signal
 
     ended = 0
     for pid in zygotes():
+        if warm is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if not fh.read().split(b"\0")[-2].endswith(f"-{warm:g}".encode()):
+                    continue
         try:
             os.kill(pid, signal.SIGTERM)
             ended += 1

@@ -215,13 +215,18 @@ def test_stop_all_ends_this_sandos_keepers_only():
     # a made-up digest: the real keepers other tests use at the same time are left alone
     ours = subprocess.Popen([sys.executable, "-c", "import time  # keeper.serve('feedfacefeedface')\ntime.sleep(60)"])
     other = subprocess.Popen([sys.executable, "-c", "import time  # keeper.serve('0123456789abcdef')\ntime.sleep(60)"])
+    # two persist settings of one sando (two test sessions): each is ended on its own
+    p600 = subprocess.Popen([sys.executable, "-c", "import time  # keeper.serve('x-feedfacefeed-600', 600.0)\ntime.sleep(60)"])
+    p700 = subprocess.Popen([sys.executable, "-c", "import time  # keeper.serve('x-feedfacefeed-700', 700.0)\ntime.sleep(60)"])
     try:
-        time.sleep(0.2)  # both have their argv
+        time.sleep(0.2)  # all have their argv
         assert keeper.stop_all("feedfacefeedface") == 1
         assert ours.wait(timeout=10) == -15  # SIGTERM
         assert other.poll() is None  # another sando's keeper (another digest) goes on
+        assert keeper.stop_all("feedfacefeed", persist=600) == 1
+        assert p600.wait(timeout=10) == -15 and p700.poll() is None
     finally:
-        for proc in (ours, other):
+        for proc in (ours, other, p600, p700):
             proc.kill()
             proc.wait()
 
