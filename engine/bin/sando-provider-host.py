@@ -42,7 +42,7 @@ from concurrent import futures
 # launcher stays as the engine's plugin process: it passes the signals the engine sends it on to the
 # child, and the child ends when it goes. The zygote has loaded nothing of the project (the child
 # imports sando_components from the project directory, as before) and holds no secret: its
-# environment is PATH and LANG; each side checks the other's uid (SO_PEERCRED). Any failure on
+# environment is PATH, LANG and the PYTHON* variables; each side checks the other's uid (SO_PEERCRED). Any failure on
 # the way: this process runs the provider itself, as before.
 
 
@@ -237,8 +237,9 @@ def zygote(name: str) -> None:
         conn.close()
 
 
-def zygotes(name: str = "") -> list[int]:
-    """This user's zygotes (named `name`, or any), not their children (which share their command line)."""
+def zygotes(warm: float | None = None) -> list[int]:
+    """This user's zygotes (of a SANDO_KEEP_WARM setting, or all), not their children (which share
+    their command line)."""
     found = {}
     for proc in os.listdir("/proc"):
         if not proc.isdigit():
@@ -253,7 +254,7 @@ def zygotes(name: str = "") -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         if len(argv) > 3 and argv[-3] == b"--zygote" and os.path.basename(argv[-4]) == b"sando-provider-host.py" \
-                and (not name or argv[-2] == name.encode()):
+                and (warm is None or argv[-2].endswith(f"-{warm:g}".encode())):
             found[int(proc)] = ppid
     return sorted(pid for pid, ppid in found.items() if ppid not in found)
 
@@ -264,11 +265,7 @@ def stop_all(warm: float | None = None) -> int:
     import signal
 
     ended = 0
-    for pid in zygotes():
-        if warm is not None:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if not fh.read().split(b"\0")[-2].endswith(f"-{warm:g}".encode()):
-                    continue
+    for pid in zygotes(warm):
         try:
             os.kill(pid, signal.SIGTERM)
             ended += 1

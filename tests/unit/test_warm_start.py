@@ -68,8 +68,7 @@ def warm():
 
 
 def _zygotes(warm: str) -> list[int]:
-    return [pid for pid in provider_host().zygotes()
-            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].endswith(f"-{warm}".encode())]
+    return provider_host().zygotes(float(warm))
 
 
 def test_a_run_s_provider_is_forked_by_the_zygote_and_ends_on_the_engine_s_sigint(tmp_path, warm):
