@@ -940,7 +940,8 @@ def cmd_ssh(args, ctx: Context) -> int:
 
 
 RESTART_OUTCOMES = {120: "systemctl restart failed", 121: "the service restarted but fails its health check",
-                    122: "no release is live there"}
+                    122: "no release is live there",
+                    25: f"a switch or restart still runs there (waited {fleet.RESTART_LOCK_WAIT} s); nothing restarted"}
 
 
 def cmd_restart(args, ctx: Context) -> int:
@@ -963,12 +964,14 @@ def cmd_restart(args, ctx: Context) -> int:
         with _countdown(ctx, cfg.restart_warning_seconds if warn else 0):
             res = ssh.run(fleet.conn(cfg, node), fleet.restart_command(cfg, node, now[node.name].live_commit, deploy,
                                                                        warn),
-                          stdin=fleet.restart_stdin(cfg, warn), timeout=300 + cfg.restart_warning_seconds
+                          stdin=fleet.restart_stdin(cfg, warn), timeout=300 + fleet.RESTART_LOCK_WAIT
+                          + cfg.restart_warning_seconds
                           + cfg.health_check.timeout_seconds, check=False)
         report = scripts.Report.parse(res.out, node.name)
         if res.rc != 0:
             why = RESTART_OUTCOMES.get(res.rc) or f"exit {res.rc}: {(res.err or res.out).strip()[-200:]}"
-            detail = report.one("health") or report.one("restart") or report.one("error") or ""
+            detail = (report.one("health") or report.one("restart") or report.one("error") or report.one("busy")
+                      or "")
             rest = [n.name for n in chosen[chosen.index(node) + 1:]]
             raise Refused(f"{node.name}: {why} ({detail})" + (f"; not restarted: {', '.join(rest)}" if rest else "")
                           + f"; see `sando logs -s {stack.split('/')[-1]} {node.name}`")

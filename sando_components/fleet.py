@@ -295,6 +295,9 @@ def logs_command(service: str, release_root: str, lines: int | None = None, sinc
                            N_LINES="" if lines is None else int(lines), SINCE=since or "", FOLLOW=1 if follow else 0)
 
 
+RESTART_LOCK_WAIT = 60  # seconds `sando restart` waits for a switch or restart at work on its node
+
+
 def restart_command(cfg: config_model.StackConfig, node: config_model.NodeConfig, commit: str | None,
                     deploy: dict, warn: bool) -> str:
     """sh/restart.sh (with sh/history.sh) for one node: warning, restart, health check, history."""
@@ -305,7 +308,7 @@ def restart_command(cfg: config_model.StackConfig, node: config_model.NodeConfig
                        WARN_SECONDS=seconds, H_FILE=paths.HISTORY, H_VERSION="", H_COMMIT=commit or "",
                        H_BY=deploy["by"], H_VIA=deploy["via"],
                        H_NOW="1" if deploy.get("now") and cfg.restart_warning_seconds > 0 else "",
-                       H_WARN_SECONDS=seconds, H_KEEP=history.KEEP),
+                       H_WARN_SECONDS=seconds, H_KEEP=history.KEEP, LOCK_WAIT=RESTART_LOCK_WAIT),
         scripts.source("history.sh") + "\n" + scripts.source("restart.sh"))
     return shlex.join(["sh", "-c", text, "sando-restart"])
 

@@ -3,15 +3,20 @@
 # restart (`sando restart`): the restart warning when one is configured (the bearer header is
 # the first line of stdin: never argv), the notice waited out, `systemctl restart`, the health
 # check; recorded in the node's switch history (sh/history.sh, result "restarted"). Parameters:
-#   SERVICE, RELEASE_ROOT, HEALTH_URL, TIMEOUT (seconds for the health check)
+#   SERVICE, RELEASE_ROOT, HEALTH_URL, TIMEOUT (seconds for the health check), LOCK_WAIT (seconds to
+#   wait for a switch or restart still at work on the node)
 #   WARN_URL, WARN_SECONDS (0: no warning), plus history.sh's H_* (H_VERSION is read here)
 # Reports: warning (sent EPOCH | failed ...), restart (RC DETAIL), health (ok BODY | fail ERROR),
-# history. Exits EX_RESTART_NOTHING_LIVE, EX_RESTART_FAILED, EX_RESTART_UNHEALTHY.
+# history. Exits EX_BUSY, EX_RESTART_NOTHING_LIVE, EX_RESTART_FAILED, EX_RESTART_UNHEALTHY.
 
 IFS= read -r AUTH || AUTH=''
 exec </dev/null
 cd "$RELEASE_ROOT" || fail "$EX_RESTART_NOTHING_LIVE" error "no release root $RELEASE_ROOT"
-live=$(readlink current 2>/dev/null) || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
+[ -L "$P_CURRENT" ] || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
+# not while a switch (or another restart) is at work on the node: it waits LOCK_WAIT s for it, then
+# reads what is live
+switch_lock "$LOCK_WAIT" || fail "$EX_BUSY" busy "$RELEASE_ROOT/$P_SWITCH_LOCK"
+live=$(readlink "$P_CURRENT" 2>/dev/null) || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
 # shellcheck disable=SC2034  # read by sando_history (history.sh)
 H_VERSION=${live##*/}
 # blueGreen (issue 23): the live instance SERVICE@PORT (PORT in .sando/instance) is what runs, on its

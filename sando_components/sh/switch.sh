@@ -26,8 +26,7 @@ links() {
   case $live in */"$P_RELEASES"/*) live=$P_RELEASES/${live##*/} ;; esac
   case $prev in */"$P_RELEASES"/*) prev=$P_RELEASES/${prev##*/} ;; esac
 }
-mkdir -p "$P_MANIFEST_DIR"
-if ! { exec 9>>"$P_SWITCH_LOCK" && flock -w "$LOCK_WAIT" 9; }; then
+if ! switch_lock "$LOCK_WAIT"; then
   links
   report live-before "$live"
   fail "$EX_BUSY" busy "$RELEASE_ROOT/$P_SWITCH_LOCK"

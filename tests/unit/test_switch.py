@@ -758,3 +758,44 @@ def test_a_switch_that_waits_too_long_for_another_changes_nothing(provider_node,
         f"node1: another switch still runs on the node ({node.root}/{paths.SWITCH_LOCK} held for 1 s); nothing "
         "was switched, v1 stays live. See `sando status`, then run pulumi up again")
     assert node.readlink("current") == "releases/v1" and node.restarts() == 0
+
+
+def _restart_script(node: FakeNode) -> str:
+    """`sando restart`'s script for this node (fleet.restart_command, no warning)."""
+    from sando_components import fleet
+    from sando_components.config import load
+
+    cfg = load({"sando:nodes": '[{"name": "node1", "host": "10.0.0.1", "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}]',
+                "sando:version": "v1", "sando:source": '{"repo": "../app"}', "sando:sshAgent": "true",
+                "sando:bootstrap": '{"ref": "main"}', "sando:releaseRoot": str(node.root)}, frozenset())
+    return fleet.restart_command(cfg, cfg.nodes[0], "c1", {"by": "op@host", "via": "sando restart"}, False)
+
+
+def test_a_restart_waits_for_a_switch_at_work_on_its_node_then_restarts_what_it_left_live(node):
+    """`sando restart` during a switch (another operator's, or one that goes on after a second Ctrl-C)
+    waits for it, then restarts and checks what that switch left live: never a restart in its middle."""
+    live_v1(node)
+    thread = _held_lock(node, lambda: (node.point(current="v2", previous="v1"), node.start("v2")), 1.0)
+    node.clear_calls()
+    started = time.monotonic()
+    res = node.run(_restart_script(node), stdin=b"\n")
+    thread.join()
+    assert res.rc == 0, res.out + res.err
+    assert time.monotonic() - started >= 0.9  # it waited for the lock
+    assert ["restart", "makenotwork.service"] in node.calls("systemctl") and node.running() == "v2"
+    assert res.parsed.one("health").startswith("ok")
+    assert '"version":"v2"' in res.parsed.one("history") and '"result":"restarted"' in res.parsed.one("history")
+
+
+def test_a_restart_that_waits_too_long_for_a_switch_restarts_nothing(node, monkeypatch):
+    from sando_components import cli, fleet
+
+    live_v1(node)
+    monkeypatch.setattr(fleet, "RESTART_LOCK_WAIT", 1)
+    thread = _held_lock(node, lambda: None, 3.0)
+    node.clear_calls()
+    res = node.run(_restart_script(node), stdin=b"\n")
+    thread.join()
+    assert res.rc == scripts.code("EX_BUSY") == 25 and res.parsed.one("busy") == f"{node.root}/{paths.SWITCH_LOCK}"
+    assert not [c for c in node.calls("systemctl") if c[0] in ("restart", "reload-or-restart")]
+    assert cli.RESTART_OUTCOMES[res.rc].startswith("a switch or restart still runs there")
