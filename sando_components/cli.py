@@ -429,6 +429,9 @@ class Project:
                 from None
         except self.auto.errors.CommandError as exc:
             what = " ".join(a for a in args[:2] if not a.startswith("-"))
+            if out is not None:  # its output, the error with it, went to the operator as it came: said once
+                stack = f" of {args[args.index('--stack') + 1]}" if "--stack" in args else ""
+                raise Refused(f"pulumi {what}{stack} failed (its error is above)") from None
             raise Refused(f"pulumi {what} failed: {engine_error(str(exc)) or one_line(str(exc))}") from None
 
     def stack_names(self) -> list[str]:

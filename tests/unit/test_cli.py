@@ -412,8 +412,9 @@ class FakeProject:
 
     def up(self, name, out, err, message, env=None):
         self.calls.append(("up", name, message, env))
-        if self.up_fails:
-            raise cli.Refused(f"pulumi up failed: {self.up_fails}")
+        if self.up_fails:  # as Project.up: the engine's error in its output, then said to have failed
+            err.write(f"error: {self.up_fails}\n")
+            raise cli.Refused(f"pulumi up of {name} failed (its error is above)")
         version = self.stacks[name]["config"].version
         self.stacks[name]["nodes"] = self.after_up.get(name) or [
             node(n.name, live=version, previous=n.live, releases=tuple(sorted({*n.releases, version})))

@@ -54,6 +54,8 @@ class Node(ResourceProvider):
         import json, os, time
         path = os.path.join(p["state"], p["node"] + ".json")
         os.makedirs(p["state"], exist_ok=True)
+        if os.path.exists(os.path.join(p["state"], "fail")):  # the node refuses: the up fails with its message
+            raise Exception(open(os.path.join(p["state"], "fail")).read())
         st = json.load(open(path)) if os.path.exists(path) else {"live": None, "previous": None, "releases": []}
         held = [r["version"] for r in st["releases"]]
         if p["version"] not in held:
@@ -227,3 +229,16 @@ def test_promote_rollback_status_through_the_engine(scratch):
     assert (code, err) == (0, "") and RAN == [["config"]], err  # a named stack: no `stack ls`
     code, out, err = sando(project, "status", "testnot", "nosuch")
     assert (code, err) == (2, f"sando: STACK: no stack 'nosuch' in {project} (stacks: prod, testnot)\n"), err
+
+
+def test_a_failed_up_s_error_is_said_once(scratch):
+    """The up's output goes to the operator as it comes, the node's error in it: sando's own last
+    line says that the up failed and what became of the pin, not the error a second time."""
+    project, _, _ = scratch
+    (project / "nodes-state" / "prod").mkdir(parents=True)
+    (project / "nodes-state" / "prod" / "fail").write_text("prod: the stand-in refuses v2 here")
+    code, out, err = sando(project, "promote", "--from", "testnot", "--to", "prod", "--yes")
+    said = out + err
+    assert code == 1 and said.count("prod: the stand-in refuses v2 here") == 1, said
+    assert err.startswith("sando: pulumi up of prod failed (its error is above)\n"), err
+    assert "no node of prod switched: its sando:version is back to v1" in err, err
