@@ -1,8 +1,11 @@
 """sando: deploy makenotwork. Wiring only: config -> Node -> Release -> CurrentPointer per node."""
 
+import os
 import sys
 
 import pulumi
+
+os.environ["SANDO_EXIT_FAST"] = "1"  # this process ends without freeing its modules (engine/python/exec.patch)
 
 from sando_components import headstart
 

@@ -106,3 +106,48 @@ def test_no_warm_start_when_it_is_off_or_tracing_is_asked_for(tmp_path, warm, en
     assert _zygotes(warm) == []
     launcher.send_signal(signal.SIGINT)
     assert launcher.wait(timeout=10) == 0
+
+
+CHILD_END = r'''
+import atexit, importlib.util, json, os, socket, sys, threading, time
+spec = importlib.util.spec_from_file_location("host", sys.argv[1])
+host = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(host)
+out = sys.argv[2]
+
+def main():  # stands in for the provider: a worker thread still at work, an atexit call, output
+    def work():
+        time.sleep(0.3)
+        open(out + ".thread", "w").write("joined")
+    threading.Thread(target=work).start()
+    atexit.register(lambda: open(out + ".atexit", "w").write("called"))
+    sys.stdout.write("said last")  # no newline: flushed by the exit, not by a line
+    sys.exit(7)
+
+class Freed:  # freed only by the interpreter's last step
+    def __init__(self):
+        self.fd, self.write = os.open(out + ".freed", os.O_WRONLY | os.O_CREAT, 0o600), os.write
+
+    def __del__(self):
+        self.write(self.fd, b"freed")
+
+kept = Freed()
+host.main = main
+conn, launcher = socket.socketpair()
+fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+host._child(conn, {"cwd": os.getcwd(), "umask": "18", "env": dict(os.environ), "argv": []},
+            [os.open(os.devnull, os.O_RDONLY), fd, os.dup(fd)])
+'''
+
+
+def test_a_forked_provider_ends_as_the_interpreter_would_but_for_freeing_its_modules(tmp_path):
+    """The child's end: its threads joined, its atexit calls made, its output flushed, its exit status
+    its process's (the launcher passes it on); the interpreter's last step, freeing every module, is
+    skipped (~50 ms at the end of every run, which the engine waits for)."""
+    out = tmp_path / "out"
+    res = subprocess.run([str(PYTHON), "-c", CHILD_END, str(HOST), str(out)], cwd=tmp_path, timeout=30,
+                         capture_output=True, text=True)
+    assert res.returncode == 7, res.stderr
+    assert out.read_text() == "said last"
+    assert (tmp_path / "out.thread").read_text() == "joined" and (tmp_path / "out.atexit").read_text() == "called"
+    assert (tmp_path / "out.freed").read_text() == ""  # the modules were not freed one by one
