@@ -1,4 +1,6 @@
 """sando: deploy makenotwork. Wiring only: config -> Node -> Release -> CurrentPointer per node."""
+# The modules a warm start loads before the run (engine/bin/sando_zygote.py, engine/python/exec.patch):
+# sando-warm: sando_components.stack sando_components.headstart sando_components.current_pointer sando_components.node sando_components.release sando_components.target sqlglot
 
 import os
 import sys

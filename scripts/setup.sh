@@ -99,7 +99,7 @@ patch -s --no-backup-if-mismatch "$hostbuild/pulumi-language-python-exec" engine
 install -m 0755 "$hostbuild/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
 # Our two small launchers (virtualenv hand-off), see engine/bin/.
 install -m 0755 engine/bin/pulumi-language-python engine/bin/pulumi-resource-pulumi-python "$bin/"
-install -m 0644 engine/bin/sando-provider-host.py "$bin/"
+install -m 0644 engine/bin/sando-provider-host.py engine/bin/sando_zygote.py "$bin/"
 
 # --- 2b. toxiproxy (bench only: a TCP proxy adding latency/bandwidth/faults) ------------
 # Same scheme as the engine: a wrapper module (engine/toxiproxy) pins the version, the

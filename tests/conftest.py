@@ -29,4 +29,4 @@ def pytest_unconfigure(config):
 
     host = provider_host()
     keeper.stop_all(persist=keeper.persist_seconds())
-    host.stop_all(warm=host.warm_seconds())
+    host.stop_all(warm=host.zy.warm_seconds())

@@ -17,6 +17,7 @@ import pytest
 from tests.support import REPO, provider_host
 
 HOST = REPO / "engine" / "bin" / "sando-provider-host.py"
+ZYGOTE = REPO / "engine" / "bin" / "sando_zygote.py"
 PYTHON = REPO / ".venv" / "bin" / "python"
 
 
@@ -110,9 +111,9 @@ def test_no_warm_start_when_it_is_off_or_tracing_is_asked_for(tmp_path, warm, en
 
 CHILD_END = r'''
 import atexit, importlib.util, json, os, socket, sys, threading, time
-spec = importlib.util.spec_from_file_location("host", sys.argv[1])
-host = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(host)
+spec = importlib.util.spec_from_file_location("sando_zygote", sys.argv[1])
+zy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zy)
 out = sys.argv[2]
 
 def main():  # stands in for the provider: a worker thread still at work, an atexit call, output
@@ -132,11 +133,10 @@ class Freed:  # freed only by the interpreter's last step
         self.write(self.fd, b"freed")
 
 kept = Freed()
-host.main = main
 conn, launcher = socket.socketpair()
 fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
-host._child(conn, {"cwd": os.getcwd(), "umask": "18", "env": dict(os.environ), "argv": []},
-            [os.open(os.devnull, os.O_RDONLY), fd, os.dup(fd)])
+zy._child(conn, {"cwd": os.getcwd(), "umask": "18", "env": dict(os.environ), "argv": ["provider"]},
+          [os.open(os.devnull, os.O_RDONLY), fd, os.dup(fd)], main)
 '''
 
 
@@ -145,7 +145,7 @@ def test_a_forked_provider_ends_as_the_interpreter_would_but_for_freeing_its_mod
     its process's (the launcher passes it on); the interpreter's last step, freeing every module, is
     skipped (~50 ms at the end of every run, which the engine waits for)."""
     out = tmp_path / "out"
-    res = subprocess.run([str(PYTHON), "-c", CHILD_END, str(HOST), str(out)], cwd=tmp_path, timeout=30,
+    res = subprocess.run([str(PYTHON), "-c", CHILD_END, str(ZYGOTE), str(out)], cwd=tmp_path, timeout=30,
                          capture_output=True, text=True)
     assert res.returncode == 7, res.stderr
     assert out.read_text() == "said last"
