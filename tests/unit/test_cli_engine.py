@@ -10,7 +10,6 @@ import io
 import json
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from sando_components import cli
 from sando_components.fleet import NodeNow, Probe
 from sando_components.transfer import NodeRelease
-from unit_helpers import commit_all, git, init_repo
+from unit_helpers import commit_all, git, init_repo, scratch_project
 
 REPO = Path(__file__).resolve().parents[2]
 PULUMI = REPO / ".tools" / "bin" / "pulumi"
@@ -103,21 +102,9 @@ def scratch(tmp_path, monkeypatch):
         (app / "f").write_text(v)
         commits[v] = commit_all(app, v)
         git(app, "tag", v)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text(textwrap.dedent(f"""\
-        name: scratch
-        runtime:
-          name: python
-          options:
-            virtualenv: {REPO / '.venv'}
-        """))
-    (project / "__main__.py").write_text(PROGRAM)
-    (tmp_path / "state").mkdir()
-    for k, v in {"PATH": f"{PULUMI.parent}:{os.environ['PATH']}", "PULUMI_HOME": str(tmp_path / "home"),
-                 "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "scratch",
-                 "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-                 "PYTHONPATH": str(REPO)}.items():  # PYTHONPATH: the dynamic-provider launcher runs sando's host
+    project, engine_env = scratch_project(tmp_path, "scratch", PROGRAM, PULUMI, REPO / ".venv")
+    # PYTHONPATH: the dynamic-provider launcher runs sando's host
+    for k, v in {**engine_env, "PYTHONPATH": str(REPO)}.items():
         monkeypatch.setenv(k, v)
 
     def pulumi(*args, stdin=None):

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from unit_helpers import scratch_project
 
 REPO = Path(__file__).resolve().parents[2]
 PULUMI = REPO / ".tools" / "bin" / "pulumi"
@@ -59,20 +60,8 @@ if os.environ.get("TEST_WAIT") == "1":  # stopped by the engine's SIGINT while a
 
 @pytest.fixture
 def project(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    (work / "Pulumi.yaml").write_text(textwrap.dedent(f"""\
-        name: exitfast
-        runtime:
-          name: python
-          options:
-            virtualenv: {REPO / '.venv'}
-        """))
-    (work / "__main__.py").write_text(PROGRAM)
-    (tmp_path / "state").mkdir()
-    env = {**os.environ, "PATH": f"{PULUMI.parent}:{os.environ['PATH']}", "PULUMI_HOME": str(tmp_path / "home"),
-           "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "scratch",
-           "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
+    work, engine_env = scratch_project(tmp_path, "exitfast", PROGRAM, PULUMI, REPO / ".venv")
+    env = {**os.environ, **engine_env}
     subprocess.run([str(PULUMI), "stack", "init", "t", "--non-interactive"], cwd=work, env=env, check=True,
                    capture_output=True)
     return work, env

@@ -47,3 +47,18 @@ def _private_key() -> str:
 
 
 PRIVATE_KEY = _private_key()
+
+
+def scratch_project(tmp_path: Path, name: str, program: str, pulumi: Path, venv: Path) -> tuple[Path, dict]:
+    """A scratch Pulumi project in tmp_path/project (the program given, the venv as its
+    virtualenv) with a file backend in tmp_path/state: its directory and the engine's environment
+    variables for it (to add to os.environ)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text(f"name: {name}\nruntime:\n  name: python\n  options:\n"
+                                         f"    virtualenv: {venv}\n")
+    (project / "__main__.py").write_text(program)
+    (tmp_path / "state").mkdir()
+    return project, {"PATH": f"{pulumi.parent}:{os.environ['PATH']}", "PULUMI_HOME": str(tmp_path / "home"),
+                     "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "scratch",
+                     "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
