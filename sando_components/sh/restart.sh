@@ -17,6 +17,11 @@ cd "$RELEASE_ROOT" || fail "$EX_RESTART_NOTHING_LIVE" error "no release root $RE
 # reads what is live
 switch_lock "$LOCK_WAIT" || fail "$EX_BUSY" busy "$RELEASE_ROOT/$P_SWITCH_LOCK"
 live=$(readlink "$P_CURRENT" 2>/dev/null) || fail "$EX_RESTART_NOTHING_LIVE" error "no release is live"
+# the commit of what is live now (its manifest), for the history: a switch the lock waited for may
+# have changed it since the operator's read (H_COMMIT stays when the manifest names none)
+_commit=$(sed -n 's/"files": *{[^}]*}//; s/.*"commit": *"\([^"]*\)".*/\1/p' "$live/$P_MANIFEST" 2>/dev/null)
+# shellcheck disable=SC2034  # read by sando_history (history.sh)
+if [ -n "$_commit" ]; then H_COMMIT=$_commit; fi
 # shellcheck disable=SC2034  # read by sando_history (history.sh)
 H_VERSION=${live##*/}
 # blueGreen (issue 23): the live instance SERVICE@PORT (PORT in .sando/instance) is what runs, on its

@@ -784,7 +784,10 @@ def test_a_restart_waits_for_a_switch_at_work_on_its_node_then_restarts_what_it_
     assert time.monotonic() - started >= 0.9  # it waited for the lock
     assert ["restart", "makenotwork.service"] in node.calls("systemctl") and node.running() == "v2"
     assert res.parsed.one("health").startswith("ok")
-    assert '"version":"v2"' in res.parsed.one("history") and '"result":"restarted"' in res.parsed.one("history")
+    # the history names what was restarted: v2 at its own commit (from its manifest), not the commit
+    # of v1 the operator's read had seen before the lock
+    assert '"version":"v2","commit":"c-v2"' in res.parsed.one("history"), res.parsed.one("history")
+    assert '"result":"restarted"' in res.parsed.one("history")
 
 
 def test_a_restart_that_waits_too_long_for_a_switch_restarts_nothing(node, monkeypatch):
