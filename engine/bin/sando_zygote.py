@@ -69,8 +69,11 @@ def name(kind: str, script: str, *more: str) -> str:
     digest.update(repr(python_env()).encode())
     top = importlib.machinery.PathFinder.find_spec("pulumi")
     if top is not None and top.origin:
-        st = os.stat(top.origin)
-        digest.update(f"{top.origin} {st.st_mtime_ns} {st.st_size}".encode())
+        # the SDK, and the directory of the installed packages: a package installed, upgraded or
+        # removed there (pip changes its entries) gets a new zygote
+        for path in (top.origin, os.path.dirname(os.path.dirname(top.origin))):
+            st = os.stat(path)
+            digest.update(f"{path} {st.st_mtime_ns} {st.st_size}".encode())
     for item in more:
         digest.update(item.encode() + b"\0")
     return f"sando-{kind}-{os.geteuid()}-{digest.hexdigest()[:16]}-{warm_seconds():g}"  # abstract: NUL first
@@ -347,15 +350,16 @@ def _wanted(program: str) -> list:
 
 
 def _sources(project: str, modules: list) -> list:
-    """size and mtime of every .py file of the project's packages (or modules) named: what the zygote
-    loaded of the project, so that an edit gets a new zygote."""
+    """size and mtime of every file of the project's packages (or modules) named: what the zygote
+    loaded of the project (and what its modules may have read at import), so that an edit gets a
+    new zygote."""
     seen = []
     for top in sorted({m.split(".")[0] for m in modules}):
         base = os.path.join(project, top)
         paths = [base + ".py"] if os.path.isfile(base + ".py") else []
         for root, dirs, files in os.walk(base):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            paths += [os.path.join(root, f) for f in sorted(files) if f.endswith(".py")]
+            paths += [os.path.join(root, f) for f in sorted(files) if not f.endswith(".pyc")]
         for path in paths:
             st = os.stat(path)
             seen.append(f"{path} {st.st_mtime_ns} {st.st_size}")
