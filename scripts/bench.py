@@ -165,7 +165,8 @@ class FleetNode(Node):
 class Fleet:
     """Nodes of several testnodes sets as one fleet: node1's client key let into every node."""
 
-    def __init__(self, nodes: list[Node]):
+    def __init__(self, nodes: list[Node], sets: list[TestNodes] | None = None):
+        self.sets = list(sets or [])
         self.nodes = [FleetNode(**asdict(n), alias=f"node{i:02d}") for i, n in enumerate(nodes, 1)]
         nodes = self.nodes
         pub = Path(nodes[0].privateKeyPath + ".pub").read_text()
@@ -178,11 +179,13 @@ def fleet_of(count: int, base: Path, sets: list[TestNodes], per_set: int = 16) -
     """`count` nodes started as sets of `per_set`, one after another: 64 systemd instances booting
     at once on 2 shared cores miss testnodes' boot timeout."""
     nodes: list[Node] = []
+    mine: list[TestNodes] = []
     for k in range(0, count, per_set):
         s = TestNodes(min(per_set, count - k), base.with_name(f"{base.name}-{k // per_set}"))
         sets.append(s)
+        mine.append(s)
         nodes += s.nodes
-    return Fleet(nodes)
+    return Fleet(nodes, mine)
 
 
 def rrepo_app(path: Path) -> AppRepo:
@@ -343,7 +346,7 @@ def main() -> int:
 
         # the large fleet stops before the next parts: the switch part's two nodes, booting beside 128
         # running ones, missed testnodes' boot timeout in three bench runs in a row
-        for s in (n64, m64):
+        for s in (*n64.sets, *m64.sets):
             s.stop()
             sets.remove(s)
         stacks.remove(d_64)
