@@ -51,6 +51,11 @@ CONTEXT = {"fanout16Floor": "the minimal script's own 16/1 ratio here: the 16 no
            f"noop{BIG}Cli": f"sando no-op of {BIG} nodes as `pulumi up` / the empty program's `pulumi up`",
            f"parallelDiffNoop{BIG}": f"no-op of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (same stack, alternating)",
            f"parallelDiffBump{BIG}": f"bump of {BIG} nodes with PULUMI_PARALLEL_DIFF=true / without (alternating)",
+           "warmNoopCli": "no-op `pulumi up` with the program and the provider process forked warm / started "
+                          "cold (SANDO_KEEP_WARM=0)",
+           "keeperNoopCli": "no-op `pulumi up` with SSH connections kept between runs / each run its own "
+                            "(SANDO_SSH_PERSIST=0)",
+           "keeperWanNoop": "no-op over the WAN profile with SSH connections kept / each run its own",
            "noopCli": "noop measured with `pulumi up` typed as an operator does, without the Automation API's "
                       "extra CLI runs (stack output, history) that both sides of `noop` pay"}
 HEADER = f"""\
@@ -427,7 +432,7 @@ def main() -> int:
             if k in GOALS:
                 say(f"   {k:<44} {r:8.2f}   <= {GOALS[k]}   {'met' if r <= GOALS[k] else 'NOT met'}")
             else:
-                say(f"   {k:<44} {r:8.2f}   ({CONTEXT[k]})")
+                say(f"   {k:<44} {r:8.2f}   ({CONTEXT.get(k, 'no goal of its own')})")
         results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
                    "runs": RUNS, "ratios": ratios, "goals": GOALS, "medians": m, "samples": t.runs,
                    "switchStrategies": switch}
