@@ -46,10 +46,10 @@ unit_crashed() {
   last="exited at start ($SERVICE.service $_u_ActiveState/$_u_SubState, restarted $_k times by systemd)"
   report crashed "$_u_ActiveState/$_u_SubState $_k"
   # The service's own lines reach journald over its stdout stream, which journald may read after
-  # PID 1's "Main process exited" (before systemd 256 `--sync` does not wait for streams): give
-  # them up to a second to show (a service that printed nothing costs that second).
+  # PID 1's "Main process exited" (before systemd 256 `--sync` does not wait for streams), later
+  # still on a loaded host: give them up to 3 s to show (a service that printed nothing costs that).
   _jw=0
-  while [ "$_jw" -lt 10 ]; do
+  while [ "$_jw" -lt 30 ]; do
     journalctl --sync 2>/dev/null
     [ -n "$(journalctl "_SYSTEMD_UNIT=$SERVICE.service" --since "@${_mark_since:-0}" -n 1 -q --no-pager -o cat 2>/dev/null)" ] && break
     sleep 0.1

@@ -179,8 +179,11 @@ def test_only_the_newest_program_zygotes_are_kept(warm):
     from tests.support import provider_host
 
     zy = provider_host().zy
-    fakes = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--zygote",
-                               f"sando-program-{os.geteuid()}-{i:016x}-{warm}"]) for i in range(5)]
+    fakes = []
+    for i in range(5):  # started a few clock ticks apart: newest is by start time (pids wrap at 32768 here)
+        fakes.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--zygote",
+                                       f"sando-program-{os.geteuid()}-{i:016x}-{warm}"]))
+        time.sleep(0.05)
     child = subprocess.Popen([sys.executable, "-c", "open('/proc/self/comm', 'w').write('sando-child'); "
                               "import time; time.sleep(60)", "--zygote", f"sando-program-{os.geteuid()}-{9:016x}-{warm}"])
     try:
