@@ -18,12 +18,12 @@ from sando_components import (ConfigError, CurrentPointer, CurrentPointerArgs, N
 
 try:
     cfg = stack.load_config()
-    headstart.reads(stack.node_reads(cfg))  # every node's read starts now, in the provider process
     source = stack.resolve_source(cfg)
     sources = bootstrap_sources(cfg, source.repo)
-    migrations = stack.release_migrations(cfg, source)
     env_file = stack.env_file(cfg, sources.files)
-    headstart.ahead(stack.ahead_reads(cfg, env_file))  # the switching nodes' status reads, also at once
+    headstart.reads(stack.node_reads(cfg, env_file))  # every node's read starts now, in the provider process
+    migrations = stack.release_migrations(cfg, source)
+    headstart.ahead(stack.ahead_reads(cfg, env_file, migrations))  # the switching nodes' status reads, also at once
     stack.check_local_nodes(cfg)  # a local node's sudo
     # promoted or sando:verifyAgainst: the bytes the pin must have; a pin the source does not run: refused
     expect, refuse = stack.expected_build(cfg, source, stack.source_outputs(cfg, source), pulumi.get_stack())
@@ -38,7 +38,7 @@ nodes, earlier, pointers, parity = {}, [], [], []
 for number, batch in enumerate(cfg.batches()):
     for node in batch:
         target = NodeTarget(cfg, node, stack.connection(cfg, node), stack.private_key(cfg, node))
-        after_reach = stack.reach(target, refuse)  # a node that cannot be reached fails here, once
+        after_reach = stack.reach(target, refuse, env_file)  # a node that cannot be reached fails here, once
         release = Release(f"{node.name}-release", ReleaseArgs(**vars(target), version=cfg.version,
                                                               commit=source.commit, repo=source.repo, expect=expect), after_reach)
         bootstrap = Node(node.name, NodeArgs(**vars(target), sources=sources, version=cfg.version, token=token,

@@ -103,8 +103,11 @@ def read_early(args: dict) -> None:
 
     def read(props: dict, command: str, done: Future) -> None:
         try:
-            if base.node_state(props).live == props.get("version"):
-                done.set_result(None)  # nothing will switch here: warn_at_preview reads on its own if it must
+            state = base.node_state(props)
+            if state.live == props.get("version") or not_ahead(state, props):
+                # nothing will switch here, or the node's read says its database is not ahead of the
+                # pin: warn_at_preview reads on its own if it must
+                done.set_result(None)
                 return
             conn = ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
             done.set_result(ssh.run(conn, command, timeout=60, check=False))
@@ -121,6 +124,17 @@ def read_early(args: dict) -> None:
             if _early.setdefault(_early_key(props, command), done) is not done:
                 continue
         threading.Thread(target=read, args=(props, command, done), daemon=True).start()
+
+
+def not_ahead(state, props: dict) -> bool:
+    """Whether the node's read (its `applied` migrations, read with the gate on: sh/db.sh) shows a
+    database with no migration the pin's release does not know (gate.migrations; the head start's
+    props carry them too): then there is nothing to warn of and no status read to make. False when
+    the read did not say (the status read decides)."""
+    known = (props.get("gate") or {}).get("migrations")
+    if state.applied is None or not isinstance(known, list):
+        return False
+    return set(state.applied) <= set(known)
 
 
 def _status(conn, props: dict, command: str):
@@ -150,6 +164,10 @@ def warn_at_preview(props: dict, olds: dict) -> None:
     if not gate.get("enabled") or not isinstance(version, str) or olds.get("version") == version:
         return
     try:
+        from .providers import base
+
+        if not_ahead(base.node_state(props), props):
+            return  # the node's read says so: nothing applied that the pin does not know
         conn = ssh.Conn.from_props(props["connection"], props.get("privateKey"), props.get("node"))
         res = _status(conn, props, status_command(props))
         report = scripts.Report.parse(res.out)

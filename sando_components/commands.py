@@ -73,10 +73,15 @@ def file_state(path: str) -> str:
 # --- what a node holds (one round trip) ----------------------------------------------------------
 
 
-def probe(release_root: str, service: str) -> str:
+def probe(release_root: str, service: str, db: dict | None = None) -> str:
     """The node read (sh/probe.sh): the service's state, zstd, `current`/`previous`, free KiB where
-    releases go, every release (with its manifest) and foreign directory."""
-    return scripts.command("probe", RELEASE_ROOT=release_root, SERVICE=service)
+    releases go, every release (with its manifest) and foreign directory; with `db` (the migration
+    gate's database: database, envFile, defaultDatabase; see db_read) the migrations its database
+    has applied too."""
+    db = db or {}
+    return scripts.command("probe", RELEASE_ROOT=release_root, SERVICE=service, DB_READ=1 if db else 0,
+                           DATABASE=db.get("database") or "", ENV_FILE=db.get("envFile") or "",
+                           DEFAULT_DATABASE=db.get("defaultDatabase") or "")
 
 
 # --- receiving a release (one round trip: stream in, unpack, verify, rename) ---------------------

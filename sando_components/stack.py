@@ -62,15 +62,18 @@ def connection(cfg: StackConfig, node) -> dict:
     return conn
 
 
-def reach(target, refuse: dict | None = None) -> pulumi.ResourceOptions:
+def reach(target, refuse: dict | None = None, env_file: str | None = None) -> pulumi.ResourceOptions:
     """The node's Reach resource (providers/reach.py), as the options that make every other resource
     of the node wait for it: a node that cannot be reached is said once, before anything else; and a
-    pin that sando:verifyAgainst refuses (expected_build), unless the node holds that release."""
+    pin that sando:verifyAgainst refuses (expected_build), unless the node holds that release. Its
+    read is the head start's (node_reads), the database's migrations included (`dbRead`, never a
+    change by itself): whichever of the two comes first makes the node's one read."""
     from .providers import Reach
 
     cfg, node = target.cfg, target.node
     props = {"node": node.name, "connection": target.connection, "privateKey": target.private_key,
-             "releaseRoot": cfg.release_root, "service": cfg.service, "refuse": refuse}
+             "releaseRoot": cfg.release_root, "service": cfg.service, "refuse": refuse,
+             **({"dbRead": db} if (db := db_read(cfg, env_file)) else {})}
     r = Reach(f"{node.name}-reach", props)
     return pulumi.ResourceOptions(depends_on=[r])
 
@@ -84,30 +87,44 @@ def host_waits_for(expect: dict | None, release) -> list:
     return [release.files] if expect else []
 
 
-def node_reads(cfg: StackConfig) -> list[dict]:
+def node_reads(cfg: StackConfig, env_file: str | None = None) -> list[dict]:
     """Every node as its Reach reads it (props above, the key in clear: headstart.reads marks it
     secret), for the head start that reads them all at once while the program still works: the
     engine checks resources one at a time, so the Reach checks would otherwise read one node after
-    another."""
+    another. With the migration gate on (and `env_file`, stack.env_file), the read also takes the
+    migrations the database has applied (`dbRead`), the database the status read would find (ahead.py):
+    a pin the database is not ahead of then needs no status read."""
+    db = db_read(cfg, env_file)
     reads = []
     for node in cfg.nodes:
         key = cfg.private_key(node)
         reads.append({"node": node.name, "connection": connection(cfg, node),
                       "privateKey": None if key is None else key.get_secret_value(),
-                      "releaseRoot": cfg.release_root, "service": cfg.service})
+                      "releaseRoot": cfg.release_root, "service": cfg.service, **({"dbRead": db} if db else {})})
     return reads
 
 
-def ahead_reads(cfg: StackConfig, env_file: str) -> list[dict]:
+def db_read(cfg: StackConfig, env_file: str | None) -> dict | None:
+    """With the migration gate on: where a node's read finds the database (sh/db.sh), as the status
+    read would (ahead.status_command); else None (the read leaves the database alone)."""
+    if not cfg.migrations.gate or not env_file:
+        return None
+    return {"database": cfg.migrations.database or "", "envFile": env_file,
+            "defaultDatabase": paths.for_service(paths.DEFAULT_DATABASE, cfg.service)}
+
+
+def ahead_reads(cfg: StackConfig, env_file: str, release: list[migrations.Migration]) -> list[dict]:
     """Every node as its pointer's status read sees it (ahead.status_command: the same fields as
-    current_pointer gives the Pointer), with the pin, for the head start (headstart.ahead); none
-    when the migration gate is off (there is nothing to warn of)."""
+    current_pointer gives the Pointer), with the pin and its release's migrations (`release`: a
+    database that applied none other needs no status read), for the head start (headstart.ahead);
+    none when the migration gate is off (there is nothing to warn of)."""
     if not cfg.migrations.gate:
         return []
     mig = cfg.migrations
     return [{**read, "version": cfg.version, "healthCheck": {"url": cfg.health_url(node)},
-             "gate": {"enabled": True, "database": mig.database, "envFile": env_file, "backupDir": mig.backup_dir}}
-            for node, read in zip(cfg.nodes, node_reads(cfg))]
+             "gate": {"enabled": True, "database": mig.database, "envFile": env_file, "backupDir": mig.backup_dir,
+                      "migrations": [m.version for m in release]}}
+            for node, read in zip(cfg.nodes, node_reads(cfg, env_file))]
 
 
 def check_local_nodes(cfg: StackConfig) -> None:

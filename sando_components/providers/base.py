@@ -133,6 +133,9 @@ class NodeState:
     arch: str = ""  # `uname -m` ("" = not read: nothing is checked)
     glibc: str = ""  # `getconf GNU_LIBC_VERSION` ("glibc 2.36"), "none" without glibc ("" = not read)
     nft: bool | None = None  # nft is installed (blueGreen's front); None = not read
+    # the migrations the database has applied (versions), read with the gate on (sh/db.sh: none
+    # when the database or its table does not exist yet); None = not read, or unreadable
+    applied: tuple[str, ...] | None = None
 
     def held(self) -> list[NodeRelease]:
         """The node's releases, best delta base first: live, previous, then newest."""
@@ -201,7 +204,17 @@ def parse_state(out: str, rc: int = 0, node: str = "a node", root: str = "", err
                      failures=failures_of(report),
                      arch=(report.one("arch") or "").strip(),
                      glibc=(report.one("glibc") or "").strip(),
-                     nft={"yes": True, "no": False}.get(report.one("nft") or ""))
+                     nft={"yes": True, "no": False}.get(report.one("nft") or ""),
+                     applied=applied_of(report))
+
+
+def applied_of(report: scripts.Report) -> tuple[str, ...] | None:
+    """The versions of the migrations the database has applied, as sh/db.sh reported them (none for
+    a database or table not there yet); None when it was not read or could not be."""
+    db = report.one("db")
+    if db == "ok":
+        return tuple(row.partition(" ")[0] for row in report.all("applied"))
+    return () if db in ("missing", "no migrations table") else None
 
 
 _states: dict[tuple, NodeState] = {}
@@ -225,7 +238,9 @@ def node_state(props: dict, *, fresh: bool = False) -> NodeState:
         if fresh or key not in _states:
             # one exec: the host files' state (sh/host-probe.sh, host config: issue 18.5), then the
             # release-path read (sh/probe.sh, last: its exit code is the read's)
-            command = host_probe(props["service"]) + "\n" + commands.probe(props["releaseRoot"], props["service"])
+            # (with the gate on, the head start's read also reads the database's migrations: dbRead)
+            command = host_probe(props["service"]) + "\n" + commands.probe(props["releaseRoot"], props["service"],
+                                                                           props.get("dbRead"))
             try:
                 res = ssh.run(conn_of(props), command, check=False)
                 _states[key] = parse_state(res.out, res.rc, node_of(props), props["releaseRoot"], res.err)

@@ -1,6 +1,9 @@
 # shellcheck shell=sh
 # The node read: what a node holds, read-only, in one round trip (providers/base.py parse_state).
-# params: RELEASE_ROOT SERVICE
+# params: RELEASE_ROOT SERVICE DB_READ
+# uses: db
+#   DB_READ=1 (the migration gate is on): the database's applied migrations too (db.sh), so that
+#   whether the database is ahead of a pin is known without another round trip (ahead.py)
 #
 # One function per section; each reports on its own and does not change the cwd of the others
 # (a section that must, runs in a subshell). To read something more about a node, add a section
@@ -23,6 +26,16 @@ read_platform() {
   report arch "$(uname -m 2>/dev/null)"
   _libc=$(getconf GNU_LIBC_VERSION 2>/dev/null) || _libc=
   report glibc "${_libc:-none}"
+}
+
+# --- the database (DB_READ=1): the migrations it has applied -----------------------------------
+# the live unit's database: a blueGreen instance (its port in .sando/instance) has its own unit
+read_db() {
+  [ "$DB_READ" = 1 ] || return 0
+  _unit=$SERVICE
+  _port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
+  [ -z "$_port" ] || _unit=$SERVICE@$_port
+  db_read "$_unit"
 }
 
 # free_kib DIR: free KiB on DIR's filesystem, or fail naming what could not be read
@@ -73,4 +86,5 @@ read_releases() (
 read_service
 read_tools
 read_platform
+read_db
 read_releases || exit

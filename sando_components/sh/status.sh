@@ -1,16 +1,14 @@
 # shellcheck shell=sh
 # shellcheck disable=SC2154  # parameters are set by scripts.render
-# params: SERVICE RELEASE_ROOT HEALTH_URL CADDY_URL DATABASE ENV_FILE DEFAULT_DATABASE BACKUP_DIR HISTORY
-# params: HISTORY_LINES
+# params: SERVICE RELEASE_ROOT HEALTH_URL CADDY_URL BACKUP_DIR HISTORY HISTORY_LINES
+# uses: db
 # status: what an operator asks of a node now, read-only, in one exec (sando status, promote,
 # rollback). Parameters:
 #   SERVICE          the unit (without .service)
 #   RELEASE_ROOT     where releases/, current and .sando/history are
 #   HEALTH_URL       the app's health URL on the node
 #   CADDY_URL        the same through Caddy ('' = Caddy is not sando's: not probed)
-#   DATABASE         sando:migrations.database ('' = DATABASE_PATH of the unit's EnvironmentFile)
-#   ENV_FILE         the env file to read when the unit names none
-#   DEFAULT_DATABASE when no env file names DATABASE_PATH
+#   DATABASE, ENV_FILE, DEFAULT_DATABASE: where the database is (db.sh)
 #   BACKUP_DIR       where pre-migration backups are
 #   HISTORY          the switch history file (relative to RELEASE_ROOT)
 #   HISTORY_LINES    how many of its last lines to report
@@ -46,35 +44,7 @@ if [ -n "$CADDY_URL" ]; then
 fi
 
 # the database the gate reads: sando:migrations.database, else DATABASE_PATH of the unit's env file
-db=$DATABASE
-if [ -z "$db" ]; then
-  envf=$(systemctl show -p EnvironmentFiles --value "$SERVICE.service" 2>/dev/null | sed -n '1s/ .*//p')
-  envf=${envf#-}
-  [ -n "$envf" ] || envf=$ENV_FILE
-  db=$(sed -n 's/^DATABASE_PATH=//p' "$envf" 2>/dev/null | tail -n 1 | tr -d "\"'")
-  [ -n "$db" ] || db=$DEFAULT_DATABASE
-fi
-report database "$db"
-if [ ! -f "$db" ]; then
-  report db missing
-elif ! command -v sqlite3 >/dev/null 2>&1; then
-  report db "unreadable: no sqlite3 on the node"
-elif ! has=$(sqlite3 -readonly "$db" ".timeout 5000" \
-  "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" 2>&1); then
-  report db "unreadable: $has"
-elif [ "$has" != 1 ]; then
-  report db "no migrations table"
-else
-  if rows=$(sqlite3 -readonly -separator ' ' "$db" ".timeout 5000" \
-    'SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version' 2>&1); then
-    report db ok
-    printf '%s\n' "$rows" | while IFS= read -r row; do
-      [ -n "$row" ] && report applied "$row"
-    done
-  else
-    report db "unreadable: $rows"
-  fi
-fi
+db_read "$SERVICE"
 
 if [ -f "$RELEASE_ROOT/$HISTORY" ]; then
   tail -n "$HISTORY_LINES" "$RELEASE_ROOT/$HISTORY" | while IFS= read -r line; do

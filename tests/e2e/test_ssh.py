@@ -194,9 +194,11 @@ def two_versions(tmp_path_factory):
 
 
 def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, two_versions, via):
-    """A bump opens one connection and at most 4 sessions per node; a no-op makes one (the read of
-    what the node holds, which drift detection needs). Through the keeper, a run after the first
-    opens none: the first run's connection serves it."""
+    """A bump opens one connection and 3 sessions per node (the read, the upload, the switch: with the
+    migration gate on, the read takes the database's migrations, so a database not ahead of the pin
+    needs no status read of its own); a no-op makes one (the read of what the node holds, which drift
+    detection needs). Through the keeper, a run after the first opens none: the first run's
+    connection serves it."""
     (node,) = make_nodes(1)
     sshd_verbose(node)
     d = make_deploy([node], repo=two_versions)
@@ -204,11 +206,16 @@ def test_one_connection_per_node_and_few_round_trips(make_nodes, make_deploy, tw
         d.stack.workspace.env_vars[keeper.PERSIST_ENV] = "0"
     run_up(d)
     d.set(version="v2")
-    since = node.journal_cursor()
+    since, counted = node.journal_cursor(), node_stats(node, via)
     run_up(d)
     log = sshd_since(node, since)
     assert len(re.findall(r"Accepted publickey", log)) == (0 if via == "keeper" else 1), log
-    assert len(re.findall(r"Starting session: command", log)) <= 4, log
+    # sshd's log may miss a line under load (seen once in five), never add one: at most 3 there, and
+    # exactly 3 exec channels as the keeper counts them (the connections of a run without it are
+    # the provider process's own, which this process cannot count)
+    assert len(re.findall(r"Starting session: command", log)) <= 3, log
+    if via == "keeper":
+        assert node_stats(node, via, counted)["execs"] == 3
     since = node.journal_cursor()
     _, changed = run_up(d)
     assert changed == {}

@@ -149,21 +149,30 @@ WantedBy=multi-user.target
 
 
 def test_the_node_read_names_the_live_instance(tmp_path):
-    """sh/probe.sh reports .sando/instance and whether that instance runs; parse_state reads it."""
+    """sh/probe.sh reports .sando/instance and whether that instance runs; parse_state reads it. With
+    the gate on, the database is the live instance's: DATABASE_PATH of that unit's env file."""
     from sando_components.providers.base import parse_state
+
+    from test_gate import make_db
 
     root = tmp_path / "root"
     (root / ".sando").mkdir(parents=True)
     (root / "releases").mkdir()
     (root / ".sando" / "instance").write_text("3002\n")
+    db = make_db(tmp_path / "live.db", applied=("1", "3"))
+    (tmp_path / "instance.env").write_text(f"DATABASE_PATH={db}\n")
     script = scripts.render_inline(
-        scripts.params(RELEASE_ROOT=root, SERVICE="makenotwork"),
-        'systemctl() { case "$*" in "is-active makenotwork@3002") echo active ;; *) echo inactive ;; esac; }\n'
-        + scripts.source("probe.sh"))
+        scripts.params(RELEASE_ROOT=root, SERVICE="makenotwork", DB_READ=1, DATABASE="", ENV_FILE="/nonexistent.env",
+                       DEFAULT_DATABASE="/nonexistent.db"),
+        'systemctl() { case "$*" in "is-active makenotwork@3002") echo active ;;\n'
+        f'  "show -p EnvironmentFiles --value makenotwork@3002.service") echo "-{tmp_path}/instance.env (ignore_errors=yes)" ;;\n'
+        '  *) echo inactive ;; esac; }\n'
+        + scripts.source("db.sh") + scripts.source("probe.sh"))
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert '{"@":"instance","v":"3002 active"}' in res.stdout.splitlines()
     state = parse_state(res.stdout, res.returncode)
     assert (state.instance, state.instance_active, state.active) == ("3002", True, False)
+    assert state.applied == ("1", "3"), res.stdout + res.stderr
     (root / ".sando" / "instance").write_text("junk\n")  # not a port: no instance
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     state = parse_state(res.stdout, res.returncode)

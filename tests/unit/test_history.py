@@ -46,3 +46,12 @@ def test_good_line_walks_back():
     assert history.good_line(recs) == ["v1", "v2", "v4"]
     assert history.good_line(recs + [{"version": "v6", "result": "ok"}]) == ["v1", "v2", "v4", "v6"]
     assert history.good_line([{"version": "v1", "result": "restarted"}]) == []
+
+
+def test_every_field_is_one_json_string_whatever_it_holds(tmp_path):
+    """Backslashes and quotes escaped, tabs and newlines as spaces, other control characters dropped
+    (the printable fields without a fork, the others through _sando_clean's pipeline)."""
+    res = run(tmp_path, {"by": 'a\\b"c\td\ne\x01f@box', "via": "pulumi up"}, "ok")
+    assert res.returncode == 0, res.stderr
+    [line] = (tmp_path / ".sando" / "history").read_text().splitlines()
+    assert json.loads(line)["by"] == 'a\\b"c d ef@box'

@@ -171,3 +171,52 @@ def test_the_nodes_machine_and_glibc_are_read(node):
     (musl / "getconf").chmod(0o755)
     _, state = probe(node, PATH=f"{musl}:{node.env()['PATH']}")
     assert state.glibc == "none"
+
+
+# --- with the migration gate on, the read takes the database's applied migrations (sh/db.sh) --------
+
+
+def db_probe(node: FakeNode, **db):
+    res = node.run(commands.probe(str(node.root), "makenotwork", db))
+    assert res.rc == 0, res.err
+    return res, parse_state(res.out, res.rc, "node1", str(node.root), res.err)
+
+
+def test_without_the_gate_the_database_is_not_read(node):
+    res, state = probe(node)
+    assert "database" not in res.out and state.applied is None
+
+
+def test_the_database_named_or_found_through_the_env_file_and_its_applied_migrations(node, tmp_path):
+    from test_gate import make_db
+
+    db = make_db(tmp_path / "data" / "mnw.db", applied=("1", "2", "10"), failed=("11",))
+    res, state = db_probe(node, database=str(db), envFile="", defaultDatabase="/nonexistent.db")
+    assert res.get("database") == str(db) and res.get("db") == "ok"
+    assert state.applied == ("1", "2", "10")  # a failed migration is not applied
+    # no database named: DATABASE_PATH of the env file (the unit names none here), quoted as the service reads it
+    env = tmp_path / "mnw.env"
+    env.write_text(f'PORT=3000\nDATABASE_PATH="{db}"\n')
+    res, state = db_probe(node, database="", envFile=str(env), defaultDatabase="/nonexistent.db")
+    assert res.get("database") == str(db) and state.applied == ("1", "2", "10")
+
+
+@pytest.mark.parametrize("kind", ["missing", "no table", "not sqlite"])
+def test_a_database_not_there_yet_has_applied_nothing_and_an_unreadable_one_is_unknown(node, tmp_path, kind):
+    import sqlite3
+
+    path = tmp_path / "mnw.db"
+    if kind == "no table":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE notes (body TEXT)")  # the service's own tables, no migration yet
+        con.commit()
+        con.close()
+    elif kind == "not sqlite":
+        path.write_text("this is not a database\n" * 100)
+    res, state = db_probe(node, database=str(path), envFile="", defaultDatabase="")
+    assert res.get("db") == {"missing": "missing", "no table": "no migrations table",
+                             "not sqlite": res.get("db")}[kind]
+    if kind == "not sqlite":
+        assert res.get("db").startswith("unreadable: ") and state.applied is None  # the status read decides
+    else:
+        assert state.applied == ()

@@ -574,6 +574,16 @@ def test_the_head_start_starts_the_provider_the_reads_and_the_pointers_status_re
         pointer = run.inputs(f"{n['node']}-current-switch")
         assert n["version"] == pointer["version"] == "v1"
         assert ahead.status_command(n) == ahead.status_command(pointer), n["node"]
+        # the pin's migrations, as the pointer knows them: a database with none other needs no status read
+        assert n["gate"]["migrations"] == pointer["gate"]["migrations"], n["node"]
+    # with the gate on, each node's read takes its database's migrations too, from where the status
+    # read would find the database (the unit's env file as the program reads it from git)
+    for n in reads:
+        pointer = run.inputs(f"{n['node']}-current-switch")
+        assert n["dbRead"] == {"database": pointer["gate"].get("database") or "", "envFile": pointer["gate"]["envFile"],
+                               "defaultDatabase": "/var/lib/makenotwork/makenotwork.db"}, n
+        # the Reach reads the same (whichever comes first makes the node's one read)
+        assert run.inputs(f"{n['node']}-reach")["dbRead"] == n["dbRead"], n["node"]
 
 
 def test_no_status_reads_ahead_when_the_gate_is_off(config):
@@ -582,5 +592,5 @@ def test_no_status_reads_ahead_when_the_gate_is_off(config):
     from sando_components.config import load
 
     raw, secrets = config(migrations='{"gate": false}')
-    assert stack.ahead_reads(load(raw, frozenset(secrets)), "/etc/x.env") == []
-    assert len(stack.ahead_reads(load(config()[0], frozenset(secrets)), "/etc/x.env")) == 2
+    assert stack.ahead_reads(load(raw, frozenset(secrets)), "/etc/x.env", []) == []
+    assert len(stack.ahead_reads(load(config()[0], frozenset(secrets)), "/etc/x.env", [])) == 2
