@@ -295,7 +295,7 @@ def logs_command(service: str, release_root: str, lines: int | None = None, sinc
                            N_LINES="" if lines is None else int(lines), SINCE=since or "", FOLLOW=1 if follow else 0)
 
 
-RESTART_LOCK_WAIT = 60  # seconds `sando restart` waits for a switch or restart at work on its node
+RESTART_LOCK_WAIT = scripts.RESTART_LOCK_WAIT  # seconds `sando restart` waits for a switch or restart at work on its node
 
 
 def restart_command(cfg: config_model.StackConfig, node: config_model.NodeConfig, commit: str | None,

@@ -32,6 +32,9 @@ SH_DIR = Path(__file__).parent / "sh"
 PARAM_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 REPORT_PREFIX = '{"@":'
+# seconds a restart outside a switch (`sando restart`, a changed unit in the host config step) waits
+# for a switch or restart at work on its node (the node's switch lock, lib.sh switch_lock)
+RESTART_LOCK_WAIT = 60
 
 
 @cache

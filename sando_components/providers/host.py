@@ -31,7 +31,7 @@ from .base import (AUTH, NodeProvider, NodeResource, changed, conn_of, held_why,
 
 # the host step's outcomes that leave the node as it was (the live files and units unchanged or put
 # back): recorded as the node's outcome for the verdict, not a crash of the run
-OUTCOMES = ("EX_HOST_CHECK", "EX_HOST_RELOAD", "EX_HOST_HEALTH", "EX_HOST_INPUT", "EX_HOST_WARNING")
+OUTCOMES = ("EX_HOST_CHECK", "EX_HOST_RELOAD", "EX_HOST_HEALTH", "EX_HOST_INPUT", "EX_HOST_WARNING", "EX_BUSY")
 
 TOOL = {"caddyfile": "caddy validate", "unit": "systemd-analyze verify", "sshdGit": "sshd -t",
         "fail2ban": "fail2ban-client -t", "firewall": "sh -n (bash -n by its #! line)",
@@ -117,7 +117,7 @@ def script(props: dict, mode: str, restart_unit: bool) -> str:
         WARN_URL=warn.get("url") or "", WARN_SECONDS=int(warn.get("seconds") or 0) if props.get("token") else 0,
         WARN_ABORT=1 if warn.get("onFailure") == "abort" else 0, PREV_DIR=paths.HOST_PREV_DIR,
         UPSTREAM=(props.get("upstream") or {}).get("file") or "",
-        UPSTREAM_DEFAULT=(props.get("upstream") or {}).get("default") or "")
+        UPSTREAM_DEFAULT=(props.get("upstream") or {}).get("default") or "", LOCK_WAIT=scripts.RESTART_LOCK_WAIT)
 
 
 def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
@@ -146,6 +146,10 @@ def failure(props: dict, rc: int, report: scripts.Report, err: str) -> str:
     if name == "EX_HOST_WARNING":
         return (f"{node}: the restart warning failed ({'; '.join(report.all('warning-failed'))}) and "
                 "sando:restartWarningOnFailure is abort; the unit change was not applied, nothing restarted")
+    if name == "EX_BUSY":
+        return (f"{node}: {props['service']}'s unit changed ({src('unit')} at {at}), but a switch or restart still ran "
+                f"there after {scripts.RESTART_LOCK_WAIT} s; the previous unit is back, nothing restarted: "
+                "run pulumi up again once it is done")
     if name == "EX_HOST_INPUT":
         return f"{node}: the host files did not arrive whole ({'; '.join(report.all('error'))}); nothing changed"
     return f"{node}: the host config step failed (exit {rc}: {err.strip()[-300:]})"

@@ -10,7 +10,7 @@
 # An identical file changes and reloads nothing.
 #
 # params: MODE PLAN SERVICE RELEASE_ROOT OWNER CADDY RESTART_UNIT HEALTH_URL CADDY_URL HEALTH_TIMEOUT
-# params: HEALTH_INTERVAL WARN_URL WARN_SECONDS WARN_ABORT PREV_DIR UPSTREAM UPSTREAM_DEFAULT
+# params: HEALTH_INTERVAL WARN_URL WARN_SECONDS WARN_ABORT PREV_DIR UPSTREAM UPSTREAM_DEFAULT LOCK_WAIT
 # Parameters:
 #   MODE            check (stage and check only: the preview) | apply
 #   PLAN            one line per item: ITEM MODE DEST SOURCE LEGACY (SOURCE: path in the repo, for
@@ -419,6 +419,13 @@ if [ -n "$UNIT_CHANGED" ]; then
   elif [ "$RESTART_UNIT" != 1 ]; then
     report unit-restart "left to the switch to the pinned version, which restarts $SERVICE"
   else
+    # one switch or restart at a time on the node (switch.sh, sando restart): wait LOCK_WAIT s for one
+    # at work, else change nothing
+    if ! switch_lock "$LOCK_WAIT" "$RELEASE_ROOT"; then
+      put_back unit "$unit_dest"
+      systemctl daemon-reload
+      fail "$EX_BUSY" unit-restart "a switch or restart still runs there (waited $LOCK_WAIT s): the previous unit is back, nothing restarted"
+    fi
     trap '' HUP PIPE # from here on, a lost connection must not leave the service half-restarted
     if ! warn_restart; then
       put_back unit "$unit_dest"

@@ -106,12 +106,12 @@ list_releases() {
   done
 }
 
-# switch_lock WAIT: one switch or restart at a time on this node (from the release root, the working
-# directory): the node's switch lock on fd 9, held until the script ends; fails when another holder
-# did not free it within WAIT seconds
+# switch_lock WAIT [ROOT]: one switch or restart at a time on this node: the switch lock of the
+# release root ROOT (default: the working directory) on fd 9, held until the script ends; fails when
+# another holder did not free it within WAIT seconds
 switch_lock() {
-  mkdir -p "$P_MANIFEST_DIR" || return 1
-  { command exec 9>>"$P_SWITCH_LOCK"; } 2>/dev/null || return 1 # `command`: a failed open returns
+  mkdir -p "${2:-.}/$P_MANIFEST_DIR" || return 1
+  { command exec 9>>"${2:-.}/$P_SWITCH_LOCK"; } 2>/dev/null || return 1 # `command`: a failed open returns
   flock -w "$1" 9
 }
 

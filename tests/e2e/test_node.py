@@ -5,6 +5,7 @@ change, put back when a reload fails or a hand edit is found, config errors caug
 from __future__ import annotations
 
 import stat
+import time
 
 import pytest
 
@@ -393,6 +394,35 @@ def test_rotating_the_ssh_key_is_no_change_on_the_node(make_nodes, make_deploy, 
     _, changed = run_up(d, refresh=True)
     assert "node1-host" not in changed
     assert node.unit_events() == events
+
+
+def test_a_unit_change_waits_for_a_switch_at_work_on_the_node(make_nodes, make_deploy, node_app):
+    """The host step restarts the service after a unit change only with the node's switch lock, as a
+    switch and `sando restart` do: a switch at work there (another operator's; here the lock held by
+    hand for 4 s) ends before the restart begins. (Waiting longer than 60 s: the previous unit is put
+    back and nothing restarts, EX_BUSY, said by providers/host.failure.)"""
+    import threading
+
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=node_app)
+    run_up(d)
+    unit = node_app.path / DEPLOY / "makenotwork.service"
+    commit(node_app, f"{DEPLOY}/makenotwork.service",
+           unit.read_text().replace("[Service]\n", "[Service]\nEnvironment=MNW_FEATURE=on\n"))
+    since = node.journal_cursor()
+    held = threading.Thread(target=node.exec, args=(
+        "flock", "/opt/makenotwork/.sando/switch.lock", "sh", "-c",
+        "touch /run/sando-test-held; sleep 4; logger -t sando-test 'switch lock released'"))
+    held.start()
+    while node.exec("test", "-e", "/run/sando-test-held").returncode != 0:
+        time.sleep(0.05)
+    _, changed = run_up(d)
+    held.join()
+    assert changed == {"node1-host": "update"}
+    said = node.journal(after=since, output="cat")
+    assert said.index("switch lock released") < said.index("Stopping makenotwork"), said
+    pid = node.exec("systemctl", "show", "-p", "MainPID", "--value", "makenotwork").stdout.strip()
+    assert "MNW_FEATURE=on" in node.exec("cat", f"/proc/{pid}/environ").stdout.split("\0")
 
 
 def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_deploy, node_app):

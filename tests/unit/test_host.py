@@ -136,6 +136,16 @@ def test_a_failed_reload_and_a_failed_unit_restart_say_what_is_back():
                    "previous unit is back and mnw is healthy with it. (sando:healthCheck)")
 
 
+def test_a_unit_restart_that_waited_for_the_switch_lock_in_vain_says_nothing_restarted():
+    msg = host.failure(PROPS, scripts.code("EX_BUSY"), report(
+        ("unit-restart", "a switch or restart still runs there (waited 60 s): the previous unit is back")), "")
+    assert msg == ("n1: mnw's unit changed (deploy/mnw.service -> /etc/systemd/system/mnw.service at sando:bootstrap.ref "
+                   "host-7 (3f2a00000000)), but a switch or restart still ran there after 60 s; the previous unit is "
+                   "back, nothing restarted: run pulumi up again once it is done")
+    assert "EX_BUSY" in host.OUTCOMES  # recorded as this node's failure, the node as it was
+    assert "LOCK_WAIT=60" in host.script(PROPS, "apply", True)
+
+
 def test_the_host_exit_codes_are_in_the_shared_table_and_unique():
     codes = [scripts.code(n) for n in ("EX_HOST_CHECK", "EX_HOST_RELOAD", "EX_HOST_HEALTH", "EX_HOST_INPUT",
                                        "EX_HOST_WARNING")]
