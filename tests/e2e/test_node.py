@@ -191,13 +191,19 @@ def test_a_hand_edit_shows_in_a_plain_preview_and_up_puts_it_back(make_nodes, ma
     assert planned == {}
 
 
-def test_a_unit_change_restarts_the_service_and_the_app_sees_it(make_nodes, make_deploy, node_app):
+def deployed_then_a_unit_change(make_nodes, make_deploy, node_app):
+    """One node deployed, then a unit change committed (MNW_FEATURE=on): (node, deploy, the unit's path)."""
     (node,) = make_nodes(1)
     d = make_deploy([node], repo=node_app)
     run_up(d)
     unit = node_app.path / DEPLOY / "makenotwork.service"
     commit(node_app, f"{DEPLOY}/makenotwork.service",
            unit.read_text().replace("[Service]\n", "[Service]\nEnvironment=MNW_FEATURE=on\n"))
+    return node, d, unit
+
+
+def test_a_unit_change_restarts_the_service_and_the_app_sees_it(make_nodes, make_deploy, node_app):
+    node, d, unit = deployed_then_a_unit_change(make_nodes, make_deploy, node_app)
     events = node.unit_events()
     _, changed = run_up(d)
     assert changed == {"node1-host": "update"}
@@ -403,12 +409,7 @@ def test_a_unit_change_waits_for_a_switch_at_work_on_the_node(make_nodes, make_d
     back and nothing restarts, EX_BUSY, said by providers/host.failure.)"""
     import threading
 
-    (node,) = make_nodes(1)
-    d = make_deploy([node], repo=node_app)
-    run_up(d)
-    unit = node_app.path / DEPLOY / "makenotwork.service"
-    commit(node_app, f"{DEPLOY}/makenotwork.service",
-           unit.read_text().replace("[Service]\n", "[Service]\nEnvironment=MNW_FEATURE=on\n"))
+    node, d, _ = deployed_then_a_unit_change(make_nodes, make_deploy, node_app)
     since = node.journal_cursor()
     held = threading.Thread(target=node.exec, args=(
         "flock", "/opt/makenotwork/.sando/switch.lock", "sh", "-c",
