@@ -68,15 +68,13 @@ def describe(a: Ahead, target: str, service: str, ssh_hint: str) -> str:
 def status_command(props: dict) -> str:
     """The node's status read this warning needs (sh/status.sh): its database's applied migrations,
     its switch history, its backups. `props`: the pointer's (service, releaseRoot, healthCheck, gate)."""
-    from . import paths, scripts
+    from . import commands, paths, scripts
 
     gate, service = props.get("gate") or {}, props["service"]
     return scripts.command(
         "status", SERVICE=service, RELEASE_ROOT=props["releaseRoot"],
         HEALTH_URL=(props.get("healthCheck") or {}).get("url") or "", CADDY_URL="",
-        DATABASE=gate.get("database") or "",
-        ENV_FILE=gate.get("envFile") or paths.for_service(paths.DEFAULT_ENV_FILE, service),
-        DEFAULT_DATABASE=paths.for_service(paths.DEFAULT_DATABASE, service),
+        **commands.db_params(service, gate.get("database"), gate.get("envFile")),
         BACKUP_DIR=gate.get("backupDir") or paths.for_service(paths.DEFAULT_BACKUP_DIR, service),
         HISTORY=paths.HISTORY, HISTORY_LINES=200)
 

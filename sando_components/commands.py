@@ -73,15 +73,23 @@ def file_state(path: str) -> str:
 # --- what a node holds (one round trip) ----------------------------------------------------------
 
 
+def db_params(service: str, database: str | None, env_file: str | None) -> dict[str, str]:
+    """Where sh/db.sh finds the service's database: `database` (sando:migrations.database) if named,
+    else DATABASE_PATH of the live unit's env file, else of `env_file` (the unit's, as git has it;
+    else the service's default), else the service's default database."""
+    return {"DATABASE": database or "", "ENV_FILE": env_file or paths.for_service(paths.DEFAULT_ENV_FILE, service),
+            "DEFAULT_DATABASE": paths.for_service(paths.DEFAULT_DATABASE, service)}
+
+
 def probe(release_root: str, service: str, db: dict | None = None) -> str:
     """The node read (sh/probe.sh): the service's state, zstd, `current`/`previous`, free KiB where
     releases go, every release (with its manifest) and foreign directory; with `db` (the migration
-    gate's database: database, envFile, defaultDatabase; see db_read) the migrations its database
-    has applied too."""
-    db = db or {}
+    gate's database and env file, and the pin; stack.db_read) the migrations its database has
+    applied too, unless `current` already is the pin (nothing switches there)."""
+    where = (db_params(service, db.get("database"), db.get("envFile")) if db
+             else {"DATABASE": "", "ENV_FILE": "", "DEFAULT_DATABASE": ""})
     return scripts.command("probe", RELEASE_ROOT=release_root, SERVICE=service, DB_READ=1 if db else 0,
-                           DATABASE=db.get("database") or "", ENV_FILE=db.get("envFile") or "",
-                           DEFAULT_DATABASE=db.get("defaultDatabase") or "")
+                           DB_PIN=(db or {}).get("pin") or "", **where)
 
 
 # --- receiving a release (one round trip: stream in, unpack, verify, rename) ---------------------

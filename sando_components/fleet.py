@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import config as config_model
-from . import history, paths, scripts, ssh, times
+from . import commands, history, paths, scripts, ssh, times
 from .errors import OperatorError
 from .transfer import NodeRelease
 
@@ -168,8 +168,6 @@ iso = times.iso  # the one time format (issue 20.9)
 
 
 def _holdings_command(cfg: config_model.StackConfig) -> str:
-    from . import commands
-
     return commands.probe(cfg.release_root, cfg.service)
 
 
@@ -193,9 +191,7 @@ def status_command(cfg: config_model.StackConfig, node: config_model.NodeConfig)
     """The one command run on the node: what it holds, then sh/status.sh."""
     status = scripts.command(
         "status", SERVICE=cfg.service, RELEASE_ROOT=cfg.release_root, HEALTH_URL=cfg.health_url(node),
-        CADDY_URL=caddy_url(cfg) or "", DATABASE=cfg.migrations.database or "",
-        ENV_FILE=paths.for_service(paths.DEFAULT_ENV_FILE, cfg.service),
-        DEFAULT_DATABASE=paths.for_service(paths.DEFAULT_DATABASE, cfg.service),
+        CADDY_URL=caddy_url(cfg) or "", **commands.db_params(cfg.service, cfg.migrations.database, None),
         BACKUP_DIR=cfg.migrations.backup_dir or paths.for_service(paths.DEFAULT_BACKUP_DIR, cfg.service),
         HISTORY=paths.HISTORY, HISTORY_LINES=HISTORY_LINES)
     return f"{{ {_holdings_command(cfg)}\n}}\n{status}"

@@ -106,11 +106,11 @@ def node_reads(cfg: StackConfig, env_file: str | None = None) -> list[dict]:
 
 def db_read(cfg: StackConfig, env_file: str | None) -> dict | None:
     """With the migration gate on: where a node's read finds the database (sh/db.sh), as the status
-    read would (ahead.status_command); else None (the read leaves the database alone)."""
+    read would (ahead.status_command), and the pin (a node whose `current` is the pin is not read:
+    nothing switches there); else None (the read leaves the database alone)."""
     if not cfg.migrations.gate or not env_file:
         return None
-    return {"database": cfg.migrations.database or "", "envFile": env_file,
-            "defaultDatabase": paths.for_service(paths.DEFAULT_DATABASE, cfg.service)}
+    return {"database": cfg.migrations.database or "", "envFile": env_file, "pin": cfg.version}
 
 
 def ahead_reads(cfg: StackConfig, env_file: str, release: list[migrations.Migration]) -> list[dict]:

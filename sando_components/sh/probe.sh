@@ -1,9 +1,10 @@
 # shellcheck shell=sh
 # The node read: what a node holds, read-only, in one round trip (providers/base.py parse_state).
-# params: RELEASE_ROOT SERVICE DB_READ
+# params: RELEASE_ROOT SERVICE DB_READ DB_PIN
 # uses: db
 #   DB_READ=1 (the migration gate is on): the database's applied migrations too (db.sh), so that
-#   whether the database is ahead of a pin is known without another round trip (ahead.py)
+#   whether the database is ahead of a pin is known without another round trip (ahead.py); not when
+#   `current` already is DB_PIN (the pin: nothing switches, so there is nothing to warn of)
 #
 # One function per section; each reports on its own and does not change the cwd of the others
 # (a section that must, runs in a subshell). To read something more about a node, add a section
@@ -32,6 +33,10 @@ read_platform() {
 # the live unit's database: a blueGreen instance (its port in .sando/instance) has its own unit
 read_db() {
   [ "$DB_READ" = 1 ] || return 0
+  if [ -n "$DB_PIN" ]; then
+    _cur=$(readlink "$RELEASE_ROOT/$P_CURRENT" 2>/dev/null)
+    case ${_cur%/} in "$P_RELEASES/$DB_PIN" | */"$P_RELEASES/$DB_PIN") return 0 ;; esac
+  fi
   _unit=$SERVICE
   _port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
   [ -z "$_port" ] || _unit=$SERVICE@$_port

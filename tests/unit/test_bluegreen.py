@@ -163,7 +163,7 @@ def test_the_node_read_names_the_live_instance(tmp_path):
     (tmp_path / "instance.env").write_text(f"DATABASE_PATH={db}\n")
     script = scripts.render_inline(
         scripts.params(RELEASE_ROOT=root, SERVICE="makenotwork", DB_READ=1, DATABASE="", ENV_FILE="/nonexistent.env",
-                       DEFAULT_DATABASE="/nonexistent.db"),
+                       DEFAULT_DATABASE="/nonexistent.db", DB_PIN=""),
         'systemctl() { case "$*" in "is-active makenotwork@3002") echo active ;;\n'
         f'  "show -p EnvironmentFiles --value makenotwork@3002.service") echo "-{tmp_path}/instance.env (ignore_errors=yes)" ;;\n'
         '  *) echo inactive ;; esac; }\n'

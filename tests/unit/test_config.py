@@ -786,7 +786,7 @@ def test_the_head_start_reads_every_node_with_its_own_key_marked_secret(node, ho
                      {"node": "here", "connection": {"local": True, "host": "localhost", "port": 0},
                       "privateKey": None, **common}]
     # with the gate on and the unit's env file known, each read takes the database's migrations too
-    db = {"database": "", "envFile": "/etc/mnw/mnw.env", "defaultDatabase": f"/var/lib/{cfg.service}/{cfg.service}.db"}
+    db = {"database": "", "envFile": "/etc/mnw/mnw.env", "pin": cfg.version}
     assert [r["dbRead"] for r in stack.node_reads(cfg, "/etc/mnw/mnw.env")] == [db, db, db]
     assert [{k: v for k, v in r.items() if k != "dbRead"} for r in stack.node_reads(cfg, "/etc/mnw/mnw.env")] == reads
     args = headstart.read_args(reads)

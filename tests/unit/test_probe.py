@@ -191,13 +191,13 @@ def test_the_database_named_or_found_through_the_env_file_and_its_applied_migrat
     from test_gate import make_db
 
     db = make_db(tmp_path / "data" / "mnw.db", applied=("1", "2", "10"), failed=("11",))
-    res, state = db_probe(node, database=str(db), envFile="", defaultDatabase="/nonexistent.db")
+    res, state = db_probe(node, database=str(db), envFile="")
     assert res.get("database") == str(db) and res.get("db") == "ok"
     assert state.applied == ("1", "2", "10")  # a failed migration is not applied
     # no database named: DATABASE_PATH of the env file (the unit names none here), quoted as the service reads it
     env = tmp_path / "mnw.env"
     env.write_text(f'PORT=3000\nDATABASE_PATH="{db}"\n')
-    res, state = db_probe(node, database="", envFile=str(env), defaultDatabase="/nonexistent.db")
+    res, state = db_probe(node, database="", envFile=str(env))
     assert res.get("database") == str(db) and state.applied == ("1", "2", "10")
 
 
@@ -213,10 +213,33 @@ def test_a_database_not_there_yet_has_applied_nothing_and_an_unreadable_one_is_u
         con.close()
     elif kind == "not sqlite":
         path.write_text("this is not a database\n" * 100)
-    res, state = db_probe(node, database=str(path), envFile="", defaultDatabase="")
+    res, state = db_probe(node, database=str(path), envFile="")
     assert res.get("db") == {"missing": "missing", "no table": "no migrations table",
                              "not sqlite": res.get("db")}[kind]
     if kind == "not sqlite":
         assert res.get("db").startswith("unreadable: ") and state.applied is None  # the status read decides
     else:
         assert state.applied == ()
+
+
+def test_a_node_whose_current_is_the_pin_leaves_its_database_alone(node, tmp_path):
+    """Nothing switches where `current` already is the pin, so there is nothing to warn of: the read
+    (a no-op's one round trip) does not read the database; any other live release, it does."""
+    from test_gate import make_db
+
+    db = make_db(tmp_path / "mnw.db", applied=("1", "2"))
+    releases = node.root / "releases"
+    for v in ("v1", "v2"):
+        (releases / v).mkdir(parents=True)
+    (node.root / "current").symlink_to("releases/v2")
+    where = {"database": str(db), "envFile": ""}
+    res, state = db_probe(node, **where, pin="v2")
+    assert res.get("db") is None and state.applied is None, res.out
+    # an absolute target, as written by hand, is the pin too
+    (node.root / "current").unlink()
+    (node.root / "current").symlink_to(f"{releases}/v2/")
+    res, state = db_probe(node, **where, pin="v2")
+    assert res.get("db") is None and state.applied is None, res.out
+    for pin in ("v1", "v", "2"):  # another release live (or a name that only ends like it): read
+        res, state = db_probe(node, **where, pin=pin)
+        assert res.get("db") == "ok" and state.applied == ("1", "2"), (pin, res.out)

@@ -581,7 +581,7 @@ def test_the_head_start_starts_the_provider_the_reads_and_the_pointers_status_re
     for n in reads:
         pointer = run.inputs(f"{n['node']}-current-switch")
         assert n["dbRead"] == {"database": pointer["gate"].get("database") or "", "envFile": pointer["gate"]["envFile"],
-                               "defaultDatabase": "/var/lib/makenotwork/makenotwork.db"}, n
+                               "pin": pointer["version"]}, n
         # the Reach reads the same (whichever comes first makes the node's one read)
         assert run.inputs(f"{n['node']}-reach")["dbRead"] == n["dbRead"], n["node"]
 
