@@ -85,7 +85,12 @@ def turned_off_failure(props: dict, report: Report, live: str | None, why: str, 
 
 
 def notes(props: dict, report: Report) -> list[str]:
-    """What the operator is told about how this blueGreen switch went (a fallback to the restart path)."""
+    """What the operator is told about how this blueGreen switch went (a fallback to the restart path;
+    blueGreen turned off, but users could not be kept on the instance while the plain unit started)."""
+    if report.has("front-not-held"):
+        return [f"{props['node']}: blueGreen off: the front could not keep users on the live instance while "
+                f"{props['service']}.service started ({report.all('front-not-held')[-1]}), so they reached it as it "
+                "started; see the node's nft ruleset"]
     strategy = report.one("strategy") or ""
     if strategy.startswith("restart"):
         return [f"{props['node']}: {props['version']} has a destructive migration pending, so this deploy took the "

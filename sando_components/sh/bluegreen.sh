@@ -129,21 +129,49 @@ bg_front() {
 
 # blueGreen turned off (BG=0, sando:switch.strategy restart) on a node it served: its front (the
 # nft rule, P_FRONT_NFT) or its live instance's record (P_INSTANCE) is still there, the instance
-# runs. The switch to the plain unit lifts the front first (bg_off_lift: the plain unit answers on
-# the front's port, which the rule would send to the instance). Only once the plain unit is
-# healthy are the instances stopped and disabled, the plain unit enabled, the boot unit, the
-# ruleset and the record removed (bg_off_done): one process serves, and a reboot starts the plain
-# unit alone. If the plain unit fails, nothing is stopped: it stops, the front goes back to the
-# instance, which never stopped (bg_off_undo).
+# runs. The plain unit starts on the front's port while the front still sends users to the
+# instance; only this script's own connections reach the plain unit (bg_off_hold), so its health
+# check is the plain unit's. Healthy: the front is lifted and the plain unit checked again, as
+# users now reach it (bg_off_lift). Only then are the instances stopped and disabled, the plain
+# unit enabled, the boot unit, the ruleset and the record removed (bg_off_done): one process
+# serves, and a reboot starts the plain unit alone. If the plain unit fails, nothing is stopped:
+# it stops, the front is the instance's alone again, as it was for users all along (bg_off_undo).
 bg_off=''
 
-# bg_off_lift: the front lifted when blueGreen is off but its front or record is left
-bg_off_lift() {
+# bg_off_hold: blueGreen off, its front or record left: the front's ruleset kept for users, with
+# this script's own user let through to the front's port (the plain unit); a front that cannot
+# be held (no live instance, no ruleset, nft refused) is lifted at once
+bg_off_hold() {
   [ "$BG" != 1 ] || return 0
   [ -f "$P_FRONT_NFT" ] || [ -f "$P_INSTANCE" ] || return 0
   bg_off=1
+  _p=$(live_instance "$SERVICE")
+  if [ -n "$_p" ] && [ -f "$P_FRONT_NFT" ]; then
+    _out="$P_FRONT_NFT has no one redirect"
+    if _held=$(awk -v uid="$(id -u)" '/ redirect to :/ { n++; i = $0; sub(/[^[:space:]].*/, "", i)
+        print i "meta skuid " uid " accept" } { print } END { exit n != 1 }' "$P_FRONT_NFT") &&
+      _out=$(printf '%s\n' "$_held" | nft -f - 2>&1); then
+      report front-held "$_p"
+      return 0
+    fi
+    report front-not-held "$(printf '%s' "$_out" | head -c 300)"
+  fi
   nft delete table ip sando 2>/dev/null
+  report front-lifted "$_p"
+  bg_off=2 # lifted already
+}
+
+# bg_off_lift EXPECT: the plain unit is healthy to this script: the front lifted (users reach it
+# now) and its health checked again, as they reach it; 1 (with $last) if either fails
+bg_off_lift() {
+  [ "$bg_off" = 1 ] || return 0
+  if ! _out=$(nft delete table ip sando 2>&1); then
+    last="the front could not be lifted (nft delete table ip sando: $(printf '%s' "$_out" | head -c 300))"
+    return 1
+  fi
+  bg_off=2
   report front-lifted "$(live_instance "$SERVICE")"
+  health "$1"
 }
 
 # bg_instance_units: the instance units of SERVICE systemd has loaded (running, failed, or

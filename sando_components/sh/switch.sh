@@ -63,9 +63,9 @@ if [ "$live" = "$target" ]; then
   # outputs say what that run did, not stale values (issue 19.9)
   if [ -n "$H_FILE" ] && [ -f "$H_FILE" ]; then report history-last "$(tail -n 1 -- "$H_FILE")"; fi
   if [ "$BG" = 1 ]; then bg_live; fi
-  bg_off_lift # blueGreen turned off: Caddy reaches the plain unit again (its instances stop once it is healthy)
+  bg_off_hold # blueGreen turned off: users stay on the instance until the plain unit is healthy (bg_off_lift)
   if ! systemctl is-active "$SERVICE" >/dev/null 2>&1; then restart; fi
-  if ! health "$EXPECT"; then
+  if ! health "$EXPECT" || ! bg_off_lift "$EXPECT"; then
     bg_off_undo
     exit "$EX_LIVE_UNHEALTHY"
   fi
@@ -91,9 +91,9 @@ relink "$P_CURRENT" "$target"
 relink "$P_ERROR_PAGES" "$P_CURRENT/$P_ERROR_PAGES"
 if [ -n "$live" ]; then relink "$P_PREVIOUS" "$live"; fi
 report switched "$(date +%s)"
-bg_off_lift # blueGreen turned off: Caddy reaches the plain unit again (its instances stop once it is healthy)
+bg_off_hold # blueGreen turned off: users stay on the instance until the plain unit is healthy (bg_off_lift)
 restart
-if [ "$rc" = 0 ] && health "$EXPECT"; then
+if [ "$rc" = 0 ] && health "$EXPECT" && bg_off_lift "$EXPECT"; then
   sando_history ok
   bg_off_done
   healthy

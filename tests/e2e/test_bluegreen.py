@@ -361,7 +361,10 @@ def test_turning_blue_green_on_for_a_running_node(make_nodes, make_deploy, tmp_p
     _, changed = run_up(d)
     assert changed == {}
     d.set(switch={"strategy": "restart"})  # and off again: Caddy reaches the plain unit, no rule left
+    poller = polling(node)
     run_up(d)
+    poller.stop()
+    assert poller.failures == [], poller.failures[:5]
     assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0
     assert not node.path("/etc/systemd/system/sando-front.service").exists()
     assert active(node, "makenotwork") == "active" and node.served(node.caddyUrl)["version"] == "v1"
@@ -427,7 +430,12 @@ def test_turning_blue_green_off_stops_the_instances_once_the_plain_unit_is_healt
     assert_only_live(node, "3002", "v2")
     node.unit_dropin("broken", "[Service]\nExecStartPre=/bin/false")  # the plain unit's own, not the template's
     d.set(switch={"strategy": "restart"})
-    (error,) = d.errors(d.up_fails())
+    poller = polling(node)  # through Caddy: not one failed request, the plain unit failing or not
+    try:
+        (error,) = d.errors(d.up_fails())
+    finally:
+        poller.stop()
+    assert poller.failures == [], poller.failures[:5]
     assert_only_live(node, "3002", "v2")
     assert (node.release_root / ".sando" / "instance").read_text().strip() == "3002"
     assert error.startswith("node1: makenotwork.service, the plain unit sando:switch.strategy restart goes back to, "
@@ -437,7 +445,12 @@ def test_turning_blue_green_off_stops_the_instances_once_the_plain_unit_is_healt
                           "and run again"), error
 
     node.unit_dropin("", "")
-    run_up(d)
+    poller = polling(node)
+    try:
+        run_up(d)
+    finally:
+        poller.stop()
+    assert poller.failures == [], poller.failures[:5]
     assert active(node, "makenotwork") == "active" and enabled(node, "makenotwork") == "enabled"
     for port in ("3001", "3002"):
         assert active(node, f"makenotwork@{port}") != "active" and enabled(node, f"makenotwork@{port}") != "enabled"
@@ -460,14 +473,24 @@ def test_turning_blue_green_off_with_a_bump_that_fails_then_one_that_passes(bg_d
     stopped, serves v1 through Caddy); the next good bump ends on the plain unit alone."""
     node, d = bg_deploy()
     d.set(version="v5", switch={"strategy": "restart"})
-    error, *_ = d.errors(d.up_fails())
+    poller = polling(node)
+    try:
+        error, *_ = d.errors(d.up_fails())
+    finally:
+        poller.stop()
+    assert poller.failures == [] and poller.versions == {"v1"}, poller.failures[:5]
     assert_only_live(node, "3001", "v1")
     assert os.readlink(node.release_root / "current") == "releases/v1"
     assert error.startswith("node1: v5 exited at start (makenotwork.service "), error
     assert ("v1 is live again; nothing was stopped: makenotwork@3001 still serves v1 (the front is back on it); "
             "sando:switch.strategy restart takes effect at the next healthy switch") in error, error
     d.set(version="v2")
-    run_up(d)
+    poller = polling(node)
+    try:
+        run_up(d)
+    finally:
+        poller.stop()
+    assert poller.failures == [] and poller.versions == {"v1", "v2"}, poller.failures[:5]
     assert active(node, "makenotwork") == "active" and enabled(node, "makenotwork") == "enabled"
     assert active(node, "makenotwork@3001") != "active" and enabled(node, "makenotwork@3001") != "enabled"
     assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0

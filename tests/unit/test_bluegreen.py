@@ -247,23 +247,34 @@ WantedBy=multi-user.target
 
 
 def test_turning_blue_green_off_by_exact_commands(tmp_path):
-    """blueGreen turned off (BG=0): bg_off_lift lifts the front only; bg_off_done (the plain unit
-    is healthy) stops and disables every instance (loaded, recorded or linked), enables the plain
-    unit, removes the boot unit, ruleset, record and links; bg_off_undo (it is not) stops the
-    plain unit, loads the ruleset again and checks the live instance."""
+    """blueGreen turned off (BG=0): bg_off_hold loads the front's own ruleset again with this
+    script's user let through (users stay on the instance, the health check reaches the plain
+    unit); bg_off_lift (the plain unit is healthy to the script) lifts the front and checks it
+    again, as users now reach it; bg_off_done stops and disables every instance (loaded, recorded
+    or linked), enables the plain unit, removes the boot unit, ruleset, record and links;
+    bg_off_undo (it is not healthy) stops the plain unit, loads the ruleset again and checks the
+    live instance. A front that cannot be held is lifted at once, and said."""
+    import os
+
     root = tmp_path / "root"
     (root / ".sando" / "instances").mkdir(parents=True)
     bins = tmp_path / "bin"
     bins.mkdir()
-    (bins / "nft").write_text('#!/bin/sh\necho "nft $*" >> "$CALLS"\n')
+    (bins / "nft").write_text('#!/bin/sh\necho "nft $*" >> "$CALLS"\n'
+                              'if [ "$*" = "-f -" ]; then sed "s/^/| /" >> "$CALLS"; fi\n'
+                              'if [ "$*" = "delete table ip sando" ] && [ -n "$NFT_FAIL" ]; then echo "$NFT_FAIL" >&2; exit 1; fi\n')
     (bins / "nft").chmod(0o755)
     unit = tmp_path / "sando-front.service"
     calls = tmp_path / "calls"
+    front = ("# written by sando (sando:switch.strategy blueGreen): 127.0.0.1:3000 -> the live instance of makenotwork\n"
+             "table ip sando\ndelete table ip sando\ntable ip sando {\n\tchain front {\n"
+             "\t\ttype nat hook output priority -100; policy accept;\n"
+             "\t\tip daddr 127.0.0.1 tcp dport 3000 redirect to :3002\n\t}\n}\n")
 
-    def run(steps: str) -> tuple[str, list[str]]:
+    def run(steps: str, ruleset: str = front, nft_fail: str = "") -> tuple[str, list[str]]:
         (root / ".sando" / "instances").mkdir(exist_ok=True)
         (root / ".sando" / "instance").write_text("3002\n")
-        (root / ".sando" / "front.nft").write_text("table ip sando\n")
+        (root / ".sando" / "front.nft").write_text(ruleset)
         (root / ".sando" / "instances" / "3002").unlink(missing_ok=True)
         (root / ".sando" / "instances" / "3002").symlink_to("../../releases/v1")
         (root / ".sando" / "instances" / "3005").unlink(missing_ok=True)
@@ -279,20 +290,26 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
             + ' "is-active --quiet makenotwork@3002.service") return 0 ;; is-active*) return 1 ;; esac; }\n'
             + 'unit_mark_for() { echo "unit_mark_for $*" >> "$CALLS"; SERVICE=$1; }\n'
             + 'health() { echo "health [$*] $SERVICE" >> "$CALLS"; report health "ok {}"; }\n'
-            + f'cd "$RELEASE_ROOT" && {steps} && echo "SERVICE=$SERVICE"')
+            + f'cd "$RELEASE_ROOT" && {steps}; echo "rc=$? SERVICE=$SERVICE ${{last:-}}"')
         res = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
-                             env={"PATH": f"{bins}:/usr/bin:/bin", "CALLS": str(calls)})
+                             env={"PATH": f"{bins}:/usr/bin:/bin", "CALLS": str(calls), "NFT_FAIL": nft_fail})
         assert res.returncode == 0, res.stderr
         return res.stdout, calls.read_text().splitlines()
 
-    out, said = run("bg_off_done")  # not lifted in this run: nothing to do
-    assert (out, said) == ("SERVICE=makenotwork\n", [])
-    out, said = run("bg_off_lift && bg_off_done")
-    assert out == ('{"@":"front-lifted","v":"3002"}\n{"@":"stopped","v":"makenotwork@3002.service"}\n'
-                   f'{{"@":"front-off","v":".sando/front.nft"}}\nSERVICE=makenotwork\n')
+    held = [f"| {line}" for line in front.replace("\t\tip daddr", f"\t\tmeta skuid {os.getuid()} accept\n\t\tip daddr")
+            .splitlines()]
+    out, said = run("bg_off_done")  # not turned off in this run: nothing to do
+    assert (out, said) == ("rc=0 SERVICE=makenotwork \n", [])
+    out, said = run("bg_off_hold && bg_off_lift v1 && bg_off_done")
+    assert out == ('{"@":"front-held","v":"3002"}\n{"@":"front-lifted","v":"3002"}\n{"@":"health","v":"ok {}"}\n'
+                   '{"@":"stopped","v":"makenotwork@3002.service"}\n'
+                   f'{{"@":"front-off","v":".sando/front.nft"}}\nrc=0 SERVICE=makenotwork \n')
     assert said == [
-        "nft delete table ip sando",
         "systemctl cat makenotwork@3002.service",  # live_instance: the record names a unit systemd knows
+        "nft -f -", *held,  # the front's ruleset with this script's user let through
+        "nft delete table ip sando",
+        "systemctl cat makenotwork@3002.service",
+        "health [v1] makenotwork",  # the plain unit again, as users now reach it
         "systemctl enable --quiet makenotwork",
         "systemctl list-units --all --plain --no-legend --type=service makenotwork@*.service",
         "systemctl is-active --quiet makenotwork@3001.service",
@@ -310,19 +327,32 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
         "systemctl daemon-reload",
     ]
     assert not unit.exists() and sorted(p.name for p in (root / ".sando").iterdir()) == []
-    out, said = run("bg_off_lift && bg_off_undo")
-    assert out == ('{"@":"front-lifted","v":"3002"}\n{"@":"bg-off-undone","v":"3002"}\n'
-                   '{"@":"health","v":"ok {}"}\nSERVICE=makenotwork\n')
+    out, said = run("bg_off_hold && bg_off_undo")  # the plain unit failed: users were on the instance all along
+    assert out == ('{"@":"front-held","v":"3002"}\n{"@":"bg-off-undone","v":"3002"}\n'
+                   '{"@":"health","v":"ok {}"}\nrc=0 SERVICE=makenotwork \n')
     assert said == [
-        "nft delete table ip sando",
         "systemctl cat makenotwork@3002.service",
+        "nft -f -", *held,
         "systemctl stop makenotwork",
         "systemctl reset-failed makenotwork",
-        "nft -f .sando/front.nft",
+        "nft -f .sando/front.nft",  # the ruleset as it was, without the script's way through
         "systemctl cat makenotwork@3002.service",
         "unit_mark_for makenotwork@3002",
         "health [] makenotwork@3002",  # any 2xx, watching the instance (SERVICE is back after it)
     ]
     assert unit.exists() and (root / ".sando" / "front.nft").exists() and (root / ".sando" / "instance").exists()
-    out, said = run("BG=1 && bg_off_lift && bg_off_undo")  # blueGreen on: none of it
-    assert (out, said) == ("SERVICE=makenotwork\n", [])
+    # the front cannot be lifted: not healthy, said why (the switch then undoes: the instance serves)
+    out, said = run("bg_off_hold && bg_off_lift v1", nft_fail="Error: Could not process rule")
+    assert out == ('{"@":"front-held","v":"3002"}\nrc=1 SERVICE=makenotwork the front could not be lifted '
+                   '(nft delete table ip sando: Error: Could not process rule)\n')
+    # a ruleset without its one redirect cannot be held: lifted at once, said (pointer.py's note)
+    out, said = run("bg_off_hold && bg_off_lift v1", ruleset="table ip sando\n")
+    assert out == ('{"@":"front-not-held","v":".sando/front.nft has no one redirect"}\n'
+                   '{"@":"front-lifted","v":"3002"}\nrc=0 SERVICE=makenotwork \n')
+    assert said == ["systemctl cat makenotwork@3002.service", "nft delete table ip sando"]  # no second lift
+    out, said = run("BG=1 && bg_off_hold && bg_off_lift v1 && bg_off_undo")  # blueGreen on: none of it
+    assert (out, said) == ("rc=0 SERVICE=makenotwork \n", [])
+    assert bluegreen.notes({"node": "n1", "service": "makenotwork", "version": "v2"},
+                           scripts.Report.parse('{"@":"front-not-held","v":"nft: Error"}\n')) == [
+        "n1: blueGreen off: the front could not keep users on the live instance while makenotwork.service started "
+        "(nft: Error), so they reached it as it started; see the node's nft ruleset"]
