@@ -1,12 +1,15 @@
 """sando: deploy makenotwork. Wiring only: config -> Node -> Release -> CurrentPointer per node."""
 # The modules a warm start loads before the run (engine/bin/sando_zygote.py, engine/python/exec.patch):
-# sando-warm: sando_components.stack sando_components.headstart sando_components.current_pointer sando_components.node sando_components.release sando_components.target sqlglot
+# sando-warm: sando_components.sdk sando_components.stack sando_components.headstart sando_components.current_pointer sando_components.node sando_components.release sando_components.target sqlglot
 
 import os
 import sys
 
 import pulumi
 
+from sando_components import sdk
+
+sdk.lean()  # three costs of the Pulumi SDK that grow with the fleet, cut before any registration
 os.environ["SANDO_EXIT_FAST"] = "1"  # this process ends without freeing its modules (engine/python/exec.patch)
 
 from sando_components import headstart
