@@ -28,5 +28,12 @@ else
   done
 fi
 if [ "$CADDY" = 1 ]; then
-  report host-caddy "$(systemctl is-active caddy 2>/dev/null) $(systemctl is-enabled caddy 2>/dev/null)"
+  # is-active and is-enabled in one call (UnitFileState is '' where no unit file is, as is-enabled says nothing)
+  _active='' _enabled=''
+  while IFS='=' read -r _k _v; do
+    case $_k in ActiveState) _active=$_v ;; UnitFileState) _enabled=$_v ;; esac
+  done <<EOF
+$(systemctl show -p ActiveState -p UnitFileState caddy 2>/dev/null)
+EOF
+  report host-caddy "$_active $_enabled"
 fi

@@ -34,8 +34,7 @@ read_platform() {
 read_db() {
   [ "$DB_READ" = 1 ] || return 0
   if [ -n "$DB_PIN" ]; then
-    _cur=$(readlink "$RELEASE_ROOT/$P_CURRENT" 2>/dev/null)
-    case ${_cur%/} in "$P_RELEASES/$DB_PIN" | */"$P_RELEASES/$DB_PIN") return 0 ;; esac
+    case ${current_link%/} in "$P_RELEASES/$DB_PIN" | */"$P_RELEASES/$DB_PIN") return 0 ;; esac
   fi
   _unit=$SERVICE
   _port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
@@ -69,7 +68,7 @@ read_releases() (
   _err=$(cd -- "$RELEASE_ROOT" 2>&1) || fail "$EX_UNREADABLE" unreadable "the release root $RELEASE_ROOT ($_err)"
   cd -- "$RELEASE_ROOT" || exit
   report root ok
-  report current "$(readlink "$P_CURRENT" 2>/dev/null)"
+  report current "$current_link"
   report previous "$(readlink "$P_PREVIOUS" 2>/dev/null)"
   # blueGreen: the live instance (its port) and whether it runs
   _inst=$(cat "$P_INSTANCE" 2>/dev/null)
@@ -88,6 +87,7 @@ read_releases() (
   list_releases ""
 )
 
+current_link=$(readlink -- "$RELEASE_ROOT/$P_CURRENT" 2>/dev/null) # what `current` points at: read once
 read_service
 read_tools
 read_platform

@@ -108,6 +108,26 @@ def test_the_node_probe_reads_every_path_sando_may_manage_and_parses_back():
     assert parse_host_state(out) == HostState({"/etc/caddy/Caddyfile": ("a" * 64, 0o644)}, "inactive", "enabled")
 
 
+@pytest.mark.parametrize("shown, said", [
+    ("ActiveState=active\nUnitFileState=enabled\n", ("active", "enabled")),
+    ("UnitFileState=disabled\nActiveState=failed\n", ("failed", "disabled")),  # in whatever order systemd prints
+    ("ActiveState=inactive\nUnitFileState=\n", ("inactive", "unknown")),  # no unit file: is-enabled says nothing
+])
+def test_the_node_probe_asks_systemd_once_whether_caddy_runs_and_starts_at_boot(tmp_path, shown, said):
+    """One `systemctl show` for what `is-active` and `is-enabled` said (a systemctl less on every run)."""
+    import subprocess
+
+    calls = tmp_path / "calls"
+    script = scripts.render_inline(
+        scripts.params(FILES="", CADDY=1),
+        f'systemctl() {{ echo "$*" >> {str(calls)!r}; printf {shown!r}; }}\n' + scripts.source("host-probe.sh"))
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text() == "show -p ActiveState -p UnitFileState caddy\n"
+    state = parse_host_state(res.stdout)
+    assert (state.caddy_active, state.caddy_enabled) == said
+
+
 def report(*entries: tuple[str, str]) -> scripts.Report:
     return scripts.Report(tuple(entries))
 
