@@ -137,6 +137,7 @@ bg_front() {
 # serves, and a reboot starts the plain unit alone. If the plain unit fails, nothing is stopped:
 # it stops, the front is the instance's alone again, as it was for users all along (bg_off_undo).
 bg_off=''
+BG_OFF_DRAIN=2 # seconds the instance keeps serving what it took before the lift (config.SwitchConfig drainSeconds' default)
 
 # bg_off_hold: blueGreen off, its front or record left: the front's ruleset kept for users, with
 # this script's own user let through to the front's port (the plain unit); a front that cannot
@@ -162,11 +163,18 @@ bg_off_hold() {
 }
 
 # bg_off_lift EXPECT: the plain unit is healthy to this script: the front lifted (users reach it
-# now) and its health checked again, as they reach it; 1 (with $last) if either fails
+# now) and its health checked again, as they reach it; 1 (with $last) if either fails. The
+# redirect stays for the connections already sent to the instance only (`ct state established`:
+# a nat chain sees a connection's first packet alone, so it matches no new one). With no redirect
+# left the kernel drops their translation, and a request in flight hangs (tried on a test node);
+# bg_off_done deletes the table once the drain is over.
 bg_off_lift() {
   [ "$bg_off" = 1 ] || return 0
-  if ! _out=$(nft delete table ip sando 2>&1); then
-    last="the front could not be lifted (nft delete table ip sando: $(printf '%s' "$_out" | head -c 300))"
+  _out="$P_FRONT_NFT has no one redirect"
+  if ! _lifted=$(awk '/ redirect to :/ { n++; i = $0; sub(/[^[:space:]].*/, "", i); r = $0; sub(/^[[:space:]]*/, "", r)
+      print i "ct state established " r; next } { print } END { exit n != 1 }' "$P_FRONT_NFT") ||
+    ! _out=$(printf '%s\n' "$_lifted" | nft -f - 2>&1); then
+    last="the front could not be lifted (nft -f -: $(printf '%s' "$_out" | head -c 300))"
     return 1
   fi
   bg_off=2
@@ -193,11 +201,16 @@ bg_instance_units() {
 bg_off_done() {
   [ -n "$bg_off" ] || return 0
   systemctl enable --quiet "$SERVICE" 2>/dev/null
+  # requests the instance took before the lift finish there (blueGreen's drain; the restart
+  # strategy carries no drainSeconds: its default)
+  report drain "$BG_OFF_DRAIN"
+  sleep "$BG_OFF_DRAIN"
   for _u in $(bg_instance_units); do
     if systemctl is-active --quiet "$_u"; then systemctl stop "$_u" && report stopped "$_u"; fi
     systemctl disable --quiet "$_u" 2>/dev/null
     systemctl reset-failed "$_u" 2>/dev/null
   done
+  nft delete table ip sando 2>/dev/null # the lift's redirect for the drained connections
   systemctl disable --quiet "${P_FRONT_UNIT##*/}" 2>/dev/null
   systemctl stop "${P_FRONT_UNIT##*/}" 2>/dev/null
   rm -f "$P_FRONT_UNIT" "$P_FRONT_NFT" "$P_INSTANCE"

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -465,6 +466,51 @@ def test_turning_blue_green_off_stops_the_instances_once_the_plain_unit_is_healt
     wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
     assert active(node, "makenotwork") == "active" and node.served(node.caddyUrl)["version"] == "v2"
     assert [u for u in ("makenotwork@3001", "makenotwork@3002", "sando-front") if active(node, u) == "active"] == []
+
+
+def test_turning_blue_green_off_lets_the_instance_finish_the_requests_it_took(bg_deploy):
+    """Requests in flight on the instance when the front is lifted (here each takes 1.5 s: the
+    instance answers its restart-warning endpoint late) are answered: the redirect stays for them
+    and the instance stops only after the drain. (Deleting the nft table at the lift made such a
+    request hang: the kernel drops the translation of connections made through a redirect once
+    none is left.)"""
+    node, d = bg_deploy()
+    node.unit_dropin("slow", "[Service]\nEnvironment=MNW_RESTART_WARNING_DELAY_MS=1500", unit="makenotwork@")
+    node.exec("systemctl", "restart", "makenotwork@3001", check=True)
+    url = node.caddyUrl.rstrip("/") + "/api/internal/restart-warning"
+    answers, done = [], threading.Event()
+
+    def post():
+        t0 = time.time()
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=8)
+            answers.append(("200", t0, time.time()))
+        except urllib.error.HTTPError as exc:  # the instance's (or the plain unit's) answer: 401, no token
+            answers.append((str(exc.code), t0, time.time()))
+        except Exception as exc:  # noqa: BLE001 - a hang or a reset is what the test counts
+            answers.append((repr(exc)[:100], t0, time.time()))
+
+    def fire():
+        threads = []
+        while not done.is_set():
+            threads.append(threading.Thread(target=post, daemon=True))
+            threads[-1].start()
+            time.sleep(0.1)
+        for t in threads:
+            t.join(timeout=10)
+
+    firing = threading.Thread(target=fire)
+    firing.start()
+    try:
+        d.set(switch={"strategy": "restart"})
+        run_up(d)
+    finally:
+        done.set()
+        firing.join(timeout=30)
+    assert len(answers) > 10 and {a for a, _, _ in answers} == {"401"}, [a for a in answers if a[0] != "401"][:5]
+    assert max(end - start for _, start, end in answers) < 4, "an answer waited for more than the instance's 1.5 s"
+    assert active(node, "makenotwork") == "active" and active(node, "makenotwork@3001") != "active"
+    assert node.exec("nft", "list", "table", "ip", "sando").returncode != 0
 
 
 def test_turning_blue_green_off_with_a_bump_that_fails_then_one_that_passes(bg_deploy):

@@ -250,7 +250,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
     """blueGreen turned off (BG=0): bg_off_hold loads the front's own ruleset again with this
     script's user let through (users stay on the instance, the health check reaches the plain
     unit); bg_off_lift (the plain unit is healthy to the script) lifts the front and checks it
-    again, as users now reach it; bg_off_done stops and disables every instance (loaded, recorded
+    again, as users now reach it (the redirect kept for connections already made); bg_off_done drains, stops and disables every instance (loaded, recorded
     or linked), enables the plain unit, removes the boot unit, ruleset, record and links;
     bg_off_undo (it is not healthy) stops the plain unit, loads the ruleset again and checks the
     live instance. A front that cannot be held is lifted at once, and said."""
@@ -261,8 +261,9 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
     bins = tmp_path / "bin"
     bins.mkdir()
     (bins / "nft").write_text('#!/bin/sh\necho "nft $*" >> "$CALLS"\n'
-                              'if [ "$*" = "-f -" ]; then sed "s/^/| /" >> "$CALLS"; fi\n'
-                              'if [ "$*" = "delete table ip sando" ] && [ -n "$NFT_FAIL" ]; then echo "$NFT_FAIL" >&2; exit 1; fi\n')
+                              'if [ "$*" = "-f -" ]; then in=$(cat); printf "%s\\n" "$in" | sed "s/^/| /" >> "$CALLS"\n'
+                              '  case $in in *"ct state established"*) [ -z "$NFT_FAIL" ] || { echo "$NFT_FAIL" >&2; exit 1; } ;; esac\n'
+                              'fi\n')
     (bins / "nft").chmod(0o755)
     unit = tmp_path / "sando-front.service"
     calls = tmp_path / "calls"
@@ -290,27 +291,30 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
             + ' "is-active --quiet makenotwork@3002.service") return 0 ;; is-active*) return 1 ;; esac; }\n'
             + 'unit_mark_for() { echo "unit_mark_for $*" >> "$CALLS"; SERVICE=$1; }\n'
             + 'health() { echo "health [$*] $SERVICE" >> "$CALLS"; report health "ok {}"; }\n'
+            + 'sleep() { echo "sleep $*" >> "$CALLS"; }\n'
             + f'cd "$RELEASE_ROOT" && {steps}; echo "rc=$? SERVICE=$SERVICE ${{last:-}}"')
         res = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                              env={"PATH": f"{bins}:/usr/bin:/bin", "CALLS": str(calls), "NFT_FAIL": nft_fail})
         assert res.returncode == 0, res.stderr
         return res.stdout, calls.read_text().splitlines()
 
+    lifted = [f"| {line}" for line in front.replace("\t\tip daddr", "\t\tct state established ip daddr").splitlines()]
     held = [f"| {line}" for line in front.replace("\t\tip daddr", f"\t\tmeta skuid {os.getuid()} accept\n\t\tip daddr")
             .splitlines()]
     out, said = run("bg_off_done")  # not turned off in this run: nothing to do
     assert (out, said) == ("rc=0 SERVICE=makenotwork \n", [])
     out, said = run("bg_off_hold && bg_off_lift v1 && bg_off_done")
     assert out == ('{"@":"front-held","v":"3002"}\n{"@":"front-lifted","v":"3002"}\n{"@":"health","v":"ok {}"}\n'
-                   '{"@":"stopped","v":"makenotwork@3002.service"}\n'
+                   '{"@":"drain","v":"2"}\n{"@":"stopped","v":"makenotwork@3002.service"}\n'
                    f'{{"@":"front-off","v":".sando/front.nft"}}\nrc=0 SERVICE=makenotwork \n')
     assert said == [
         "systemctl cat makenotwork@3002.service",  # live_instance: the record names a unit systemd knows
         "nft -f -", *held,  # the front's ruleset with this script's user let through
-        "nft delete table ip sando",
+        "nft -f -", *lifted,  # the redirect for the connections already sent to the instance only
         "systemctl cat makenotwork@3002.service",
         "health [v1] makenotwork",  # the plain unit again, as users now reach it
         "systemctl enable --quiet makenotwork",
+        "sleep 2",  # the drain: what the instance took before the lift finishes there
         "systemctl list-units --all --plain --no-legend --type=service makenotwork@*.service",
         "systemctl is-active --quiet makenotwork@3001.service",
         "systemctl disable --quiet makenotwork@3001.service",
@@ -322,6 +326,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
         "systemctl is-active --quiet makenotwork@3005.service",
         "systemctl disable --quiet makenotwork@3005.service",
         "systemctl reset-failed makenotwork@3005.service",
+        "nft delete table ip sando",  # the lift's redirect, once the instances are stopped
         "systemctl disable --quiet sando-front.service",
         "systemctl stop sando-front.service",
         "systemctl daemon-reload",
@@ -344,7 +349,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
     # the front cannot be lifted: not healthy, said why (the switch then undoes: the instance serves)
     out, said = run("bg_off_hold && bg_off_lift v1", nft_fail="Error: Could not process rule")
     assert out == ('{"@":"front-held","v":"3002"}\nrc=1 SERVICE=makenotwork the front could not be lifted '
-                   '(nft delete table ip sando: Error: Could not process rule)\n')
+                   '(nft -f -: Error: Could not process rule)\n')
     # a ruleset without its one redirect cannot be held: lifted at once, said (pointer.py's note)
     out, said = run("bg_off_hold && bg_off_lift v1", ruleset="table ip sando\n")
     assert out == ('{"@":"front-not-held","v":".sando/front.nft has no one redirect"}\n'
