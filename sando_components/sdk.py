@@ -7,9 +7,9 @@ it. None of them is something sando or its operators use:
 - After the program body, `pulumi.runtime.stack.wait_for_rpcs` waits for the outstanding outputs
   with `asyncio.wait(all of them, FIRST_COMPLETED)` in a loop: every round adds and removes a done
   callback on every pending output, so the wait is quadratic in the outputs (16 nodes: ~71,000
-  callbacks, ~0.5 s of CPU; 64 nodes: 16 times that). `_wait_for_rpcs` below is the same function
-  with that loop made linear: one callback per output, the same order of errors (the first output
-  to fail is re-raised as soon as it fails).
+  callbacks, ~0.5 s of CPU; 64 nodes: 16 times that). `_wait_for_rpcs` below lets the SDK's own
+  wait for the RPCs and waits for the outputs itself, linearly: one callback per output, the same
+  order of errors (the first output to fail is re-raised as soon as it fails).
 - Every resource registration collects the Python stack and a source position for each frame
   (`_get_stack_trace`, ~0.8 ms a resource): the engine keeps it for Pulumi Cloud's "source"
   view. sando registers an empty trace.
@@ -30,35 +30,20 @@ import types
 PINNED = "3.272.0"  # the pulumi package these were read from (requirements.txt)
 
 
+_sdk_wait_for_rpcs = None  # the SDK's own, set by lean(): it still waits for the RPCs
+
+
 async def _wait_for_rpcs(await_all_outstanding_tasks: bool = True) -> None:
-    """pulumi.runtime.stack.wait_for_rpcs of 3.272.0, its outputs' wait linear (see above)."""
-    from pulumi import log
-    from pulumi.runtime import settings
+    """pulumi.runtime.stack.wait_for_rpcs with its outputs' wait linear (see above): the SDK's own
+    waits for the RPCs, this for the outputs, again while either brings more RPCs."""
     from pulumi.runtime.settings import SETTINGS, _get_rpc_manager
 
-    log.debug("Waiting for outstanding RPCs to complete")
-    rpc_manager = _get_rpc_manager()
     while True:
-        while len(rpc_manager.rpcs) > 0:  # as the SDK: each RPC in turn
-            await asyncio.sleep(0)
-            if settings.excessive_debug_output:
-                log.debug(f"waiting for quiescence; {len(rpc_manager.rpcs)} RPCs outstanding")
-            try:
-                await rpc_manager.rpcs.pop()
-            except Exception as exn:
-                if rpc_manager.unhandled_exception is not None:
-                    raise exn from rpc_manager.unhandled_exception.with_traceback(rpc_manager.exception_traceback)
-                raise
-        if rpc_manager.unhandled_exception is not None:
-            raise rpc_manager.unhandled_exception.with_traceback(rpc_manager.exception_traceback)
-        log.debug("RPCs successfully completed")
-
+        await _sdk_wait_for_rpcs(await_all_outstanding_tasks=False)
         if await_all_outstanding_tasks:
             await _wait_for_outputs(SETTINGS)
-            log.debug("All outstanding outputs completed.")
-
-        if len(rpc_manager.rpcs) == 0:
-            break
+        if len(_get_rpc_manager().rpcs) == 0:
+            return
 
 
 async def _wait_for_outputs(settings) -> None:
@@ -95,6 +80,9 @@ def lean() -> bool:
     from pulumi.runtime import resource, stack
     from pulumi.runtime.proto import source_pb2
 
+    global _sdk_wait_for_rpcs
+    if _sdk_wait_for_rpcs is None:
+        _sdk_wait_for_rpcs = stack.wait_for_rpcs
     stack.wait_for_rpcs = _wait_for_rpcs
     resource._get_stack_trace = source_pb2.StackTrace  # an empty trace: no source position
     sdk_log = resource.log

@@ -139,6 +139,14 @@ bg_front() {
 bg_off=''
 BG_OFF_DRAIN=2 # seconds the instance keeps serving what it took before the lift (config.SwitchConfig drainSeconds' default)
 
+# bg_front_redirect RULE PREFIX: the front's ruleset (P_FRONT_NFT) with RULE (when not '') before
+# its one redirect and PREFIX before the redirect itself; fails when it has not exactly one
+bg_front_redirect() {
+  awk -v rule="$1" -v prefix="$2" '/ redirect to :/ { n++; i = $0; sub(/[^[:space:]].*/, "", i)
+    r = $0; sub(/^[[:space:]]*/, "", r); if (rule != "") print i rule; print i prefix r; next }
+    { print } END { exit n != 1 }' "$P_FRONT_NFT"
+}
+
 # bg_off_hold: blueGreen off, its front or record left: the front's ruleset kept for users, with
 # this script's own user let through to the front's port (the plain unit); a front that cannot
 # be held (no live instance, no ruleset, nft refused) is lifted at once
@@ -149,8 +157,7 @@ bg_off_hold() {
   _p=$(live_instance "$SERVICE")
   if [ -n "$_p" ] && [ -f "$P_FRONT_NFT" ]; then
     _out="$P_FRONT_NFT has no one redirect"
-    if _held=$(awk -v uid="$(id -u)" '/ redirect to :/ { n++; i = $0; sub(/[^[:space:]].*/, "", i)
-        print i "meta skuid " uid " accept" } { print } END { exit n != 1 }' "$P_FRONT_NFT") &&
+    if _held=$(bg_front_redirect "meta skuid $(id -u) accept" "") &&
       _out=$(printf '%s\n' "$_held" | nft -f - 2>&1); then
       report front-held "$_p"
       return 0
@@ -171,8 +178,7 @@ bg_off_hold() {
 bg_off_lift() {
   [ "$bg_off" = 1 ] || return 0
   _out="$P_FRONT_NFT has no one redirect"
-  if ! _lifted=$(awk '/ redirect to :/ { n++; i = $0; sub(/[^[:space:]].*/, "", i); r = $0; sub(/^[[:space:]]*/, "", r)
-      print i "ct state established " r; next } { print } END { exit n != 1 }' "$P_FRONT_NFT") ||
+  if ! _lifted=$(bg_front_redirect "" "ct state established ") ||
     ! _out=$(printf '%s\n' "$_lifted" | nft -f - 2>&1); then
     last="the front could not be lifted (nft -f -: $(printf '%s' "$_out" | head -c 300))"
     return 1
