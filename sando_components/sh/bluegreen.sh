@@ -23,7 +23,9 @@
 
 # bg_live_port: the live instance's port (one of BG_PORTS), or '' (the plain unit)
 bg_live_port() {
-  _p=$(cat "$P_INSTANCE" 2>/dev/null)
+  _sando_first "$P_INSTANCE"
+  # shellcheck disable=SC2154  # set by _sando_first (lib.sh)
+  _p=$_sando_f
   case " $BG_PORTS " in *" $_p "*) [ -n "$_p" ] && printf '%s' "$_p" ;; esac
 }
 

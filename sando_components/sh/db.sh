@@ -7,36 +7,54 @@
 #   ENV_FILE         the env file to read when the unit names none
 #   DEFAULT_DATABASE when no env file names DATABASE_PATH
 
-# db_read UNIT: reports `database PATH`, `db STATE` (ok, missing, no migrations table, unreadable:
-# WHY) and, when ok, `applied "VERSION DESCRIPTION"` for each migration applied, oldest first
+# db_sql DB: the count of sqlx's table in DB (1 or 0), then the migrations it applied ("VERSION
+# DESCRIPTION", oldest first)
+db_sql() {
+  sqlite3 -readonly -separator ' ' "$1" ".timeout 5000" \
+    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" \
+    'SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version'
+}
+
+# db_read UNIT [ENV_FILES]: reports `database PATH`, `db STATE` (ok, missing, no migrations table, unreadable:
+# WHY) and, when ok, `applied "VERSION DESCRIPTION"` for each migration applied, oldest first.
+# ENV_FILES: the unit's EnvironmentFiles as systemd shows them, when the caller already read them
 db_read() {
   db=$DATABASE
   if [ -z "$db" ]; then
-    envf=$(systemctl show -p EnvironmentFiles --value "$1.service" 2>/dev/null | sed -n '1s/ .*//p')
+    if [ $# -ge 2 ]; then envf=$2; else envf=$(systemctl show -p EnvironmentFiles --value "$1.service" 2>/dev/null); fi
+    envf=${envf%%"
+"*}
+    case $envf in *' '*) envf=${envf%% *} ;; *) envf='' ;; esac # "PATH (ignore_errors=no)"
     envf=${envf#-}
     [ -n "$envf" ] || envf=$ENV_FILE
-    db=$(sed -n 's/^DATABASE_PATH=//p' "$envf" 2>/dev/null | tail -n 1 | tr -d "\"'")
-    [ -n "$db" ] || db=$DEFAULT_DATABASE
+    env_database "$envf"
+    db=${_sando_db:-$DEFAULT_DATABASE}
   fi
   report database "$db"
   if [ ! -f "$db" ]; then
     report db missing
   elif ! command -v sqlite3 >/dev/null 2>&1; then
     report db "unreadable: no sqlite3 on the node"
-  elif ! has=$(sqlite3 -readonly "$db" ".timeout 5000" \
-    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" 2>&1); then
-    report db "unreadable: $has"
-  elif [ "$has" != 1 ]; then
-    report db "no migrations table"
   else
-    if rows=$(sqlite3 -readonly -separator ' ' "$db" ".timeout 5000" \
-      'SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version' 2>&1); then
+    # one sqlite3 for both: whether the table exists (the first line), then its rows (after a 0,
+    # the second query's error: there is no table to read). A failure is run again for its error.
+    out=$(db_sql "$db" 2>/dev/null)
+    rc=$?
+    has=${out%%"
+"*}
+    rows=${out#"$has"}
+    rows=${rows#"
+"}
+    if [ "$has" = 0 ]; then
+      report db "no migrations table"
+    elif [ "$has" != 1 ] || [ "$rc" != 0 ]; then
+      err=$(db_sql "$db" 2>&1 >/dev/null)
+      report db "unreadable: ${err:-sqlite3 exited $rc}"
+    else
       report db ok
       printf '%s\n' "$rows" | while IFS= read -r row; do
         [ -n "$row" ] && report applied "$row"
       done
-    else
-      report db "unreadable: $rows"
     fi
   fi
 }

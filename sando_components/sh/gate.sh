@@ -33,20 +33,30 @@ gate() {
   if [ -n "$GATE_DATABASE" ]; then
     DB=$GATE_DATABASE
   else # DATABASE_PATH="..." or '...' in the unit's env file; the last one wins
-    DB=$(sed -n 's/^DATABASE_PATH=//p' "$GATE_ENV_FILE" 2>/dev/null | tail -n 1 | tr -d "\"'")
-    [ -n "$DB" ] || DB=$GATE_DEFAULT_DATABASE
+    env_database "$GATE_ENV_FILE"
+    DB=${_sando_db:-$GATE_DEFAULT_DATABASE}
   fi
   report database "$DB"
   case $DB in /*) ;; *) DB=$PWD/$DB ;; esac
   _applied=''
   if [ -f "$DB" ]; then
-    _has=$(sqlite3 -readonly "$DB" ".timeout 10000" \
-      "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'") ||
-      fail "$EX_GATE_BROKEN" gate cannot-read
-    if [ "$_has" = 1 ]; then
-      _applied=$(sqlite3 -readonly "$DB" ".timeout 10000" 'SELECT version FROM _sqlx_migrations WHERE success') ||
-        fail "$EX_GATE_BROKEN" gate cannot-read
-    fi
+    # one sqlite3: whether the table exists (the first line), then what it holds (no table: the
+    # second query's error, not read)
+    _out=$(sqlite3 -readonly "$DB" ".timeout 10000" \
+      "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" \
+      'SELECT version FROM _sqlx_migrations WHERE success' 2>/dev/null)
+    _rc=$?
+    _has=${_out%%"
+"*}
+    case $_has/$_rc in
+      0/*) ;;
+      1/0)
+        _applied=${_out#1}
+        _applied=${_applied#"
+"}
+        ;;
+      *) fail "$EX_GATE_BROKEN" gate cannot-read ;;
+    esac
   fi
   PENDING=''
   _words=''

@@ -11,24 +11,46 @@
 # app is healthy only once that URL answers 2xx too; else $last says `through Caddy URL: HTTP CODE`.
 # params: HEALTH_URL HEALTH_TIMEOUT HEALTH_WAITS HEALTH_INTERVAL COMMIT SERVICE CADDY_URL
 
-# json_field NAME: the first "NAME": "value" of the JSON on stdin (a nested one later is not it)
+# json_field NAME TEXT: in _jf, the value of the first "NAME": "value" of the JSON TEXT (a nested
+# one later is not it; '' when there is none); no fork (a health check's body is small)
 json_field() {
-  grep -o "\"$1\"[[:space:]]*:[[:space:]]*\"[^\"]*\"" | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/'
+  _jf='' _jr=$2
+  while :; do
+    case $_jr in *"\"$1\""*) ;; *) return 0 ;; esac
+    _jr=${_jr#*"\"$1\""}
+    _jt=$_jr
+    while :; do case $_jt in [[:blank:]]*) _jt=${_jt#?} ;; *) break ;; esac; done
+    case $_jt in :*) _jt=${_jt#:} ;; *) continue ;; esac
+    while :; do case $_jt in [[:blank:]]*) _jt=${_jt#?} ;; *) break ;; esac; done
+    case $_jt in \"*) _jt=${_jt#\"} ;; *) continue ;; esac
+    case ${_jt%%"
+"*} in *\"*) _jf=${_jt%%\"*} && return 0 ;; esac
+  done
 }
 
 _mark_since='' # set by unit_mark
 _mark_restarts=0
 
-# unit_show: the unit's NRestarts, ActiveState and SubState as shell assignments
+# unit_show: the unit's NRestarts, ActiveState and SubState in _u_NRestarts, _u_ActiveState and
+# _u_SubState ('' when systemd does not say, or says something that is not a plain word)
 unit_show() {
-  systemctl show -p NRestarts -p ActiveState -p SubState "$SERVICE" 2>/dev/null |
-    sed -n 's/^\(NRestarts\|ActiveState\|SubState\)=\([A-Za-z0-9-]*\)$/_u_\1=\2/p'
+  _u_NRestarts='' _u_ActiveState='' _u_SubState=''
+  _us=$(systemctl show -p NRestarts -p ActiveState -p SubState "$SERVICE" 2>/dev/null) || :
+  while IFS= read -r _ul; do
+    case ${_ul#*=} in '' | *[!A-Za-z0-9-]*) continue ;; esac
+    case $_ul in
+      NRestarts=*) _u_NRestarts=${_ul#*=} ;;
+      ActiveState=*) _u_ActiveState=${_ul#*=} ;;
+      SubState=*) _u_SubState=${_ul#*=} ;;
+    esac
+  done <<END
+$_us
+END
 }
 
 # unit_mark: remember where the unit stands right before a restart (its restart count, the time)
 unit_mark() {
-  _u_NRestarts=''
-  eval "$(unit_show)"
+  unit_show
   _mark_restarts=${_u_NRestarts:-0}
   _mark_since=$(date +%s)
 }
@@ -36,8 +58,7 @@ unit_mark() {
 # unit_crashed: whether the unit failed, exited or was restarted by systemd since unit_mark;
 # reports `crashed ...` and the unit's last journal lines since then
 unit_crashed() {
-  _u_NRestarts='' _u_ActiveState='' _u_SubState=''
-  eval "$(unit_show)"
+  unit_show
   case $_u_ActiveState/$_u_SubState in
     failed/* | inactive/* | */auto-restart) ;;
     *) [ "${_u_NRestarts:-0}" -gt "${_mark_restarts:-0}" ] 2>/dev/null || return 1 ;;
@@ -78,11 +99,15 @@ health() {
   _n=0
   while :; do
     if _body=$(curl -fsS --max-time 3 "$HEALTH_URL" 2>&1); then
-      _v=$(printf '%s\n' "$_body" | json_field version)
-      _c=$(printf '%s\n' "$_body" | json_field commit)
+      json_field version "$_body"
+      _v=$_jf
+      json_field commit "$_body"
+      _c=$_jf
       if [ -z "$1" ] || [ "$_v" = "$1" ] || [ "$_c" = "$COMMIT" ]; then
         if through_caddy; then
-          report health "ok $(printf '%s' "$_body" | head -c 300)"
+          clip 300 "$_body"
+          # shellcheck disable=SC2154  # set by clip (lib.sh)
+          report health "ok $_sando_c"
           return 0
         fi
       else

@@ -51,7 +51,7 @@ sando_history() {
   _h_line="$_h_line,\"via\":$_sando_j"
   _sando_json "$_h_warn"
   _h_line="$_h_line,\"warning\":$_sando_j}"
-  case $H_FILE in */*) mkdir -p -- "${H_FILE%/*}" ;; esac
+  case $H_FILE in */*) [ -d "${H_FILE%/*}" ] || mkdir -p -- "${H_FILE%/*}" ;; esac
   (
     umask 077
     { tail -n "$((H_KEEP - 1))" "$H_FILE" 2>/dev/null; printf '%s\n' "$_h_line"; } > "$H_FILE.sando-tmp" &&

@@ -81,6 +81,52 @@ _sando_one_line() {
   [ -n "$_sando_m" ] && [ -z "$_sando_x" ]
 }
 
+# _sando_first FILE: FILE's first line in _sando_f ('' when FILE is missing or unreadable), read
+# without a fork (a one-line state file: `cat` costs an exec)
+_sando_first() {
+  _sando_f=''
+  { IFS= read -r _sando_f || :; } 2>/dev/null <"$1" || :
+}
+
+# free_kib_of DIR: the free KiB on DIR's filesystem (df -P's 4th field) in _sando_free, df's own
+# output in _sando_df; '' when df failed or printed no such number
+free_kib_of() {
+  _sando_free=''
+  _sando_df=$(df -Pk -- "$1" 2>&1) || return 0
+  case $_sando_df in *"
+"*) ;; *) return 0 ;; esac
+  _sando_df2=${_sando_df#*"
+"}
+  set -f
+  # shellcheck disable=SC2086  # the second line's fields, split on blanks (globbing is off)
+  set -- $_sando_df2
+  set +f
+  _sando_free=${4:-}
+  case $_sando_free in '' | *[!0-9]*) _sando_free='' ;; esac
+}
+
+# env_database FILE: in _sando_db, the last DATABASE_PATH= of FILE (the unit's env file: a value in
+# "..." or '...'; every quote removed), '' when FILE has none or cannot be read; no fork
+env_database() {
+  _sando_db=''
+  {
+    while IFS= read -r _sando_l || [ -n "$_sando_l" ]; do
+      case $_sando_l in DATABASE_PATH=*) _sando_db=${_sando_l#DATABASE_PATH=} ;; esac
+    done
+  } 2>/dev/null <"$1" || :
+  while :; do
+    case $_sando_db in
+      *[\"\']*) _sando_db=${_sando_db%%[\"\']*}${_sando_db#*[\"\']} ;;
+      *) break ;;
+    esac
+  done
+}
+
+# clip N TEXT: TEXT's first N bytes in _sando_c (a fork only when TEXT is longer than N)
+clip() {
+  if [ "${#2}" -le "$1" ]; then _sando_c=$2; else _sando_c=$(printf '%s' "$2" | head -c "$1"); fi
+}
+
 # list_releases TAG: every directory under releases/: one sando made (TAGrelease NAME MANIFEST,
 # then TAGfailed NAME when it failed here, and TAGfailed-why NAME EPOCH WHY; TAGunreadable NAME WHY when its manifest cannot be
 # read), or one it did not make (TAGforeign NAME). Uploads in progress (staging) are skipped.
@@ -110,7 +156,7 @@ list_releases() {
 # release root ROOT (default: the working directory) on fd 9, held until the script ends; fails when
 # another holder did not free it within WAIT seconds
 switch_lock() {
-  mkdir -p "${2:-.}/$P_MANIFEST_DIR" || return 1
+  [ -d "${2:-.}/$P_MANIFEST_DIR" ] || mkdir -p "${2:-.}/$P_MANIFEST_DIR" || return 1
   { command exec 9>>"${2:-.}/$P_SWITCH_LOCK"; } 2>/dev/null || return 1 # `command`: a failed open returns
   flock -w "$1" 9
 }
@@ -133,7 +179,8 @@ mark_failed() {
 # P_INSTANCE, relative to the release root: the working directory) when that unit exists; nothing
 # when the plain unit is what runs (issue 23)
 live_instance() {
-  _sando_li=$(cat "$P_INSTANCE" 2>/dev/null)
+  _sando_first "$P_INSTANCE"
+  _sando_li=$_sando_f
   case $_sando_li in '' | *[!0-9]*) return 0 ;; esac
   if systemctl cat "$1@$_sando_li.service" >/dev/null 2>&1; then printf '%s' "$_sando_li"; fi
 }

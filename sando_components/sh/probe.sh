@@ -11,8 +11,21 @@
 # and call it at the end.
 
 # --- the service: is it running -------------------------------------------------------------------
+# (one systemctl for both: its ActiveState, what `is-active` prints, and the env files it reads,
+# kept in $svc_env_files for read_db)
+svc_env_files=''
 read_service() {
-  report active "$(systemctl is-active "$SERVICE" 2>/dev/null)"
+  _svc=$(systemctl show -p ActiveState -p EnvironmentFiles "$SERVICE.service" 2>/dev/null) || _svc=''
+  _active=''
+  while IFS= read -r _l; do
+    case $_l in
+      ActiveState=*) _active=${_l#ActiveState=} ;;
+      EnvironmentFiles=*) [ -n "$svc_env_files" ] || svc_env_files=${_l#EnvironmentFiles=} ;;
+    esac
+  done <<END
+$_svc
+END
+  report active "$_active"
 }
 
 # --- tools sando can use --------------------------------------------------------------------------
@@ -36,19 +49,17 @@ read_db() {
   if [ -n "$DB_PIN" ]; then
     case ${current_link%/} in "$P_RELEASES/$DB_PIN" | */"$P_RELEASES/$DB_PIN") return 0 ;; esac
   fi
-  _unit=$SERVICE
   _port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
-  [ -z "$_port" ] || _unit=$SERVICE@$_port
-  db_read "$_unit"
+  if [ -n "$_port" ]; then db_read "$SERVICE@$_port"; else db_read "$SERVICE" "$svc_env_files"; fi
 }
 
 # free_kib DIR: free KiB on DIR's filesystem, or fail naming what could not be read
 free_kib() {
-  _free=$(df -Pk -- "$1" 2>&1 | awk 'NR==2 {print $4}')
-  case $_free in
-    '' | *[!0-9]*) fail "$EX_UNREADABLE" unreadable "the free space under $1 ($(df -Pk -- "$1" 2>&1 | tail -n 1))" ;;
-  esac
-  report free "$_free"
+  free_kib_of "$1"
+  # shellcheck disable=SC2154  # set by free_kib_of (lib.sh)
+  [ -n "$_sando_free" ] || fail "$EX_UNREADABLE" unreadable "the free space under $1 (${_sando_df##*"
+"})"
+  report free "$_sando_free"
 }
 
 # --- the release root: links, releases, free space --------------------------------------------------
@@ -71,7 +82,9 @@ read_releases() (
   report current "$current_link"
   report previous "$(readlink "$P_PREVIOUS" 2>/dev/null)"
   # blueGreen: the live instance (its port) and whether it runs
-  _inst=$(cat "$P_INSTANCE" 2>/dev/null)
+  _sando_first "$P_INSTANCE"
+  # shellcheck disable=SC2154  # set by _sando_first (lib.sh)
+  _inst=$_sando_f
   case $_inst in
     '' | *[!0-9]*) ;;
     *) report instance "$_inst" "$(systemctl is-active "$SERVICE@$_inst" 2>/dev/null)" ;;

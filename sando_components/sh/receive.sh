@@ -17,14 +17,16 @@
 #   text REL BASE64            REL holds the decoded text (a local node's sums and manifest)
 
 cd -- "$RELEASE_ROOT" || fail "$EX_NO_ROOT" error "cannot enter the release root $RELEASE_ROOT"
-(umask 022 && mkdir -p -- "$P_RELEASES") || exit # -p: a first deploy's host step may make it at the same time
-find "$P_RELEASES" -mindepth 1 -maxdepth 1 -type d -name "$P_STAGING_PREFIX*" -exec rm -rf {} +
+[ -d "$P_RELEASES" ] || (umask 022 && mkdir -p -- "$P_RELEASES") || exit # -p: a first deploy's host step may make it at the same time
+for _s in "$P_RELEASES/$P_STAGING_PREFIX"*; do
+  if [ -d "$_s" ] && [ ! -L "$_s" ]; then rm -rf -- "$_s"; fi
+done
 final=$P_RELEASES/$VERSION
 if [ -e "$final" ] || [ -L "$final" ]; then fail "$EX_EXISTS" exists "$VERSION"; fi
-free=$(df -Pk -- "$P_RELEASES" | awk 'NR==2 {print $4}')
-case $free in
-  '' | *[!0-9]*) fail "$EX_UNREADABLE" unreadable "the free space under $RELEASE_ROOT/$P_RELEASES" ;;
-esac
+free_kib_of "$P_RELEASES"
+# shellcheck disable=SC2154  # set by free_kib_of (lib.sh)
+free=$_sando_free
+[ -n "$free" ] || fail "$EX_UNREADABLE" unreadable "the free space under $RELEASE_ROOT/$P_RELEASES"
 if [ "$free" -lt "$NEED_KIB" ]; then fail "$EX_NO_SPACE" free "$free"; fi
 
 S=$PWD/$P_RELEASES/$P_STAGING_PREFIX$VERSION-$TOKEN # absolute: the cleanup runs from anywhere
@@ -40,24 +42,34 @@ esac
 cd -- "$S" || exit
 
 tab=$(printf '\t')
+nl='
+'
+# parent REL: REL's directory made (mkdir only when it is not there yet: one exec less a file)
+parent() {
+  case $1 in */*) [ -d "${1%/*}" ] || mkdir -p -- "${1%/*}" ;; esac
+}
+# modes: "MODE<tab>REL" a line for each file whose mode a step gives; set once per mode at the end
+# (one chmod a mode, not one a file)
+modes=''
 while IFS=$tab read -r kind a b c d; do
   case $kind in
     link)
-      mkdir -p -- "$(dirname -- "$b")" && ln -- "../$a/$b" "$b" || exit
+      parent "$b" && ln -- "../$a/$b" "$b" || exit
       ;;
     patch) # a delta that does not rebuild against the node's base: the bytes do not match
-      mkdir -p -- "$(dirname -- "$b")" || exit
+      parent "$b" || exit
       err=$(zstd -q -d --long=31 --patch-from="../$a/$b" "$c" -o "$b" 2>&1) ||
         fail "$EX_SUMS_FAILED" sums-failed "$b: $err"
-      chmod "$d" "$b" || exit
+      modes=$modes$d$tab$b$nl
       ;;
-    mode) chmod "$b" "$a" || exit ;;
+    mode) modes=$modes$b$tab$a$nl ;;
     local)
-      mkdir -p -- "$(dirname -- "$b")" || exit
-      { ln -- "$a" "$b" 2>/dev/null || cp -- "$a" "$b"; } && chown 0:0 -- "$b" && chmod "$c" "$b" || exit
+      parent "$b" || exit
+      { ln -- "$a" "$b" 2>/dev/null || cp -- "$a" "$b"; } && chown 0:0 -- "$b" || exit
+      modes=$modes$c$tab$b$nl
       ;;
     text)
-      mkdir -p -- "$(dirname -- "$a")" && printf '%s' "$b" | base64 -d >"$a" || exit
+      parent "$a" && printf '%s' "$b" | base64 -d >"$a" || exit
       ;;
     '') ;;
     *) exit 2 ;;
@@ -65,7 +77,24 @@ while IFS=$tab read -r kind a b c d; do
 done <<EOF
 $STEPS
 EOF
-rm -rf -- "$P_MANIFEST_DIR/in"
+# chmod_modes: each mode of $modes set with one chmod, on every file that has it
+chmod_modes() {
+  while [ -n "$modes" ]; do
+    _m=${modes%%"$tab"*}
+    _rest=''
+    set --
+    while IFS= read -r _l; do
+      [ -n "$_l" ] || continue
+      if [ "${_l%%"$tab"*}" = "$_m" ]; then set -- "$@" "${_l#*"$tab"}"; else _rest=$_rest$_l$nl; fi
+    done <<END
+$modes
+END
+    chmod "$_m" -- "$@" || return 1
+    modes=$_rest
+  done
+}
+chmod_modes || exit
+[ ! -e "$P_MANIFEST_DIR/in" ] || rm -rf -- "$P_MANIFEST_DIR/in"
 find . -type d -exec chmod 0755 {} + || exit
 bad=$(sha256sum --check --strict --quiet "$P_SUMS" 2>&1) || fail "$EX_SUMS_FAILED" sums-failed "$bad"
 cd -- "$RELEASE_ROOT" || exit

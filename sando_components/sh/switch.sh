@@ -47,12 +47,14 @@ restart() {
   unit_mark
   out=$(systemctl reload-or-restart "$SERVICE" 2>&1)
   rc=$?
-  report restart "$rc $(printf '%s' "$out" | head -c 300)"
+  clip 300 "$out"
+  # shellcheck disable=SC2154  # set by clip (lib.sh)
+  report restart "$rc $_sando_c"
 }
 
 # healthy: what follows a passed health check: the release is good, prune, the final listing
 healthy() {
-  rm -f -- "$target/$P_FAILED"
+  [ ! -e "$target/$P_FAILED" ] || rm -f -- "$target/$P_FAILED"
   prune "$PRUNE_OK"
   list_releases final-
   exit "$EX_OK"

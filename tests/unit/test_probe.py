@@ -143,7 +143,9 @@ def test_absolute_link_written_by_hand(node):
 
 def test_service_name_is_one_argument(node):
     probe(node, service="it's a b")
-    assert node.calls("systemctl") == [["is-active", "it's a b"]]
+    # one systemctl: its state (is-active's word) and, for the database read, its env files
+    assert node.calls("systemctl", watching=True) == [
+        ["show", "-p", "ActiveState", "-p", "EnvironmentFiles", "it's a b.service"]]
 
 
 def test_without_zstd(node, tmp_path):

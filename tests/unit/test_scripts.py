@@ -1,6 +1,7 @@
 """The node-side script framework: shellcheck on every script, the report format, the outcome table."""
 
 import json
+import shlex
 import shutil
 import subprocess
 
@@ -146,3 +147,70 @@ def test_list_releases_reads_each_manifest_as_cat_would(tmp_path):
     res = sh(f"cd {tmp_path} && " + scripts.render_inline("", 'list_releases ""'))
     assert res.returncode == 0, res.stderr
     assert Report.parse(res.stdout).named("release") == {v: t.rstrip("\n").replace("\n", " ") for v, t in texts.items()}
+
+
+def lib(body: str, *, cwd=None, health: bool = False) -> subprocess.CompletedProcess:
+    """BODY run by real sh after the library (and health.sh)."""
+    text = scripts.render_inline("SERVICE=makenotwork", (scripts.source("health.sh") if health else "") + "\n" + body)
+    return subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=30, cwd=cwd)
+
+
+@pytest.mark.parametrize("text, want", [
+    ('PORT=3000\nDATABASE_PATH="/var/lib/a b.db"\n', "/var/lib/a b.db"),
+    ("DATABASE_PATH='/one.db'\nDATABASE_PATH=/two.db\n", "/two.db"),  # the last one wins, as for the service
+    ("DATABASE_PATH=/no/newline.db", "/no/newline.db"),
+    ('#DATABASE_PATH=/commented.db\n DATABASE_PATH=/indented.db\nOTHER_DATABASE_PATH=/x\n', ""),
+    ('DATABASE_PATH="/q\'u\"otes.db"\n', "/quotes.db"),  # every quote goes, as `tr -d` did
+    ("DATABASE_PATH=\n", ""),
+])
+def test_env_database_reads_the_last_database_path_without_a_fork(tmp_path, text, want):
+    """What the node read and the gate took from `sed | tail | tr` (three execs a read, issue 24)."""
+    env = tmp_path / "mnw.env"
+    env.write_text(text)
+    res = lib(f"env_database {env}; printf '[%s]' \"$_sando_db\"")
+    assert (res.returncode, res.stdout) == (0, f"[{want}]"), res.stderr
+    # cross-check with the pipeline it replaces
+    old = subprocess.run(["sh", "-c", f"sed -n 's/^DATABASE_PATH=//p' {env} | tail -n 1 | tr -d \"\\\"'\""],
+                         capture_output=True, text=True).stdout.rstrip("\n")
+    assert old == want
+
+
+def test_env_database_of_a_missing_file_is_empty(tmp_path):
+    res = lib(f"_sando_db=stale; env_database {tmp_path}/none.env; printf '[%s]' \"$_sando_db\"")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "[]", "")
+
+
+def test_first_line_and_clip_without_a_fork(tmp_path):
+    (tmp_path / "one").write_text("3001\n")
+    (tmp_path / "bare").write_text("3002")
+    res = lib(f"_sando_first {tmp_path}/one; a=$_sando_f; _sando_first {tmp_path}/bare; b=$_sando_f; "
+              f"_sando_first {tmp_path}/none; c=$_sando_f; clip 5 abcdefgh; d=$_sando_c; clip 5 abc; "
+              "printf '%s|%s|%s|%s|%s' \"$a\" \"$b\" \"$c\" \"$d\" \"$_sando_c\"")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "3001|3002||abcde|abc", "")
+
+
+def test_free_kib_of_is_dfs_fourth_field(tmp_path):
+    res = lib(f"free_kib_of {tmp_path}; printf '%s' \"$_sando_free\"")
+    want = subprocess.run(["df", "-Pk", "--", str(tmp_path)], capture_output=True, text=True).stdout.splitlines()[1].split()[3]
+    assert res.returncode == 0 and res.stdout.isdigit() and abs(int(res.stdout) - int(want)) < 10240, (res.stdout, want)
+    res = lib(f"free_kib_of {tmp_path}/none; printf '[%s]' \"$_sando_free\"")
+    assert (res.returncode, res.stdout) == (0, "[]")  # df failed: no number, the caller says what
+
+
+@pytest.mark.parametrize("body, want", [
+    ('{"version":"v1"}', "v1"),
+    ('{"name":"version","version":"v2"}', "v2"),  # "version" as a value first
+    ('{"version": 3, "db": {"version": "3.40"}}', "3.40"),  # as grep -o did: the first that is a string
+    ('{"version"\n: "v1"}', ""),  # not on one line
+    ('{"version": "v1\n"}', ""),
+    ('{"versions":"x","version":"v4"}', "v4"),
+    ('{"version":""}', ""),
+    ("", ""),
+])
+def test_json_field_reads_as_grep_did(body, want):
+    """health.sh's json_field (no fork since issue 24) against the grep | head | sed it replaces."""
+    res = lib(f"json_field version {shlex.quote(body)}; printf '[%s]' \"$_jf\"", health=True)
+    assert (res.returncode, res.stdout) == (0, f"[{want}]"), res.stderr
+    old = subprocess.run(["sh", "-c", "grep -o '\"version\"[[:space:]]*:[[:space:]]*\"[^\"]*\"' | head -n 1 | "
+                          "sed 's/.*\"\\([^\"]*\\)\"$/\\1/'"], input=body + "\n", capture_output=True, text=True)
+    assert old.stdout.rstrip("\n") == want
