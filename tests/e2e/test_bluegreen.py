@@ -477,6 +477,9 @@ def test_turning_blue_green_off_lets_the_instance_finish_the_requests_it_took(bg
     node, d = bg_deploy()
     node.unit_dropin("slow", "[Service]\nEnvironment=MNW_RESTART_WARNING_DELAY_MS=1500", unit="makenotwork@")
     node.exec("systemctl", "restart", "makenotwork@3001", check=True)
+    # restarted: it serves again before the first request (systemctl returns once it is started, not
+    # listening: a request at once got Caddy's 502 before the turn-off began)
+    wait_for(lambda: node.fetch(node.caddyUrl)[0] == 200, timeout=30)
     url = node.caddyUrl.rstrip("/") + "/api/internal/restart-warning"
     answers, done = [], threading.Event()
 
