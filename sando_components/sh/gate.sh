@@ -40,23 +40,9 @@ gate() {
   case $DB in /*) ;; *) DB=$PWD/$DB ;; esac
   _applied=''
   if [ -f "$DB" ]; then
-    # one sqlite3: whether the table exists (the first line), then what it holds (no table: the
-    # second query's error, not read)
-    _out=$(sqlite3 -readonly "$DB" ".timeout 10000" \
-      "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" \
-      'SELECT version FROM _sqlx_migrations WHERE success' 2>/dev/null)
-    _rc=$?
-    _has=${_out%%"
-"*}
-    case $_has/$_rc in
-      0/*) ;;
-      1/0)
-        _applied=${_out#1}
-        _applied=${_applied#"
-"}
-        ;;
-      *) fail "$EX_GATE_BROKEN" gate cannot-read ;;
-    esac
+    sqlx_read "$DB" 10000 'SELECT version FROM _sqlx_migrations WHERE success' || fail "$EX_GATE_BROKEN" gate cannot-read
+    # shellcheck disable=SC2154  # set by sqlx_read (lib.sh)
+    _applied=$_sando_rows
   fi
   PENDING=''
   _words=''

@@ -122,6 +122,33 @@ env_database() {
   done
 }
 
+# sqlx_read DB TIMEOUT_MS ROWS_SQL: sqlx's migrations table of DB read with one sqlite3: whether it
+# exists (_sando_has: 1 or 0, the first line) and, when it does, ROWS_SQL's rows (_sando_rows,
+# columns joined by a space). After a 0 sqlite3's error is that of ROWS_SQL: there is no table to
+# read. Fails (with sqlite3's error in _sando_err: the same run again, for it alone) when DB could
+# not be read.
+sqlx_read() {
+  _sando_rows='' _sando_err=''
+  set -- sqlite3 -readonly -separator ' ' "$1" ".timeout $2" \
+    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_sqlx_migrations'" "$3"
+  _sando_out=$("$@" 2>/dev/null)
+  _sando_rc=$?
+  _sando_has=${_sando_out%%"
+"*}
+  case $_sando_has/$_sando_rc in
+    0/*) return 0 ;;
+    1/0)
+      _sando_rows=${_sando_out#1}
+      _sando_rows=${_sando_rows#"
+"}
+      return 0
+      ;;
+  esac
+  _sando_err=$("$@" 2>&1 >/dev/null)
+  _sando_err=${_sando_err:-sqlite3 exited $_sando_rc}
+  return 1
+}
+
 # clip N TEXT: TEXT's first N bytes in _sando_c (a fork only when TEXT is longer than N)
 clip() {
   if [ "${#2}" -le "$1" ]; then _sando_c=$2; else _sando_c=$(printf '%s' "$2" | head -c "$1"); fi
