@@ -913,7 +913,7 @@ def cmd_logs(args, ctx: Context) -> int:
     def one(node) -> None:
         prefix = f"{node.name} | " if len(nodes) > 1 else ""
         try:
-            codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, prefix, lock=lock)
+            codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, ctx.err, prefix, lock=lock)
         except Exception as exc:  # noqa: BLE001 - one node's failure is said, the others go on
             with lock:
                 ctx.err.write(f"sando: {node.name}: {one_line(str(exc))}\n")

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -320,32 +321,59 @@ def _client(c: ssh.Conn):
     return ssh._connect(c)
 
 
-def stream(c: ssh.Conn, command: str, out, prefix: str = "", stdin: bytes | None = None,
+class _Lines:
+    """Bytes as they come, written to `out` a whole line at a time, each after `prefix`."""
+
+    def __init__(self, out, prefix: str, lock: threading.Lock | None):
+        self.out, self.prefix, self.lock, self.pending = out, prefix, lock, b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        if lines:
+            self._write("".join(f"{self.prefix}{line.decode(errors='replace')}\n" for line in lines))
+
+    def close(self) -> None:
+        if self.pending:
+            self._write(f"{self.prefix}{self.pending.decode(errors='replace')}\n")
+            self.pending = b""
+
+    def _write(self, text: str) -> None:
+        with self.lock or contextlib.nullcontext():
+            self.out.write(text)
+            self.out.flush()
+
+
+def stream(c: ssh.Conn, command: str, out, err=None, prefix: str = "", stdin: bytes | None = None,
            lock: threading.Lock | None = None) -> int:
-    """Run a command, writing its output (stdout and stderr) to `out` line by line as it comes,
-    each line after `prefix`; returns its exit status. Ctrl-C closes the channel."""
+    """Run a command, writing its stdout to `out` and its stderr to `err` (`out` when None) line by
+    line as they come, each line after `prefix`; returns its exit status. The two are read apart:
+    sshd forwards them as two streams, so no order between them survives the trip (a line the node
+    wrote to stderr first may arrive after stdout's). Ctrl-C closes the channel."""
+    import select
+
     client = _client(c)
     try:
         chan = client.get_transport().open_session(timeout=ssh.CONNECT_TIMEOUT)
-        chan.set_combine_stderr(True)
         chan.exec_command(command)
         if stdin is not None:
             chan.sendall(stdin)
-        pending = b""
+        to_out, to_err = _Lines(out, prefix, lock), _Lines(out if err is None else err, prefix, lock)
         while True:
-            data = chan.recv(65536)
-            if not data:
+            select.select([chan], [], [], 1.0)  # wakes on stdout, stderr or the close
+            moved = False
+            while chan.recv_stderr_ready():
+                to_err.feed(chan.recv_stderr(65536))
+                moved = True
+            while chan.recv_ready():
+                to_out.feed(chan.recv(65536))
+                moved = True
+            # the exit status comes after the last data (SSH keeps a channel's messages in order)
+            if not moved and chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            if lines:
-                text = "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
-                with lock or contextlib.nullcontext():
-                    out.write(text)
-                    out.flush()
-        if pending:
-            with lock or contextlib.nullcontext():
-                out.write(f"{prefix}{pending.decode(errors='replace')}\n")
+            if not moved and chan.eof_received:  # the pipe stays readable from the EOF to the exit status
+                time.sleep(0.01)
+        to_out.close()
+        to_err.close()
         return chan.recv_exit_status()
     finally:
         client.close()

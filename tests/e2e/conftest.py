@@ -69,7 +69,7 @@ class Tty(io.StringIO):
 @pytest.fixture
 def sando(monkeypatch, engine):
     """`sando ...` as an operator runs it: the engine's environment, the project dir as cwd.
-    run.out: stdout alone (--json)."""
+    run.out, run.err: stdout alone (--json), stderr alone."""
     from sando_components import cli
 
     for k, v in engine.items():
@@ -79,6 +79,6 @@ def sando(monkeypatch, engine):
     def run(project, *argv, tty: bool = False) -> tuple[int, str]:
         out, err = io.StringIO(), (Tty() if tty else io.StringIO())
         code = cli.main(["--cwd", str(project), *argv], out=out, err=err, stdin=io.StringIO())
-        run.out = out.getvalue()
+        run.out, run.err = out.getvalue(), err.getvalue()
         return code, out.getvalue() + err.getvalue()
     return run

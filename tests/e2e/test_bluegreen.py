@@ -396,16 +396,17 @@ def test_sando_logs_reads_the_live_instance_from_the_node(bg_deploy, sando):
     d.up_fails()
     code, said = sando(d.project, "logs", "-s", d.name, node.name, "-n", "200")
     assert code == 0, said
-    assert said.startswith("sando: makenotwork@3001.service is live (blueGreen, /opt/makenotwork/.sando/instance); "
-                           "the journal of every makenotwork@ instance, each line after its unit\n"), said
-    assert re.search(r" makenotwork@3001\.service\[\d+\]: makenotwork v1 ", said), said
-    assert re.search(r" makenotwork@3002\.service\[\d+\]: crash-at-start build: exiting", said), said
+    # the header on stderr (as the node script writes it), the journal on stdout
+    assert sando.err == ("sando: makenotwork@3001.service is live (blueGreen, /opt/makenotwork/.sando/instance); "
+                         "the journal of every makenotwork@ instance, each line after its unit\n"), said
+    assert re.search(r" makenotwork@3001\.service\[\d+\]: makenotwork v1 ", sando.out), said
+    assert re.search(r" makenotwork@3002\.service\[\d+\]: crash-at-start build: exiting", sando.out), said
     d.set(version="v2")
     run_up(d)
     code, said = sando(d.project, "logs", "-s", d.name, "-n", "200")  # every node (one here)
     assert code == 0, said
-    assert said.startswith("sando: makenotwork@3002.service is live (blueGreen, "), said
-    assert re.search(r" makenotwork@3002\.service\[\d+\]: makenotwork v2 ", said), said
+    assert sando.err.startswith("sando: makenotwork@3002.service is live (blueGreen, "), said
+    assert re.search(r" makenotwork@3002\.service\[\d+\]: makenotwork v2 ", sando.out), said
 
 
 def _reboot(node) -> None:
