@@ -144,6 +144,13 @@ BLUE_GREEN_OFF = {"BG": 0, "BG_PORTS": "", "BG_HOST": "", "BG_BIND_ENV": "", "BG
                   "BG_CADDYFILE": "", "BG_FRONT": ""}
 
 
+def blue_green_off(drain: float) -> dict[str, object]:
+    """sh/bluegreen.sh's parameters for the restart strategy: BG off; BG_DRAIN (sando:switch.drainSeconds)
+    is how long an instance left from blueGreen keeps serving the requests it took when the switch
+    turns blueGreen off."""
+    return {**BLUE_GREEN_OFF, "BG_DRAIN": f"{float(drain):g}"}
+
+
 def front(health_url: str) -> str:
     """blueGreen's front: what Caddy dials (127.0.0.1 and the port of the service's own unit, the
     health URL's); sando's nft rule points it at the live instance."""

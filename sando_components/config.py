@@ -333,7 +333,8 @@ class SwitchConfig(_Model):
     release starts as a second instance (`<service>@<port>`, the idle one of `ports`, its port
     handed over through `bindEnv`), is health-checked on its own port, then Caddy's upstream (one
     sando-owned file the Caddyfile imports) moves to it by a graceful reload, and the old
-    instance stops after `drainSeconds`."""
+    instance stops after `drainSeconds`. Back to `restart` from blueGreen: the instance stops
+    `drainSeconds` after users reach the plain unit (the requests it took finish there)."""
 
     strategy: Literal["restart", "blueGreen"] = "restart"
     ports: tuple[int, int] = (3001, 3002)

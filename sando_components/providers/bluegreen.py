@@ -4,7 +4,7 @@ pointer.py's; this module only speaks when the switch's props say blueGreen."""
 
 from __future__ import annotations
 
-from .. import commands, paths, scripts
+from .. import commands, config, paths, scripts
 from ..scripts import Report
 
 OUTCOMES = ("EX_BG_UNHEALTHY", "EX_BG_CADDY", "EX_BG_NO_IMPORT", "EX_BG_SETUP", "EX_BG_FRONT")
@@ -15,11 +15,12 @@ def enabled(props: dict) -> bool:
     return (props.get("switch") or {}).get("strategy") == "blueGreen"
 
 
-def params(props: dict) -> dict[str, object] | None:
-    """sh/bluegreen.sh's parameters, or None (the restart strategy)."""
+def params(props: dict) -> dict[str, object]:
+    """sh/bluegreen.sh's parameters: blueGreen's, or the restart strategy's (blueGreen off: the
+    drain for an instance left from it, sando:switch.drainSeconds; its default in a state without it)."""
     sw = props.get("switch") or {}
     if not enabled(props):
-        return None
+        return commands.blue_green_off(float(sw.get("drainSeconds", config.SwitchConfig().drain_seconds)))
     return commands.blue_green_params(sw["ports"], sw["bindHost"], sw["bindEnv"], float(sw["drainSeconds"]),
                                       sw["healthPath"], sw["warnPath"], commands.front(props["healthCheck"]["url"]))
 

@@ -139,7 +139,6 @@ bg_front() {
 # serves, and a reboot starts the plain unit alone. If the plain unit fails, nothing is stopped:
 # it stops, the front is the instance's alone again, as it was for users all along (bg_off_undo).
 bg_off=''
-BG_OFF_DRAIN=2 # seconds the instance keeps serving what it took before the lift (config.SwitchConfig drainSeconds' default)
 
 # bg_front_redirect RULE PREFIX: the front's ruleset (P_FRONT_NFT) with RULE (when not '') before
 # its one redirect and PREFIX before the redirect itself; fails when it has not exactly one
@@ -209,10 +208,10 @@ bg_instance_units() {
 bg_off_done() {
   [ -n "$bg_off" ] || return 0
   systemctl enable --quiet "$SERVICE" 2>/dev/null
-  # requests the instance took before the lift finish there (blueGreen's drain; the restart
-  # strategy carries no drainSeconds: its default)
-  report drain "$BG_OFF_DRAIN"
-  sleep "$BG_OFF_DRAIN"
+  # requests the instance took before the lift finish there (BG_DRAIN: sando:switch.drainSeconds,
+  # which the restart strategy keeps for this)
+  report drain "$BG_DRAIN"
+  sleep "$BG_DRAIN"
   for _u in $(bg_instance_units); do
     if systemctl is-active --quiet "$_u"; then systemctl stop "$_u" && report stopped "$_u"; fi
     systemctl disable --quiet "$_u" 2>/dev/null

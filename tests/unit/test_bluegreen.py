@@ -89,8 +89,10 @@ def test_switch_parameters_by_exact_value():
         "BG_HEALTH_PATH": "/health?x=1", "BG_WARN_PATH": "/api/internal/restart-warning",
         "BG_UPSTREAM": "/etc/caddy/sando-upstream.caddy", "BG_UNIT_DIR": "/etc/systemd/system",
         "BG_ENV_DIR": "/var/lib/sando/instances", "BG_CADDYFILE": "/etc/caddy/Caddyfile", "BG_FRONT": "127.0.0.1:3000"}
-    assert bluegreen.params({"switch": {**props["switch"], "strategy": "restart"}}) is None
-    assert bluegreen.params({}) is None
+    # the restart strategy: blueGreen off, its drainSeconds the drain of an instance left from it
+    off = {**commands.BLUE_GREEN_OFF, "BG_DRAIN": "7.5"}
+    assert bluegreen.params({"switch": {**props["switch"], "strategy": "restart", "drainSeconds": 7.5}}) == off
+    assert bluegreen.params({}) == {**commands.BLUE_GREEN_OFF, "BG_DRAIN": "2"}  # a state before issue 23: the default
     # the restart switch renders with the part off
     text = commands.switch(release_root="/opt/makenotwork", version="v2", service="makenotwork", expect="",
                            health=commands.health_params("http://127.0.0.1:3000/", 5, 1, "c0ffee"))
@@ -283,7 +285,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
         unit.write_text("[Unit]\n")
         calls.write_text("")
         script = scripts.render_inline(
-            scripts.params(BG=0, SERVICE="makenotwork", RELEASE_ROOT=root, P_FRONT_UNIT=unit),
+            scripts.params(BG=0, BG_DRAIN=7, SERVICE="makenotwork", RELEASE_ROOT=root, P_FRONT_UNIT=unit),
             scripts.source("bluegreen.sh")
             + '\nsystemctl() { echo "systemctl $*" >> "$CALLS"; case "$*" in'
             + ' "list-units"*) printf "makenotwork@3001.service loaded failed failed x\\n'
@@ -305,7 +307,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
     assert (out, said) == ("rc=0 SERVICE=makenotwork \n", [])
     out, said = run("bg_off_hold && bg_off_lift v1 && bg_off_done")
     assert out == ('{"@":"front-held","v":"3002"}\n{"@":"front-lifted","v":"3002"}\n{"@":"health","v":"ok {}"}\n'
-                   '{"@":"drain","v":"2"}\n{"@":"stopped","v":"makenotwork@3002.service"}\n'
+                   '{"@":"drain","v":"7"}\n{"@":"stopped","v":"makenotwork@3002.service"}\n'
                    f'{{"@":"front-off","v":".sando/front.nft"}}\nrc=0 SERVICE=makenotwork \n')
     assert said == [
         "systemctl cat makenotwork@3002.service",  # live_instance: the record names a unit systemd knows
@@ -314,7 +316,7 @@ def test_turning_blue_green_off_by_exact_commands(tmp_path):
         "systemctl cat makenotwork@3002.service",
         "health [v1] makenotwork",  # the plain unit again, as users now reach it
         "systemctl enable --quiet makenotwork",
-        "sleep 2",  # the drain: what the instance took before the lift finishes there
+        "sleep 7",  # the drain (sando:switch.drainSeconds): what the instance took before the lift finishes there
         "systemctl list-units --all --plain --no-legend --type=service makenotwork@*.service",
         "systemctl is-active --quiet makenotwork@3001.service",
         "systemctl disable --quiet makenotwork@3001.service",

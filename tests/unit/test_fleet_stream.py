@@ -17,7 +17,9 @@ from sando_components import fleet, keeper, ssh
 
 class _Writes(paramiko.ServerInterface):
     """An exec answers with stdout first, then stderr (the order a loaded sshd may forward them in),
-    lines split across packets, then the exit status 3."""
+    lines split across packets, then the exit status 3. It answers once the client sent "go": the
+    client sends its stdin after the exec was accepted (answering at once could close the channel
+    before paramiko sent that acceptance)."""
 
     def check_auth_publickey(self, username, key):
         return paramiko.AUTH_SUCCESSFUL
@@ -30,6 +32,7 @@ class _Writes(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel, command):
         def answer():
+            assert channel.recv(2) == b"go"
             channel.sendall(b"journal line 1\njournal li")
             channel.sendall_stderr(b"sando: the header\n")
             channel.sendall(b"ne 2\nno newline at the end")
@@ -72,13 +75,13 @@ def conn(monkeypatch):
 
 def test_stdout_and_stderr_reach_their_own_streams_in_whole_lines(conn):
     out, err = io.StringIO(), io.StringIO()
-    assert fleet.stream(conn, "journalctl", out, err, "node9 | ") == 3
+    assert fleet.stream(conn, "journalctl", out, err, "node9 | ", stdin=b"go") == 3
     assert out.getvalue() == "node9 | journal line 1\nnode9 | journal line 2\nnode9 | no newline at the end\n"
     assert err.getvalue() == "node9 | sando: the header\n"
 
 
 def test_without_a_stderr_both_go_to_the_one_stream(conn):
     out = io.StringIO()
-    assert fleet.stream(conn, "journalctl", out) == 3
+    assert fleet.stream(conn, "journalctl", out, stdin=b"go") == 3
     assert sorted(out.getvalue().splitlines()) == ["journal line 1", "journal line 2", "no newline at the end",
                                                    "sando: the header"]
