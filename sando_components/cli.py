@@ -939,7 +939,7 @@ def cmd_ssh(args, ctx: Context) -> int:
     stack = project.stack(args.stack, "-s")
     cfg = project.config(stack)
     [node] = _node_names(cfg, args.node, stack)
-    return fleet.interactive(fleet.conn(cfg, node), " ".join(command) or None, ctx.stdin, ctx.out)
+    return fleet.interactive(fleet.conn(cfg, node), " ".join(command) or None, ctx.stdin, ctx.out, ctx.err)
 
 
 RESTART_OUTCOMES = {120: "systemctl restart failed", 121: "the service restarted but fails its health check",
@@ -1094,8 +1094,8 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="the service's journal on a node (or every node)", **common, description=(
         "journalctl of the service on NODE (default: every node, each line after its name), over\n"
         "SSH with the stack's key and pinned host key (the key never leaves this process). On a\n"
-        "blueGreen node (sando:switch), every instance's journal, each line after its unit, after a\n"
-        "line naming the live instance (the node's record).\n"
+        "blueGreen node (sando:switch), every instance's journal, each line after its unit, and a\n"
+        "line on stderr naming the live instance (the node's record).\n"
         "Without -n or --since: the last 100 entries.\n\n"
         "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")

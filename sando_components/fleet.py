@@ -348,16 +348,25 @@ def stream(c: ssh.Conn, command: str, out, err=None, prefix: str = "", stdin: by
     """Run a command, writing its stdout to `out` and its stderr to `err` (`out` when None) line by
     line as they come, each line after `prefix`; returns its exit status. The two are read apart:
     sshd forwards them as two streams, so no order between them survives the trip (a line the node
-    wrote to stderr first may arrive after stdout's). Ctrl-C closes the channel."""
+    wrote to stderr first may arrive after stdout's). Ctrl-C closes the channel. A local node: the
+    same command in a local shell (localnode.stream)."""
     import select
 
+    to_out, to_err = _Lines(out, prefix, lock), _Lines(out if err is None else err, prefix, lock)
+    if c.local:
+        from . import localnode
+
+        try:
+            return localnode.stream(c, command, to_out.feed, to_err.feed, stdin=stdin)
+        finally:
+            to_out.close()
+            to_err.close()
     client = _client(c)
     try:
         chan = client.get_transport().open_session(timeout=ssh.CONNECT_TIMEOUT)
         chan.exec_command(command)
         if stdin is not None:
             chan.sendall(stdin)
-        to_out, to_err = _Lines(out, prefix, lock), _Lines(out if err is None else err, prefix, lock)
         while True:
             select.select([chan], [], [], 1.0)  # wakes on stdout, stderr or the close
             moved = False
@@ -387,10 +396,19 @@ def _fileno(stream) -> int | None:
         return None
 
 
-def interactive(c: ssh.Conn, command: str | None, stdin, stdout) -> int:
+def _write(stream, fd: int | None, data: bytes) -> None:
+    if fd is not None:
+        os.write(fd, data)
+    else:
+        stream.write(data.decode(errors="replace"))
+        stream.flush()
+
+
+def interactive(c: ssh.Conn, command: str | None, stdin, stdout, stderr=None) -> int:
     """A shell (or `command`) on the node. On a terminal: a pty of the terminal's size, the local
-    terminal in raw mode until the session ends. Otherwise stdin is sent as it is read and the
-    output copied; the exit status is the remote one."""
+    terminal in raw mode until the session ends. Otherwise stdin is sent as it is read, the output
+    copied to stdout and the errors to stderr (stdout when None); the exit status is the remote one.
+    A local node: the same in a local shell as root (localnode.interactive), on the terminal itself."""
     import select
     import shutil
     import termios
@@ -398,6 +416,18 @@ def interactive(c: ssh.Conn, command: str | None, stdin, stdout) -> int:
 
     fd_in = _fileno(stdin)
     is_tty = fd_in is not None and os.isatty(fd_in)
+    stderr = stdout if stderr is None else stderr
+    if c.local:
+        from . import localnode
+
+        out_fd, err_fd = _fileno(stdout), _fileno(stderr)
+        rc, out, err = localnode.interactive(c, command, fd_in, b"" if fd_in is not None else stdin.read().encode(),
+                                             out_fd, err_fd)
+        if out:
+            _write(stdout, None, out)
+        if err:
+            _write(stderr, None, err)
+        return rc
     client = _client(c)
     saved = None
     try:
@@ -409,22 +439,19 @@ def interactive(c: ssh.Conn, command: str | None, stdin, stdout) -> int:
             chan.exec_command(command)
         else:
             chan.invoke_shell()
-        out_fd = _fileno(stdout)
+        out_fd, err_fd = _fileno(stdout), _fileno(stderr)
         if is_tty:
             saved = termios.tcgetattr(fd_in)
             tty.setraw(fd_in, termios.TCSADRAIN)  # keeps what was typed ahead
         sources = [chan] + ([fd_in] if fd_in is not None else [])
         while True:
             ready, _, _ = select.select(sources, [], [], 1.0)
-            if chan in ready or chan.recv_ready():
-                data = chan.recv(65536)
-                if not data:
-                    break
-                if out_fd is not None:
-                    os.write(out_fd, data)
-                else:
-                    stdout.write(data.decode(errors="replace"))
-                    stdout.flush()
+            while chan.recv_stderr_ready():  # without a pty the command's errors come apart
+                _write(stderr, err_fd, chan.recv_stderr(65536))
+            if chan.recv_ready():
+                _write(stdout, out_fd, chan.recv(65536))
+            elif chan.eof_received or chan.closed:  # the command's output ended (its errors with it)
+                break
             if fd_in is not None and fd_in in ready:
                 data = os.read(fd_in, 4096)
                 if data:
@@ -432,7 +459,7 @@ def interactive(c: ssh.Conn, command: str | None, stdin, stdout) -> int:
                 else:
                     chan.shutdown_write()
                     sources.remove(fd_in)
-            if fd_in is None and chan.exit_status_ready() and not chan.recv_ready():
+            if fd_in is None and chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
         return chan.recv_exit_status()
     finally:

@@ -135,6 +135,83 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     return Result(rc, o, e, sent)
 
 
+def _ends_with_sando() -> None:
+    """In the child, before exec: SIGTERM when sando's thread that started it ends (prctl
+    PR_SET_PDEATHSIG; sudo passes it on), as a remote command ends with its SSH connection: a
+    `sando logs -f` ended by Ctrl-C or killed leaves no journalctl behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
+def stream(conn: Conn, command: str, on_out, on_err, *, stdin: bytes | None = None) -> int:
+    """fleet.stream for a local node: the command's stdout and stderr handed to on_out and on_err
+    (bytes) as they come; its exit status (negative: the signal that ended it)."""
+    global _runs
+    check_sudo(conn)
+    try:
+        proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
+                                process_group=0, preexec_fn=_ends_with_sando)
+    except OSError as exc:
+        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
+    _runs += 1
+
+    def pump(pipe, to) -> None:
+        for data in iter(lambda: os.read(pipe.fileno(), CHUNK), b""):
+            to(data)
+
+    readers = [threading.Thread(target=pump, args=a, daemon=True) for a in ((proc.stdout, on_out), (proc.stderr, on_err))]
+    for t in readers:
+        t.start()
+    try:
+        if stdin is not None:
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        rc = proc.wait()
+        for t in readers:
+            t.join()
+    except BaseException:
+        _kill(proc, threading.Event())
+        raise
+    return rc
+
+
+def interactive(conn: Conn, command: str | None, stdin_fd: int | None, stdin_data: bytes, out_fd: int | None,
+                err_fd: int | None) -> tuple[int, bytes, bytes]:
+    """fleet.interactive for a local node: `command`, or root's login shell, here as root (under
+    `sudo -n` unless sando is root), in the clean environment with the operator's TERM. On a
+    terminal it is the terminal's (same process group: its Ctrl-C is the shell's, sando waits on);
+    otherwise stdin_data is its input. Returns (exit status, stdout, stderr): what had no file
+    descriptor to go to."""
+    global _runs
+    import pwd
+
+    check_sudo(conn)
+    shell = command or f"exec {pwd.getpwuid(0).pw_shell or SH} -l"
+    env = {**_env(), **({"TERM": os.environ["TERM"]} if os.environ.get("TERM") else {})}
+    pipe = subprocess.PIPE
+    try:
+        proc = subprocess.Popen(argv(shell), stdin=stdin_fd if stdin_fd is not None else pipe,
+                                stdout=out_fd if out_fd is not None else pipe,
+                                stderr=err_fd if err_fd is not None else pipe, env=env, cwd="/")
+    except OSError as exc:
+        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
+    _runs += 1
+    out = err = b""
+    while True:
+        try:
+            out, err = proc.communicate(None if stdin_fd is not None else stdin_data)
+            break
+        except KeyboardInterrupt:  # the terminal's Ctrl-C reached the shell too: it is the shell's
+            continue
+    rc = proc.returncode
+    return (128 - rc if rc < 0 else rc), out or b"", err or b""  # a signal: as a shell says it (130: Ctrl-C)
+
+
 def _kill(proc: subprocess.Popen, expired: threading.Event) -> None:
     """A timeout: end the command's whole process group (sudo passes the signal on); what
     ignores SIGTERM for 5 s more gets SIGKILL."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -130,6 +131,11 @@ class LocalSando:
         return self.sh(shlex.join(["pulumi", *args, "--stack", self.name, "--non-interactive", "--color", "never"]),
                        check=check)
 
+    def sando(self, *args: str) -> subprocess.CompletedProcess:
+        """sando's own CLI in the node, as the user, on this project (its copy of sando_components)."""
+        return self.sh(shlex.join([f"{SYSVENV}/bin/python", "-m", "sando_components.cli", "--cwd", ".", *args]),
+                       check=False)
+
     def set(self, **values) -> None:
         for k, v in values.items():
             self.pulumi("config", "set", f"sando:{k}", v if isinstance(v, str) else json.dumps(v))
@@ -226,6 +232,18 @@ def scenarios(s: LocalSando, repo: AppRepo, cache: Path) -> None:
     assert changed  # (a bump changes every file of the stand-in: the mixed case is in tests/unit/test_local.py)
     assert (t["version"], t["bytesSent"], t["local"], t["linked"], t["patched"], t["full"]) == (
         "v2", 0, len(changed), len(files) - len(changed), 0, 0)
+
+    # day two on the local node: status, logs and a command, each through a local shell (under
+    # sudo -n when not root), not SSH: the node has no host key to pin
+    res = s.sando("status", s.name, "--json")
+    assert res.returncode == 0, res.stderr
+    [st] = json.loads(res.stdout)["stacks"]
+    [n] = st["nodes"]
+    assert (n["node"], n["reachable"], n["liveVersion"], n["unit"]) == ("testnot", True, "v2", "active running"), n
+    res = s.sando("logs", "-s", s.name, "testnot", "-n", "50")
+    assert res.returncode == 0 and re.search(r" makenotwork v2 \(\w+\) listening on ", res.stdout), res
+    res = s.sando("ssh", "-s", s.name, "testnot", "--", f"id -u; readlink {ROOT}/current; ls /no-such-dir; exit 5")
+    assert (res.returncode, res.stdout) == (5, "0\nreleases/v2\n") and "no-such-dir" in res.stderr, res
 
     # rollback by pin: a retained release, nothing taken again
     s.set(version="v1")

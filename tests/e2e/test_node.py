@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support import AppRepo, run_preview, run_up
+from tests.support import AppRepo, run_preview, run_up, wait_for
 
 DEPLOY = "server/deploy"
 INSTALLED = {  # source in the server repo -> (path on the node, mode)
@@ -92,8 +92,12 @@ def test_host_config_from_the_ref_installed_once_and_applied_only_on_change(make
     assert node.unit_events() == events + [("reload", "caddy")]
     assert d.outputs()["hostConfig"]["commit"] == new
     assert caddy_serves(node), node.fetch(node.caddyUrl + "__mnw_error_test")  # the live release's error pages
-    node.exec("systemctl", "restart", "cron")  # cron reads /etc/cron.d at start and logs what it refuses
-    assert "makenotwork-backup" not in node.journal("cron")  # it names a file only to complain about it
+    # cron reads /etc/cron.d at start and logs what it refuses, before its "@reboot jobs" line (Running
+    # or Skipping): that line of this start says it read ours (systemctl returns before it has)
+    cursor = node.journal_cursor()
+    node.exec("systemctl", "restart", "cron", check=True)
+    read = wait_for(lambda: (lambda j: "@reboot jobs" in j and j)(node.journal("cron", after=cursor)), timeout=30)
+    assert "makenotwork-backup" not in read, read  # it names a file only to complain about it
 
     # 5. re-adopting the node after `pulumi destroy` reloads nothing: every file is identical (18.7)
     before = node.unit_events()

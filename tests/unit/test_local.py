@@ -5,15 +5,18 @@ would ask for a password), and its release taken from the local build's artifact
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from sando_components import commands, localnode, paths, ssh, stack, transfer
+from sando_components import commands, fleet, localnode, paths, ssh, stack, transfer
 from sando_components.config import ConfigError, load
 from sando_components.scripts import Report
 from sando_components.transfer import NodeRelease
@@ -135,6 +138,108 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(conn, tmp_path)
     assert str(err.value) == f"{conn.label}: a command did not finish within 0.5s and was stopped"
     time.sleep(3.5)
     assert not marker.exists()  # the whole process group was ended
+
+
+def test_logs_stream_on_a_local_node(conn):
+    """`sando logs` on a local node (fleet.stream): the command in a local shell, its stdout and
+    stderr apart, whole lines after the prefix, its exit status (over SSH it needed a host key)."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = fleet.stream(conn, "echo header >&2; printf 'one\\ntwo'; exit 3", out, err, "testnot | ")
+    assert (rc, out.getvalue(), err.getvalue()) == (3, "testnot | one\ntestnot | two\n", "testnot | header\n")
+
+
+def test_a_local_stream_ends_when_sando_does(tmp_path):
+    """A `sando logs -f` on a local node that is killed (or ended by Ctrl-C) leaves no command
+    behind: the shell gets SIGTERM when sando's thread that started it ends, as a remote command
+    ends with its SSH connection."""
+    pid_file = tmp_path / "pid"
+    script = (f"import threading, time, os\nfrom sando_components import localnode, ssh\n"
+              f"c = ssh.Conn.from_props({{'local': True, 'host': 'localhost', 'port': 0}}, None, 'testnot')\n"
+              f"threading.Thread(target=localnode.stream, daemon=True, args=(c, 'echo $$ > {pid_file}; exec sleep 300',"
+              f" lambda b: None, lambda b: None)).start()\n"
+              f"while not os.path.exists('{pid_file}') or not open('{pid_file}').read(): time.sleep(0.05)\n")
+    subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "sleep" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"sleep {pid} outlived sando"
+        time.sleep(0.1)
+
+
+def test_ssh_on_a_local_node_runs_a_command_or_a_shell(conn):
+    """`sando ssh` on a local node (fleet.interactive): a command in a local shell as root, its
+    output and errors apart, its exit status; without one, root's login shell reading stdin."""
+    out, err = io.StringIO(), io.StringIO()
+    assert fleet.interactive(conn, "id -u; ls /no-such-dir; exit 3", io.StringIO(), out, err) == 3
+    assert out.getvalue() == "0\n" and "no-such-dir" in err.getvalue()
+    out = io.StringIO()
+    assert fleet.interactive(conn, None, io.StringIO("echo in-$((40 + 2)) $HOME\nexit 4\n"), out) == 4
+    assert "in-42 /root\n" in out.getvalue()
+
+
+def test_ssh_on_a_local_node_on_a_terminal_is_the_terminals(tmp_path):
+    """`sando ssh` on a local node from a terminal: root's shell on that terminal (a tty), whose
+    Ctrl-C ends the shell's command, not sando; the shell's exit status is sando's. A command
+    given with `--` and ended by Ctrl-C: its status as a shell says it (130), not a traceback."""
+    import pty
+    import select
+
+    def session(*command: str):
+        script = ("import sys\nfrom sando_components import fleet, ssh\n"
+                  "c = ssh.Conn.from_props({'local': True, 'host': 'localhost', 'port': 0}, None, 'testnot')\n"
+                  "sys.exit(fleet.interactive(c, ' '.join(sys.argv[1:]) or None, sys.stdin, sys.stdout, sys.stderr))\n")
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-c", script, *command], stdin=slave, stdout=slave, stderr=slave,
+                                cwd=Path(__file__).parents[2], start_new_session=True,  # the pty: its terminal
+                                preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+        os.close(slave)
+        return proc, master
+
+    # a command on the terminal (no job control): Ctrl-C ends it, sando says its status (130), no more
+    proc, master = session("sleep 30; echo slept")
+    try:
+        time.sleep(1.5)
+        os.write(master, b"\x03")
+        assert proc.wait(timeout=20) == 130
+        seen = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the pty's other end closed
+                break
+        assert b"slept" not in seen and b"Traceback" not in seen, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+    proc, master = session()
+    seen = b""
+
+    def until(text: bytes, timeout: float = 20) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
+
+    try:
+        os.write(master, b"tty; echo in-$((40 + 2))\n")
+        until(b"in-42")
+        assert b"/dev/pts/" in seen, seen
+        os.write(master, b"sleep 30; echo slept-$((1 + 1))\n")
+        time.sleep(1)
+        os.write(master, b"\x03")  # Ctrl-C: the sleep's, not sando's
+        os.write(master, b"echo after-$((2 + 2))\n")
+        until(b"after-4")
+        assert b"slept-2" not in seen and proc.poll() is None, seen
+        os.write(master, b"exit 7\n")
+        assert proc.wait(timeout=20) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
 
 
 def test_not_root_runs_under_sudo_n(monkeypatch):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 GIT_ENV = {
@@ -62,3 +65,53 @@ def scratch_project(tmp_path: Path, name: str, program: str, pulumi: Path, venv:
     return project, {"PATH": f"{pulumi.parent}:{os.environ['PATH']}", "PULUMI_HOME": str(tmp_path / "home"),
                      "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "scratch",
                      "PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
+
+
+class _AcceptsKeys:
+    """A paramiko server's authentication part: any public key, sessions only."""
+
+    def check_auth_publickey(self, username, key):
+        import paramiko
+        return paramiko.AUTH_SUCCESSFUL
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_channel_request(self, kind, chanid):
+        import paramiko
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+
+@contextlib.contextmanager
+def loopback_sshd(exec_request):
+    """A paramiko SSH server on 127.0.0.1 that lets any key in and answers each exec with
+    exec_request(channel, command) (paramiko's check_channel_exec_request); yields (port, its
+    host key as "kind base64")."""
+    import paramiko
+
+    server = type("_Server", (_AcceptsKeys, paramiko.ServerInterface),
+                  {"check_channel_exec_request": lambda self, channel, command: exec_request(channel, command)})
+    host_key = paramiko.RSAKey.generate(2048)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    transports = []
+
+    def serve():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            t = paramiko.Transport(sock)
+            t.add_server_key(host_key)
+            t.start_server(server=server())
+            transports.append(t)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], f"{host_key.get_name()} {host_key.get_base64()}"
+    finally:
+        listener.close()
+        for t in transports:
+            t.close()
