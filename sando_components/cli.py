@@ -915,8 +915,9 @@ def cmd_logs(args, ctx: Context) -> int:
         try:
             codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, ctx.err, prefix, lock=lock)
         except Exception as exc:  # noqa: BLE001 - one node's failure is said, the others go on
+            said = one_line(str(exc))  # a transport error names its node already ("node1 (root@...): ...")
             with lock:
-                ctx.err.write(f"sando: {node.name}: {one_line(str(exc))}\n")
+                ctx.err.write(f"sando: {said if said.startswith(node.name + ' ') else f'{node.name}: {said}'}\n")
             codes[node.name] = 1
 
     threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
@@ -1109,7 +1110,8 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
     p = sub.add_parser("ssh", help="a shell (or one command) on a node", **common, description=(
         "A shell on NODE, or CMD, as the stack's user, with the stack's key and pinned host key,\n"
         "through sando's own SSH client (paramiko): the key stays in this process's memory (never\n"
-        "on disk, in an agent or on a command line). On a terminal: a pty. Exit status: CMD's.\n\n"
+        "on disk, in an agent or on a command line). On a terminal: a pty. Exit status: CMD's.\n"
+        "A local node (local: true): root's login shell on this terminal, or CMD, as root (sudo -n).\n\n"
         "example: sando ssh -s prod node1        sando ssh -s prod node1 -- systemctl status makenotwork"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
     p.add_argument("node", metavar="NODE", help="the node")

@@ -281,7 +281,8 @@ def read(cfg: config_model.StackConfig) -> list[NodeNow]:
 
 # --- logs, a shell, a restart (issue 20.8) ----------------------------------------------------------
 # Over paramiko, as the providers connect: the stack's key stays in this process's memory and the
-# host key is the pinned one; nothing is written to disk and no key is on any command line.
+# host key is the pinned one; nothing is written to disk and no key is on any command line. A local
+# node: a local shell, as its deploy steps run (localnode).
 
 
 def logs_command(service: str, release_root: str, lines: int | None = None, since: str | None = None,

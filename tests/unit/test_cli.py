@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sando_components import cli
+from sando_components import cli, fleet, ssh
 from sando_components.config import load
 from sando_components.fleet import NodeNow, Probe
 from sando_components.migrations import Migration
@@ -613,6 +613,24 @@ def test_restart_stdin_carries_the_token_only_when_warning():
     assert fleet.restart_stdin(cfg, True) == b"Authorization: Bearer s3cret\n"
     assert fleet.restart_stdin(cfg, False) == b"\n"
     assert "s3cret" not in fleet.restart_command(cfg, cfg.nodes[0], A, {"by": "x@y", "via": "sando restart"}, True)
+
+
+def test_logs_says_a_nodes_failure_once_and_goes_on(fake, monkeypatch):
+    """One node that cannot be read is said in one line naming it once; the others are printed."""
+    def stream(c, command, out, err=None, prefix="", lock=None):
+        if c.node == "node2":
+            raise ssh.RemoteError(f"{c.label}: the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)")
+        if c.node == "node1":
+            raise OSError("Connection reset by peer")
+        out.write(f"{prefix}a line\n")
+        return 0
+    monkeypatch.setattr(fleet, "stream", stream)
+    FakeProject.stacks["testnot"]["config"] = config("v4", "node1", "node2", "node3")
+    code, out, err = run("logs", "-s", "testnot")
+    assert (code, out) == (1, "node3 | a line\n")
+    assert sorted(err.splitlines()) == [
+        "sando: node1: Connection reset by peer",
+        "sando: node2 (root@10.0.0.1:22): the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)"]
 
 
 @pytest.mark.parametrize("command", [["logs"], ["ssh"], ["restart"]])
