@@ -233,8 +233,12 @@ def _reason(text: str, name: str) -> str:
 
 def disconnect() -> None:
     """Close the connections this process opened (a command ends; a test's next command starts
-    afresh, as an operator's next `sando` does; connections kept by sando's keeper stay there)."""
+    afresh, as an operator's next `sando` does; connections kept by sando's keeper stay there), and
+    end the local node's streams still running (a `sando logs -f` ended by Ctrl-C)."""
+    from . import localnode
+
     ssh.close_all()
+    localnode.end_streams()
 
 
 def fetch_command(path: str) -> str:

@@ -135,27 +135,48 @@ def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMA
     return Result(rc, o, e, sent)
 
 
+_streams: set[subprocess.Popen] = set()  # local streams still running (end_streams)
+_streams_lock = threading.Lock()
+
+
 def _ends_with_sando() -> None:
     """In the child, before exec: SIGTERM when sando's thread that started it ends (prctl
-    PR_SET_PDEATHSIG; sudo passes it on), as a remote command ends with its SSH connection: a
-    `sando logs -f` ended by Ctrl-C or killed leaves no journalctl behind."""
+    PR_SET_PDEATHSIG), as a remote command ends with its SSH connection: a `sando logs -f` that is
+    killed leaves no journalctl behind. (Cleared by the exec of a setuid sudo: for sando as a user,
+    end_streams at sando's end, and the terminal's Ctrl-C reaching the command's group too.)"""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
+def end_streams() -> None:
+    """sando ends (cli.main's end, fleet.disconnect): every local stream still running is ended
+    (SIGTERM; sudo passes it on to the command)."""
+    with _streams_lock:
+        live = list(_streams)
+    for proc in live:
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def stream(conn: Conn, command: str, on_out, on_err, *, stdin: bytes | None = None) -> int:
     """fleet.stream for a local node: the command's stdout and stderr handed to on_out and on_err
-    (bytes) as they come; its exit status (negative: the signal that ended it)."""
+    (bytes) as they come; its exit status (negative: the signal that ended it). In sando's own
+    process group, so a terminal's Ctrl-C reaches it as it reaches sando."""
     global _runs
     check_sudo(conn)
     try:
         proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
-                                process_group=0, preexec_fn=_ends_with_sando)
+                                preexec_fn=_ends_with_sando)
     except OSError as exc:
         raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
     _runs += 1
+    with _streams_lock:
+        _streams.add(proc)
 
     def pump(pipe, to) -> None:
         for data in iter(lambda: os.read(pipe.fileno(), CHUNK), b""):
@@ -175,8 +196,11 @@ def stream(conn: Conn, command: str, on_out, on_err, *, stdin: bytes | None = No
         for t in readers:
             t.join()
     except BaseException:
-        _kill(proc, threading.Event())
+        proc.terminate()  # its group is sando's: the command alone
         raise
+    finally:
+        with _streams_lock:
+            _streams.discard(proc)
     return rc
 
 

@@ -166,6 +166,25 @@ def test_a_local_stream_ends_when_sando_does(tmp_path):
         time.sleep(0.1)
 
 
+def test_sandos_end_ends_a_local_stream(conn, tmp_path):
+    """cli.main's end (fleet.disconnect) ends a local stream still running: a `sando logs -f` ended
+    by Ctrl-C (the main thread returns while its stream thread still reads)."""
+    import threading
+
+    pid_file = tmp_path / "pid"
+    done = []
+    t = threading.Thread(target=lambda: done.append(localnode.stream(
+        conn, f"echo $$ > {pid_file}; exec sleep 300", lambda b: None, lambda b: None)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    fleet.disconnect()
+    t.join(timeout=10)
+    assert done and done[0] < 0, done  # ended by a signal, not left to run its 300 s
+
+
 def test_ssh_on_a_local_node_runs_a_command_or_a_shell(conn):
     """`sando ssh` on a local node (fleet.interactive): a command in a local shell as root, its
     output and errors apart, its exit status; without one, root's login shell reading stdin."""
