@@ -139,14 +139,23 @@ _streams: set[subprocess.Popen] = set()  # local streams still running (end_stre
 _streams_lock = threading.Lock()
 
 
-def _ends_with_sando() -> None:
-    """In the child, before exec: SIGTERM when sando's thread that started it ends (prctl
-    PR_SET_PDEATHSIG), as a remote command ends with its SSH connection: a `sando logs -f` that is
-    killed leaves no journalctl behind. (Cleared by the exec of a setuid sudo: for sando as a user,
-    end_streams at sando's end, and the terminal's Ctrl-C reaching the command's group too.)"""
-    import ctypes
+_prctl = None
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+def _ends_with_sando():
+    """A preexec_fn: in the child, before exec, SIGTERM when sando's thread that started it ends
+    (prctl PR_SET_PDEATHSIG), as a remote command ends with its SSH connection: a `sando logs -f`
+    that is killed leaves no journalctl behind. (Cleared by the exec of a setuid sudo: for sando
+    as a user, end_streams at sando's end, and the terminal's Ctrl-C reaching the command too.)
+    prctl is looked up here, in sando: the child only calls it (no import after a fork of a
+    process with threads)."""
+    global _prctl
+    if _prctl is None:
+        import ctypes
+
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl, term = _prctl, int(signal.SIGTERM)
+    return lambda: prctl(1, term, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
 def end_streams() -> None:
@@ -171,7 +180,7 @@ def stream(conn: Conn, command: str, on_out, on_err, *, stdin: bytes | None = No
     try:
         proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
-                                preexec_fn=_ends_with_sando)
+                                preexec_fn=_ends_with_sando())
     except OSError as exc:
         raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
     _runs += 1
