@@ -215,9 +215,25 @@ def test_ssh_on_a_local_node_on_a_terminal_is_the_terminals(tmp_path):
         return proc, master
 
     # a command on the terminal (no job control): Ctrl-C ends it, sando says its status (130), no more
+    def sleeping(pid: int, timeout: float = 60) -> None:
+        """Wait until a `sleep 30` runs under `pid`: a Ctrl-C typed before it is exec'd can fall on
+        its shell between two commands, which dash takes and forgets (as on any terminal)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            todo, found = [pid], False
+            while todo and not found:
+                kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+                todo += kids
+                found = any(Path(f"/proc/{k}/cmdline").read_bytes() == b"sleep\x0030\x00" for k in kids
+                            if Path(f"/proc/{k}/cmdline").exists())
+            if found:
+                return
+            assert time.monotonic() < deadline, "no sleep 30 started"
+            time.sleep(0.05)
+
     proc, master = session("sleep 30; echo slept")
     try:
-        time.sleep(1.5)
+        sleeping(proc.pid)
         os.write(master, b"\x03")
         assert proc.wait(timeout=20) == 130
         seen = b""
@@ -248,7 +264,7 @@ def test_ssh_on_a_local_node_on_a_terminal_is_the_terminals(tmp_path):
         until(b"in-42")
         assert b"/dev/pts/" in seen, seen
         os.write(master, b"sleep 30; echo slept-$((1 + 1))\n")
-        time.sleep(1)
+        sleeping(proc.pid)
         os.write(master, b"\x03")  # Ctrl-C: the sleep's, not sando's
         os.write(master, b"echo after-$((2 + 2))\n")
         until(b"after-4")
