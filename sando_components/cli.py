@@ -909,16 +909,24 @@ def cmd_logs(args, ctx: Context) -> int:
     command = fleet.logs_command(cfg.service, cfg.release_root, lines, args.since, args.follow)
     lock = threading.Lock()
     codes: dict[str, int] = {}
+    ended = threading.Event()  # Ctrl-C: what the streams say after it is not news
+
+    def say(node, said: str) -> None:
+        with lock:
+            if not ended.is_set():  # a transport error names its node already ("node1 (root@...): ...")
+                ctx.err.write(f"sando: {said if said.startswith(node.name + ' ') else f'{node.name}: {said}'}\n")
 
     def one(node) -> None:
         prefix = f"{node.name} | " if len(nodes) > 1 else ""
         try:
             codes[node.name] = fleet.stream(fleet.conn(cfg, node), command, ctx.out, ctx.err, prefix, lock=lock)
         except Exception as exc:  # noqa: BLE001 - one node's failure is said, the others go on
-            said = one_line(str(exc))  # a transport error names its node already ("node1 (root@...): ...")
-            with lock:
-                ctx.err.write(f"sando: {said if said.startswith(node.name + ' ') else f'{node.name}: {said}'}\n")
+            say(node, one_line(str(exc)))
             codes[node.name] = 1
+            return
+        if codes[node.name] < 0:  # no exit status: the connection dropped, or journalctl was killed
+            say(node, "the journal's session ended before journalctl did (the connection dropped, or it was "
+                      f"killed); run `sando logs -s {stack.split('/')[-1]} {node.name}` again")
 
     threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in nodes]
     for t in threads:
@@ -928,6 +936,7 @@ def cmd_logs(args, ctx: Context) -> int:
             while t.is_alive():
                 t.join(0.2)
     except KeyboardInterrupt:  # the end of a follow
+        ended.set()
         return 0
     return 0 if all(c == 0 for c in codes.values()) else 1
 

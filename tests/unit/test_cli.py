@@ -631,6 +631,11 @@ def test_logs_says_a_nodes_failure_once_and_goes_on(fake, monkeypatch):
     assert sorted(err.splitlines()) == [
         "sando: node1: Connection reset by peer",
         "sando: node2 (root@10.0.0.1:22): the SSH key was refused (sando:sshPrivateKey or sando:sshAgent)"]
+    # a session that ends without an exit status (paramiko's -1: a follow whose connection dropped)
+    monkeypatch.setattr(fleet, "stream", lambda c, *a, **k: -1)
+    code, out, err = run("logs", "-s", "testnot", "node3", "-f")
+    assert (code, out, err) == (1, "", "sando: node3: the journal's session ended before journalctl did (the "
+                                "connection dropped, or it was killed); run `sando logs -s testnot node3` again\n")
 
 
 @pytest.mark.parametrize("command", [["logs"], ["ssh"], ["restart"]])
