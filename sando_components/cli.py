@@ -924,7 +924,9 @@ def cmd_logs(args, ctx: Context) -> int:
             say(node, one_line(str(exc)))
             codes[node.name] = 1
             return
-        if codes[node.name] < 0:  # no exit status: the connection dropped, or journalctl was killed
+        # no exit status: the connection dropped, or journalctl was killed (a local one's SIGINT, -2:
+        # the terminal's Ctrl-C, which ends sando too)
+        if codes[node.name] < 0 and codes[node.name] != -2:
             say(node, "the journal's session ended before journalctl did (the connection dropped, or it was "
                       f"killed); run `sando logs -s {stack.split('/')[-1]} {node.name}` again")
 
