@@ -204,7 +204,10 @@ def test_ssh_on_a_local_node_on_a_terminal_is_the_terminals(tmp_path):
     import select
 
     def session(*command: str):
-        script = ("import sys\nfrom sando_components import fleet, ssh\n"
+        # SIGINT as a terminal's shell leaves it (CI may start the tests with it ignored, which
+        # every child would inherit: a Ctrl-C then ends nothing)
+        script = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                  "from sando_components import fleet, ssh\n"
                   "c = ssh.Conn.from_props({'local': True, 'host': 'localhost', 'port': 0}, None, 'testnot')\n"
                   "sys.exit(fleet.interactive(c, ' '.join(sys.argv[1:]) or None, sys.stdin, sys.stdout, sys.stderr))\n")
         master, slave = pty.openpty()
