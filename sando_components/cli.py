@@ -1105,9 +1105,9 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="the service's journal on a node (or every node)", **common, description=(
         "journalctl of the service on NODE (default: every node, each line after its name), over\n"
-        "SSH with the stack's key and pinned host key (the key never leaves this process). On a\n"
-        "blueGreen node (sando:switch), every instance's journal, each line after its unit, and a\n"
-        "line on stderr naming the live instance (the node's record).\n"
+        "SSH with the stack's key and pinned host key (the key never leaves this process); a local\n"
+        "node's through a local shell. On a blueGreen node (sando:switch), every instance's journal,\n"
+        "each line after its unit, and a line on stderr naming the live instance (the node's record).\n"
         "Without -n or --since: the last 100 entries.\n\n"
         "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
