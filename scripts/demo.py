@@ -175,8 +175,10 @@ def main() -> int:
 
     say("done")
     pp = "" if "PULUMI_CONFIG_PASSPHRASE" in os.environ else "export PULUMI_CONFIG_PASSPHRASE=sando-local && "
+    demo = "" if "PULUMI_CONFIG_PASSPHRASE" in os.environ else "SANDO_DEMO=1 "  # sando refuses the public one else
     print(f"""   The nodes keep running. Look around:
      . scripts/env.sh && {pp}pulumi stack history -s {prod_name}
+     {demo}sando logs -s {testnot_name} -n 20        {demo}sando ssh -s {prod_name} {prod_node.name}
      scripts/testnodes exec {testnot_node.name} --state-dir {args.state_dir} -- journalctl -u makenotwork
    Stop and clean up:
      scripts/testnodes stop --state-dir {args.state_dir}

@@ -33,6 +33,8 @@ def test_demo_deploys_promotes_and_rolls_back(tmp_path):
         assert "live v1, previous v2, releases ['v1', 'v2'], sent 0 bytes" in out
         assert f"{prefix}prod" in out.split("sando status")[-1] and "v2" in out.split("sando status")[-1]
         assert f"scripts/testnodes stop --state-dir {nodes}" in out  # tells how to stop the nodes
+        # and how to look at them with sando (its own passphrase here: no SANDO_DEMO=1 needed)
+        assert f"\n     sando logs -s {prefix}testnot -n 20        sando ssh -s {prefix}prod node2\n" in out, out
     finally:
         stop = subprocess.run([str(REPO / "scripts" / "testnodes"), "stop", "--state-dir", str(nodes)],
                               capture_output=True, text=True)
