@@ -67,19 +67,27 @@ def check_sudo(conn: Conn) -> None:
         _checked.add(conn.user)
 
 
+def _start(conn: Conn, command: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """The node-side command in a local shell (argv: under `sudo -n` unless root), sudo checked
+    first, in the clean environment (`env`: it plus these), from `/`; a shell that cannot start is
+    the node's RemoteError."""
+    global _runs
+    check_sudo(conn)
+    try:
+        proc = subprocess.Popen(argv(command), env={**_env(), **(env or {})}, cwd="/", **popen)
+    except OSError as exc:
+        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
+    _runs += 1
+    return proc
+
+
 def run(conn: Conn, command: str, *, stdin: Stdin = None, timeout: float = COMMAND_TIMEOUT,
         check: bool = True, on_line=None, on_sent=None) -> Result:
     """ssh.run for a local node: the same command, stdin, Result and progress callbacks, through a
     local shell."""
-    global _runs
-    check_sudo(conn)
-    try:
-        proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
-                                process_group=0)  # own group (for a timeout), same session (sudo's tty ticket)
-    except OSError as exc:
-        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
-    _runs += 1
+    proc = _start(conn, command, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  process_group=0)  # own group (for a timeout), same session (sudo's tty ticket)
     sent = 0
     outs: dict[str, bytes] = {}
 
@@ -175,15 +183,8 @@ def stream(conn: Conn, command: str, on_out, on_err, *, stdin: bytes | None = No
     """fleet.stream for a local node: the command's stdout and stderr handed to on_out and on_err
     (bytes) as they come; its exit status (negative: the signal that ended it). In sando's own
     process group, so a terminal's Ctrl-C reaches it as it reaches sando."""
-    global _runs
-    check_sudo(conn)
-    try:
-        proc = subprocess.Popen(argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd="/",
-                                preexec_fn=_ends_with_sando())
-    except OSError as exc:
-        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
-    _runs += 1
+    proc = _start(conn, command, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_ends_with_sando())
     with _streams_lock:
         _streams.add(proc)
 
@@ -220,20 +221,13 @@ def interactive(conn: Conn, command: str | None, stdin_fd: int | None, stdin_dat
     terminal it is the terminal's (same process group: its Ctrl-C is the shell's, sando waits on);
     otherwise stdin_data is its input. Returns (exit status, stdout, stderr): what had no file
     descriptor to go to."""
-    global _runs
     import pwd
 
-    check_sudo(conn)
     shell = command or f"exec {pwd.getpwuid(0).pw_shell or SH} -l"
-    env = {**_env(), **({"TERM": os.environ["TERM"]} if os.environ.get("TERM") else {})}
     pipe = subprocess.PIPE
-    try:
-        proc = subprocess.Popen(argv(shell), stdin=stdin_fd if stdin_fd is not None else pipe,
-                                stdout=out_fd if out_fd is not None else pipe,
-                                stderr=err_fd if err_fd is not None else pipe, env=env, cwd="/")
-    except OSError as exc:
-        raise RemoteError(f"{conn.label}: cannot start a local shell ({exc.strerror or exc})") from None
-    _runs += 1
+    proc = _start(conn, shell, {"TERM": os.environ["TERM"]} if os.environ.get("TERM") else None,
+                  stdin=stdin_fd if stdin_fd is not None else pipe, stdout=out_fd if out_fd is not None else pipe,
+                  stderr=err_fd if err_fd is not None else pipe)
     out = err = b""
     while True:
         try:
