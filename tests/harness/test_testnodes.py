@@ -100,6 +100,19 @@ def ssh(node, command, known_hosts, timeout=60):
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def host_addrs():
+    """(device, IPv4 address) of every address on the host."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return [(f[1].split("@")[0], f[3].split("/")[0]) for f in (line.split() for line in out.splitlines())]
+
+
+def another_sets_veth(dev, node):
+    """A set's subnets are free again once it is gone: another set (a parallel worker's) may hold
+    them by then, on its own veth (sn<its tag><n>). The address is this set's leftover only on
+    this set's veth or on a device that is no set's."""
+    return dev != node.veth and re.fullmatch(r"sn[0-9a-f]{6}%d" % node.n, dev) is not None
+
+
 class Leftovers:
     """What a set may leave behind, found by the set's own names (scripts/testnodes' Node)."""
 
@@ -123,8 +136,8 @@ class Leftovers:
         left += ["veth " + n.veth for n in self.nodes if n.veth in links]
         left += ["cgroup %s" % n.cgroup for n in self.nodes if n.cgroup.exists()]
         left += ["process %d" % p for p in live_pids_in_ns(self.pidns)]
-        left += ["addr " + n.host_addr for n in self.nodes
-                 if n.host_addr in subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout]
+        left += ["addr %s on %s" % (addr, dev) for dev, addr in host_addrs()
+                 for n in self.nodes if addr == n.host_addr and not another_sets_veth(dev, n)]
         if self.state.exists():
             left.append("state dir %s" % self.state)
         return left
