@@ -364,6 +364,15 @@ def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando
             if select.select([proc.stdout], [], [], 0.5)[0]:
                 seen += os.read(proc.stdout.fileno(), 4096)
         assert b"listening on" in seen, seen
+        # sando killed outright: the node's journalctl ends with it, although the quiet unit gives
+        # it no line to write (no pty, so sshd signals nothing: journalctl -f watches its stdout
+        # for the reader's end itself, systemd 252)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while a.exec("pgrep", "-x", "journalctl").returncode == 0:
+            assert time.monotonic() < deadline, "journalctl still runs on the node after its sando was killed"
+            time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

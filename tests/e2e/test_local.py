@@ -244,10 +244,32 @@ def scenarios(s: LocalSando, repo: AppRepo, cache: Path) -> None:
     assert res.returncode == 0 and re.search(r" makenotwork v2 \(\w+\) listening on ", res.stdout), res
     res = s.sando("ssh", "-s", s.name, "testnot", "--", f"id -u; readlink {ROOT}/current; ls /no-such-dir; exit 5")
     assert (res.returncode, res.stdout) == (5, "0\nreleases/v2\n") and "no-such-dir" in res.stderr, res
+    # a follow whose sando is killed outright: its journalctl ends too, on a quiet unit (nothing
+    # to write), also under sudo, whose setuid exec drops the parent-death signal (journalctl -f
+    # ends when the reader of its stdout is gone)
+    follow = shlex.join([f"{SYSVENV}/bin/python", "-m", "sando_components.cli", "--cwd", ".", "logs", "-s", s.name,
+                         "testnot", "-f", "-n", "0"])
+    res = s.sh(f"""true
+        {follow} >/dev/null 2>&1 &
+        p=$!; i=0
+        until pgrep -x journalctl >/dev/null; do i=$((i + 1)); [ $i -lt 600 ] || exit 11; sleep 0.1; done
+        kill -9 $p; i=0
+        while pgrep -x journalctl >/dev/null; do i=$((i + 1)); [ $i -lt 150 ] || exit 12; sleep 0.1; done""",
+               check=False)
+    assert res.returncode == 0, f"exit {res.returncode} (11: it never followed, 12: journalctl outlived sando) {res}"
 
-    # rollback by pin: a retained release, nothing taken again
-    s.set(version="v1")
-    s.up()
+    # `sando restart` and `sando rollback` on the local node: the restart through a local shell,
+    # the rollback a `pulumi up` of the pin, as the CLI runs it in the project
+    starts = len(node.restart_times("makenotwork"))
+    res = s.sando("restart", "-s", s.name, "testnot", "--yes")
+    assert res.returncode == 0 and "sando: testnot: restarted, healthy now" in res.stdout, res
+    assert len(node.restart_times("makenotwork")) == starts + 1 and node.served()["version"] == "v2"
+    res = s.sando("rollback", "-s", s.name, "--yes")
+    assert res.returncode == 0, res
+    assert f"roll {s.name} back from v2 to v1" in res.stdout, res.stdout
+
+    # that rollback is a pin: a retained release, nothing taken again
+    assert s.pulumi("config", "get", "sando:version").stdout.strip() == "v1"
     assert current(node) == "releases/v1" and node.served()["version"] == "v1"
     out = s.out()
     t = out["lastTransfer"]
