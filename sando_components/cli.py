@@ -581,7 +581,8 @@ def _confirm(question: str, ctx: Context) -> bool:
 
 
 def _live(nodes: list[NodeNow]) -> str:
-    return ", ".join(sorted({str(n.live) for n in nodes if n.reachable})) or "nothing"
+    """What the readable nodes run now: "v1, v2"; "nothing" on a node with no release live yet."""
+    return ", ".join(sorted({n.live or "nothing" for n in nodes if n.reachable})) or "nothing"
 
 
 def _deploy(project: Project, stack: str, cfg: StackConfig, version: str, commit: str | None, via: str,

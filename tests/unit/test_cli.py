@@ -451,6 +451,15 @@ def test_promote_deploys_and_checks_the_commit(fake):
     assert f"prod runs v4 ({B[:12]}) on every node (prod), healthy now; 0 bytes sent" in out
 
 
+def test_promote_to_a_stack_on_its_first_deploy_says_it_runs_nothing(fake):
+    """A target whose nodes have nothing live yet (a first deploy): "nothing", not Python's None."""
+    fake.stacks["prod"]["nodes"] = [node("prod", live=None, previous=None, releases=(), history=[])]
+    code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes")
+    assert (code, err) == (0, "")
+    assert "healthy on every testnot node now; prod runs nothing now\n" in out and "None" not in out, out
+    assert cli._live([node("a", live=None), node("b", live="v2"), node("c", error="refused")]) == "nothing, v2"
+
+
 def test_promote_now_skips_the_warning(fake):
     code, out, err = run("promote", "--from", "testnot", "--to", "prod", "--yes", "--now")
     assert (code, err) == (0, "") and fake.last.calls[3][3]["SANDO_NOW"] == "1"
