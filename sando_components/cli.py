@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import ahead, fleet, history, passphrase, scripts, ssh
+from . import ahead, fleet, history, passphrase, scripts, ssh, times
 from .config import StackConfig
 from .errors import ConfigError
 from .fleet import NodeNow
@@ -991,7 +991,9 @@ def cmd_restart(args, ctx: Context) -> int:
             rest = [n.name for n in chosen[chosen.index(node) + 1:]]
             raise Refused(f"{node.name}: {why} ({detail})" + (f"; not restarted: {', '.join(rest)}" if rest else "")
                           + f"; see `sando logs -s {stack.split('/')[-1]} {node.name}`")
-        warned = report.one("warning") or ("skipped (--now)" if args.now and cfg.restart_warning_seconds else "none")
+        warned = report.one("warning")
+        warned = (times.warning_sent(warned, cfg.restart_warning_seconds) if warned else
+                  "skipped (--now)" if args.now and cfg.restart_warning_seconds else "none")
         ctx.out.write(f"sando: {node.name}: restarted, healthy now (warning: {warned})\n")
     return 0
 

@@ -16,5 +16,12 @@ def iso(epoch: float | int | str | None) -> str | None:
     return datetime.fromtimestamp(float(epoch), timezone.utc).strftime(FORMAT)
 
 
+def warning_sent(value: str, seconds: int) -> str:
+    """A script's `warning` report said to the operator: "sent EPOCH" as "sent at ISO, Ns before
+    the restart"; anything else ("failed HTTP 500 ...") as it is."""
+    when = value.split()[1] if value.startswith("sent ") and len(value.split()) == 2 else ""
+    return f"sent at {iso(when)}, {seconds}s before the restart" if when.isdigit() else value.strip()
+
+
 def now() -> str:
     return time.strftime(FORMAT, time.gmtime())

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import datetime, timezone
 import tarfile
 import threading
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
-from .. import diagnostics, paths, scripts, ssh
+from .. import diagnostics, paths, scripts, ssh, times
 from ..errors import OperatorError
 from . import warning as warning_step
 from .base import (AUTH, NodeProvider, NodeResource, changed, conn_of, held_why, node_of, node_state, public,
@@ -369,11 +368,9 @@ def _actions(props: dict, report: scripts.Report) -> list[str]:
             out.append(f"restarted {unit}: {why}")
         elif key in ("unit-restart", "note", "warning"):
             out.append(value)
-        elif key == "warning-sent":
-            at = datetime.fromtimestamp(int(value), timezone.utc).isoformat(timespec="seconds") \
-                if value.isdigit() else value
-            seconds = int((props.get("warning") or {}).get("seconds") or 0)
-            out.append(f"restart warning sent at {at}, {seconds}s before the restart")
+        elif key == "warning-sent":  # sando's one time format (issue 20.9), as the switch's warning says it
+            out.append("restart warning " + times.warning_sent(f"sent {value}",
+                                                               int((props.get("warning") or {}).get("seconds") or 0)))
         elif key == "warning-failed":
             out.append(f"restart warning failed: {value}")
     return out

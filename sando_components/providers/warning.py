@@ -32,7 +32,5 @@ def status(warning: dict | None, report: Report, switched: bool) -> str:
         return "not sent: nothing restarted" if not switched else "not sent"
     if value == "not-needed":
         return "not needed: service not running"
-    if value.startswith("sent "):
-        at = times.iso(value.split()[1])  # issue 20.9: one time format
-        return f"sent at {at}, {warning['seconds']}s before the restart"
-    return value.strip()  # "failed HTTP 500 ...", never with a stray space (issue 19.10)
+    # issue 20.9: one time format; "failed HTTP 500 ...", never with a stray space (issue 19.10)
+    return times.warning_sent(value, int(warning["seconds"]))

@@ -338,7 +338,8 @@ def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando
     started = len(a.restart_times())
     code, said = sando(d.project, "restart", "-s", d.name, a.name, "--yes")
     assert code == 0, said
-    assert f"{a.name}: restarted, healthy now (warning: sent " in said, said
+    assert re.search(rf"{a.name}: restarted, healthy now \(warning: sent at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ, "
+                     r"2s before the restart\)\n", said), said  # not the node's raw epoch
     assert len(a.restart_times()) == started + 1 and len(b.restart_times()) == 1
     assert len(re.findall(r"restart-warning: received", a.journal("makenotwork"))) == 1
     last = history_of(a)[-1]

@@ -4,6 +4,7 @@ change, put back when a reload fails or a hand edit is found, config errors caug
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 
@@ -485,7 +486,8 @@ def test_a_unit_change_on_prod_warns_users_before_its_restart(make_nodes, make_d
     said = node.journal("makenotwork")
     assert said.count("restart-warning: received") == warned + 1, d.node_out(node)["hostConfig"]["actions"]
     assert said.rindex("restart-warning: received") < said.rindex("Stopping makenotwork")
-    assert d.node_out(node)["hostConfig"]["actions"][2].startswith("restart warning sent at ")
+    assert re.fullmatch(r"restart warning sent at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, 1s before the restart",
+                        d.node_out(node)["hostConfig"]["actions"][2]), d.node_out(node)["hostConfig"]["actions"]
     assert node.exec("systemctl", "show", "-p", "RestartUSec", "makenotwork").stdout.strip() == "RestartUSec=3s"
     assert token not in "\n".join(d.log)
 

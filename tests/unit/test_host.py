@@ -210,3 +210,12 @@ def test_a_failed_host_step_is_recorded_with_the_files_the_node_has(monkeypatch)
     first = host.HostConfigProvider._failed(PROPS, {}, "n1: refused", read=False)  # a first deploy: no files kept
     assert host.files_of(first) == {} and first["outcome"]["ok"] is False
     assert set(host.OUTCOMES) <= set(scripts.outcomes())
+
+
+def test_the_restart_warning_of_a_unit_change_is_said_in_sandos_one_time_format():
+    """The host step's restart warning (a changed unit restarts the service) reads as the switch's
+    does (issue 20.9: ISO 8601 UTC with Z), and a failure as the node said it."""
+    props = {"warning": {"seconds": 30}}
+    said = host._actions(props, scripts.Report((("warning-sent", "1700000000"), ("warning-failed", "HTTP 500 boom"))))
+    assert said == ["restart warning sent at 2023-11-14T22:13:20Z, 30s before the restart",
+                    "restart warning failed: HTTP 500 boom"]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sando_components import commands, scripts, transfer
+from sando_components import commands, scripts, times, transfer
 from sando_components.scripts import Report
 from sando_components.errors import OperatorError
 from sando_components.providers import base, pointer, warning
@@ -192,6 +192,15 @@ def test_warning_status():
     assert warning.status(W, rep(warning="sent 1700000000"), True) == \
         "sent at 2023-11-14T22:13:20Z, 30s before the restart"
     assert warning.status(W, rep(warning="failed HTTP 500 boom"), True) == "failed HTTP 500 boom"
+    assert warning.status(W, rep(warning="failed HTTP 000 "), True) == "failed HTTP 000"
+
+
+def test_a_sent_warning_is_said_with_its_time_not_the_epoch():
+    """`sando restart` printed the node's raw report, "(warning: sent 1796508752)": both it and the
+    outputs say the time in sando's one format, and the notice."""
+    assert times.warning_sent("sent 1700000000", 5) == "sent at 2023-11-14T22:13:20Z, 5s before the restart"
+    assert times.warning_sent("failed HTTP 500 boom", 5) == "failed HTTP 500 boom"
+    assert times.warning_sent("sent soon", 5) == "sent soon"  # not an epoch: as the node said it
 
 
 # --- ReleaseProvider: not enough space ---------------------------------------------------------------------
