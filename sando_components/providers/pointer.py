@@ -117,7 +117,7 @@ class PointerProvider(NodeProvider):
 
     def read(self, id_, props):
         state = node_state(props, fresh=True)
-        return ReadResult(id_=id_, outs={**props, "liveVersion": state.live, "previousVersion": state.previous})
+        return ReadResult(id_=id_, outs={**props, "liveVersion": state.live, "previousVersion": state.previous or ""})
 
     # ---------------------------------------------------------------------------------
 
@@ -219,7 +219,9 @@ class PointerProvider(NodeProvider):
             **public(props),
             "liveVersion": state.live, "liveCommit": live.commit if live else None,
             "liveFiles": dict(live.files) if live else None,  # sha256 of what it runs (issue 22.5)
-            "previousVersion": state.previous,
+            # "" when none (a first deploy): a None output reads as [unknown] in every later preview,
+            # so a preview that changes nothing showed `~ nodes` / `+ previousVersion: [unknown]`
+            "previousVersion": state.previous or "",
             "switchedAt": switched_at or olds.get("switchedAt"),
             "health": health,
             "releases": [{"version": r.version, "commit": r.commit, "createdAt": times.iso(r.created_at), "failed": r.failed}

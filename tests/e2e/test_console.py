@@ -102,6 +102,18 @@ def test_preview_says_why_current_moves(make_nodes, make_deploy, repo):
     assert _diagnostics(out, "node1") == ["warning: node1: current is on v2 by hand; pin is v1"], out
 
 
+def test_a_preview_right_after_a_first_deploy_shows_no_change(make_nodes, make_deploy, repo):
+    """A node just deployed has no previous version. A preview of the same pin changes nothing,
+    outputs included: a None output reads as [unknown] in a preview, so it said `~ nodes` and
+    `+ previousVersion: [unknown]` as if something would change."""
+    (node,) = make_nodes(1)
+    d = make_deploy([node], repo=repo)
+    d.cli(["up", "--yes"])
+    out = d.cli(["preview", "--diff"]).stdout
+    assert "[unknown]" not in out and not re.search(r"^\s*[~+-] ", out, re.M), out
+    assert d.outputs()["nodes"]["node1"]["previousVersion"] == "", d.outputs()
+
+
 def _up_in_background(d) -> subprocess.Popen:
     """`pulumi up --yes` in a session of its own (as a terminal's process group: Ctrl-C reaches all of it)."""
     return subprocess.Popen([str(TOOLS / "bin" / "pulumi"), "up", "--yes", "--skip-preview", "--stack", d.name,
