@@ -3,6 +3,7 @@ second, `2026-12-04T07:55:02Z`."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 
@@ -14,6 +15,13 @@ def iso(epoch: float | int | str | None) -> str | None:
     if epoch is None or epoch == "" or float(epoch) == 0:
         return None
     return datetime.fromtimestamp(float(epoch), timezone.utc).strftime(FORMAT)
+
+
+def from_systemd(value: str) -> str:
+    """A systemd timestamp shown in UTC ("Sat 2026-12-05 22:12:37 UTC", `TZ=UTC systemctl show`) in
+    sando's one format ("2026-12-05T22:12:37Z"); anything else ("": never) as it is."""
+    m = re.fullmatch(r"\w+ (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d) UTC", value.strip())
+    return f"{m.group(1)}T{m.group(2)}Z" if m else value.strip()
 
 
 def warning_sent(value: str, seconds: int) -> str:

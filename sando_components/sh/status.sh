@@ -23,7 +23,8 @@ if [ -n "$_port" ]; then
   HEALTH_URL=$(on_port "$HEALTH_URL" "$_port")
 fi
 report unit "$(systemctl show -p ActiveState --value "$SERVICE.service" 2>/dev/null) $(systemctl show -p SubState --value "$SERVICE.service" 2>/dev/null)"
-report unit-since "$(systemctl show -p ActiveEnterTimestamp --value "$SERVICE.service" 2>/dev/null)"
+# in UTC whatever the node's zone ("Sat 2026-12-05 22:12:37 UTC"), said in sando's one format by fleet
+report unit-since "$(TZ=UTC systemctl show -p ActiveEnterTimestamp --value "$SERVICE.service" 2>/dev/null)"
 
 # probe URL: "CODE BODY" of one GET (CODE 000 and curl's error when nothing answered)
 probe() {

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 
-from sando_components import cli
+from sando_components import cli, times
 from tests.support import TOOLS, AppRepo, run_preview, run_up
 
 ME = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -99,11 +99,15 @@ def test_status_reads_every_node_now(make_nodes, make_deploy, sando, tmp_path):
     d.set(version="v2")
     run_up(d)
 
+    a.exec("ln", "-sfn", "/usr/share/zoneinfo/Asia/Tokyo", "/etc/localtime", check=True)  # a node not on UTC
     code, said = sando(d.project, "status", d.name, "--json")
     assert code == 0, said
     [st] = json.loads(sando.out)["stacks"]
     assert (st["stack"], st["version"], st["commit"]) == (d.name, "v2", repo.commit("v2"))
     na = st["nodes"][0]
+    since = a.exec("systemctl", "show", "-p", "ActiveEnterTimestamp", "--value", "--timestamp=unix", "makenotwork",
+                   check=True).stdout.strip()  # "@1796508757"
+    assert na["unitSince"] == times.iso(since.lstrip("@")), (na["unitSince"], since)  # UTC, sando's one format
     assert (na["node"], na["reachable"], na["liveVersion"], na["previousVersion"], na["liveCommit"]) == (
         a.name, True, "v2", "v1", repo.commit("v2"))
     assert na["unit"] == "active running" and na["health"]["ok"] and na["health"]["says"] == "ok (serves v2)", na

@@ -195,6 +195,13 @@ def test_warning_status():
     assert warning.status(W, rep(warning="failed HTTP 000 "), True) == "failed HTTP 000"
 
 
+def test_a_systemd_time_in_utc_is_said_in_sandos_one_format():
+    """`sando status --json`'s unitSince said systemd's own "Sat 2026-12-05 22:12:37 UTC"."""
+    assert times.from_systemd("Sat 2026-12-05 22:12:37 UTC\n") == "2026-12-05T22:12:37Z"
+    assert times.from_systemd("") == ""  # never active
+    assert times.from_systemd("Sat 2026-12-05 23:12:37 CET") == "Sat 2026-12-05 23:12:37 CET"  # not UTC: as it is
+
+
 def test_a_sent_warning_is_said_with_its_time_not_the_epoch():
     """`sando restart` printed the node's raw report, "(warning: sent 1796508752)": both it and the
     outputs say the time in sando's one format, and the notice."""
