@@ -1111,13 +1111,14 @@ def build_parser(out: TextIO) -> argparse.ArgumentParser:
         "SSH with the stack's key and pinned host key (the key never leaves this process); a local\n"
         "node's through a local shell. On a blueGreen node (sando:switch), every instance's journal,\n"
         "each line after its unit, and a line on stderr naming the live instance (the node's record).\n"
-        "Without -n or --since: the last 100 entries.\n\n"
+        "Without -n or --since: the last 100 entries. Times are UTC, whatever the node's zone.\n\n"
         "example: sando logs -s prod node1 -f        sando logs -s prod --since '1 hour ago'"))
     p.add_argument("-s", "--stack", required=True, metavar="STACK", help="the stack")
     p.add_argument("node", nargs="?", metavar="NODE", help="one node (default: every node)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries (Ctrl-C ends)")
     p.add_argument("-n", "--lines", type=int, metavar="N", help="the last N entries")
-    p.add_argument("--since", metavar="T", help="entries since T (journalctl's --since: '10 min ago', a date)")
+    p.add_argument("--since", metavar="T",
+                   help="entries since T (journalctl's --since: '10 min ago', a date and time in UTC)")
     cwd(p)
     p.set_defaults(run=cmd_logs)
 

@@ -13,6 +13,10 @@
 # the live instance. Else (the restart strategy) the plain unit's.
 
 set -- --no-pager
+# times in UTC, as everything else sando says (short-iso's +0000; an absolute --since is UTC),
+# whatever the node's own zone
+TZ=UTC
+export TZ
 port=$(cd "$RELEASE_ROOT" 2>/dev/null && live_instance "$SERVICE")
 if [ -n "$port" ]; then
   printf 'sando: %s@%s.service is live (blueGreen, %s); the journal of every %s@ instance, each line after its unit\n' \

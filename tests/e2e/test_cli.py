@@ -303,8 +303,18 @@ def test_logs_ssh_and_restart_with_the_stacks_key(make_nodes, make_deploy, sando
     d.set_secret("cliServiceToken", token)
     run_up(d)
 
+    a.exec("ln", "-sfn", "/usr/share/zoneinfo/Asia/Tokyo", "/etc/localtime", check=True)  # a node not on UTC
     code, said = sando(d.project, "logs", "-s", d.name, a.name, "-n", "3")
     assert code == 0 and said.count("\n") == 3 and "makenotwork v1" in said, said
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0000 ", line) for line in said.splitlines()), said  # UTC
+    started = a.exec("journalctl", "-u", "makenotwork", "-o", "short-unix", "-n", "1", "--grep", "listening on",
+                     check=True).stdout.split()[0]  # epoch seconds of the last start
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(float(started))))
+    code, said = sando(d.project, "logs", "-s", d.name, a.name, "--since", since)  # a time in UTC
+    assert code == 0 and "listening on" in said, (since, said)
+    later = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(float(started)) + 3600))
+    code, said = sando(d.project, "logs", "-s", d.name, a.name, "--since", later)  # an hour after it: nothing
+    assert code == 0 and "listening on" not in said, (later, said)
     code, said = sando(d.project, "logs", "-s", d.name, "--since", "1 hour ago")
     assert code == 0 and f"{a.name} | " in said and f"{b.name} | " in said and "listening on" in said, said
     code, said = sando(d.project, "logs", "-s", d.name, "node9")
