@@ -207,7 +207,8 @@ def parse(name: str, host: str, out: str) -> NodeNow:
         applied.append((v, d))
     return NodeNow(
         name=name, host=host, live=state.live, previous=state.previous, releases=dict(state.releases),
-        free_kib=state.free_kib, unit=(report.one("unit") or "").strip(), unit_since=times.from_systemd(report.one("unit-since") or ""),
+        free_kib=state.free_kib, unit=(report.one("unit") or "").strip(),
+        unit_since=times.from_systemd(report.one("unit-since") or ""),
         health=Probe.parse(report.one("health")), caddy=report.one("caddy") or "",
         caddy_health=Probe.parse(report.one("caddy-health")), database=report.one("database") or "",
         db=report.one("db") or "", applied=applied,
