@@ -152,9 +152,10 @@ _prctl = None
 
 def _ends_with_sando():
     """A preexec_fn: in the child, before exec, SIGTERM when sando's thread that started it ends
-    (prctl PR_SET_PDEATHSIG), as a remote command ends with its SSH connection: a `sando logs -f`
-    that is killed leaves no journalctl behind. (Cleared by the exec of a setuid sudo: for sando
-    as a user, end_streams at sando's end, and the terminal's Ctrl-C reaching the command too.)
+    (prctl PR_SET_PDEATHSIG), so a killed sando leaves no command behind, also one that writes
+    nothing (journalctl -f ends by itself once its stdout's reader is gone, under sudo too: measured).
+    (Cleared by the exec of a setuid sudo: for sando as a user, end_streams at sando's end, and the
+    terminal's Ctrl-C reaching the command too.)
     prctl is looked up here, in sando: the child only calls it (no import after a fork of a
     process with threads)."""
     global _prctl
